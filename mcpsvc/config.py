@@ -1,0 +1,598 @@
+# -*- test-case-name: mcpsvc.test.test_config -*-
+"""
+Configuration: environment variables and C{.env}, overridden by command-line
+options, validated all at once into a frozen L{Config}.
+
+Precedence, highest first: C{twistd mcpsvc} options > process environment >
+C{.env} file > defaults. Validation collects every error and raises one
+L{ConfigError} listing them all, before anything listens.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
+
+import attrs
+from attrs import frozen
+from twisted.python.filepath import FilePath
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "loadConfig",
+    "readEnvironment",
+    "ensureDevelopmentSecrets",
+    "VARIABLES",
+    "summary",
+]
+
+STORES = ("sqlite", "redis", "memory")
+ENVIRONMENTS = ("development", "production")
+DEPLOYMENT_TYPES = ("single-server", "multi-server")
+AUTH_MODES = ("oauth", "none")
+AUTHORIZE_MODES = ("consent", "login", "auto")
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+LOG_FORMATS = ("text", "json")
+DEFAULT_REDIRECT_PATTERNS = (
+    "https://*.service-now.com/oauth_redirect.do",
+    "http://localhost/*",
+    "http://127.0.0.1/*",
+    "http://[::1]/*",
+)
+
+#: Every variable we read, with its default (C{None}: unset) and a comment;
+#: C{.env.example} is checked against this table by the tests.
+VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
+    "ENVIRONMENT": ("development", "development or production (NODE_ENV is an alias)"),
+    "HOST": ("127.0.0.1", "interface the default listener binds"),
+    "PORT": ("3000", "port of the default listener"),
+    "SERVER_URL": (None, "public base URL, no trailing slash; default http://HOST:PORT in development"),
+    "JWT_SECRET": (None, "HS256 signing secret, 32+ bytes; generated into var/ in development"),
+    "JWT_ISSUER": (None, "token issuer; defaults to SERVER_URL"),
+    "JWT_PRIVATE_KEY_FILE": (None, "PEM EC P-256 or RSA private key: sign ES256/RS256 and publish JWKS"),
+    "JWT_KEYS_DIR": (None, "directory of PEM keys for rotation (mcpsvc keys rotate)"),
+    "DCR_AUTH_TOKEN": (None, "initial access token guarding /oauth/register, 32+ chars"),
+    "DCR_OPEN": ("false", "allow registration without DCR_AUTH_TOKEN"),
+    "DCR_REDIRECT_PATTERNS": (",".join(DEFAULT_REDIRECT_PATTERNS), "comma list of redirect URI patterns allowed at registration ('*' wildcards)"),
+    "MCP_API_KEY": (None, "static key accepted on /mcp (Bearer or X-API-Key); off when unset"),
+    "ACCESS_TOKEN_LIFETIME": ("3600", "access token lifetime, seconds"),
+    "REFRESH_TOKEN_LIFETIME": ("7776000", "refresh token lifetime, seconds (90 days)"),
+    "AUTHORIZATION_CODE_LIFETIME": ("600", "authorization code lifetime, seconds"),
+    "REFRESH_GRACE_SECONDS": ("60", "how long a superseded refresh token still works"),
+    "SERVICENOW_INSTANCE": (None, "https URL of the ServiceNow instance (CORS origin, redirect host)"),
+    "CORS_ORIGINS": ("", "comma list of extra allowed CORS origins"),
+    "STORE": ("sqlite", "sqlite, redis or memory"),
+    "STORE_PATH": ("./var/mcpsvc.sqlite3", "SQLite database file"),
+    "STORE_TIMEOUT": ("5", "seconds before a store call fails as unavailable"),
+    "REDIS_URL": (None, "redis:// or rediss:// URL (password, db)"),
+    "REDIS_HOST": ("127.0.0.1", "Redis host when REDIS_URL is unset"),
+    "REDIS_PORT": ("6379", "Redis port when REDIS_URL is unset"),
+    "REDIS_PASSWORD": (None, "Redis password when REDIS_URL is unset"),
+    "REDIS_DB": ("0", "Redis database number"),
+    "REDIS_PREFIX": ("mcpsvc:", "prefix of every Redis key"),
+    "REDIS_SENTINELS": (None, "comma list of host:port Sentinels"),
+    "REDIS_SENTINEL_MASTER": (None, "Sentinel master name"),
+    "DEPLOYMENT_TYPE": ("single-server", "single-server or multi-server (requires redis)"),
+    "TRUSTED_PROXIES": ("", "comma list of proxy addresses/networks whose X-Forwarded-* we honour"),
+    "ALLOWED_HOSTS": ("", "comma list of extra Host values accepted on /mcp"),
+    "LOG_LEVEL": ("info", "debug, info, warn, error or critical"),
+    "LOG_FORMAT": ("text", "text or json (one JSON object per line on stdout)"),
+    "SHUTDOWN_TIMEOUT": ("10", "seconds to drain in-flight requests on SIGTERM"),
+    "SWEEP_INTERVAL": ("60", "seconds between sweeps of expired records"),
+    "AUTH_MODE": ("oauth", "oauth or none (none refused in production)"),
+    "AUTHORIZE_MODE": ("consent", "consent, login or auto"),
+    "SESSIONS": ("on", "on: issue Mcp-Session-Id; off: stateless"),
+    "SESSION_IDLE_TIMEOUT": ("3600", "seconds an idle MCP session lives"),
+    "TOOL_PACKS": ("core", "comma list of enabled tool packs"),
+    "TOOL_TIMEOUT": ("30", "default per-tool-call timeout, seconds"),
+    "FILES_ROOT": (None, "root directory of the files tool pack"),
+    "LLM_URL": (None, "Ollama-compatible base URL of the llm tool pack"),
+    "METRICS_TOKEN": (None, "bearer token required on /metrics"),
+    "RATE_LIMIT_REGISTER": ("20/3600", "registrations per address: count/seconds"),
+    "RATE_LIMIT_TOKEN": ("50/900", "token requests per address: count/seconds"),
+    "RATE_LIMIT_AUTHORIZE": ("60/900", "authorization requests per address: count/seconds"),
+    "RATE_LIMIT_REVOKE": ("50/900", "revocation requests per address: count/seconds"),
+    "VAR_DIR": ("./var", "directory for generated development secrets and state"),
+}
+
+
+class ConfigError(Exception):
+    """
+    The configuration is invalid. C{errors} lists every problem found.
+    """
+
+    def __init__(self, errors: List[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@frozen(kw_only=True)
+class RateLimit:
+    count: int
+    seconds: float
+
+    @property
+    def refillPerSecond(self) -> float:
+        return self.count / self.seconds
+
+
+@frozen(kw_only=True)
+class Config:
+    """
+    The validated configuration. Tests make variations with L{replace}.
+    """
+
+    environment: str = "development"
+    host: str = "127.0.0.1"
+    port: int = 3000
+    listen: Tuple[str, ...] = ()
+    serverURL: str = "http://127.0.0.1:3000"
+    issuer: str = "http://127.0.0.1:3000"
+    jwtSecret: str = ""
+    jwtPrivateKeyFile: Optional[str] = None
+    jwtKeysDir: Optional[str] = None
+    dcrAuthToken: Optional[str] = None
+    dcrOpen: bool = False
+    dcrRedirectPatterns: Tuple[str, ...] = DEFAULT_REDIRECT_PATTERNS
+    mcpAPIKey: Optional[str] = None
+    accessTokenLifetime: int = 3600
+    refreshTokenLifetime: int = 7776000
+    authorizationCodeLifetime: int = 600
+    refreshGraceSeconds: int = 60
+    servicenowInstance: Optional[str] = None
+    corsOrigins: Tuple[str, ...] = ()
+    store: str = "sqlite"
+    storePath: str = "./var/mcpsvc.sqlite3"
+    storeTimeout: float = 5.0
+    redisURL: Optional[str] = None
+    redisHost: str = "127.0.0.1"
+    redisPort: int = 6379
+    redisPassword: Optional[str] = None
+    redisDB: int = 0
+    redisPrefix: str = "mcpsvc:"
+    redisSentinels: Tuple[Tuple[str, int], ...] = ()
+    redisSentinelMaster: Optional[str] = None
+    deploymentType: str = "single-server"
+    trustedProxies: Tuple[str, ...] = ()
+    allowedHosts: Tuple[str, ...] = ()
+    logLevel: str = "info"
+    logFormat: str = "text"
+    shutdownTimeout: float = 10.0
+    sweepInterval: float = 60.0
+    authMode: str = "oauth"
+    authorizeMode: str = "consent"
+    sessions: bool = True
+    sessionIdleTimeout: int = 3600
+    toolPacks: Tuple[str, ...] = ("core",)
+    toolTimeout: float = 30.0
+    filesRoot: Optional[str] = None
+    llmURL: Optional[str] = None
+    metricsToken: Optional[str] = None
+    rateLimitRegister: RateLimit = RateLimit(count=20, seconds=3600)
+    rateLimitToken: RateLimit = RateLimit(count=50, seconds=900)
+    rateLimitAuthorize: RateLimit = RateLimit(count=60, seconds=900)
+    rateLimitRevoke: RateLimit = RateLimit(count=50, seconds=900)
+    varDir: str = "./var"
+    #: Notices for the operator produced while loading (generated secrets).
+    notices: Tuple[str, ...] = ()
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def resourceURL(self) -> str:
+        """
+        The canonical MCP resource URL (RFC 8707), the C{aud} of our tokens.
+        """
+        return self.serverURL + "/mcp"
+
+    @property
+    def allowedOrigins(self) -> Tuple[str, ...]:
+        origins = list(self.corsOrigins)
+        if self.servicenowInstance:
+            origins.insert(0, self.servicenowInstance.rstrip("/"))
+        return tuple(dict.fromkeys(origins))
+
+    def replace(self, **changes: Any) -> "Config":
+        return attrs.evolve(self, **changes)
+
+
+# --------------------------------------------------------------------------
+# Reading
+
+
+def readEnvironment(
+    environ: Mapping[str, str], envFile: Optional[str] = ".env"
+) -> Dict[str, str]:
+    """
+    Merge C{.env} (if present) under C{environ}: the process environment
+    wins, as python-dotenv does by default.
+    """
+    merged: Dict[str, str] = {}
+    if envFile and os.path.exists(envFile):
+        from dotenv import dotenv_values
+
+        for key, value in dotenv_values(envFile).items():
+            if value is not None:
+                merged[key] = value
+    for key in VARIABLES:
+        if key in environ:
+            merged[key] = environ[key]
+    if "NODE_ENV" in environ and "ENVIRONMENT" not in environ:
+        merged.setdefault("ENVIRONMENT", environ["NODE_ENV"])
+    if "ENVIRONMENT" not in merged and "NODE_ENV" in merged:
+        merged["ENVIRONMENT"] = merged["NODE_ENV"]
+    return merged
+
+
+def _readSecretFile(path: FilePath) -> Optional[str]:
+    try:
+        value = path.getContent().decode("utf-8").strip()
+    except OSError:
+        return None
+    return value or None
+
+
+def _writeSecretFile(path: FilePath, value: str) -> None:
+    parent = path.parent()
+    if not parent.exists():
+        parent.makedirs()
+    fd = os.open(path.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    os.chmod(path.path, stat.S_IRUSR | stat.S_IWUSR)
+
+
+def ensureDevelopmentSecrets(
+    raw: Dict[str, str], generate: Callable[[], str]
+) -> Tuple[Dict[str, str], List[str]]:
+    """
+    In development, fill a missing C{JWT_SECRET} and C{DCR_AUTH_TOKEN} from
+    files under C{VAR_DIR}, generating them once (mode 0600). Returns the new
+    raw settings and notices for the operator. In production, does nothing:
+    validation then reports the missing secret.
+    """
+    environment = _environment(raw)
+    if environment != "development":
+        return raw, []
+    raw = dict(raw)
+    notices: List[str] = []
+    varDir = FilePath(os.path.abspath(raw.get("VAR_DIR") or VARIABLES["VAR_DIR"][0] or "./var"))
+    for name, fileName in (("JWT_SECRET", "jwt_secret"), ("DCR_AUTH_TOKEN", "dcr_auth_token")):
+        if raw.get(name):
+            continue
+        path = varDir.child(fileName)
+        existing = _readSecretFile(path)
+        if existing is None:
+            existing = generate()
+            try:
+                _writeSecretFile(path, existing)
+            except FileExistsError:  # pragma: no cover - raced another start
+                existing = _readSecretFile(path) or existing
+            notices.append(
+                f"{name} was not set: generated a development value into {path.path} (mode 0600)"
+            )
+        else:
+            notices.append(f"{name} was not set: using the development value in {path.path}")
+        raw[name] = existing
+    return raw, notices
+
+
+def _environment(raw: Mapping[str, str]) -> str:
+    return (raw.get("ENVIRONMENT") or "development").strip().lower()
+
+
+# --------------------------------------------------------------------------
+# Validation
+
+
+def _split(value: Optional[str]) -> Tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _isHTTPURL(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+class _Collector:
+    def __init__(self, raw: Mapping[str, str]) -> None:
+        self.raw = raw
+        self.errors: List[str] = []
+
+    def get(self, name: str) -> Optional[str]:
+        value = self.raw.get(name)
+        if value is None or value == "":
+            return VARIABLES[name][0] if name in VARIABLES else None
+        return value.strip()
+
+    def choice(self, name: str, choices: Tuple[str, ...]) -> str:
+        value = (self.get(name) or "").lower()
+        if value not in choices:
+            self.errors.append(f"{name} must be one of {', '.join(choices)} (got {value!r})")
+            return choices[0]
+        return value
+
+    def integer(self, name: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
+        value = self.get(name) or ""
+        try:
+            number = int(value)
+        except ValueError:
+            self.errors.append(f"{name} must be an integer (got {value!r})")
+            return minimum
+        if number < minimum or (maximum is not None and number > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            self.errors.append(f"{name} must be {bound} (got {number})")
+            return minimum
+        return number
+
+    def number(self, name: str, minimum: float = 0.0) -> float:
+        value = self.get(name) or ""
+        try:
+            number = float(value)
+        except ValueError:
+            self.errors.append(f"{name} must be a number (got {value!r})")
+            return minimum
+        if not number > minimum:
+            self.errors.append(f"{name} must be greater than {minimum:g} (got {value})")
+            return minimum
+        return number
+
+    def boolean(self, name: str) -> bool:
+        value = (self.get(name) or "").lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off", ""):
+            return False
+        self.errors.append(f"{name} must be true or false (got {value!r})")
+        return False
+
+    def rate(self, name: str) -> RateLimit:
+        value = self.get(name) or ""
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*", value)
+        if not match or int(match.group(1)) < 1 or float(match.group(2)) <= 0:
+            self.errors.append(f"{name} must look like COUNT/SECONDS, e.g. 50/900 (got {value!r})")
+            return RateLimit(count=1, seconds=1)
+        return RateLimit(count=int(match.group(1)), seconds=float(match.group(2)))
+
+
+def loadConfig(
+    raw: Mapping[str, str], listen: Tuple[str, ...] = ()
+) -> Config:
+    """
+    Validate C{raw} settings (environment names as keys, as produced by
+    L{readEnvironment} and the command-line overrides) into a L{Config}.
+
+    @raise ConfigError: listing every problem found.
+    """
+    c = _Collector(raw)
+    environment = c.choice("ENVIRONMENT", ENVIRONMENTS)
+    production = environment == "production"
+    host = c.get("HOST") or "127.0.0.1"
+    port = c.integer("PORT", 1, 65535)
+
+    serverURL = c.get("SERVER_URL")
+    if serverURL is None:
+        if production:
+            c.errors.append("SERVER_URL is required in production")
+        hostPart = f"[{host}]" if ":" in host else host
+        if host in ("0.0.0.0", "::"):
+            hostPart = "localhost"
+        serverURL = f"http://{hostPart}:{port}"
+    else:
+        parts = urlsplit(serverURL)
+        if not _isHTTPURL(serverURL):
+            c.errors.append(f"SERVER_URL must be an absolute http(s) URL (got {serverURL!r})")
+        elif serverURL.endswith("/"):
+            c.errors.append("SERVER_URL must not end with a slash")
+        elif parts.path or parts.query or parts.fragment:
+            c.errors.append("SERVER_URL must have no path, query or fragment")
+        if production and parts.scheme != "https":
+            c.errors.append("SERVER_URL must be https:// in production")
+
+    issuer = c.get("JWT_ISSUER") or serverURL
+    if c.get("JWT_ISSUER") and (not _isHTTPURL(issuer) or issuer.endswith("/")):
+        c.errors.append("JWT_ISSUER must be an absolute URL without a trailing slash")
+
+    jwtSecret = c.get("JWT_SECRET")
+    if not jwtSecret:
+        c.errors.append("JWT_SECRET is required (32 or more bytes; mcpsvc gen-secret makes one)")
+        jwtSecret = ""
+    elif len(jwtSecret.encode("utf-8")) < 32:
+        c.errors.append(
+            f"JWT_SECRET must be at least 32 bytes (got {len(jwtSecret.encode('utf-8'))})"
+        )
+
+    keyFile = c.get("JWT_PRIVATE_KEY_FILE")
+    if keyFile and not os.path.isfile(keyFile):
+        c.errors.append(f"JWT_PRIVATE_KEY_FILE {keyFile!r} is not a readable file")
+    keysDir = c.get("JWT_KEYS_DIR")
+    if keysDir and not os.path.isdir(keysDir):
+        c.errors.append(f"JWT_KEYS_DIR {keysDir!r} is not a directory")
+
+    dcrToken = c.get("DCR_AUTH_TOKEN")
+    if dcrToken is not None and len(dcrToken) < 32:
+        c.errors.append(f"DCR_AUTH_TOKEN must be at least 32 characters (got {len(dcrToken)})")
+    dcrOpen = c.boolean("DCR_OPEN")
+    patterns = _split(c.get("DCR_REDIRECT_PATTERNS"))
+    for pattern in patterns:
+        if not _isHTTPURL(pattern.replace("*", "x")):
+            c.errors.append(f"DCR_REDIRECT_PATTERNS entry {pattern!r} is not an http(s) URL pattern")
+
+    mcpAPIKey = c.get("MCP_API_KEY")
+    if mcpAPIKey is not None and len(mcpAPIKey) < 16:
+        c.errors.append("MCP_API_KEY must be at least 16 characters")
+
+    accessLifetime = c.integer("ACCESS_TOKEN_LIFETIME")
+    refreshLifetime = c.integer("REFRESH_TOKEN_LIFETIME")
+    codeLifetime = c.integer("AUTHORIZATION_CODE_LIFETIME")
+    grace = c.integer("REFRESH_GRACE_SECONDS", 0)
+
+    snow = c.get("SERVICENOW_INSTANCE")
+    if snow is not None:
+        parts = urlsplit(snow)
+        if parts.scheme != "https" or not parts.netloc:
+            c.errors.append(f"SERVICENOW_INSTANCE must be an https:// URL (got {snow!r})")
+        snow = snow.rstrip("/")
+    cors = _split(c.get("CORS_ORIGINS"))
+    for origin in cors:
+        if origin == "*" or not _isHTTPURL(origin):
+            c.errors.append(f"CORS_ORIGINS entry {origin!r} must be an explicit http(s) origin")
+
+    store = c.choice("STORE", STORES)
+    storeTimeout = c.number("STORE_TIMEOUT")
+    redisPort = c.integer("REDIS_PORT", 1, 65535)
+    redisDB = c.integer("REDIS_DB", 0)
+    redisURL = c.get("REDIS_URL")
+    if redisURL is not None and urlsplit(redisURL).scheme not in ("redis", "rediss"):
+        c.errors.append("REDIS_URL must start with redis:// or rediss://")
+    sentinels: List[Tuple[str, int]] = []
+    for entry in _split(c.get("REDIS_SENTINELS")):
+        hostName, _, portText = entry.rpartition(":")
+        if not hostName or not portText.isdigit():
+            c.errors.append(f"REDIS_SENTINELS entry {entry!r} must be host:port")
+        else:
+            sentinels.append((hostName.strip("[]"), int(portText)))
+    master = c.get("REDIS_SENTINEL_MASTER")
+    if sentinels and not master:
+        c.errors.append("REDIS_SENTINELS needs REDIS_SENTINEL_MASTER")
+
+    deployment = c.choice("DEPLOYMENT_TYPE", DEPLOYMENT_TYPES)
+    if deployment == "multi-server" and store != "redis":
+        c.errors.append("DEPLOYMENT_TYPE=multi-server requires STORE=redis")
+
+    proxies = _split(c.get("TRUSTED_PROXIES"))
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            c.errors.append(f"TRUSTED_PROXIES entry {proxy!r} is not an address or network")
+
+    logLevel = c.choice("LOG_LEVEL", LOG_LEVELS)
+    logFormat = c.choice("LOG_FORMAT", LOG_FORMATS)
+    shutdownTimeout = c.number("SHUTDOWN_TIMEOUT")
+    sweepInterval = c.number("SWEEP_INTERVAL")
+    authMode = c.choice("AUTH_MODE", AUTH_MODES)
+    if authMode == "none" and production:
+        c.errors.append("AUTH_MODE=none is refused in production")
+    authorizeMode = c.choice("AUTHORIZE_MODE", AUTHORIZE_MODES)
+    sessionsValue = (c.get("SESSIONS") or "").lower()
+    if sessionsValue not in ("on", "off", "true", "false"):
+        c.errors.append(f"SESSIONS must be on or off (got {sessionsValue!r})")
+    sessions = sessionsValue in ("on", "true")
+    idle = c.integer("SESSION_IDLE_TIMEOUT")
+    packs = _split(c.get("TOOL_PACKS"))
+    toolTimeout = c.number("TOOL_TIMEOUT")
+    filesRoot = c.get("FILES_ROOT")
+    if filesRoot is not None and not os.path.isdir(filesRoot):
+        c.errors.append(f"FILES_ROOT {filesRoot!r} is not a directory")
+    llmURL = c.get("LLM_URL")
+    if llmURL is not None and not _isHTTPURL(llmURL):
+        c.errors.append(f"LLM_URL must be an http(s) URL (got {llmURL!r})")
+    metricsToken = c.get("METRICS_TOKEN")
+    if metricsToken is not None and len(metricsToken) < 16:
+        c.errors.append("METRICS_TOKEN must be at least 16 characters")
+
+    rates = {
+        name: c.rate(name)
+        for name in (
+            "RATE_LIMIT_REGISTER",
+            "RATE_LIMIT_TOKEN",
+            "RATE_LIMIT_AUTHORIZE",
+            "RATE_LIMIT_REVOKE",
+        )
+    }
+    if not listen:
+        iface = host.replace(":", "\\:")
+        listen = (f"tcp:{port}:interface={iface}",)
+
+    if c.errors:
+        raise ConfigError(c.errors)
+
+    return Config(
+        environment=environment,
+        host=host,
+        port=port,
+        listen=tuple(listen),
+        serverURL=serverURL,
+        issuer=issuer,
+        jwtSecret=jwtSecret,
+        jwtPrivateKeyFile=keyFile,
+        jwtKeysDir=keysDir,
+        dcrAuthToken=dcrToken,
+        dcrOpen=dcrOpen,
+        dcrRedirectPatterns=patterns,
+        mcpAPIKey=mcpAPIKey,
+        accessTokenLifetime=accessLifetime,
+        refreshTokenLifetime=refreshLifetime,
+        authorizationCodeLifetime=codeLifetime,
+        refreshGraceSeconds=grace,
+        servicenowInstance=snow,
+        corsOrigins=cors,
+        store=store,
+        storePath=c.get("STORE_PATH") or "./var/mcpsvc.sqlite3",
+        storeTimeout=storeTimeout,
+        redisURL=redisURL,
+        redisHost=c.get("REDIS_HOST") or "127.0.0.1",
+        redisPort=redisPort,
+        redisPassword=c.get("REDIS_PASSWORD"),
+        redisDB=redisDB,
+        redisPrefix=c.get("REDIS_PREFIX") or "mcpsvc:",
+        redisSentinels=tuple(sentinels),
+        redisSentinelMaster=master,
+        deploymentType=deployment,
+        trustedProxies=proxies,
+        allowedHosts=_split(c.get("ALLOWED_HOSTS")),
+        logLevel=logLevel,
+        logFormat=logFormat,
+        shutdownTimeout=shutdownTimeout,
+        sweepInterval=sweepInterval,
+        authMode=authMode,
+        authorizeMode=authorizeMode,
+        sessions=sessions,
+        sessionIdleTimeout=idle,
+        toolPacks=packs,
+        toolTimeout=toolTimeout,
+        filesRoot=filesRoot,
+        llmURL=llmURL,
+        metricsToken=metricsToken,
+        rateLimitRegister=rates["RATE_LIMIT_REGISTER"],
+        rateLimitToken=rates["RATE_LIMIT_TOKEN"],
+        rateLimitAuthorize=rates["RATE_LIMIT_AUTHORIZE"],
+        rateLimitRevoke=rates["RATE_LIMIT_REVOKE"],
+        varDir=c.get("VAR_DIR") or "./var",
+    )
+
+
+def summary(config: Config) -> Dict[str, Any]:
+    """
+    A loggable summary of C{config}: secrets appear only as lengths.
+    """
+    secretLength = lambda value: len(value) if value else 0  # noqa: E731
+    return {
+        "environment": config.environment,
+        "serverURL": config.serverURL,
+        "issuer": config.issuer,
+        "listen": list(config.listen),
+        "store": config.store,
+        "deploymentType": config.deploymentType,
+        "authMode": config.authMode,
+        "authorizeMode": config.authorizeMode,
+        "sessions": config.sessions,
+        "toolPacks": list(config.toolPacks),
+        "jwtSecretLength": secretLength(config.jwtSecret),
+        "signing": "ES256/RS256 key" if config.jwtPrivateKeyFile or config.jwtKeysDir else "HS256",
+        "dcrAuthTokenLength": secretLength(config.dcrAuthToken),
+        "dcrOpen": config.dcrOpen,
+        "mcpAPIKeyLength": secretLength(config.mcpAPIKey),
+        "metricsTokenLength": secretLength(config.metricsToken),
+        "corsOrigins": list(config.allowedOrigins),
+    }

@@ -1,0 +1,465 @@
+# -*- test-case-name: mcpsvc.storage.test -*-
+"""
+The storage contract: everything mcpsvc must remember goes through these
+interfaces.
+
+One store object implements every interface below (L{IStore}); there are
+three backends (memory, SQLite, Redis) and one behavioural test suite
+(L{mcpsvc.storage.test.base.StoreTestsMixin}).
+
+Conventions:
+  - every method returns a L{Deferred}; the failures each can fire with are
+    documented per method and are the exception types defined here;
+  - times are POSIX seconds as C{float}, always passed in by the caller or
+    taken from the store's injected clock; a store never reads the wall clock;
+  - secrets (client secrets, refresh tokens, authorization codes) reach the
+    store only as hashes (see L{mcpsvc.storage.hashing}); a store never sees
+    a plaintext secret;
+  - any failure to reach the backing store (connection lost, timeout, SQLite
+    busy past its timeout) fires with L{StoreUnavailable} and nothing else.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Mapping, Optional
+
+from attrs import field, frozen
+from zope.interface import Attribute, Interface
+
+__all__ = [
+    "StoreError",
+    "StoreUnavailable",
+    "NotFound",
+    "NoSuchClient",
+    "NoSuchCode",
+    "NoSuchFamily",
+    "NoSuchSession",
+    "AlreadyUsed",
+    "Conflict",
+    "ClientRecord",
+    "CodeRecord",
+    "RefreshFamily",
+    "RotationOutcome",
+    "RotationResult",
+    "SessionRecord",
+    "RateDecision",
+    "SweepReport",
+    "IClientStore",
+    "ICodeStore",
+    "IRefreshStore",
+    "IRevocationStore",
+    "ISessionStore",
+    "IRateLimitStore",
+    "IStore",
+]
+
+
+# --------------------------------------------------------------------------
+# Errors
+
+
+class StoreError(Exception):
+    """
+    Base class of every domain error raised by a store.
+    """
+
+
+class StoreUnavailable(StoreError):
+    """
+    The backing store could not be reached or did not answer in time. The
+    HTTP layer turns this into 503 with C{Retry-After}; callers must fail
+    closed (never treat it as "not found" or "not revoked").
+    """
+
+
+class NotFound(StoreError):
+    """
+    Base class of "no such record" errors.
+    """
+
+
+class NoSuchClient(NotFound):
+    """
+    No OAuth client with that id.
+    """
+
+
+class NoSuchCode(NotFound):
+    """
+    No authorization code with that hash, or it has expired.
+    """
+
+
+class NoSuchFamily(NotFound):
+    """
+    No live refresh-token family with that id (unknown, expired or revoked).
+    """
+
+
+class NoSuchSession(NotFound):
+    """
+    No live MCP session with that id (unknown, expired or deleted).
+    """
+
+
+class AlreadyUsed(StoreError):
+    """
+    A single-use authorization code was presented a second time.
+
+    @ivar record: the code's record, so the caller can revoke what the first
+        use issued (the refresh family whose id is C{record.familyID}).
+    """
+
+    def __init__(self, record: "CodeRecord") -> None:
+        super().__init__(record.codeHash)
+        self.record = record
+
+
+class Conflict(StoreError):
+    """
+    A record with that key already exists.
+    """
+
+
+# --------------------------------------------------------------------------
+# Records
+
+
+@frozen(kw_only=True)
+class ClientRecord:
+    """
+    A registered OAuth client.
+
+    @ivar clientID: the public client identifier.
+    @ivar secretHash: L{mcpsvc.storage.hashing.hashSecret} of the client
+        secret, or C{None} for public clients.
+    @ivar metadata: the registered RFC 7591 metadata (C{redirect_uris},
+        C{grant_types}, C{response_types}, C{token_endpoint_auth_method},
+        C{client_name}, C{scope}, ...), JSON-serialisable.
+    @ivar createdAt: registration time.
+    @ivar secretExpiresAt: 0 for "never".
+    """
+
+    clientID: str
+    secretHash: Optional[str]
+    metadata: Mapping[str, Any]
+    createdAt: float
+    secretExpiresAt: float = 0
+
+
+@frozen(kw_only=True)
+class CodeRecord:
+    """
+    An authorization code, bound to everything the token endpoint must check.
+
+    @ivar codeHash: hash of the code (the code itself is never stored).
+    @ivar familyID: the id the refresh family created from this code will
+        have, fixed at authorization time, so that a replayed code can revoke
+        what its first use issued.
+    @ivar used: C{True} once consumed (kept until expiry to detect replay).
+    """
+
+    codeHash: str
+    clientID: str
+    redirectURI: str
+    codeChallenge: str
+    codeChallengeMethod: str
+    scope: str
+    resource: str
+    subject: str
+    familyID: str
+    expiresAt: float
+    used: bool = False
+
+
+@frozen(kw_only=True)
+class RefreshFamily:
+    """
+    A refresh-token family: every refresh token descending from one
+    authorization grant. Refresh tokens have the form C{<familyID>.<secret>}
+    so the family is found without an index; only hashes are stored.
+
+    @ivar currentHash: hash of the one refresh token that may rotate now.
+    @ivar previousHash: hash of the token C{currentHash} replaced, honoured
+        until C{graceUntil} (retries, two workers racing).
+    @ivar sealedSuccessor: the current refresh token encrypted under a key
+        derived from the previous token (opaque to the store), so a retry
+        within the grace window gets the same successor back; C{None} before
+        the first rotation.
+    @ivar lastAccessJTI: the C{jti} of the newest access token issued from
+        this family, with C{lastAccessExpiresAt}, so revoking the family also
+        revokes it.
+    """
+
+    familyID: str
+    clientID: str
+    subject: str
+    scope: str
+    resource: str
+    currentHash: str
+    createdAt: float
+    expiresAt: float
+    previousHash: Optional[str] = None
+    graceUntil: float = 0
+    sealedSuccessor: Optional[str] = None
+    lastAccessJTI: Optional[str] = None
+    lastAccessExpiresAt: float = 0
+    rotations: int = 0
+
+
+class RotationOutcome(Enum):
+    """
+    What L{IRefreshStore.rotateRefresh} did.
+    """
+
+    ROTATED = "rotated"
+    """The presented token was current; the family now has the new one."""
+
+    GRACE = "grace"
+    """The presented token was the previous one, within its grace window;
+    nothing changed; C{result.family.sealedSuccessor} holds the successor."""
+
+    REUSED = "reused"
+    """The presented token was superseded and its grace window is over (or
+    it matches nothing in the family): the family has been revoked."""
+
+
+@frozen(kw_only=True)
+class RotationResult:
+    outcome: RotationOutcome
+    family: RefreshFamily
+
+
+@frozen(kw_only=True)
+class SessionRecord:
+    """
+    An MCP session (Streamable HTTP, handshake era).
+
+    @ivar subject: the token subject the session is bound to.
+    @ivar clientID: the OAuth client the session is bound to.
+    @ivar expiresAt: idle expiry; L{ISessionStore.touchSession} extends it.
+    @ivar data: small JSON-serialisable state (client info, capabilities).
+    """
+
+    sessionID: str
+    subject: str
+    clientID: str
+    protocolVersion: str
+    createdAt: float
+    expiresAt: float
+    data: Mapping[str, Any] = field(factory=dict)
+
+
+@frozen(kw_only=True)
+class RateDecision:
+    """
+    The result of taking from a token bucket.
+
+    @ivar allowed: whether the request may proceed.
+    @ivar remaining: whole tokens left after this take.
+    @ivar retryAfter: seconds until one token is available (0 when allowed).
+    """
+
+    allowed: bool
+    remaining: int
+    retryAfter: float
+
+
+@frozen(kw_only=True)
+class SweepReport:
+    """
+    How many expired records one sweep removed, by kind.
+    """
+
+    removed: Mapping[str, int] = field(factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.removed.values())
+
+
+# --------------------------------------------------------------------------
+# Interfaces
+
+
+class IClientStore(Interface):
+    def createClient(record: ClientRecord) -> Any:
+        """
+        Store a new client. Fires with C{None} once durable; fails with
+        L{Conflict} if the id exists.
+        """
+
+    def getClient(clientID: str) -> Any:
+        """
+        Fires with the L{ClientRecord}; fails with L{NoSuchClient}.
+        """
+
+    def listClients() -> Any:
+        """
+        Fires with a list of every L{ClientRecord}, ordered by C{clientID}.
+        """
+
+    def updateClient(record: ClientRecord) -> Any:
+        """
+        Replace the client with C{record.clientID}. Fires with C{None}; fails
+        with L{NoSuchClient}.
+        """
+
+    def deleteClient(clientID: str) -> Any:
+        """
+        Remove a client. Fires with C{None}; fails with L{NoSuchClient}.
+        """
+
+
+class ICodeStore(Interface):
+    def storeCode(record: CodeRecord) -> Any:
+        """
+        Store an authorization code until C{record.expiresAt}. Fires with
+        C{None} once durable; fails with L{Conflict} if the hash exists.
+        """
+
+    def consumeCode(codeHash: str, now: float) -> Any:
+        """
+        Atomically mark the code used and fire with its L{CodeRecord} (as it
+        was before this call, C{used=False}). Exactly one of any number of
+        concurrent consumers succeeds. Fails with L{AlreadyUsed} (carrying
+        the record) for a used code that has not expired, and with
+        L{NoSuchCode} for an unknown or expired one.
+        """
+
+
+class IRefreshStore(Interface):
+    def createFamily(family: RefreshFamily) -> Any:
+        """
+        Store a new family. Fires with C{None} once durable; fails with
+        L{Conflict} if the id exists.
+        """
+
+    def getFamily(familyID: str, now: float) -> Any:
+        """
+        Fires with the live L{RefreshFamily}; fails with L{NoSuchFamily} if
+        it is unknown, expired or revoked.
+        """
+
+    def rotateRefresh(
+        familyID: str,
+        presentedHash: str,
+        newHash: str,
+        sealedSuccessor: str,
+        graceUntil: float,
+        accessJTI: str,
+        accessExpiresAt: float,
+        now: float,
+    ) -> Any:
+        """
+        Atomically rotate the family:
+          - C{presentedHash == currentHash}: C{previousHash := presentedHash},
+            C{currentHash := newHash}, C{sealedSuccessor}, C{graceUntil},
+            C{lastAccessJTI}/C{lastAccessExpiresAt} set, C{rotations + 1};
+            fires with L{RotationOutcome.ROTATED} and the new family;
+          - C{presentedHash == previousHash} and C{now < graceUntil}: nothing
+            changes except C{lastAccessJTI}/C{lastAccessExpiresAt};
+            fires with L{RotationOutcome.GRACE} and the family;
+          - otherwise: the family is revoked (as L{revokeFamily}); fires with
+            L{RotationOutcome.REUSED} and the family as it was.
+        Of two concurrent rotations presenting the same current token,
+        exactly one is ROTATED and the other GRACE. Fails with
+        L{NoSuchFamily} for an unknown, expired or revoked family. Hash
+        comparisons are constant-time.
+        """
+
+    def revokeFamily(familyID: str, now: float) -> Any:
+        """
+        Revoke the whole family, and deny-list its C{lastAccessJTI} until
+        C{lastAccessExpiresAt}. Fires with the revoked L{RefreshFamily}, or
+        C{None} if there was no live family (revocation is idempotent).
+        """
+
+    def listFamilies(clientID: Optional[str], now: float) -> Any:
+        """
+        Fires with the list of live families (of one client, or all).
+        """
+
+
+class IRevocationStore(Interface):
+    def revokeJTI(jti: str, expiresAt: float) -> Any:
+        """
+        Deny-list an access token id until C{expiresAt} (its natural
+        expiry). Fires with C{None} once durable.
+        """
+
+    def isRevoked(jti: str, now: float) -> Any:
+        """
+        Fires with C{True} if C{jti} is deny-listed and C{now <
+        expiresAt}. Fails with L{StoreUnavailable}, never with C{False},
+        when the store cannot answer.
+        """
+
+
+class ISessionStore(Interface):
+    def createSession(record: SessionRecord) -> Any:
+        """
+        Store a new session. Fires with C{None}; fails with L{Conflict}.
+        """
+
+    def getSession(sessionID: str, now: float) -> Any:
+        """
+        Fires with the L{SessionRecord}; fails with L{NoSuchSession} when it
+        is unknown, deleted or past C{expiresAt}.
+        """
+
+    def touchSession(sessionID: str, expiresAt: float, now: float) -> Any:
+        """
+        Extend the idle expiry. Fires with C{None}; fails with
+        L{NoSuchSession}.
+        """
+
+    def deleteSession(sessionID: str) -> Any:
+        """
+        End a session. Fires with C{True} if it existed, C{False} if not.
+        """
+
+    def countSessions(now: float) -> Any:
+        """
+        Fires with the number of live sessions (for metrics).
+        """
+
+
+class IRateLimitStore(Interface):
+    def takeToken(
+        key: str, capacity: int, refillPerSecond: float, now: float, cost: int = 1
+    ) -> Any:
+        """
+        Atomically take C{cost} tokens from the bucket C{key} (created full
+        with C{capacity} tokens, refilled continuously at C{refillPerSecond}).
+        Fires with a L{RateDecision}. A bucket left idle long enough to be
+        full again may be forgotten.
+        """
+
+
+class IStore(
+    IClientStore,
+    ICodeStore,
+    IRefreshStore,
+    IRevocationStore,
+    ISessionStore,
+    IRateLimitStore,
+):
+    """
+    Everything above, plus the operational hooks.
+    """
+
+    backendName = Attribute("C{'memory'}, C{'sqlite'} or C{'redis'}.")
+
+    def ping() -> Any:
+        """
+        Fires with C{None} when the backing store answers; fails with
+        L{StoreUnavailable} otherwise. Used by C{/ready}.
+        """
+
+    def sweep(now: float) -> Any:
+        """
+        Remove records expired at C{now} that the backend does not expire by
+        itself. Fires with a L{SweepReport}.
+        """

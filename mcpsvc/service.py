@@ -1,0 +1,326 @@
+# -*- test-case-name: mcpsvc.test.test_service -*-
+"""
+The composition root: L{buildService} turns a L{Config} into the service
+tree, performing no I/O.
+
+    OrderedMultiService "mcpsvc"
+      |- store service   "store"    (started first, stopped last)
+      |- TimerService    "sweeper"  (injected clock; catches its own failures)
+      '- HTTPService     "http"     (one listener per --listen; drains on stop)
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any, Callable, List, Optional, Sequence
+
+from twisted.application import strports
+from twisted.application.internet import TimerService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import IResource
+
+from mcpsvc.config import Config, summary
+from mcpsvc.http.site import McpsvcSite
+
+__all__ = [
+    "OrderedMultiService",
+    "HTTPService",
+    "Sweeper",
+    "buildService",
+    "buildRootResource",
+]
+
+log = Logger()
+
+
+class OrderedMultiService(MultiService):
+    """
+    A L{MultiService} that stops its children one at a time, in reverse
+    order, each only after the previous one has really stopped. A child
+    that fails to stop is logged and the others still stop.
+    """
+
+    def __init__(self, reactor: Any = None, handleSignals: bool = False) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self._handleSignals = handleSignals
+
+    def startService(self) -> None:
+        super().startService()
+        if self._handleSignals and self._reactor is not None:
+            self._reactor.callWhenRunning(self._installSignalHandlers)
+
+    def _installSignalHandlers(self) -> None:
+        """
+        Replace the reactor's SIGTERM/SIGINT handlers with ones that stop
+        the reactor without recording an exit signal: after a clean,
+        graceful stop the process exits 0, as a supervised daemon should
+        (twistd otherwise re-raises the signal and exits 143).
+        """
+        reactor = self._reactor
+
+        def stop(number: int, frame: Any) -> None:
+            log.info(
+                "Received {signal}, shutting down gracefully",
+                signal=signal.Signals(number).name,
+            )
+            reactor.callFromThread(reactor.stop)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    async def _stopInOrder(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("Stopping {name} failed", name=child.name)
+        log.info("mcpsvc stopped")
+
+    def stopService(self) -> "Deferred[None]":
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stopInOrder())
+
+
+class HTTPService(MultiService):
+    """
+    Serves one site on every listen description, and on stop: stops
+    listening, ends long-lived streams, then waits (at most
+    C{drainTimeout} seconds) for in-flight requests to finish.
+    """
+
+    def __init__(
+        self,
+        site: McpsvcSite,
+        descriptions: Sequence[str],
+        *,
+        reactor: Any,
+        clock: IReactorTime,
+        drainTimeout: float,
+        banner: Optional[dict] = None,
+    ) -> None:
+        super().__init__()
+        self.setName("http")
+        self.site = site
+        self.clock = clock
+        self.drainTimeout = drainTimeout
+        self.banner = banner or {}
+        self.endpointServices: List[Any] = []
+        for description in descriptions:
+            svc = strports.service(description, site, reactor=reactor)
+            svc.setName(description)
+            svc.setServiceParent(self)
+            self.endpointServices.append(svc)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            log.critical(
+                "Cannot listen on {address}: {reason}",
+                address=f"{e.interface or '*'}:{e.port}",
+                reason=_reason(e),
+            )
+            raise SystemExit(1)
+
+    def startService(self) -> None:
+        super().startService()
+        for svc in self.endpointServices:
+            port = getattr(svc, "_waitingForPort", None)
+            if port is None:
+                continue
+            port.addCallback(self._announce, svc.name)
+            port.addErrback(self._listenFailed, svc.name)
+
+    def _announce(self, port: Any, description: str) -> Any:
+        address = port.getHost()
+        log.info(
+            "mcpsvc listening on {address} ({description}); environment={environment} store={store}",
+            address=f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}",
+            description=description,
+            **self.banner,
+        )
+        return port
+
+    def _listenFailed(self, failure: Any, description: str) -> None:
+        log.critical(
+            "Cannot listen on {description}: {reason}",
+            description=description,
+            reason=failure.getErrorMessage(),
+        )
+
+    async def _drain(self) -> None:
+        for svc in reversed(self.endpointServices):
+            try:
+                await maybeDeferred(svc.stopService)
+            except Exception:
+                log.failure("Stopping listener {name} failed", name=svc.name)
+        pending = len(self.site.inFlight)
+        if pending:
+            log.info("Draining {count} in-flight request(s)", count=pending)
+        self.site.closeStreams()
+        idle = self.site.whenIdle()
+        idle.addTimeout(self.drainTimeout, self.clock)
+        try:
+            await idle
+        except Exception:
+            log.warn(
+                "Shutdown timeout ({seconds}s) reached with {count} request(s) in flight",
+                seconds=self.drainTimeout,
+                count=len(self.site.inFlight),
+            )
+            for request in list(self.site.inFlight):
+                try:
+                    request.channel.transport.abortConnection()
+                except Exception:  # pragma: no cover
+                    pass
+
+    def stopService(self) -> "Deferred[None]":
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._drain())
+
+
+def _reason(error: CannotListenError) -> str:
+    socketError = error.socketError
+    return getattr(socketError, "strerror", None) or str(socketError)
+
+
+class Sweeper(TimerService):
+    """
+    Every C{interval} seconds, remove expired records from the store. A
+    failed sweep is logged and the next one still runs.
+    """
+
+    def __init__(self, interval: float, store: Any, clock: IReactorTime) -> None:
+        super().__init__(interval, self.sweepOnce)
+        self.clock = clock
+        self.store = store
+        self.setName("sweeper")
+
+    async def sweepOnce(self) -> None:
+        with log.failuresHandled("Sweep failed; the next one runs in {interval}s", interval=self.step):
+            report = await self.store.sweep(self.clock.seconds())
+            if report.total:
+                log.info(
+                    "Sweep removed {total} expired record(s): {removed}",
+                    total=report.total,
+                    removed=dict(report.removed),
+                )
+
+
+def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reactor: Any,
+                      runInThread: Callable[..., Any], httpClient: Any = None,
+                      extraChecks: Sequence[Any] = ()) -> IResource:
+    """
+    Build the whole HTTP resource tree for C{config}.
+    """
+    from mcpsvc.http.app import Dispatcher, RootApp
+    from mcpsvc.http.metrics import buildMetrics
+
+    routes: List[Any] = []
+    oauthResource: Optional[IResource] = None
+    mcpResource: Optional[IResource] = None
+
+    try:
+        from mcpsvc.oauth import buildOAuth  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - during bring-up
+        buildOAuth = None
+    authenticate = None
+    if buildOAuth is not None:
+        oauthApp, bearer = buildOAuth(config, store=store, clock=clock, runInThread=runInThread)
+        oauthResource = oauthApp.resource()
+        authenticate = bearer.authenticate
+
+    try:
+        from mcpsvc.mcp.app import McpApp
+        from mcpsvc.tools import buildToolRegistry
+    except ImportError:  # pragma: no cover - during bring-up
+        McpApp = None  # type: ignore[assignment,misc]
+    if McpApp is not None and authenticate is not None:
+        registry = buildToolRegistry(
+            config, clock=clock, runInThread=runInThread, httpClient=httpClient
+        )
+        mcpApp = McpApp(
+            config=config, store=store, clock=clock, authenticate=authenticate,
+            registry=registry,
+        )
+        mcpResource = mcpApp.resource()
+
+    metrics = buildMetrics(config)
+    root = RootApp(clock=clock, ping=store.ping, metrics=metrics)
+    if mcpResource is not None:
+        routes.append(("/mcp", mcpResource))
+    if oauthResource is not None:
+        for path in ("/oauth/", "/.well-known/", "/authorize", "/token", "/register", "/revoke"):
+            routes.append((path, oauthResource))
+    return Dispatcher(routes, root.resource())
+
+
+def buildService(
+    config: Config,
+    *,
+    reactor: Any,
+    storeService: Optional[IService] = None,
+    runInThread: Optional[Callable[..., Any]] = None,
+    httpClient: Any = None,
+    handleSignals: bool = False,
+) -> OrderedMultiService:
+    """
+    Construct the whole service tree for C{config}. Performs no I/O: every
+    socket, thread and connection is opened when the tree starts.
+
+    @param reactor: the reactor (time, TCP, threads), injected.
+    @param storeService: a ready-made store service (tests); by default one
+        is built from C{config}.
+    @param runInThread: runs a blocking callable off the reactor thread.
+    @param handleSignals: stop on SIGTERM/SIGINT with exit status 0.
+    """
+    clock: IReactorTime = reactor
+    if runInThread is None:
+        from functools import partial
+
+        from twisted.internet.threads import deferToThreadPool
+
+        def runInThread(f: Callable[..., Any], *a: Any, **kw: Any) -> Any:
+            return deferToThreadPool(reactor, reactor.getThreadPool(), f, *a, **kw)
+
+        del partial
+    if storeService is None:
+        from mcpsvc.storage import buildStoreService
+
+        storeService = buildStoreService(config, reactor=reactor, clock=clock)
+    store = storeService.store  # type: ignore[attr-defined]
+
+    root = OrderedMultiService(reactor=reactor, handleSignals=handleSignals)
+    root.setName("mcpsvc")
+    storeService.setName("store")
+    storeService.setServiceParent(root)
+    Sweeper(config.sweepInterval, store, clock).setServiceParent(root)
+
+    resource = buildRootResource(
+        config, store=store, clock=clock, reactor=reactor,
+        runInThread=runInThread, httpClient=httpClient,
+    )
+    site = McpsvcSite(
+        resource,
+        clock=clock,
+        allowedOrigins=config.allowedOrigins,
+        trustedProxies=config.trustedProxies,
+        verbose=not config.production or config.logLevel == "debug",
+    )
+    HTTPService(
+        site,
+        config.listen,
+        reactor=reactor,
+        clock=clock,
+        drainTimeout=config.shutdownTimeout,
+        banner={"environment": config.environment, "store": config.store},
+    ).setServiceParent(root)
+    log.info("Configuration: {summary}", summary=summary(config))
+    for notice in config.notices:
+        log.warn("{notice}", notice=notice)
+    return root

@@ -1,0 +1,236 @@
+"""
+Tests for L{mcpsvc.service}: the tree, its start and stop order, the
+sweeper and the HTTP drain, on a L{MemoryReactorClock} (no sockets).
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from mcpsvc.config import loadConfig
+from mcpsvc.service import OrderedMultiService, Sweeper, buildService
+from mcpsvc.storage.interfaces import StoreUnavailable, SweepReport
+from mcpsvc.test.fakes import FakeStoreService, PingStore
+
+SECRET = "x" * 32
+
+
+def config(**extra: str) -> Any:
+    raw = {"JWT_SECRET": SECRET, "STORE": "memory"}
+    raw.update(extra)
+    return loadConfig(raw)
+
+
+class Recording(Service):
+    def __init__(self, name: str, events: List[str], stopping: "Deferred[None] | None" = None) -> None:
+        self.setName(name)
+        self.events = events
+        self.stopping = stopping
+
+    def startService(self) -> None:
+        super().startService()
+        self.events.append(f"start {self.name}")
+
+    def stopService(self) -> "Deferred[None]":
+        super().stopService()
+        self.events.append(f"stop {self.name}")
+        d = self.stopping if self.stopping is not None else succeed(None)
+        return d.addCallback(lambda _: self.events.append(f"stopped {self.name}"))
+
+
+class OrderedMultiServiceTests(SynchronousTestCase):
+    def test_stopWaitsForEachChild(self) -> None:
+        """
+        Children stop in reverse order, each only once the one after it has
+        really stopped.
+        """
+        events: List[str] = []
+        gate: Deferred[None] = Deferred()
+        parent = OrderedMultiService()
+        for name, stopping in (("store", None), ("sweeper", None), ("http", gate)):
+            Recording(name, events, stopping).setServiceParent(parent)
+        parent.startService()
+        self.assertEqual(events, ["start store", "start sweeper", "start http"])
+        del events[:]
+        with capturedLogs():
+            d = parent.stopService()
+            self.assertNoResult(d)
+            self.assertEqual(events, ["stop http"])
+            gate.callback(None)
+        self.successResultOf(d)
+        self.assertEqual(
+            events,
+            ["stop http", "stopped http", "stop sweeper", "stopped sweeper", "stop store", "stopped store"],
+        )
+
+    def test_failingChildDoesNotBlockOthers(self) -> None:
+        """
+        A child whose stop fails is logged, and the rest still stop.
+        """
+        events: List[str] = []
+        parent = OrderedMultiService()
+        Recording("store", events).setServiceParent(parent)
+        bad: Deferred[None] = Deferred()
+        Recording("http", events, bad).setServiceParent(parent)
+        parent.startService()
+        with capturedLogs():
+            d = parent.stopService()
+            bad.errback(RuntimeError("nope"))
+        self.successResultOf(d)
+        self.assertIn("stopped store", events)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class SweeperTests(SynchronousTestCase):
+    def test_survivesFailingSweep(self) -> None:
+        """
+        A sweep that fails is logged and the next one still runs.
+        """
+        clock = MemoryReactorClock()
+        clock.advance(1000)
+        store = PingStore()
+        store.sweepResults = [StoreUnavailable("down"), SweepReport(removed={"codes": 2})]
+        sweeper = Sweeper(60, store, clock)
+        with capturedLogs() as events:
+            sweeper.startService()
+            clock.advance(60)
+            clock.advance(60)
+        self.assertEqual(store.sweeps, [1000, 1060, 1120])
+        self.assertTrue(sweeper.running)
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+        removed = [e for e in events if e.get("total") == 2]
+        self.assertEqual(len(removed), 1)
+        self.successResultOf(sweeper.stopService())
+
+    def test_stopWaitsForSweep(self) -> None:
+        """
+        Stopping waits for an in-flight sweep to finish.
+        """
+        clock = MemoryReactorClock()
+        store = PingStore()
+        pending: Deferred[SweepReport] = Deferred()
+        store.sweepResults = [pending]
+        sweeper = Sweeper(60, store, clock)
+        sweeper.startService()
+        d = sweeper.stopService()
+        self.assertNoResult(d)
+        pending.callback(SweepReport(removed={}))
+        self.successResultOf(d)
+
+
+class BuildServiceTests(SynchronousTestCase):
+    def build(self, **extra: str) -> Any:
+        self.reactor = MemoryReactorClock()
+        self.events: List[str] = []
+        self.storeService = FakeStoreService(self.events)
+        with capturedLogs() as self.logged:
+            return buildService(config(**extra), reactor=self.reactor, storeService=self.storeService)
+
+    def test_noIOUntilStarted(self) -> None:
+        """
+        Building the tree opens nothing.
+        """
+        self.build()
+        self.assertEqual(self.reactor.tcpServers, [])
+        self.assertEqual(self.events, [])
+
+    def test_tree(self) -> None:
+        """
+        The tree holds store, sweeper and http, in that order, and starting
+        it listens on the default address.
+        """
+        root = self.build()
+        self.assertEqual([s.name for s in root], ["store", "sweeper", "http"])
+        root.privilegedStartService()
+        root.startService()
+        self.assertEqual(self.events, ["store started"])
+        [(port, factory, backlog, interface)] = self.reactor.tcpServers
+        self.assertEqual((port, interface), (3000, "127.0.0.1"))
+        self.assertIs(factory, root.getServiceNamed("http").site)
+        with capturedLogs():
+            self.successResultOf(root.stopService())
+        self.assertEqual(self.events, ["store started", "store stopped"])
+
+    def test_listenOptions(self) -> None:
+        """
+        One listener per C{--listen} description.
+        """
+        self.reactor = MemoryReactorClock()
+        from mcpsvc.config import loadConfig as load
+
+        cfg = load({"JWT_SECRET": SECRET, "STORE": "memory"}, listen=("tcp:8080", "tcp:8081:interface=\\:\\:1"))
+        with capturedLogs():
+            root = buildService(cfg, reactor=self.reactor, storeService=FakeStoreService([]))
+        root.privilegedStartService()
+        root.startService()
+        self.assertEqual([(p, i) for p, _, _, i in self.reactor.tcpServers], [(8080, ""), (8081, "::1")])
+
+    def test_summaryLogged(self) -> None:
+        """
+        The configuration summary is logged without secret values.
+        """
+        self.build(DCR_AUTH_TOKEN="t" * 40)
+        summaries = [e for e in self.logged if "summary" in e]
+        self.assertEqual(len(summaries), 1)
+        self.assertNotIn(SECRET, repr(summaries))
+        self.assertNotIn("t" * 40, repr(summaries))
+
+
+class DrainTests(SynchronousTestCase):
+    def test_drainWaitsForInFlight(self) -> None:
+        """
+        Stopping HTTP stops listening at once, then waits for in-flight
+        requests, bounded by the shutdown timeout.
+        """
+        reactor = MemoryReactorClock()
+        with capturedLogs():
+            root = buildService(config(SHUTDOWN_TIMEOUT="10"), reactor=reactor, storeService=FakeStoreService([]))
+        http = root.getServiceNamed("http")
+        root.privilegedStartService()
+        root.startService()
+        request = object()
+        http.site.inFlight.add(request)
+        with capturedLogs():
+            d = http.stopService()
+        self.assertNoResult(d)
+        self.assertFalse(any(s.running for s in http.endpointServices))
+        http.site.inFlight.discard(request)
+        http.site.requestDone()
+        self.successResultOf(d)
+
+    def test_drainTimeout(self) -> None:
+        """
+        After the shutdown timeout, stopping completes anyway.
+        """
+        reactor = MemoryReactorClock()
+        with capturedLogs():
+            root = buildService(config(SHUTDOWN_TIMEOUT="10"), reactor=reactor, storeService=FakeStoreService([]))
+        http = root.getServiceNamed("http")
+        root.privilegedStartService()
+        root.startService()
+
+        class Stuck:
+            class channel:
+                class transport:
+                    aborted = False
+
+                    @classmethod
+                    def abortConnection(cls) -> None:
+                        cls.aborted = True
+
+        http.site.inFlight.add(Stuck)
+        with capturedLogs() as events:
+            d = http.stopService()
+            self.assertNoResult(d)
+            reactor.advance(9.9)
+            self.assertNoResult(d)
+            reactor.advance(0.2)
+        self.successResultOf(d)
+        self.assertTrue(Stuck.channel.transport.aborted)
+        self.assertTrue(any("Shutdown timeout" in e.get("log_format", "") for e in events))

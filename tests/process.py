@@ -1,0 +1,164 @@
+"""
+Run a real C{twistd -n mcpsvc} process for end-to-end tests.
+
+The process listens on a port the kernel picks (C{tcp:0} on loopback); we
+learn it from the JSON log line announcing the listener. Every wait is
+bounded and event-driven (reading the child's output), never a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+SECRET = "e2e-secret-" + "x" * 32
+
+
+class McpsvcProcess:
+    """
+    A running mcpsvc. Use L{start}, then L{url}; always L{stop} (or
+    L{kill}) in cleanup.
+
+    @ivar lines: every line the process wrote (stdout and stderr merged).
+    @ivar records: the lines that parsed as JSON log records.
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        env: Optional[Dict[str, str]] = None,
+        listen: Sequence[str] = ("tcp:0:interface=127.0.0.1",),
+        args: Sequence[str] = (),
+        inheritEnv: bool = False,
+    ) -> None:
+        self.workdir = workdir
+        base = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/root"),
+            "LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+        }
+        if inheritEnv:
+            base.update(os.environ)
+        base.update(env or {})
+        self.env = base
+        self.listen = list(listen)
+        self.args = list(args)
+        self.lines: List[str] = []
+        self.records: List[Dict[str, Any]] = []
+        self.proc: Optional[subprocess.Popen[str]] = None
+        self.port: Optional[int] = None
+        self._lastRecord: Optional[Dict[str, Any]] = None
+
+    def start(self, expectListening: bool = True, timeout: float = 30.0) -> "McpsvcProcess":
+        argv = [TWISTD, "--pidfile=", "-n", "mcpsvc"]
+        for description in self.listen:
+            argv += ["--listen", description]
+        argv += self.args
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=self.workdir,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        if expectListening:
+            record = self.waitFor(lambda r: "listening on" in r.get("text", ""), timeout)
+            self.port = int(str(record["address"]).rsplit(":", 1)[1])
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _readLine(self, deadline: float) -> Optional[str]:
+        assert self.proc is not None and self.proc.stdout is not None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        ready, _, _ = select.select([self.proc.stdout], [], [], remaining)
+        if not ready:
+            return None
+        line = self.proc.stdout.readline()
+        if line == "":
+            return ""
+        line = line.rstrip("\n")
+        self.lines.append(line)
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        self._lastRecord = record if isinstance(record, dict) else None
+        if self._lastRecord is not None:
+            self.records.append(self._lastRecord)
+        return line
+
+    def waitFor(self, predicate: Any, timeout: float = 30.0) -> Dict[str, Any]:
+        """
+        Read output until a JSON record satisfies C{predicate}; return it.
+        """
+        for record in self.records:
+            if predicate(record):
+                return record
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self._readLine(deadline)
+            if line is None:
+                raise AssertionError(
+                    "timed out waiting for the process; output so far:\n" + "\n".join(self.lines[-40:])
+                )
+            if line == "":
+                raise AssertionError(
+                    f"process exited ({self.proc.wait()}) first; output:\n" + "\n".join(self.lines[-40:])
+                )
+            if self._lastRecord is not None and predicate(self._lastRecord):
+                return self._lastRecord
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """
+        Read the rest of the output and return the exit status.
+        """
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self._readLine(deadline)
+            if line == "":
+                break
+            if line is None:
+                raise AssertionError("process did not exit; output:\n" + "\n".join(self.lines[-40:]))
+        return self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+
+    def signal(self, number: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(number)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except AssertionError:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)

@@ -25,6 +25,7 @@ from twisted.web.resource import IResource
 
 from mcpsvc.config import Config, summary
 from mcpsvc.http.site import McpsvcSite
+from mcpsvc.metrics import Metrics
 
 __all__ = [
     "OrderedMultiService",
@@ -49,7 +50,13 @@ class OrderedMultiService(MultiService):
         self._reactor = reactor
         self._handleSignals = handleSignals
 
+    metrics: Optional[Metrics] = None
+
     def startService(self) -> None:
+        if self.metrics is not None:
+            from mcpsvc.audit import setAuditHook
+
+            setAuditHook(self.metrics.auditHook())
         super().startService()
         if self._handleSignals and self._reactor is not None:
             self._reactor.callWhenRunning(self._installSignalHandlers)
@@ -79,6 +86,10 @@ class OrderedMultiService(MultiService):
                 await maybeDeferred(child.stopService)
             except Exception:
                 log.failure("Stopping {name} failed", name=child.name)
+        if self.metrics is not None:
+            from mcpsvc.audit import setAuditHook
+
+            setAuditHook(None)
         log.info("mcpsvc stopped")
 
     def stopService(self) -> "Deferred[None]":
@@ -213,8 +224,8 @@ class Sweeper(TimerService):
 
 
 def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reactor: Any,
-                      runInThread: Callable[..., Any], httpClient: Any = None,
-                      extraChecks: Sequence[Any] = ()) -> IResource:
+                      runInThread: Callable[..., Any], metrics: Metrics,
+                      httpClient: Any = None) -> IResource:
     """
     Build the whole HTTP resource tree for C{config}.
     """
@@ -250,8 +261,7 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
         )
         mcpResource = mcpApp.resource()
 
-    metrics = buildMetrics(config)
-    root = RootApp(clock=clock, ping=store.ping, metrics=metrics)
+    root = RootApp(clock=clock, ping=store.ping, metrics=buildMetrics(config, metrics.registry))
     if mcpResource is not None:
         routes.append(("/mcp", mcpResource))
     if oauthResource is not None:
@@ -301,9 +311,11 @@ def buildService(
     storeService.setServiceParent(root)
     Sweeper(config.sweepInterval, store, clock).setServiceParent(root)
 
+    metrics = Metrics()
+    root.metrics = metrics
     resource = buildRootResource(
         config, store=store, clock=clock, reactor=reactor,
-        runInThread=runInThread, httpClient=httpClient,
+        runInThread=runInThread, metrics=metrics, httpClient=httpClient,
     )
     site = McpsvcSite(
         resource,
@@ -311,6 +323,7 @@ def buildService(
         allowedOrigins=config.allowedOrigins,
         trustedProxies=config.trustedProxies,
         verbose=not config.production or config.logLevel == "debug",
+        metrics=metrics,
     )
     HTTPService(
         site,

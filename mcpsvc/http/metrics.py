@@ -9,30 +9,32 @@ from __future__ import annotations
 import hmac
 from typing import Any, Callable, Optional
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.web.iweb import IRequest
 
 from mcpsvc.config import Config
-from mcpsvc.http.errors import NotFoundError, Unauthorized
+from mcpsvc.http.errors import Unauthorized
 
 __all__ = ["buildMetrics"]
 
 
 def buildMetrics(
-    config: Config, registry: CollectorRegistry = REGISTRY
+    config: Config, registry: CollectorRegistry, requireToken: bool = True
 ) -> Optional[Callable[[IRequest], Any]]:
     """
-    Return the C{/metrics} renderer, or C{None} (the route answers 404)
-    when no C{METRICS_TOKEN} is configured.
+    Return the C{/metrics} renderer for C{registry}, or C{None} (the route
+    answers 404) when no C{METRICS_TOKEN} is configured and C{requireToken}
+    is set (the public listener). The separate metrics listener
+    (C{--metrics-listen}) passes C{requireToken=False}.
     """
     token = config.metricsToken
-    if not token:
+    if requireToken and not token:
         return None
-    expected = ("Bearer " + token).encode("utf-8")
+    expected = ("Bearer " + (token or "")).encode("utf-8")
 
     def render(request: IRequest) -> bytes:
         given = (request.getHeader("authorization") or "").encode("utf-8")
-        if not hmac.compare_digest(given, expected):
+        if requireToken and not hmac.compare_digest(given, expected):
             raise Unauthorized(
                 "A valid metrics token is required",
                 headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
@@ -40,5 +42,4 @@ def buildMetrics(
         request.setHeader("Content-Type", CONTENT_TYPE_LATEST)
         return generate_latest(registry)
 
-    del NotFoundError
     return render

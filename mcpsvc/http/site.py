@@ -301,6 +301,8 @@ class McpsvcRequest(Request):
             clientAddress=address,
             aborted=aborted,
         )
+        if site is not None and site.metrics is not None:
+            site.metrics.observeRequest(path, method, status, now - self.receivedAt)
         if site is not None and site.verbose:
             fields["userAgent"] = self.getHeader("user-agent")
             fields["authorization"] = redactAuthorization(self.getHeader("authorization"))
@@ -341,8 +343,10 @@ class McpsvcSite(Site):
         trustedProxies: Iterable[str] = (),
         verbose: bool = False,
         bodyLimit: int = BODY_LIMIT,
+        metrics: Any = None,
     ) -> None:
         super().__init__(resource)
+        self.metrics = metrics
         self.clock = clock
         self.allowedOrigins = frozenset(allowedOrigins)
         self.trustedProxies = _parseNetworks(trustedProxies)

@@ -1,0 +1,93 @@
+# -*- test-case-name: mcpsvc.test.test_metrics -*-
+"""
+Prometheus metrics (prometheus_client), one L{Metrics} per service tree,
+each with its own registry.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics", "routeLabel"]
+
+_KNOWN_ROUTES = (
+    "/mcp", "/health", "/ready", "/metrics",
+    "/oauth/register", "/oauth/authorize", "/oauth/token", "/oauth/revoke", "/oauth/introspect",
+    "/register", "/authorize", "/token", "/revoke",
+    "/.well-known/oauth-authorization-server", "/.well-known/openid-configuration",
+    "/.well-known/oauth-protected-resource", "/.well-known/jwks.json",
+)
+
+
+def routeLabel(path: str) -> str:
+    """
+    The route label of a request path: a known route, or C{"other"}, so
+    that clients cannot blow up the label cardinality.
+    """
+    if path.endswith("/") and len(path) > 1:
+        path = path[:-1]
+    for route in _KNOWN_ROUTES:
+        if path == route or (route.startswith("/.well-known/") and path.startswith(route + "/")):
+            return route
+    return "other"
+
+
+class Metrics:
+    """
+    Every metric mcpsvc exports.
+    """
+
+    def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "mcpsvc_http_requests", "HTTP requests by route, method and status.",
+            ["route", "method", "status"], registry=r,
+        )
+        self.requestDuration = Histogram(
+            "mcpsvc_http_request_duration_seconds", "HTTP request duration by route.",
+            ["route"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.toolCalls = Counter(
+            "mcpsvc_tool_calls", "Tool calls by tool and outcome.", ["tool", "outcome"], registry=r,
+        )
+        self.audit = Counter(
+            "mcpsvc_audit_events",
+            "Security events (registrations, authorizations, tokens issued, refreshed and "
+            "revoked, reuse detected, failed client authentication, rate-limit hits) by "
+            "action and outcome.",
+            ["action", "outcome"], registry=r,
+        )
+        self.storeErrors = Counter(
+            "mcpsvc_store_errors", "Store operations that failed as unavailable.",
+            ["operation"], registry=r,
+        )
+        self.storeLatency = Histogram(
+            "mcpsvc_store_operation_seconds", "Store operation latency.", ["operation"], registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+        )
+        self.activeSessions = Gauge(
+            "mcpsvc_active_sessions", "Live MCP sessions (as of the last sweep).", registry=r,
+        )
+
+    def observeRequest(self, path: str, method: str, status: int, seconds: float) -> None:
+        route = routeLabel(path)
+        self.requests.labels(route, method, str(status)).inc()
+        self.requestDuration.labels(route).observe(max(0.0, seconds))
+
+    def auditHook(self) -> Callable[[str, str], None]:
+        def hook(action: str, outcome: str) -> None:
+            self.audit.labels(action, outcome).inc()
+
+        return hook
+
+    def toolCall(self, tool: str, outcome: str) -> None:
+        self.toolCalls.labels(tool, outcome).inc()
+
+    def __repr__(self) -> str:  # pragma: no cover
+        return "<Metrics>"
+
+

@@ -131,6 +131,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 3000
     listen: Tuple[str, ...] = ()
+    metricsListen: Tuple[str, ...] = ()
     serverURL: str = "http://127.0.0.1:3000"
     issuer: str = "http://127.0.0.1:3000"
     jwtSecret: str = ""

@@ -333,6 +333,22 @@ def buildService(
         drainTimeout=config.shutdownTimeout,
         banner={"environment": config.environment, "store": config.store},
     ).setServiceParent(root)
+    if config.metricsListen:
+        from mcpsvc.http.app import RootApp
+        from mcpsvc.http.metrics import buildMetrics
+
+        metricsApp = RootApp(
+            clock=clock, ping=store.ping,
+            metrics=buildMetrics(config, metrics.registry, requireToken=False),
+        )
+        metricsService = HTTPService(
+            McpsvcSite(metricsApp.resource(), clock=clock),
+            config.metricsListen, reactor=reactor, clock=clock,
+            drainTimeout=config.shutdownTimeout,
+            banner={"environment": config.environment, "store": config.store},
+        )
+        metricsService.setName("metrics")
+        metricsService.setServiceParent(root)
     log.info("Configuration: {summary}", summary=summary(config))
     for notice in config.notices:
         log.warn("{notice}", notice=notice)

@@ -91,6 +91,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["metrics-listen"] = []
 
     def opt_listen(self, description: str) -> None:
         """
@@ -99,6 +100,13 @@ class Options(usage.Options):
         systemd:domain=INET:index=0. Default: tcp:$PORT:interface=$HOST.
         """
         self["listen"].append(description)
+
+    def opt_metrics_listen(self, description: str) -> None:
+        """
+        Serve /metrics, without a token, on this strports description too
+        (repeatable), e.g. tcp:9100:interface=127.0.0.1.
+        """
+        self["metrics-listen"].append(description)
 
     def overrides(self) -> Dict[str, str]:
         return {
@@ -135,7 +143,9 @@ def configFromOptions(
     raw, notices = ensureDevelopmentSecrets(raw, newSecret)
     listen: Tuple[str, ...] = tuple(options.get("listen") or ())
     config = loadConfig(raw, listen=listen)
-    return config.replace(notices=tuple(notices))
+    return config.replace(
+        notices=tuple(notices), metricsListen=tuple(options.get("metrics-listen") or ())
+    )
 
 
 def makeService(options: Options) -> IService:

@@ -234,3 +234,26 @@ class DrainTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertTrue(Stuck.channel.transport.aborted)
         self.assertTrue(any("Shutdown timeout" in e.get("log_format", "") for e in events))
+
+
+class MetricsListenerTests(SynchronousTestCase):
+    def test_separateListener(self) -> None:
+        """
+        C{--metrics-listen} adds a listener serving C{/metrics} without a
+        token.
+        """
+        reactor = MemoryReactorClock()
+        cfg = config().replace(metricsListen=("tcp:9100:interface=127.0.0.1",))
+        with capturedLogs():
+            root = buildService(cfg, reactor=reactor, storeService=FakeStoreService([]))
+        root.privilegedStartService()
+        root.startService()
+        ports = {p: f for p, f, _, _ in reactor.tcpServers}
+        self.assertEqual(sorted(ports), [3000, 9100])
+        from mcpsvc.test.fakes import rawRequest
+
+        status, _, body, _ = rawRequest(ports[9100], b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(status, 200)
+        self.assertIn(b"mcpsvc_http_requests_total", body)
+        status, _, _, _ = rawRequest(ports[3000], b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(status, 404)

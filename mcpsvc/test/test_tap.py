@@ -35,7 +35,7 @@ class OptionsTests(SynchronousTestCase):
                 "deployment-type": None, "log-level": None, "log-format": None,
                 "auth-mode": None, "authorize-mode": None, "sessions": None,
                 "tool-packs": None, "shutdown-timeout": None, "var-dir": None,
-                "listen": [],
+                "listen": [], "metrics-listen": [],
             },
         )
 

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 from datetime import datetime, timezone
-from typing import IO, Any, Callable, Dict, Optional
+from typing import IO, Any, Dict, Optional
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -37,6 +37,11 @@ _LEVELS = {
     "error": LogLevel.error,
     "critical": LogLevel.critical,
 }
+
+
+#: The level chosen by C{twistd mcpsvc} from C{.env}, options and the
+#: environment, when it selects L{jsonObserver} (C{None}: read C{LOG_LEVEL}).
+configuredLevel: Optional[str] = None
 
 
 def levelFromName(name: Optional[str]) -> LogLevel:
@@ -87,7 +92,9 @@ def jsonObserver(
     C{LOG_LEVEL} environment variable, else info) and above.
     """
     out = stream if stream is not None else sys.stdout
-    minimum = levelFromName(level if level is not None else os.environ.get("LOG_LEVEL"))
+    if level is None:
+        level = configuredLevel or os.environ.get("LOG_LEVEL")
+    minimum = levelFromName(level)
 
     @provider(ILogObserver)
     def write(event: Dict[str, Any]) -> None:
@@ -99,11 +106,3 @@ def jsonObserver(
         out.flush()
 
     return FilteringLogObserver(write, [LogLevelFilterPredicate(defaultLogLevel=minimum)])
-
-
-def observerFactory(level: str) -> Callable[[], ILogObserver]:
-    """
-    A zero-argument factory, as C{twistd --logger} expects, for a JSON
-    observer at C{level}.
-    """
-    return lambda: jsonObserver(level=level)

@@ -123,9 +123,11 @@ class Options(usage.Options):
         parent = getattr(self, "parent", None)
         if (raw.get("LOG_FORMAT") or "text").strip().lower() == "json" and parent is not None:
             if not parent.get("logger"):
-                from mcpsvc.logs import observerFactory
+                from mcpsvc import logs
 
-                parent["logger"] = observerFactory(raw.get("LOG_LEVEL") or "info")
+                # twistd resolves this name itself, after our postOptions.
+                logs.configuredLevel = raw.get("LOG_LEVEL") or None
+                parent["logger"] = "mcpsvc.logs.jsonObserver"
 
 
 def configFromOptions(

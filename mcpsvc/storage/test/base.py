@@ -1,0 +1,567 @@
+# -*- test-case-name: mcpsvc.storage.test -*-
+"""
+The behavioural suite every L{IStore} backend must pass.
+
+A backend's test class mixes L{StoreTestsMixin} into a trial test case and
+supplies L{StoreTestsMixin.makeStore}. Test methods are coroutines:
+  - with a L{twisted.trial.unittest.TestCase} they run on the reactor (real
+    threads, real Redis);
+  - with a L{SynchronousTestCase} (memory, SQLite with a synchronous
+    C{runInThread}) each is wrapped so that it must complete without the
+    reactor, through C{successResultOf}; a store answering asynchronously
+    there fails the test.
+
+Time is a L{Clock} at a realistic epoch (L{EPOCH}); expiry is exercised by
+advancing it or by passing C{now}.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, Coroutine, List, Type
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from mcpsvc.storage.hashing import hashSecret
+from mcpsvc.storage.interfaces import (
+    AlreadyUsed,
+    ClientRecord,
+    CodeRecord,
+    Conflict,
+    IStore,
+    NoSuchClient,
+    NoSuchCode,
+    NoSuchFamily,
+    NoSuchSession,
+    RateDecision,
+    RefreshFamily,
+    RotationOutcome,
+    RotationResult,
+    SessionRecord,
+    SweepReport,
+)
+
+__all__ = ["EPOCH", "StoreTestsMixin", "SweepCountTestsMixin", "client", "code", "family", "session"]
+
+EPOCH = 1_700_000_000.0
+
+
+def client(clientID: str = "client-1", **kw: Any) -> ClientRecord:
+    values: dict = dict(
+        clientID=clientID,
+        secretHash=hashSecret("secret-" + clientID),
+        metadata={
+            "client_name": "ServiceNow \u00e9t\u00e9",
+            "redirect_uris": ["https://x.service-now.com/oauth_redirect.do"],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "nested": {"a": [1, 2.5, None, True]},
+        },
+        createdAt=EPOCH,
+    )
+    values.update(kw)
+    return ClientRecord(**values)
+
+
+def code(codeHash: str = "sha256:code-1", expiresAt: float = EPOCH + 600, **kw: Any) -> CodeRecord:
+    values: dict = dict(
+        codeHash=codeHash,
+        clientID="client-1",
+        redirectURI="https://x.service-now.com/oauth_redirect.do",
+        codeChallenge="E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        codeChallengeMethod="S256",
+        scope="mcp",
+        resource="http://127.0.0.1:3000/mcp",
+        subject="alice",
+        familyID="fam-" + codeHash,
+        expiresAt=expiresAt,
+    )
+    values.update(kw)
+    return CodeRecord(**values)
+
+
+def family(familyID: str = "fam-1", currentHash: str = "sha256:r0", **kw: Any) -> RefreshFamily:
+    values: dict = dict(
+        familyID=familyID,
+        clientID="client-1",
+        subject="alice",
+        scope="mcp",
+        resource="http://127.0.0.1:3000/mcp",
+        currentHash=currentHash,
+        createdAt=EPOCH,
+        expiresAt=EPOCH + 86400,
+        lastAccessJTI="jti-0",
+        lastAccessExpiresAt=EPOCH + 3600,
+    )
+    values.update(kw)
+    return RefreshFamily(**values)
+
+
+def session(sessionID: str = "sess-1", expiresAt: float = EPOCH + 3600, **kw: Any) -> SessionRecord:
+    values: dict = dict(
+        sessionID=sessionID,
+        subject="alice",
+        clientID="client-1",
+        protocolVersion="2025-06-18",
+        createdAt=EPOCH,
+        expiresAt=expiresAt,
+        data={"clientInfo": {"name": "now-assist", "version": "1.0"}},
+    )
+    values.update(kw)
+    return SessionRecord(**values)
+
+
+def _synchronously(f: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., None]:
+    @functools.wraps(f)
+    def run(self: SynchronousTestCase) -> None:
+        self.successResultOf(Deferred.fromCoroutine(f(self)))
+
+    return run
+
+
+class StoreTestsMixin:
+    """
+    The conformance suite. Subclasses define L{makeStore}; C{self.clock} is
+    set (at L{EPOCH}) before it is called.
+    """
+
+    clock: Clock
+    store: Any
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if issubclass(cls, SynchronousTestCase) and not issubclass(cls, TestCase):
+            for name in dir(cls):
+                if name.startswith("test_"):
+                    method = getattr(cls, name)
+                    if inspect.iscoroutinefunction(method):
+                        setattr(cls, name, _synchronously(method))
+
+    def makeStore(self) -> Any:
+        """
+        Return the store under test (using C{self.clock}); register its
+        cleanup with C{addCleanup}.
+        """
+        raise NotImplementedError()
+
+    def setUp(self) -> Any:
+        self.clock = Clock()
+        self.clock.advance(EPOCH)
+        self.store = self.makeStore()
+
+    def now(self) -> float:
+        return self.clock.seconds()
+
+    async def assertFails(self, d: "Deferred[Any]", *types: Type[BaseException]) -> Any:
+        """
+        Await C{d}, which must fail with one of C{types}; return the exception.
+        """
+        try:
+            result = await d
+        except types as e:  # type: ignore[misc]
+            return e
+        self.fail(f"{d!r} succeeded with {result!r}, expected {types}")  # type: ignore[attr-defined]
+
+    async def gather(self, *ds: "Deferred[Any]") -> List[Any]:
+        """
+        Wait for every Deferred; return their results or exceptions, in order.
+        """
+        results = await DeferredList(list(ds), consumeErrors=True)
+        return [value if ok else value.value for ok, value in results]
+
+    # ------------------------------------------------------------------ misc
+
+    async def test_interface(self) -> None:
+        self.assertTrue(verifyObject(IStore, self.store))
+        self.assertIn(self.store.backendName, ("memory", "sqlite", "redis"))
+
+    async def test_ping(self) -> None:
+        self.assertIsNone(await self.store.ping())
+
+    # --------------------------------------------------------------- clients
+
+    async def test_createGetClient(self) -> None:
+        record = client()
+        self.assertIsNone(await self.store.createClient(record))
+        got = await self.store.getClient("client-1")
+        self.assertEqual(got, record)
+        self.assertEqual(got.metadata["nested"], {"a": [1, 2.5, None, True]})
+
+    async def test_publicClient(self) -> None:
+        record = client("pub", secretHash=None, secretExpiresAt=EPOCH + 10.25)
+        await self.store.createClient(record)
+        self.assertEqual(await self.store.getClient("pub"), record)
+
+    async def test_createClientConflict(self) -> None:
+        await self.store.createClient(client())
+        await self.assertFails(self.store.createClient(client(metadata={})), Conflict)
+        self.assertNotEqual((await self.store.getClient("client-1")).metadata, {})
+
+    async def test_getClientMissing(self) -> None:
+        await self.assertFails(self.store.getClient("nope"), NoSuchClient)
+
+    async def test_listClients(self) -> None:
+        self.assertEqual(await self.store.listClients(), [])
+        for clientID in ("b", "c", "a"):
+            await self.store.createClient(client(clientID))
+        self.assertEqual([c.clientID for c in await self.store.listClients()], ["a", "b", "c"])
+
+    async def test_updateClient(self) -> None:
+        await self.store.createClient(client())
+        updated = client(metadata={"client_name": "renamed"}, secretHash=hashSecret("new"))
+        self.assertIsNone(await self.store.updateClient(updated))
+        self.assertEqual(await self.store.getClient("client-1"), updated)
+
+    async def test_updateClientMissing(self) -> None:
+        await self.assertFails(self.store.updateClient(client("ghost")), NoSuchClient)
+        await self.assertFails(self.store.getClient("ghost"), NoSuchClient)
+
+    async def test_deleteClient(self) -> None:
+        await self.store.createClient(client("a"))
+        await self.store.createClient(client("b"))
+        self.assertIsNone(await self.store.deleteClient("a"))
+        await self.assertFails(self.store.getClient("a"), NoSuchClient)
+        self.assertEqual([c.clientID for c in await self.store.listClients()], ["b"])
+        await self.assertFails(self.store.deleteClient("a"), NoSuchClient)
+
+    # ----------------------------------------------------------------- codes
+
+    async def test_consumeCode(self) -> None:
+        record = code()
+        self.assertIsNone(await self.store.storeCode(record))
+        got = await self.store.consumeCode(record.codeHash, self.now())
+        self.assertEqual(got, record)
+        self.assertFalse(got.used)
+
+    async def test_consumeCodeTwice(self) -> None:
+        record = code()
+        await self.store.storeCode(record)
+        await self.store.consumeCode(record.codeHash, self.now())
+        e = await self.assertFails(self.store.consumeCode(record.codeHash, self.now() + 1), AlreadyUsed)
+        self.assertEqual(e.record.familyID, record.familyID)
+        self.assertEqual(e.record.codeHash, record.codeHash)
+        self.assertTrue(e.record.used)
+
+    async def test_consumeCodeMissing(self) -> None:
+        await self.assertFails(self.store.consumeCode("sha256:nothing", self.now()), NoSuchCode)
+
+    async def test_consumeCodeExpired(self) -> None:
+        record = code(expiresAt=self.now() + 600)
+        await self.store.storeCode(record)
+        await self.assertFails(self.store.consumeCode(record.codeHash, self.now() + 600), NoSuchCode)
+        self.clock.advance(601)
+        await self.assertFails(self.store.consumeCode(record.codeHash, self.now()), NoSuchCode)
+
+    async def test_usedCodeExpires(self) -> None:
+        record = code()
+        await self.store.storeCode(record)
+        await self.store.consumeCode(record.codeHash, self.now())
+        await self.assertFails(self.store.consumeCode(record.codeHash, record.expiresAt + 1), NoSuchCode)
+
+    async def test_storeCodeConflict(self) -> None:
+        await self.store.storeCode(code())
+        await self.assertFails(self.store.storeCode(code(subject="mallory")), Conflict)
+        self.assertEqual((await self.store.consumeCode(code().codeHash, self.now())).subject, "alice")
+
+    async def test_consumeCodeConcurrently(self) -> None:
+        """
+        Of several consumers issued before any answer is awaited, exactly one
+        gets the record; every other one gets L{AlreadyUsed}.
+        """
+        record = code()
+        await self.store.storeCode(record)
+        now = self.now()
+        results = await self.gather(*[self.store.consumeCode(record.codeHash, now) for _ in range(5)])
+        winners = [r for r in results if isinstance(r, CodeRecord)]
+        losers = [r for r in results if isinstance(r, AlreadyUsed)]
+        self.assertEqual((len(winners), len(losers)), (1, 4), results)
+        self.assertEqual(winners[0], record)
+
+    # -------------------------------------------------------------- families
+
+    def rotate(self, presented: str, new: str, now: float, familyID: str = "fam-1",
+               grace: float = 60, jti: str = "jti-x") -> "Deferred[RotationResult]":
+        return self.store.rotateRefresh(
+            familyID, presented, new, "sealed:" + new, now + grace, jti, now + 3600, now
+        )
+
+    async def test_createGetFamily(self) -> None:
+        record = family()
+        self.assertIsNone(await self.store.createFamily(record))
+        self.assertEqual(await self.store.getFamily("fam-1", self.now()), record)
+
+    async def test_createFamilyConflict(self) -> None:
+        await self.store.createFamily(family())
+        await self.assertFails(self.store.createFamily(family(subject="mallory")), Conflict)
+
+    async def test_getFamilyMissingOrExpired(self) -> None:
+        await self.assertFails(self.store.getFamily("fam-x", self.now()), NoSuchFamily)
+        await self.store.createFamily(family(expiresAt=self.now() + 100))
+        await self.assertFails(self.store.getFamily("fam-1", self.now() + 100), NoSuchFamily)
+
+    async def test_rotate(self) -> None:
+        await self.store.createFamily(family())
+        now = self.now() + 5
+        result = await self.rotate("sha256:r0", "sha256:r1", now, jti="jti-1")
+        self.assertEqual(result.outcome, RotationOutcome.ROTATED)
+        f = result.family
+        self.assertEqual(
+            (f.currentHash, f.previousHash, f.sealedSuccessor, f.graceUntil, f.lastAccessJTI,
+             f.lastAccessExpiresAt, f.rotations),
+            ("sha256:r1", "sha256:r0", "sealed:sha256:r1", now + 60, "jti-1", now + 3600, 1),
+        )
+        self.assertEqual(await self.store.getFamily("fam-1", now), f)
+        again = await self.rotate("sha256:r1", "sha256:r2", now + 1)
+        self.assertEqual((again.outcome, again.family.rotations), (RotationOutcome.ROTATED, 2))
+
+    async def test_rotateGrace(self) -> None:
+        await self.store.createFamily(family())
+        now = self.now()
+        rotated = await self.rotate("sha256:r0", "sha256:r1", now)
+        retry = await self.rotate("sha256:r0", "sha256:other", now + 59, jti="jti-retry")
+        self.assertEqual(retry.outcome, RotationOutcome.GRACE)
+        self.assertEqual(retry.family.currentHash, "sha256:r1")
+        self.assertEqual(retry.family.sealedSuccessor, rotated.family.sealedSuccessor)
+        self.assertEqual(retry.family.rotations, 1)
+        self.assertEqual(retry.family.lastAccessJTI, "jti-retry")
+        stored = await self.store.getFamily("fam-1", now + 59)
+        self.assertEqual(stored, retry.family)
+
+    async def test_rotateReusedAfterGrace(self) -> None:
+        await self.store.createFamily(family())
+        now = self.now()
+        rotated = await self.rotate("sha256:r0", "sha256:r1", now, jti="jti-1")
+        result = await self.rotate("sha256:r0", "sha256:r9", now + 60, jti="jti-9")
+        self.assertEqual(result.outcome, RotationOutcome.REUSED)
+        self.assertEqual(result.family, rotated.family)
+        await self.assertFails(self.store.getFamily("fam-1", now + 60), NoSuchFamily)
+        self.assertTrue(await self.store.isRevoked("jti-1", now + 60))
+        self.assertFalse(await self.store.isRevoked("jti-9", now + 60))
+        await self.assertFails(self.rotate("sha256:r1", "sha256:r2", now + 61), NoSuchFamily)
+
+    async def test_rotateUnknownHashRevokes(self) -> None:
+        await self.store.createFamily(family())
+        result = await self.rotate("sha256:forged", "sha256:r1", self.now())
+        self.assertEqual(result.outcome, RotationOutcome.REUSED)
+        self.assertEqual(result.family, family())
+        self.assertTrue(await self.store.isRevoked("jti-0", self.now()))
+        self.assertIsNone(await self.store.revokeFamily("fam-1", self.now()))
+
+    async def test_rotateOlderTokenReused(self) -> None:
+        """
+        Only the immediately previous token has a grace window.
+        """
+        await self.store.createFamily(family())
+        now = self.now()
+        await self.rotate("sha256:r0", "sha256:r1", now)
+        await self.rotate("sha256:r1", "sha256:r2", now + 1)
+        result = await self.rotate("sha256:r0", "sha256:r3", now + 2)
+        self.assertEqual(result.outcome, RotationOutcome.REUSED)
+
+    async def test_rotateMissingFamily(self) -> None:
+        await self.assertFails(self.rotate("sha256:r0", "sha256:r1", self.now()), NoSuchFamily)
+        await self.store.createFamily(family(expiresAt=self.now() + 10))
+        await self.assertFails(self.rotate("sha256:r0", "sha256:r1", self.now() + 10), NoSuchFamily)
+
+    async def test_rotateConcurrently(self) -> None:
+        """
+        Two workers presenting the same current token at once: one
+        ROTATED, the other GRACE with the winner's successor; the loser's
+        own successor is never live.
+        """
+        await self.store.createFamily(family())
+        now = self.now()
+        a, b = await self.gather(
+            self.rotate("sha256:r0", "sha256:a1", now, jti="jti-a"),
+            self.rotate("sha256:r0", "sha256:b1", now, jti="jti-b"),
+        )
+        self.assertEqual(
+            sorted([a.outcome.value, b.outcome.value]),
+            [RotationOutcome.GRACE.value, RotationOutcome.ROTATED.value],
+        )
+        winner, loser = (a, b) if a.outcome is RotationOutcome.ROTATED else (b, a)
+        self.assertEqual(loser.family.currentHash, winner.family.currentHash)
+        self.assertEqual(loser.family.sealedSuccessor, winner.family.sealedSuccessor)
+        live = winner.family.currentHash
+        dead = "sha256:b1" if live == "sha256:a1" else "sha256:a1"
+        self.assertEqual((await self.store.getFamily("fam-1", now)).currentHash, live)
+        result = await self.rotate(dead, "sha256:x", now + 1)
+        self.assertEqual(result.outcome, RotationOutcome.REUSED)
+
+    async def test_revokeFamily(self) -> None:
+        record = family()
+        await self.store.createFamily(record)
+        now = self.now()
+        self.assertFalse(await self.store.isRevoked("jti-0", now))
+        self.assertEqual(await self.store.revokeFamily("fam-1", now), record)
+        await self.assertFails(self.store.getFamily("fam-1", now), NoSuchFamily)
+        self.assertTrue(await self.store.isRevoked("jti-0", now))
+        self.assertFalse(await self.store.isRevoked("jti-0", record.lastAccessExpiresAt))
+        self.assertIsNone(await self.store.revokeFamily("fam-1", now))
+        self.assertIsNone(await self.store.revokeFamily("fam-unknown", now))
+        await self.assertFails(self.rotate("sha256:r0", "sha256:r1", now), NoSuchFamily)
+
+    async def test_revokedFamilyIdNotReused(self) -> None:
+        await self.store.createFamily(family())
+        await self.store.revokeFamily("fam-1", self.now())
+        await self.assertFails(self.store.createFamily(family()), Conflict)
+        await self.assertFails(self.store.getFamily("fam-1", self.now()), NoSuchFamily)
+
+    async def test_listFamilies(self) -> None:
+        now = self.now()
+        await self.store.createFamily(family("f1"))
+        await self.store.createFamily(family("f2", clientID="client-2"))
+        await self.store.createFamily(family("f3"))
+        await self.store.createFamily(family("f4", expiresAt=now + 10))
+        await self.store.revokeFamily("f3", now)
+        ids = lambda fs: sorted(f.familyID for f in fs)  # noqa: E731
+        self.assertEqual(ids(await self.store.listFamilies(None, now)), ["f1", "f2", "f4"])
+        self.assertEqual(ids(await self.store.listFamilies("client-1", now)), ["f1", "f4"])
+        self.assertEqual(ids(await self.store.listFamilies("client-1", now + 10)), ["f1"])
+        self.assertEqual(await self.store.listFamilies("nobody", now), [])
+
+    # ----------------------------------------------------------- revocations
+
+    async def test_revokeJTI(self) -> None:
+        now = self.now()
+        self.assertFalse(await self.store.isRevoked("jti-1", now))
+        self.assertIsNone(await self.store.revokeJTI("jti-1", now + 100))
+        self.assertTrue(await self.store.isRevoked("jti-1", now))
+        self.assertTrue(await self.store.isRevoked("jti-1", now + 99.5))
+        self.assertFalse(await self.store.isRevoked("jti-1", now + 100))
+        self.assertFalse(await self.store.isRevoked("jti-2", now))
+
+    # -------------------------------------------------------------- sessions
+
+    async def test_createGetSession(self) -> None:
+        record = session()
+        self.assertIsNone(await self.store.createSession(record))
+        self.assertEqual(await self.store.getSession("sess-1", self.now()), record)
+        await self.assertFails(self.store.createSession(session(subject="bob")), Conflict)
+
+    async def test_getSessionMissingOrExpired(self) -> None:
+        await self.assertFails(self.store.getSession("nope", self.now()), NoSuchSession)
+        await self.store.createSession(session(expiresAt=self.now() + 30))
+        await self.assertFails(self.store.getSession("sess-1", self.now() + 30), NoSuchSession)
+
+    async def test_touchSession(self) -> None:
+        now = self.now()
+        await self.store.createSession(session(expiresAt=now + 30))
+        self.assertIsNone(await self.store.touchSession("sess-1", now + 90, now + 20))
+        got = await self.store.getSession("sess-1", now + 60)
+        self.assertEqual(got.expiresAt, now + 90)
+        await self.assertFails(self.store.touchSession("sess-1", now + 200, now + 90), NoSuchSession)
+        await self.assertFails(self.store.touchSession("nope", now + 200, now), NoSuchSession)
+
+    async def test_deleteSession(self) -> None:
+        await self.store.createSession(session())
+        self.assertIs(await self.store.deleteSession("sess-1"), True)
+        self.assertIs(await self.store.deleteSession("sess-1"), False)
+        await self.assertFails(self.store.getSession("sess-1", self.now()), NoSuchSession)
+
+    async def test_countSessions(self) -> None:
+        now = self.now()
+        self.assertEqual(await self.store.countSessions(now), 0)
+        await self.store.createSession(session("s1", expiresAt=now + 10))
+        await self.store.createSession(session("s2", expiresAt=now + 20))
+        await self.store.createSession(session("s3", expiresAt=now + 30))
+        await self.store.deleteSession("s3")
+        self.assertEqual(await self.store.countSessions(now), 2)
+        self.assertEqual(await self.store.countSessions(now + 10), 1)
+        await self.store.touchSession("s1", now + 40, now + 5)
+        self.assertEqual(await self.store.countSessions(now + 25), 1)
+
+    # ----------------------------------------------------------- rate limits
+
+    async def test_tokenBucket(self) -> None:
+        now = self.now()
+        take = lambda t, cost=1: self.store.takeToken("ip:1", 3, 0.5, t, cost)  # noqa: E731
+        self.assertEqual(await take(now), RateDecision(allowed=True, remaining=2, retryAfter=0))
+        self.assertEqual((await take(now)).remaining, 1)
+        self.assertEqual((await take(now)).remaining, 0)
+        denied = await take(now)
+        self.assertEqual((denied.allowed, denied.remaining), (False, 0))
+        self.assertAlmostEqual(denied.retryAfter, 2.0)
+        denied = await take(now + 1)
+        self.assertFalse(denied.allowed)
+        self.assertAlmostEqual(denied.retryAfter, 1.0)
+        self.assertEqual(await take(now + 2), RateDecision(allowed=True, remaining=0, retryAfter=0))
+        # long idle: refilled to capacity, never above
+        self.assertEqual((await take(now + 1000)).remaining, 2)
+        # cost
+        self.assertEqual((await take(now + 1000, 2)).remaining, 0)
+        denied = await take(now + 1000, 2)
+        self.assertFalse(denied.allowed)
+        self.assertAlmostEqual(denied.retryAfter, 4.0)
+
+    async def test_tokenBucketKeys(self) -> None:
+        now = self.now()
+        for _ in range(2):
+            await self.store.takeToken("a", 2, 1, now)
+        self.assertFalse((await self.store.takeToken("a", 2, 1, now)).allowed)
+        self.assertTrue((await self.store.takeToken("b", 2, 1, now)).allowed)
+
+    async def test_tokenBucketConcurrent(self) -> None:
+        now = self.now()
+        results = await self.gather(*[self.store.takeToken("k", 5, 0.001, now) for _ in range(8)])
+        self.assertEqual(sum(1 for r in results if r.allowed), 5)
+
+    # ----------------------------------------------------------------- sweep
+
+    async def test_sweepKeepsLiveRecords(self) -> None:
+        now = self.now()
+        await self.store.createClient(client())
+        await self.store.storeCode(code("sha256:live"))
+        await self.store.storeCode(code("sha256:dead", expiresAt=now + 5))
+        await self.store.createFamily(family("live"))
+        await self.store.createFamily(family("dead", expiresAt=now + 5))
+        await self.store.revokeJTI("jti-live", now + 100)
+        await self.store.createSession(session("live"))
+        await self.store.createSession(session("dead", expiresAt=now + 5))
+        self.clock.advance(10)
+        report = await self.store.sweep(self.now())
+        self.assertIsInstance(report, SweepReport)
+        now = self.now()
+        self.assertEqual((await self.store.getClient("client-1")).clientID, "client-1")
+        self.assertEqual((await self.store.consumeCode("sha256:live", now)).codeHash, "sha256:live")
+        await self.assertFails(self.store.consumeCode("sha256:dead", now), NoSuchCode)
+        self.assertEqual([f.familyID for f in await self.store.listFamilies(None, now)], ["live"])
+        self.assertTrue(await self.store.isRevoked("jti-live", now))
+        self.assertEqual((await self.store.getSession("live", now)).sessionID, "live")
+        self.assertEqual(await self.store.countSessions(now), 1)
+
+
+class SweepCountTestsMixin:
+    """
+    For backends that expire nothing by themselves (memory, SQLite): the
+    sweep removes every expired record and counts them. Mix in after
+    L{StoreTestsMixin}.
+    """
+
+    async def test_sweepCounts(self) -> None:
+        store, now = self.store, self.now()  # type: ignore[attr-defined]
+        await store.storeCode(code("sha256:c1", expiresAt=now + 5))
+        await store.storeCode(code("sha256:c2", expiresAt=now + 50))
+        await store.createFamily(family("f1", expiresAt=now + 5))
+        await store.createFamily(family("f2", expiresAt=now + 5))
+        await store.revokeFamily("f2", now)  # tombstones go too, once expired
+        await store.createFamily(family("f3"))
+        await store.revokeJTI("j1", now + 5)
+        await store.createSession(session("s1", expiresAt=now + 5))
+        await store.createSession(session("s2"))
+        await store.takeToken("full-soon", 10, 1, now)  # full again at now + 1
+        await store.takeToken("busy", 100, 1, now, 50)  # full again at now + 50
+        empty = await store.sweep(now)
+        self.assertEqual(empty.total, 0)  # type: ignore[attr-defined]
+        report = await store.sweep(now + 10)
+        self.assertEqual(  # type: ignore[attr-defined]
+            dict(report.removed),
+            {"codes": 1, "families": 2, "revocations": 1, "sessions": 1, "buckets": 1},
+        )
+        again = await store.sweep(now + 10)
+        self.assertEqual(again.total, 0)  # type: ignore[attr-defined]
+        # the busy bucket was kept: 50 + 10 refilled, minus this take
+        self.assertEqual((await store.takeToken("busy", 100, 1, now + 10)).remaining, 59)  # type: ignore[attr-defined]

@@ -1,0 +1,90 @@
+# -*- test-case-name: mcpsvc.storage.test.test_admin -*-
+"""
+Tests for L{mcpsvc.storage.admin}.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from mcpsvc.storage.admin import exportClients, importClients
+from mcpsvc.storage.hashing import hashSecret, secretMatches
+from mcpsvc.storage.memory import MemoryStore
+from mcpsvc.storage.test.base import EPOCH, client
+
+GUIDE = {
+    "mcp-client-abc": {
+        "clientId": "mcp-client-abc",
+        "clientSecret": "plain-secret-1",
+        "clientName": "ServiceNow MCP Client",
+        "redirectUris": ["https://dev1.service-now.com/oauth_redirect.do"],
+        "grantTypes": ["authorization_code", "refresh_token"],
+        "createdAt": "2025-10-01T12:00:00.000Z",
+    },
+    "public-1": {
+        "clientName": "CLI",
+        "redirectUris": ["http://localhost/cb"],
+        "grantTypes": ["authorization_code"],
+        "tokenEndpointAuthMethod": "none",
+        "createdAt": 1759320000000,
+    },
+}
+
+
+class AdminTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.store = MemoryStore(Clock())
+
+    def run_(self, coroutine):  # type: ignore[no-untyped-def]
+        return self.successResultOf(Deferred.fromCoroutine(coroutine))
+
+    def test_importGuide(self) -> None:
+        self.assertEqual(self.run_(importClients(self.store, GUIDE, EPOCH)), 2)
+        c = self.successResultOf(self.store.getClient("mcp-client-abc"))
+        self.assertTrue(secretMatches("plain-secret-1", c.secretHash))
+        self.assertEqual(c.metadata["client_name"], "ServiceNow MCP Client")
+        self.assertEqual(c.metadata["redirect_uris"], ["https://dev1.service-now.com/oauth_redirect.do"])
+        self.assertEqual(c.metadata["token_endpoint_auth_method"], "client_secret_basic")
+        self.assertEqual(c.createdAt, 1759320000.0)
+        public = self.successResultOf(self.store.getClient("public-1"))
+        self.assertIsNone(public.secretHash)
+        self.assertEqual(public.metadata["token_endpoint_auth_method"], "none")
+        self.assertEqual(public.createdAt, 1759320000.0)
+
+    def test_exportHasNoPlaintext(self) -> None:
+        self.run_(importClients(self.store, GUIDE, EPOCH))
+        exported = self.run_(exportClients(self.store))
+        text = json.dumps(exported)
+        self.assertNotIn("plain-secret-1", text)
+        self.assertIn(hashSecret("plain-secret-1"), text)
+        self.assertEqual([c["clientID"] for c in exported["clients"]], ["mcp-client-abc", "public-1"])
+
+    def test_roundTrip(self) -> None:
+        self.successResultOf(self.store.createClient(client("a")))
+        self.successResultOf(self.store.createClient(client("b", secretHash=None)))
+        exported = json.loads(json.dumps(self.run_(exportClients(self.store))))
+        other = MemoryStore(Clock())
+        self.assertEqual(self.run_(importClients(other, exported, EPOCH + 5)), 2)
+        self.assertEqual(self.successResultOf(other.listClients()), self.successResultOf(self.store.listClients()))
+
+    def test_existingSkipped(self) -> None:
+        self.successResultOf(self.store.createClient(client("mcp-client-abc")))
+        self.assertEqual(self.run_(importClients(self.store, GUIDE, EPOCH)), 1)
+        kept = self.successResultOf(self.store.getClient("mcp-client-abc"))
+        self.assertEqual(kept, client("mcp-client-abc"))
+
+    def test_existingReplaced(self) -> None:
+        self.successResultOf(self.store.createClient(client("mcp-client-abc")))
+        self.assertEqual(self.run_(importClients(self.store, GUIDE, EPOCH, replace=True)), 2)
+        replaced = self.successResultOf(self.store.getClient("mcp-client-abc"))
+        self.assertTrue(secretMatches("plain-secret-1", replaced.secretHash))
+
+    def test_rejectsGarbage(self) -> None:
+        for bad in ([1, 2], {"x": "not an object"}, "text"):
+            d = Deferred.fromCoroutine(importClients(self.store, bad, EPOCH))
+            self.failureResultOf(d, ValueError)
+        self.assertEqual(self.successResultOf(self.store.listClients()), [])

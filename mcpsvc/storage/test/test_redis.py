@@ -1,0 +1,266 @@
+# -*- test-case-name: mcpsvc.storage.test.test_redis -*-
+"""
+Tests for L{mcpsvc.storage.redis} against a real C{redis-server} that the
+tests start themselves (L{mcpsvc.testing.redis.RedisServer}); a missing
+C{redis-server} is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import tempfile
+import uuid
+from typing import Any, Optional
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from mcpsvc.storage.interfaces import NoSuchFamily, StoreUnavailable
+from mcpsvc.storage.redis import RedisConnection, RedisStore, parseRedisURL, redisConnector
+from mcpsvc.storage.test.base import EPOCH, StoreTestsMixin, client, code, family, session
+from mcpsvc.testing.redis import RedisServer
+
+_shared: Optional[RedisServer] = None
+
+
+def sharedServer() -> RedisServer:
+    """
+    One server for the conformance suite (each test uses its own key
+    prefix), stopped when the test process exits.
+    """
+    global _shared
+    if _shared is None or not _shared.running:
+        _shared = RedisServer(tempfile.mkdtemp(prefix="mcpsvc-redis-")).start()
+        atexit.register(_shared.stop)
+    return _shared
+
+
+def openStore(testCase: Any, url: str, clock: Any, timeout: float = 5.0, prefix: Optional[str] = None,
+              maxRetryDelay: float = 2.0) -> RedisStore:
+    connection = RedisConnection(redisConnector(url=url, timeout=timeout, maxRetryDelay=maxRetryDelay))
+    connection.open()
+    testCase.addCleanup(connection.close)
+    return RedisStore(connection, clock, prefix or f"test:{uuid.uuid4().hex}:", timeout)
+
+
+class RedisStoreTests(StoreTestsMixin, TestCase):
+    """
+    The conformance suite against a real Redis.
+    """
+
+    def makeStore(self) -> RedisStore:
+        self.server = sharedServer()
+        self.prefix = f"test:{uuid.uuid4().hex}:"
+        return openStore(self, self.server.url, self.clock, prefix=self.prefix)
+
+    async def test_ttls(self) -> None:
+        """
+        Redis forgets records by itself: TTLs follow C{expiresAt}.
+        """
+        await self.store.storeCode(code(expiresAt=self.now() + 600))
+        await self.store.createFamily(family(expiresAt=self.now() + 86400))
+        await self.store.revokeJTI("j", self.now() + 30)
+        await self.store.createSession(session(expiresAt=self.now() + 3600))
+        await self.store.takeToken("b", 10, 2, self.now(), 4)
+        pttl = lambda key: self.server.command("PTTL", self.prefix + key)  # noqa: E731
+        self.assertTrue(599_000 < pttl("code:" + code().codeHash) <= 600_000)
+        self.assertTrue(86_399_000 < pttl("family:fam-1") <= 86_400_000)
+        self.assertTrue(29_000 < pttl("revoked:j") <= 30_000)
+        self.assertTrue(3_599_000 < pttl("session:sess-1") <= 3_600_000)
+        self.assertTrue(1_000 < pttl("bucket:b") <= 2_000)  # full again in 4 / 2 s
+        await self.store.touchSession("sess-1", self.now() + 7200, self.now())
+        self.assertTrue(7_199_000 < pttl("session:sess-1") <= 7_200_000)
+        self.assertEqual(self.server.command("PTTL", self.prefix + "client:none"), -2)
+
+    async def test_expiredNotStored(self) -> None:
+        await self.store.storeCode(code(expiresAt=self.now() - 1))
+        self.assertEqual(self.server.command("KEYS", self.prefix + "*"), [])
+
+    async def test_prefix(self) -> None:
+        await self.store.createClient(client())
+        await self.store.createFamily(family())
+        await self.store.revokeFamily("fam-1", self.now())
+        keys = self.server.command("KEYS", self.prefix + "*")
+        self.assertEqual(
+            sorted(k[len(self.prefix):] for k in keys),
+            ["client:client-1", "clients", "family:fam-1", "revoked:jti-0"],
+        )
+
+    async def test_sweepTrimsIndexes(self) -> None:
+        await self.store.createFamily(family("f1", expiresAt=self.now() + 5))
+        await self.store.createFamily(family("f2"))
+        await self.store.createSession(session("s1", expiresAt=self.now() + 5))
+        report = await self.store.sweep(self.now() + 10)
+        self.assertEqual(dict(report.removed), {"familyIndex": 1, "sessionIndex": 1})
+        self.assertEqual(self.server.command("ZRANGE", self.prefix + "families", 0, -1), ["f2"])
+        self.assertEqual(self.server.command("ZCARD", self.prefix + "sessions"), 0)
+
+    async def test_revokedFamilyLeavesIndex(self) -> None:
+        await self.store.createFamily(family())
+        await self.store.revokeFamily("fam-1", self.now())
+        self.assertEqual(self.server.command("ZCARD", self.prefix + "families"), 0)
+        await self.assertFails(self.store.getFamily("fam-1", self.now()), NoSuchFamily)
+
+    async def test_notOpen(self) -> None:
+        store = RedisStore(RedisConnection(lambda: None), self.clock, "x:", 1.0)
+        await self.assertFails(store.ping(), StoreUnavailable)
+        await self.assertFails(store.isRevoked("j", EPOCH), StoreUnavailable)
+
+    async def test_database(self) -> None:
+        store = openStore(self, self.server.url.rsplit("/", 1)[0] + "/3", self.clock)
+        await store.createClient(client())
+        self.assertIn("db3:keys=", self.server.command("INFO", "keyspace"))
+
+
+class RedisAuthTests(TestCase):
+    """
+    Password-protected servers.
+    """
+
+    def setUp(self) -> None:
+        self.server = RedisServer(self.mktemp(), password="s3cr\u00e9t pw").start()
+        self.addCleanup(self.server.stop)
+
+    async def test_password(self) -> None:
+        url = f"redis://:{'s3cr%C3%A9t%20pw'}@127.0.0.1:{self.server.port}/0"
+        store = openStore(self, url, reactor, timeout=5.0)
+        await store.createClient(client())
+        self.assertEqual((await store.getClient("client-1")).clientID, "client-1")
+
+    async def test_wrongPassword(self) -> None:
+        store = openStore(self, f"redis://:wrong@127.0.0.1:{self.server.port}/0", reactor, timeout=0.5)
+        try:
+            await store.ping()
+        except StoreUnavailable:
+            pass
+        else:
+            self.fail("ping succeeded with a wrong password")
+
+
+class RedisOutageTests(TestCase):
+    """
+    A Redis outage fails calls quickly with L{StoreUnavailable}; when Redis
+    comes back, the same store works again without any restart.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.server = RedisServer(self.mktemp()).start()
+        self.addCleanup(self.server.stop)
+
+    async def assertUnavailableQuickly(self, d: "Deferred[Any]", limit: float) -> None:
+        started = reactor.seconds()
+        try:
+            result = await d
+        except StoreUnavailable:
+            pass
+        else:
+            self.fail(f"succeeded during the outage: {result!r}")
+        self.assertLess(reactor.seconds() - started, limit)
+
+    async def test_outageAndRecovery(self) -> None:
+        store = openStore(self, self.server.url, reactor, timeout=0.5, maxRetryDelay=0.5)
+        await store.createClient(client())
+        self.assertFalse(await store.isRevoked("j", EPOCH))
+        self.server.stop()
+        await self.assertUnavailableQuickly(store.isRevoked("j", EPOCH), 2.0)
+        await self.assertUnavailableQuickly(store.consumeCode("sha256:x", EPOCH), 2.0)
+        await self.assertUnavailableQuickly(store.ping(), 2.0)
+        self.server.start()  # same port; data is gone (no AOF here)
+        for attempt in range(40):
+            try:
+                await store.ping()
+                break
+            except StoreUnavailable:
+                await deferLater(reactor, 0.1, lambda: None)
+        else:
+            self.fail("Redis did not come back within 40 attempts")
+        now = reactor.seconds()
+        await store.revokeJTI("j", now + 100)
+        self.assertTrue(await store.isRevoked("j", now))
+        await store.createClient(client("after"))
+
+    async def test_refusedAtStart(self) -> None:
+        self.server.stop()
+        store = openStore(self, self.server.url, reactor, timeout=0.3)
+        await self.assertUnavailableQuickly(store.ping(), 2.0)
+        await self.assertUnavailableQuickly(store.isRevoked("j", EPOCH), 2.0)
+
+
+class ParseURLTests(SynchronousTestCase):
+    def test_plain(self) -> None:
+        self.assertEqual(
+            parseRedisURL("redis://localhost"),
+            {"host": "localhost", "port": 6379, "username": None, "password": None, "db": 0, "tls": False},
+        )
+
+    def test_full(self) -> None:
+        self.assertEqual(
+            parseRedisURL("rediss://user:p%40ss@redis.example:6380/2"),
+            {"host": "redis.example", "port": 6380, "username": "user", "password": "p@ss", "db": 2, "tls": True},
+        )
+
+    def test_passwordOnlyAndQueryDB(self) -> None:
+        parsed = parseRedisURL("redis://:pw@[::1]:7000?db=5")
+        self.assertEqual((parsed["host"], parsed["port"], parsed["password"], parsed["db"]), ("::1", 7000, "pw", 5))
+
+    def test_badScheme(self) -> None:
+        self.assertRaises(ValueError, parseRedisURL, "http://x")
+
+    def test_noIOUntilCalled(self) -> None:
+        connect = redisConnector(url="redis://127.0.0.1:1/0")
+        self.assertTrue(callable(connect))
+        connection = RedisConnection(connect)
+        self.assertRaises(StoreUnavailable, lambda: connection.handler)
+
+
+class SentinelTests(TestCase):
+    """
+    The master is found through a real Sentinel (C{REDIS_SENTINELS} and
+    C{REDIS_SENTINEL_MASTER}).
+    """
+
+    async def test_sentinel(self) -> None:
+        master = RedisServer(os.path.join(self.mktemp(), "master")).start()
+        self.addCleanup(master.stop)
+        sentinel = RedisServer(
+            os.path.join(self.mktemp(), "sentinel"), sentinelFor=("mymaster", master.port)
+        ).start()
+        self.addCleanup(sentinel.stop)
+        connection = RedisConnection(
+            redisConnector(sentinels=[("127.0.0.1", sentinel.port)], sentinelMaster="mymaster", db=2, timeout=5.0)
+        )
+        connection.open()
+        self.addCleanup(connection.close)
+        store = RedisStore(connection, reactor, "sentinel:", 5.0)
+        await store.createClient(client())
+        self.assertEqual((await store.getClient("client-1")).clientID, "client-1")
+        self.assertIn("db2:keys=", master.command("INFO", "keyspace"))
+
+
+class RedisServerHelperTests(SynchronousTestCase):
+    """
+    L{RedisServer} itself.
+    """
+
+    def test_missingExecutable(self) -> None:
+        from mcpsvc.testing.redis import RedisServerError
+
+        server = RedisServer(self.mktemp(), executable="/nonexistent/redis-server")
+        e = self.assertRaises(RedisServerError, server.start)
+        self.assertIn("redis-server not found", str(e))
+
+    def test_restartKeepsPortAndAOF(self) -> None:
+        server = RedisServer(self.mktemp(), appendonly=True)
+        self.addCleanup(server.stop)
+        port = server.start().port
+        self.assertEqual(server.command("SET", "k", "v"), "OK")
+        server.kill()
+        self.assertFalse(server.running)
+        server.start()
+        self.assertEqual((server.port, server.command("GET", "k")), (port, "v"))
+        self.assertEqual(server.url, f"redis://127.0.0.1:{port}/0")

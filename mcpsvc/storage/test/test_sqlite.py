@@ -1,0 +1,194 @@
+# -*- test-case-name: mcpsvc.storage.test.test_sqlite -*-
+"""
+Tests for L{mcpsvc.storage.sqlite}: the conformance suite with a synchronous
+C{runInThread} (fast) and with a real thread pool on the real reactor, plus
+SQLite specifics (pragmas, migrations, lock timeouts).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from functools import partial
+from typing import Any, List
+
+from twisted.internet import reactor
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from mcpsvc.storage.interfaces import AlreadyUsed, CodeRecord, RotationOutcome, StoreUnavailable
+from mcpsvc.storage.sqlite import MIGRATIONS, SQLiteStore
+from mcpsvc.storage.test.base import EPOCH, StoreTestsMixin, SweepCountTestsMixin, client, code, family
+
+
+def synchronous(f: Any) -> Any:
+    return maybeDeferred(f)
+
+
+class SQLiteStoreTests(StoreTestsMixin, SweepCountTestsMixin, SynchronousTestCase):
+    """
+    The suite against a real database file, every call run synchronously.
+    """
+
+    def makeStore(self) -> SQLiteStore:
+        self.path = os.path.join(self.mktemp(), "sub", "store.sqlite3")
+        store = SQLiteStore(self.path, self.clock, synchronous, timeout=1.0)
+        self.addCleanup(store.close)
+        return store
+
+
+class ThreadedSQLiteStoreTests(StoreTestsMixin, TestCase):
+    """
+    The suite with a real one-thread pool on the real reactor, as in
+    production; concurrent calls really are in flight together.
+    """
+
+    def makeStore(self) -> SQLiteStore:
+        self.path = os.path.join(self.mktemp(), "store.sqlite3")
+        return self.makeThreadedStore(self.path)
+
+    def makeThreadedStore(self, path: str) -> SQLiteStore:
+        pool = ThreadPool(minthreads=1, maxthreads=1, name="test-sqlite")
+        pool.start()
+        store = SQLiteStore(path, self.clock, partial(deferToThreadPool, reactor, pool), timeout=5.0)
+
+        async def cleanup() -> None:
+            try:
+                await store.close()
+            finally:
+                pool.stop()
+
+        self.addCleanup(cleanup)
+        return store
+
+    async def test_twoConnectionsConsume(self) -> None:
+        """
+        Two stores on one file (two connections, two threads: as two
+        processes would): exactly one consumer wins.
+        """
+        other = self.makeThreadedStore(self.path)
+        await self.store.storeCode(code())
+        now = self.now()
+        results = await self.gather(
+            *[s.consumeCode(code().codeHash, now) for s in (self.store, other) * 3]
+        )
+        self.assertEqual(sum(isinstance(r, CodeRecord) for r in results), 1, results)
+        self.assertEqual(sum(isinstance(r, AlreadyUsed) for r in results), 5, results)
+
+    async def test_twoConnectionsRotate(self) -> None:
+        other = self.makeThreadedStore(self.path)
+        await self.store.createFamily(family())
+        now = self.now()
+        results = await self.gather(
+            self.rotate("sha256:r0", "sha256:a", now),
+            other.rotateRefresh("fam-1", "sha256:r0", "sha256:b", "s", now + 60, "j", now + 60, now),
+        )
+        self.assertEqual(
+            sorted(r.outcome.value for r in results),
+            [RotationOutcome.GRACE.value, RotationOutcome.ROTATED.value],
+        )
+
+
+class SQLiteSpecificTests(SynchronousTestCase):
+    """
+    Pragmas, migrations and failure mapping.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(EPOCH)
+        self.path = os.path.join(self.mktemp(), "store.sqlite3")
+
+    def store(self, timeout: float = 1.0) -> SQLiteStore:
+        store = SQLiteStore(self.path, self.clock, synchronous, timeout=timeout)
+        self.addCleanup(store.close)
+        return store
+
+    def test_noIOInConstructor(self) -> None:
+        SQLiteStore(self.path, self.clock, synchronous)
+        self.assertFalse(os.path.exists(os.path.dirname(self.path)))
+
+    def test_pragmas(self) -> None:
+        store = self.store(timeout=2.5)
+        self.successResultOf(store.ping())
+        connection = store._connection
+        assert connection is not None
+        self.assertEqual(connection.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+        self.assertEqual(connection.execute("PRAGMA synchronous").fetchone()[0], 2)  # FULL
+        self.assertEqual(connection.execute("PRAGMA busy_timeout").fetchone()[0], 2500)
+        self.assertEqual(self.successResultOf(store.integrityCheck()), ["ok"])
+
+    def test_schemaVersion(self) -> None:
+        self.successResultOf(self.store().createClient(client()))
+        raw = sqlite3.connect(self.path)
+        self.addCleanup(raw.close)
+        self.assertEqual(raw.execute("SELECT version FROM schemaVersion").fetchall(), [(len(MIGRATIONS),)])
+        # reopening applies nothing twice and keeps the data
+        self.assertEqual(self.successResultOf(self.store().getClient("client-1")), client())
+
+    def test_migrationsAppliedInOrder(self) -> None:
+        self.patch(
+            __import__("mcpsvc.storage.sqlite", fromlist=["MIGRATIONS"]),
+            "MIGRATIONS",
+            MIGRATIONS + [("CREATE TABLE extra (x INTEGER)",), ("INSERT INTO extra VALUES (7)",)],
+        )
+        self.successResultOf(self.store().ping())
+        raw = sqlite3.connect(self.path)
+        self.addCleanup(raw.close)
+        self.assertEqual(raw.execute("SELECT x FROM extra").fetchall(), [(7,)])
+        self.assertEqual(raw.execute("SELECT version FROM schemaVersion").fetchone()[0], len(MIGRATIONS) + 2)
+
+    def test_newerSchemaRefused(self) -> None:
+        self.successResultOf(self.store().ping())
+        raw = sqlite3.connect(self.path)
+        raw.execute("UPDATE schemaVersion SET version = 999")
+        raw.commit()
+        raw.close()
+        failure = self.failureResultOf(self.store().ping(), StoreUnavailable)
+        self.assertIn("999", str(failure.value))
+
+    def test_lockedIsUnavailable(self) -> None:
+        """
+        A write lock held by another connection past the busy timeout fails
+        the call with L{StoreUnavailable}, and the store works once it is
+        released.
+        """
+        store = self.store(timeout=0.05)
+        self.successResultOf(store.ping())
+        other = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        failure = self.failureResultOf(store.createClient(client()), StoreUnavailable)
+        self.assertIn("locked", str(failure.value))
+        other.execute("ROLLBACK")
+        self.successResultOf(store.createClient(client()))
+
+    def test_unopenableIsUnavailable(self) -> None:
+        os.makedirs(self.path)  # a directory where the file should be
+        self.failureResultOf(self.store().isRevoked("jti", EPOCH), StoreUnavailable)
+        self.failureResultOf(self.store().ping(), StoreUnavailable)
+
+    def test_closedIsUnavailable(self) -> None:
+        store = self.store()
+        self.successResultOf(store.ping())
+        self.successResultOf(store.close())
+        self.failureResultOf(store.isRevoked("jti", EPOCH), StoreUnavailable)
+
+    def test_mappingsAsJSON(self) -> None:
+        store = self.store()
+        self.successResultOf(store.createClient(client()))
+        raw = sqlite3.connect(self.path)
+        self.addCleanup(raw.close)
+        text = raw.execute("SELECT metadata FROM clients").fetchone()[0]
+        self.assertIsInstance(text, str)
+        self.assertIn('"grant_types":["authorization_code","refresh_token"]', text)
+
+    def test_persists(self) -> None:
+        first = self.store()
+        self.successResultOf(first.createFamily(family()))
+        self.successResultOf(first.close())
+        got: List[Any] = [self.successResultOf(self.store().getFamily("fam-1", EPOCH))]
+        self.assertEqual(got, [family()])

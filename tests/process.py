@@ -54,9 +54,11 @@ class McpsvcProcess:
         self.args = list(args)
         self.lines: List[str] = []
         self.records: List[Dict[str, Any]] = []
-        self.proc: Optional[subprocess.Popen[str]] = None
+        self.proc: Optional[subprocess.Popen[bytes]] = None
         self.port: Optional[int] = None
         self._lastRecord: Optional[Dict[str, Any]] = None
+        self._buffer = b""
+        self._eof = False
 
     def start(self, expectListening: bool = True, timeout: float = 30.0) -> "McpsvcProcess":
         argv = [TWISTD, "--pidfile=", "-n", "mcpsvc"]
@@ -69,8 +71,7 @@ class McpsvcProcess:
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
+            bufsize=0,
         )
         if expectListening:
             record = self.waitFor(lambda r: "listening on" in r.get("text", ""), timeout)
@@ -82,17 +83,30 @@ class McpsvcProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def _readLine(self, deadline: float) -> Optional[str]:
+        """
+        Return the next line of output, C{""} at end of file, or C{None}
+        at the deadline. Reads the raw pipe (a buffered reader would hide
+        lines from C{select}).
+        """
         assert self.proc is not None and self.proc.stdout is not None
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        ready, _, _ = select.select([self.proc.stdout], [], [], remaining)
-        if not ready:
-            return None
-        line = self.proc.stdout.readline()
-        if line == "":
-            return ""
-        line = line.rstrip("\n")
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            if self._eof:
+                if not self._buffer:
+                    return ""
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                self._eof = True
+            self._buffer += chunk
+        raw, _, self._buffer = self._buffer.partition(b"\n")
+        line = raw.decode("utf-8", "replace")
         self.lines.append(line)
         try:
             record = json.loads(line)

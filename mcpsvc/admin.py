@@ -1,0 +1,343 @@
+# -*- test-case-name: mcpsvc.test.test_admin -*-
+"""
+Admin subcommands of the C{mcpsvc} command that open the configured store:
+C{clients ...}, C{tokens revoke}, C{keys rotate}.
+
+Each command validates the configuration exactly as the server does, opens
+the store (SQLite or Redis; the server may be running at the same time),
+runs, and closes the store before exiting.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Awaitable, Callable, Dict, List, Optional, TextIO
+
+from twisted.internet.defer import Deferred
+from twisted.python import usage
+
+from mcpsvc.cli import subcommand
+from mcpsvc.config import Config, ConfigError
+
+__all__ = ["withStore"]
+
+
+class _StoreOptions(usage.Options):
+    optParameters = [["env-file", None, ".env", "The .env file to read (if it exists)."]]
+
+    def overrides(self) -> Dict[str, str]:
+        return {}
+
+
+def _config(options: Any, err: TextIO) -> Optional[Config]:
+    from mcpsvc.tap import configFromOptions
+
+    try:
+        return configFromOptions(options)
+    except ConfigError as e:
+        err.write("Configuration is invalid:\n")
+        for error in e.errors:
+            err.write(f"  - {error}\n")
+        return None
+
+
+def withStore(
+    config: Config,
+    action: Callable[[Any, Any], Awaitable[int]],
+    err: TextIO,
+    reactor: Any = None,
+) -> int:
+    """
+    Open the store of C{config}, run C{await action(store, reactor)} and
+    close the store; return the action's exit status (1 on a store error).
+    """
+    from twisted.internet import task
+
+    from mcpsvc.storage import StoreError, buildStoreService
+
+    result: List[int] = [1]
+
+    async def main(reactor: Any) -> None:
+        service = buildStoreService(config, reactor=reactor, clock=reactor)
+        service.startService()
+        try:
+            result[0] = await action(service.store, reactor)
+        except StoreError as e:
+            err.write(f"Store error: {e.__class__.__name__}: {e}\n")
+            result[0] = 1
+        finally:
+            await service.stopService()
+
+    if reactor is not None:
+        d = Deferred.fromCoroutine(main(reactor))
+        d.addErrback(lambda f: err.write(f"{f.getErrorMessage()}\n"))
+        return result[0]
+    try:
+        task.react(lambda r: Deferred.fromCoroutine(main(r)))
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return int(e.code)
+    return result[0]
+
+
+def _describe(record: Any) -> Dict[str, Any]:
+    metadata = dict(record.metadata)
+    return {
+        "client_id": record.clientID,
+        "client_name": metadata.get("client_name"),
+        "confidential": record.secretHash is not None,
+        "created_at": record.createdAt,
+        "metadata": metadata,
+    }
+
+
+# --------------------------------------------------------------------------
+# clients
+
+
+class ClientsListOptions(_StoreOptions):
+    synopsis = "[--json]"
+    optFlags = [["json", None, "Print JSON."]]
+
+
+class ClientsIDOptions(_StoreOptions):
+    synopsis = "CLIENT_ID"
+
+    def parseArgs(self, clientID: str) -> None:
+        self["client-id"] = clientID
+
+
+class ClientsExportOptions(_StoreOptions):
+    synopsis = "[FILE]"
+
+    def parseArgs(self, path: str = "-") -> None:
+        self["file"] = path
+
+
+class ClientsImportOptions(_StoreOptions):
+    synopsis = "FILE"
+    optFlags = [["replace", None, "Replace clients that exist already (default: skip them)."]]
+
+    def parseArgs(self, path: str) -> None:
+        self["file"] = path
+
+
+class ClientsAddOptions(_StoreOptions):
+    synopsis = "--name NAME --redirect-uri URI [--redirect-uri URI ...] [options]"
+    optParameters = _StoreOptions.optParameters + [
+        ["name", None, None, "Client name shown on the authorization page."],
+        ["grant-types", None, "authorization_code,refresh_token", "Comma list of grant types."],
+        ["auth-method", None, "client_secret_basic",
+         "client_secret_basic, client_secret_post or none (public client)."],
+        ["scope", None, None, "Space or comma list of scopes the client may ask for."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["redirect-uris"] = []
+
+    def opt_redirect_uri(self, uri: str) -> None:
+        """A redirect URI (repeatable)."""
+        self["redirect-uris"].append(uri)
+
+    def postOptions(self) -> None:
+        if not self["name"]:
+            raise usage.UsageError("--name is required")
+
+
+class ClientsOptions(usage.Options):
+    synopsis = "list|show|add|remove|rotate-secret|export|import"
+    subCommands = [
+        ["list", None, ClientsListOptions, "List registered clients."],
+        ["show", None, ClientsIDOptions, "Show one client."],
+        ["add", None, ClientsAddOptions, "Register a client; prints its secret once."],
+        ["remove", None, ClientsIDOptions, "Remove a client."],
+        ["rotate-secret", None, ClientsIDOptions, "Give a client a new secret; prints it once."],
+        ["export", None, ClientsExportOptions, "Export the client registry as JSON."],
+        ["import", None, ClientsImportOptions,
+         "Import clients from our export or the guide's registered_clients.json."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("a clients command is required")
+
+
+@subcommand("clients", ClientsOptions, "Manage OAuth clients.")
+def clientsCommand(options: Any, out: TextIO, err: TextIO) -> int:
+    sub = options.subCommand
+    subOptions = options.subOptions
+    config = _config(subOptions, err)
+    if config is None:
+        return 1
+    if config.store == "memory":
+        err.write("warning: STORE=memory: changes are lost when this command exits\n")
+
+    from mcpsvc.storage import NoSuchClient
+    from mcpsvc.storage.admin import exportClients, importClients
+
+    async def action(store: Any, reactor: Any) -> int:
+        if sub == "list":
+            records = await store.listClients()
+            if subOptions["json"]:
+                out.write(json.dumps([_describe(r) for r in records], indent=2) + "\n")
+            else:
+                for r in records:
+                    kind = "confidential" if r.secretHash else "public"
+                    out.write(f"{r.clientID}\t{kind}\t{r.metadata.get('client_name') or ''}\n")
+                out.write(f"{len(records)} client(s)\n")
+            return 0
+        if sub in ("show", "remove"):
+            clientID = subOptions["client-id"]
+            try:
+                if sub == "show":
+                    out.write(json.dumps(_describe(await store.getClient(clientID)), indent=2) + "\n")
+                else:
+                    await store.deleteClient(clientID)
+                    out.write(f"Removed client {clientID}\n")
+            except NoSuchClient:
+                err.write(f"No such client: {clientID}\n")
+                return 1
+            return 0
+        if sub == "export":
+            data = json.dumps(await exportClients(store), indent=2) + "\n"
+            if subOptions["file"] == "-":
+                out.write(data)
+            else:
+                with open(subOptions["file"], "w") as f:
+                    f.write(data)
+                out.write(f"Exported to {subOptions['file']}\n")
+            return 0
+        if sub == "import":
+            with open(subOptions["file"]) as f:
+                data = json.load(f)
+            count = await importClients(store, data, reactor.seconds(), replace=subOptions["replace"])
+            out.write(f"Imported {count} client(s)\n")
+            return 0
+        return await _oauthClientCommand(sub, subOptions, store, reactor, config, out, err)
+
+    return withStore(config, action, err)
+
+
+async def _oauthClientCommand(
+    sub: str, options: Any, store: Any, reactor: Any, config: Config, out: TextIO, err: TextIO
+) -> int:
+    from mcpsvc.oauth import admin as oauthAdmin
+    from mcpsvc.storage import NoSuchClient
+
+    if sub == "add":
+        grants = [g.strip() for g in options["grant-types"].split(",") if g.strip()]
+        try:
+            record, secret = await oauthAdmin.addClient(
+                store, reactor.seconds(), name=options["name"],
+                redirectURIs=options["redirect-uris"], grantTypes=grants,
+                authMethod=options["auth-method"], scope=options["scope"],
+                config=config,
+            )
+        except ValueError as e:
+            err.write(f"Cannot add client: {e}\n")
+            return 1
+        out.write(f"client_id:     {record.clientID}\n")
+        if secret is not None:
+            out.write(f"client_secret: {secret}\n")
+            out.write("The secret is shown once; only its hash is stored.\n")
+        return 0
+    if sub == "rotate-secret":
+        try:
+            secret = await oauthAdmin.rotateSecret(store, options["client-id"])
+        except NoSuchClient:
+            err.write(f"No such client: {options['client-id']}\n")
+            return 1
+        except ValueError as e:
+            err.write(f"Cannot rotate: {e}\n")
+            return 1
+        out.write(f"client_secret: {secret}\n")
+        out.write("The secret is shown once; only its hash is stored.\n")
+        return 0
+    err.write(f"Unknown clients command {sub}\n")  # pragma: no cover
+    return 2
+
+
+# --------------------------------------------------------------------------
+# tokens
+
+
+class TokensRevokeOptions(_StoreOptions):
+    synopsis = "TOKEN|-"
+    longdesc = "Revoke an access token (JWT) or a refresh token (its whole family). '-' reads it from standard input."
+
+    def parseArgs(self, token: str) -> None:
+        self["token"] = token
+
+
+class TokensOptions(usage.Options):
+    synopsis = "revoke TOKEN"
+    subCommands = [["revoke", None, TokensRevokeOptions, "Revoke a token."]]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("a tokens command is required")
+
+
+@subcommand("tokens", TokensOptions, "Revoke tokens.")
+def tokensCommand(options: Any, out: TextIO, err: TextIO) -> int:
+    subOptions = options.subOptions
+    config = _config(subOptions, err)
+    if config is None:
+        return 1
+    token = subOptions["token"]
+    if token == "-":
+        token = sys.stdin.readline().strip()
+
+    async def action(store: Any, reactor: Any) -> int:
+        from mcpsvc.oauth import admin as oauthAdmin
+
+        kind = await oauthAdmin.revokeToken(store, reactor.seconds(), token, config=config)
+        if kind is None:
+            err.write("Not a token this server issued (nothing revoked)\n")
+            return 1
+        out.write(f"Revoked {kind}\n")
+        return 0
+
+    return withStore(config, action, err)
+
+
+# --------------------------------------------------------------------------
+# keys
+
+
+class KeysRotateOptions(_StoreOptions):
+    optParameters = _StoreOptions.optParameters + [
+        ["algorithm", "a", "ES256", "ES256 or RS256."],
+    ]
+
+
+class KeysOptions(usage.Options):
+    synopsis = "rotate"
+    subCommands = [["rotate", None, KeysRotateOptions, "Start signing with a new key in JWT_KEYS_DIR."]]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("a keys command is required")
+
+
+@subcommand("keys", KeysOptions, "Manage signing keys.")
+def keysCommand(options: Any, out: TextIO, err: TextIO) -> int:
+    subOptions = options.subOptions
+    config = _config(subOptions, err)
+    if config is None:
+        return 1
+    if not config.jwtKeysDir:
+        err.write("JWT_KEYS_DIR is not set: key rotation needs a directory of keys\n")
+        return 1
+    from mcpsvc.oauth import admin as oauthAdmin
+
+    try:
+        path = oauthAdmin.rotateKeys(config.jwtKeysDir, subOptions["algorithm"])
+    except ValueError as e:
+        err.write(f"Cannot rotate keys: {e}\n")
+        return 1
+    out.write(f"New signing key: {path}\n")
+    out.write("Restart (or reload) every instance; old keys keep verifying until their tokens expire.\n")
+    return 0

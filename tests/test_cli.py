@@ -1,0 +1,101 @@
+"""
+End-to-end tests of the C{mcpsvc} admin command on a real SQLite store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+MCPSVC = os.path.join(os.path.dirname(sys.executable), "mcpsvc")
+
+
+class ClientsCommandTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.env = {
+            "PATH": os.environ.get("PATH", ""),
+            "JWT_SECRET": "c" * 32,
+            "DCR_AUTH_TOKEN": "d" * 32,
+            "STORE_PATH": os.path.join(self.dir, "store.sqlite3"),
+            "VAR_DIR": os.path.join(self.dir, "var"),
+        }
+
+    def mcpsvc(self, *args: str, input: "str | None" = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [MCPSVC, *args], cwd=self.dir, env=self.env, capture_output=True, text=True,
+            timeout=60, input=input,
+        )
+
+    def test_importGuideShapeHashesSecrets(self) -> None:
+        """
+        C{clients import} takes the guide's C{registered_clients.json},
+        stores only hashes of its secrets, and C{clients export} never
+        prints a plaintext secret.
+        """
+        guide = {
+            "abc-123": {
+                "clientSecret": "plaintext-secret-value-0123456789",
+                "clientName": "ServiceNow dev12345",
+                "redirectUris": ["https://dev12345.service-now.com/oauth_redirect.do"],
+                "grantTypes": ["authorization_code", "refresh_token"],
+            }
+        }
+        path = os.path.join(self.dir, "registered_clients.json")
+        with open(path, "w") as f:
+            json.dump(guide, f)
+        result = self.mcpsvc("clients", "import", path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("Imported 1 client(s)", result.stdout)
+
+        listed = self.mcpsvc("clients", "list", "--json")
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        (client,) = json.loads(listed.stdout)
+        self.assertEqual(client["client_id"], "abc-123")
+        self.assertEqual(client["client_name"], "ServiceNow dev12345")
+        self.assertTrue(client["confidential"])
+
+        exported = self.mcpsvc("clients", "export")
+        self.assertEqual(exported.returncode, 0, exported.stderr)
+        self.assertNotIn("plaintext-secret-value", exported.stdout)
+        data = json.loads(exported.stdout)
+        self.assertTrue(data["clients"][0]["secretHash"].startswith("sha256:"))
+        with open(os.path.join(self.dir, "store.sqlite3"), "rb") as f:
+            self.assertNotIn(b"plaintext-secret-value", f.read())
+
+        # Our own export round-trips into a fresh store.
+        exportPath = os.path.join(self.dir, "export.json")
+        with open(exportPath, "w") as f:
+            f.write(exported.stdout)
+        self.env["STORE_PATH"] = os.path.join(self.dir, "other.sqlite3")
+        self.assertEqual(self.mcpsvc("clients", "import", exportPath).returncode, 0)
+        shown = self.mcpsvc("clients", "show", "abc-123")
+        self.assertEqual(json.loads(shown.stdout)["metadata"]["redirect_uris"],
+                         ["https://dev12345.service-now.com/oauth_redirect.do"])
+
+    def test_removeAndUnknown(self) -> None:
+        """
+        C{clients remove} removes; an unknown id is an error (status 1).
+        """
+        path = os.path.join(self.dir, "c.json")
+        with open(path, "w") as f:
+            json.dump({"x1": {"clientName": "X", "redirectUris": ["http://127.0.0.1/cb"]}}, f)
+        self.assertEqual(self.mcpsvc("clients", "import", path).returncode, 0)
+        self.assertEqual(self.mcpsvc("clients", "remove", "x1").returncode, 0)
+        result = self.mcpsvc("clients", "show", "x1")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("No such client: x1", result.stderr)
+
+    def test_invalidConfiguration(self) -> None:
+        """
+        An invalid configuration is reported and nothing is opened.
+        """
+        self.env["STORE"] = "nope"
+        result = self.mcpsvc("clients", "list")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("STORE must be one of", result.stderr)

@@ -165,7 +165,11 @@ class NginxProxy:
         )
         # ngx_os_status() logs "getrlimit(RLIMIT_NOFILE)" after the listening
         # sockets are bound, just before the pid file and the event loop.
-        self._waitForLine(lambda line: "getrlimit(RLIMIT_NOFILE)" in line or "start worker" in line, timeout)
+        try:
+            self._waitForLine(lambda line: "getrlimit(RLIMIT_NOFILE)" in line or "start worker" in line, timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _readLines(self, timeout: float) -> Optional[bool]:

@@ -233,9 +233,8 @@ async def _oauthClientCommand(
                 store, reactor.seconds(), name=options["name"],
                 redirectURIs=options["redirect-uris"], grantTypes=grants,
                 authMethod=options["auth-method"], scope=options["scope"],
-                config=config,
             )
-        except ValueError as e:
+        except oauthAdmin.AdminError as e:
             err.write(f"Cannot add client: {e}\n")
             return 1
         out.write(f"client_id:     {record.clientID}\n")
@@ -245,11 +244,11 @@ async def _oauthClientCommand(
         return 0
     if sub == "rotate-secret":
         try:
-            secret = await oauthAdmin.rotateSecret(store, options["client-id"])
+            _, secret = await oauthAdmin.rotateSecret(store, options["client-id"])
         except NoSuchClient:
             err.write(f"No such client: {options['client-id']}\n")
             return 1
-        except ValueError as e:
+        except oauthAdmin.AdminError as e:
             err.write(f"Cannot rotate: {e}\n")
             return 1
         out.write(f"client_secret: {secret}\n")
@@ -292,13 +291,11 @@ def tokensCommand(options: Any, out: TextIO, err: TextIO) -> int:
 
     async def action(store: Any, reactor: Any) -> int:
         from mcpsvc.oauth import admin as oauthAdmin
+        from mcpsvc.oauth import buildAccessTokens
 
-        kind = await oauthAdmin.revokeToken(store, reactor.seconds(), token, config=config)
-        if kind is None:
-            err.write("Not a token this server issued (nothing revoked)\n")
-            return 1
-        out.write(f"Revoked {kind}\n")
-        return 0
+        message = await oauthAdmin.revokeToken(store, buildAccessTokens(config), reactor.seconds(), token)
+        out.write(message + "\n")
+        return 1 if message.endswith("nothing to do") else 0
 
     return withStore(config, action, err)
 
@@ -331,13 +328,16 @@ def keysCommand(options: Any, out: TextIO, err: TextIO) -> int:
     if not config.jwtKeysDir:
         err.write("JWT_KEYS_DIR is not set: key rotation needs a directory of keys\n")
         return 1
+    from twisted.internet import reactor
+
     from mcpsvc.oauth import admin as oauthAdmin
 
     try:
-        path = oauthAdmin.rotateKeys(config.jwtKeysDir, subOptions["algorithm"])
-    except ValueError as e:
+        # The time only names the key file.
+        path = oauthAdmin.rotateKeys(config.jwtKeysDir, subOptions["algorithm"], now=reactor.seconds())
+    except oauthAdmin.AdminError as e:
         err.write(f"Cannot rotate keys: {e}\n")
         return 1
-    out.write(f"New signing key: {path}\n")
+    out.write(f"New signing key: {path.path}\n")
     out.write("Restart (or reload) every instance; old keys keep verifying until their tokens expire.\n")
     return 0

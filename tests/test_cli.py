@@ -99,3 +99,62 @@ class ClientsCommandTests(SynchronousTestCase):
         result = self.mcpsvc("clients", "list")
         self.assertEqual(result.returncode, 1)
         self.assertIn("STORE must be one of", result.stderr)
+
+
+class OAuthCommandTests(ClientsCommandTests):
+    """
+    C{clients add|rotate-secret}, C{tokens revoke} and C{keys rotate}.
+    """
+
+    def test_addAndRotateSecret(self) -> None:
+        """
+        C{clients add} prints the secret once and stores only its hash;
+        C{rotate-secret} replaces it.
+        """
+        result = self.mcpsvc(
+            "clients", "add", "--name", "Manual SN", "--redirect-uri",
+            "https://dev12345.service-now.com/oauth_redirect.do", "--auth-method", "client_secret_post",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        lines = dict(line.split(":", 1) for line in result.stdout.splitlines() if line.startswith("client_"))
+        clientID, secret = lines["client_id"].strip(), lines["client_secret"].strip()
+        self.assertGreaterEqual(len(secret), 40)
+        with open(os.path.join(self.dir, "store.sqlite3"), "rb") as f:
+            self.assertNotIn(secret.encode(), f.read())
+        shown = json.loads(self.mcpsvc("clients", "show", clientID).stdout)
+        self.assertEqual(shown["metadata"]["token_endpoint_auth_method"], "client_secret_post")
+        rotated = self.mcpsvc("clients", "rotate-secret", clientID)
+        self.assertEqual(rotated.returncode, 0, rotated.stderr)
+        self.assertNotIn(secret, rotated.stdout)
+        self.assertIn("client_secret:", rotated.stdout)
+
+    def test_addRefusesBadRedirect(self) -> None:
+        """
+        An http redirect URI that is not loopback is refused.
+        """
+        result = self.mcpsvc("clients", "add", "--name", "X", "--redirect-uri", "http://evil.example/cb")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("Cannot add client", result.stderr)
+
+    def test_revokeUnknownToken(self) -> None:
+        """
+        Revoking something that is not our token changes nothing (status 1).
+        """
+        result = self.mcpsvc("tokens", "revoke", "-", input="not-a-token\n")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("nothing to do", result.stdout)
+
+    def test_keysRotate(self) -> None:
+        """
+        C{keys rotate} writes a new 0600 key into JWT_KEYS_DIR, which then
+        signs (its JWKS is published).
+        """
+        keys = os.path.join(self.dir, "keys")
+        os.makedirs(keys)
+        self.env["JWT_KEYS_DIR"] = keys
+        result = self.mcpsvc("keys", "rotate")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        (name,) = os.listdir(keys)
+        self.assertEqual(os.stat(os.path.join(keys, name)).st_mode & 0o777, 0o600)
+        self.assertEqual(self.mcpsvc("keys", "rotate", "--algorithm", "RS256").returncode, 0)
+        self.assertEqual(len(os.listdir(keys)), 2)

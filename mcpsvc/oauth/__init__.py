@@ -1,1 +1,86 @@
+# -*- test-case-name: mcpsvc.oauth.test -*-
+"""
+mcpsvc's OAuth 2.1 authorization server and the bearer protection of
+C{/mcp}.
 
+Importing this package imports neither Klein nor the reactor; L{buildOAuth}
+loads them when called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
+
+if TYPE_CHECKING:  # pragma: no cover
+    from twisted.internet.interfaces import IReactorTime
+
+    from mcpsvc.config import Config
+    from mcpsvc.oauth.app import IApprover, OAuthApp
+    from mcpsvc.oauth.bearer import BearerAuthenticator
+    from mcpsvc.oauth.tokens import AccessTokens
+
+__all__ = ["buildOAuth", "buildAccessTokens", "approverFor"]
+
+
+def buildAccessTokens(config: "Config") -> "AccessTokens":
+    """
+    The access token issuer/verifier for C{config}: loads the signing keys
+    (C{JWT_PRIVATE_KEY_FILE}, C{JWT_KEYS_DIR}, else HS256 C{JWT_SECRET}).
+
+    @raise mcpsvc.oauth.tokens.KeyLoadError: a key file is unusable.
+    """
+    from mcpsvc.oauth.tokens import AccessTokens, loadKeyRing
+
+    keys = loadKeyRing(config.jwtSecret, config.jwtPrivateKeyFile, config.jwtKeysDir)
+    return AccessTokens(
+        keys=keys,
+        issuer=config.issuer,
+        audience=config.resourceURL,
+        lifetime=config.accessTokenLifetime,
+    )
+
+
+def approverFor(config: "Config") -> "IApprover":
+    """
+    The approver for C{config.authorizeMode}: C{auto} approves directly;
+    C{consent} and C{login} fail closed (C{temporarily_unavailable}) until
+    the authorization page is built.
+    """
+    from mcpsvc.oauth.app import AutoApprover, UnavailableApprover
+
+    if config.authorizeMode == "auto":
+        return AutoApprover(secret=config.jwtSecret.encode("utf-8"))
+    return UnavailableApprover(mode=config.authorizeMode)
+
+
+def buildOAuth(
+    config: "Config",
+    *,
+    store: Any,
+    clock: "IReactorTime",
+    runInThread: Optional[Callable[..., Any]] = None,
+    approver: Optional["IApprover"] = None,
+) -> Tuple["OAuthApp", "BearerAuthenticator"]:
+    """
+    Build the authorization server app and the C{/mcp} authenticator, which
+    share one L{AccessTokens}. Reads the key files; performs no other I/O.
+
+    @param runInThread: reserved for slow work (password hashing in login
+        mode); unused for now.
+    @param approver: decides authorization requests (default:
+        L{approverFor}).
+    @raise mcpsvc.oauth.tokens.KeyLoadError: a key file is unusable.
+    """
+    from mcpsvc.oauth.app import OAuthApp
+    from mcpsvc.oauth.bearer import BearerAuthenticator
+
+    tokens = buildAccessTokens(config)
+    app = OAuthApp(
+        config=config,
+        store=store,
+        clock=clock,
+        tokens=tokens,
+        approver=approver if approver is not None else approverFor(config),
+    )
+    bearer = BearerAuthenticator(config=config, store=store, clock=clock, verifier=tokens)
+    return app, bearer

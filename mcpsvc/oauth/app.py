@@ -1,0 +1,1068 @@
+# -*- test-case-name: mcpsvc.oauth.test.test_app -*-
+"""
+The OAuth 2.1 authorization server: metadata (RFC 8414, RFC 9728), dynamic
+client registration (RFC 7591), the authorization and token endpoints,
+revocation (RFC 7009) and introspection (RFC 7662).
+
+L{OAuthApp} is a thin adapter: it reads the request, asks the sans-IO
+modules (L{pkce}, L{redirects}, L{clients}, L{scopes}, L{tokens},
+L{refresh}) for decisions and awaits the store. Routes are absolute paths;
+the root dispatcher hands it C{/oauth/...}, C{/.well-known/...} and the
+un-prefixed C{/authorize}, C{/token}, C{/register} and C{/revoke}.
+
+The decision to approve an authorization request is delegated to an
+L{IApprover} (the seam where the consent and login pages plug in);
+L{AutoApprover} approves directly (C{AUTHORIZE_MODE=auto}).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import html
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Protocol, Set, Tuple, Union
+from urllib.parse import unquote_plus, urlencode, urlsplit
+
+from attrs import field, frozen
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+from mcpsvc.audit import audit
+from mcpsvc.config import Config, RateLimit
+from mcpsvc.http.errors import OAuthError, TooManyRequests, installErrorHandlers
+from mcpsvc.http.jsonio import readForm, readJSON, writeJSON
+from mcpsvc.oauth import pkce
+from mcpsvc.oauth.clients import (
+    ClientMetadataError,
+    authMethod,
+    clientScopes,
+    grantTypes,
+    isConfidential,
+    newClientID,
+    normalizeMetadata,
+    redirectURIs,
+    registrationResponse,
+)
+from mcpsvc.oauth.redirects import findRegistered
+from mcpsvc.oauth.refresh import (
+    newFamilyID,
+    newRefreshToken,
+    sealSuccessor,
+    splitRefreshToken,
+    unsealSuccessor,
+)
+from mcpsvc.oauth.scopes import KNOWN_SCOPES, RESOURCE_SCOPES, InvalidScope, grantScope
+from mcpsvc.oauth.tokens import AccessTokens, InvalidToken, IssuedToken
+from mcpsvc.storage._logic import hashEquals
+from mcpsvc.storage.hashing import hashSecret, newSecret, secretMatches
+from mcpsvc.storage.interfaces import (
+    AlreadyUsed,
+    ClientRecord,
+    CodeRecord,
+    Conflict,
+    NoSuchClient,
+    NoSuchCode,
+    NoSuchFamily,
+    RefreshFamily,
+    RotationOutcome,
+)
+
+__all__ = [
+    "OAuthApp",
+    "AuthorizationRequest",
+    "Approval",
+    "Denial",
+    "IApprover",
+    "AutoApprover",
+    "UnavailableApprover",
+    "canonicalURL",
+    "requestAddress",
+]
+
+#: Headers of every response that carries a token or credential.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+#: Registration request fields worth logging (never secrets or keys).
+_LOGGED_REGISTRATION_FIELDS = (
+    "client_name",
+    "redirect_uris",
+    "grant_types",
+    "response_types",
+    "token_endpoint_auth_method",
+    "scope",
+    "software_id",
+    "software_version",
+    "application_type",
+)
+
+
+def requestAddress(request: IRequest) -> str:
+    """
+    The client address used for rate limits and logs. The one place to
+    change how it is found: it honours C{TRUSTED_PROXIES} through the site
+    when the request came through L{mcpsvc.http.site}.
+    """
+    from mcpsvc.http.site import clientAddress
+
+    site = getattr(request, "_mcpsvcSite", None)
+    return clientAddress(request, getattr(site, "trustedProxies", ()) if site is not None else ())
+
+
+def canonicalURL(url: str) -> str:
+    """
+    A URL in the form we compare resource indicators in: lower-case scheme
+    and host, default port dropped, no trailing slash, no fragment.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    netloc = parts.netloc.lower()
+    for default in ((":443", "https"), (":80", "http")):
+        if netloc.endswith(default[0]) and scheme == default[1]:
+            netloc = netloc[: -len(default[0])]
+    path = parts.path.rstrip("/")
+    query = "?" + parts.query if parts.query else ""
+    return f"{scheme}://{netloc}{path}{query}"
+
+
+# --------------------------------------------------------------------------
+# The approval seam
+
+
+@frozen(kw_only=True)
+class AuthorizationRequest:
+    """
+    A validated authorization request, waiting for a decision.
+
+    @ivar client: the registered client.
+    @ivar redirectURI: where the answer goes (already matched).
+    @ivar state: the client's C{state}, echoed back.
+    @ivar scope: the scope that would be granted.
+    @ivar resource: the canonical resource the token will be for.
+    @ivar params: every request parameter, for a page that re-posts them.
+    """
+
+    client: ClientRecord
+    redirectURI: str
+    state: Optional[str]
+    scope: str
+    resource: str
+    codeChallenge: str
+    codeChallengeMethod: str
+    params: Mapping[str, str] = field(factory=dict)
+
+
+@frozen(kw_only=True)
+class Approval:
+    """
+    The request is approved for C{subject}, with C{scope} (C{None}: as
+    requested; a consent page may narrow it).
+    """
+
+    subject: str
+    scope: Optional[str] = None
+
+
+@frozen(kw_only=True)
+class Denial:
+    """
+    The request is refused; the client is told with C{error}.
+    """
+
+    error: str = "access_denied"
+    description: str = "The request was denied"
+
+
+class IApprover(Protocol):
+    """
+    Decides authorization requests. A consent or login page implements
+    this: on a GET it may write a page (return its bytes), and on the
+    page's POST return an L{Approval} or a L{Denial}.
+    """
+
+    async def approve(
+        self, request: IRequest, authz: AuthorizationRequest
+    ) -> Union[Approval, Denial, bytes]:
+        ...
+
+
+@frozen(kw_only=True)
+class AutoApprover:
+    """
+    C{AUTHORIZE_MODE=auto}: approve every valid request at once. The subject
+    is a stable pseudonym of the client (an HMAC of its id under
+    C{JWT_SECRET}), so tokens of one client share a subject and different
+    clients never do.
+    """
+
+    secret: bytes = field(repr=False)
+
+    def subjectFor(self, clientID: str) -> str:
+        digest = hmac.new(self.secret, b"auto-subject:" + clientID.encode("utf-8"), hashlib.sha256)
+        return "auto-" + digest.hexdigest()[:32]
+
+    async def approve(
+        self, request: IRequest, authz: AuthorizationRequest
+    ) -> Union[Approval, Denial, bytes]:
+        return Approval(subject=self.subjectFor(authz.client.clientID))
+
+
+@frozen(kw_only=True)
+class UnavailableApprover:
+    """
+    Stands in for an authorization page that is not built yet: fails
+    closed, telling the client C{temporarily_unavailable}.
+    """
+
+    mode: str
+
+    async def approve(
+        self, request: IRequest, authz: AuthorizationRequest
+    ) -> Union[Approval, Denial, bytes]:
+        return Denial(
+            error="temporarily_unavailable",
+            description=f"AUTHORIZE_MODE={self.mode} is not available on this server",
+        )
+
+
+# --------------------------------------------------------------------------
+# Errors shown on our own page (never redirected)
+
+
+class AuthorizePageError(OAuthError):
+    """
+    An authorization request error that must not be redirected (bad client
+    or redirect URI): shown as an HTML page to browsers, JSON otherwise.
+    """
+
+
+def _errorPage(error: str, description: str) -> bytes:
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<title>Authorization error</title></head><body>"
+        "<h1>Authorization error</h1>"
+        f"<p><strong>{html.escape(error)}</strong></p>"
+        f"<p>{html.escape(description)}</p>"
+        "<p>The application that sent you here is misconfigured. "
+        "You can close this window.</p></body></html>\n"
+    ).encode("utf-8")
+
+
+def _wantsHTML(request: IRequest) -> bool:
+    accept = (request.getHeader("accept") or "").lower()
+    return "text/html" in accept
+
+
+def _invalidClient(description: str, basic: bool) -> OAuthError:
+    headers = {"WWW-Authenticate": 'Basic realm="mcpsvc"'} if basic else None
+    return OAuthError("invalid_client", description, code=401, headers=headers)
+
+
+# --------------------------------------------------------------------------
+# The app
+
+
+@frozen(kw_only=True)
+class OAuthApp:
+    """
+    The authorization server's HTTP endpoints.
+
+    @ivar config: the configuration.
+    @ivar store: the L{mcpsvc.storage.interfaces.IStore}.
+    @ivar clock: time source.
+    @ivar tokens: issues and verifies access tokens.
+    @ivar approver: decides authorization requests.
+    """
+
+    app: ClassVar[Klein] = Klein()
+    log: ClassVar[Logger] = Logger()
+
+    #: Not in the repr: L{Config}'s carries the secrets, and this object is
+    #: the C{log_source} of our log events.
+    config: Config = field(repr=False)
+    store: Any
+    clock: IReactorTime
+    tokens: AccessTokens
+    approver: IApprover
+
+    def resource(self) -> IResource:
+        return self.app.resource()  # type: ignore[no-any-return]
+
+    @app.handle_errors(AuthorizePageError)
+    def _pageError(self, request: IRequest, failure: Any) -> bytes:
+        err = failure.value
+        if not _wantsHTML(request):
+            from mcpsvc.http.errors import renderError
+
+            return renderError(request, err)
+        request.setResponseCode(err.code)
+        request.setHeader("Content-Type", "text/html; charset=utf-8")
+        request.setHeader("Cache-Control", "no-store")
+        request.setHeader("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+        request.setHeader("X-Frame-Options", "DENY")
+        return _errorPage(err.error, err.description)
+
+    # After our own page handler: Klein uses the first handler that matches.
+    installErrorHandlers(app)
+
+    # -- helpers
+
+    def _now(self) -> float:
+        return self.clock.seconds()
+
+    def _url(self, path: str) -> str:
+        return self.config.serverURL + path
+
+    async def _rateLimit(
+        self, request: IRequest, name: str, limit: RateLimit, clientID: Optional[str] = None
+    ) -> None:
+        if clientID is None:
+            key = f"{name}:addr:{requestAddress(request)}"
+        else:
+            key = f"{name}:client:{clientID}"
+        decision = await self.store.takeToken(
+            key, limit.count, limit.refillPerSecond, self._now()
+        )
+        if not decision.allowed:
+            audit("rate_limit.hit", "denied", request=request, clientID=clientID, endpoint=name)
+            self.log.warn(
+                "Rate limit hit on {endpoint} for {who}",
+                endpoint=name,
+                who="client " + clientID if clientID else "address " + requestAddress(request),
+            )
+            raise TooManyRequests(decision.retryAfter)
+
+    def _resourceFor(self, value: Optional[str]) -> Optional[str]:
+        """
+        The canonical resource for a C{resource} parameter (RFC 8707):
+        absent means ours; our MCP URL and our origin are ours (compared
+        canonically); anything else is C{None} (C{invalid_target}).
+        """
+        if value is None:
+            return self.config.resourceURL
+        wanted = canonicalURL(value)
+        if wanted in (canonicalURL(self.config.resourceURL), canonicalURL(self.config.serverURL)):
+            return self.config.resourceURL
+        return None
+
+    def _redirectPatterns(self) -> Tuple[str, ...]:
+        patterns = tuple(self.config.dcrRedirectPatterns)
+        if self.config.servicenowInstance:
+            patterns += (self.config.servicenowInstance.rstrip("/") + "/*",)
+        return patterns
+
+    @property
+    def _registrationEnabled(self) -> bool:
+        return bool(self.config.dcrAuthToken) or self.config.dcrOpen
+
+    # -- metadata
+
+    def authorizationServerMetadata(self) -> Dict[str, Any]:
+        """
+        The RFC 8414 document.
+        """
+        methods = ["client_secret_basic", "client_secret_post", "none"]
+        md: Dict[str, Any] = {
+            "issuer": self.config.issuer,
+            "authorization_endpoint": self._url("/oauth/authorize"),
+            "token_endpoint": self._url("/oauth/token"),
+        }
+        if self._registrationEnabled:
+            md["registration_endpoint"] = self._url("/oauth/register")
+        md.update(
+            {
+                "revocation_endpoint": self._url("/oauth/revoke"),
+                "introspection_endpoint": self._url("/oauth/introspect"),
+                "response_types_supported": ["code"],
+                "response_modes_supported": ["query"],
+                "grant_types_supported": [
+                    "authorization_code",
+                    "refresh_token",
+                    "client_credentials",
+                ],
+                "code_challenge_methods_supported": [pkce.S256],
+                "token_endpoint_auth_methods_supported": methods,
+                "revocation_endpoint_auth_methods_supported": methods,
+                "introspection_endpoint_auth_methods_supported": methods,
+                "scopes_supported": list(KNOWN_SCOPES),
+                "authorization_response_iss_parameter_supported": True,
+            }
+        )
+        if self.tokens.keys.asymmetric:
+            md["jwks_uri"] = self._url("/.well-known/jwks.json")
+        return md
+
+    def protectedResourceMetadata(self) -> Dict[str, Any]:
+        """
+        The RFC 9728 document for C{/mcp}.
+        """
+        return {
+            "resource": self.config.resourceURL,
+            "authorization_servers": [self.config.issuer],
+            "bearer_methods_supported": ["header"],
+            "scopes_supported": list(RESOURCE_SCOPES),
+            "resource_name": "mcpsvc",
+        }
+
+    @app.route("/.well-known/oauth-authorization-server", methods=["GET", "HEAD"])
+    @app.route("/.well-known/oauth-authorization-server/mcp", methods=["GET", "HEAD"])
+    @app.route("/.well-known/openid-configuration", methods=["GET", "HEAD"])
+    @app.route("/.well-known/openid-configuration/mcp", methods=["GET", "HEAD"])
+    def asMetadata(self, request: IRequest) -> bytes:
+        return writeJSON(
+            request, self.authorizationServerMetadata(), headers={"Cache-Control": "max-age=300"}
+        )
+
+    @app.route("/.well-known/oauth-protected-resource", methods=["GET", "HEAD"])
+    @app.route("/.well-known/oauth-protected-resource/mcp", methods=["GET", "HEAD"])
+    def prMetadata(self, request: IRequest) -> bytes:
+        return writeJSON(
+            request, self.protectedResourceMetadata(), headers={"Cache-Control": "max-age=300"}
+        )
+
+    @app.route("/.well-known/jwks.json", methods=["GET", "HEAD"])
+    def jwks(self, request: IRequest) -> bytes:
+        document = self.tokens.keys.jwks()
+        if document is None:
+            from mcpsvc.http.errors import NotFoundError
+
+            raise NotFoundError("No asymmetric signing keys are configured")
+        return writeJSON(request, document, headers={"Cache-Control": "max-age=300"})
+
+    # -- client authentication
+
+    async def _authenticateClient(
+        self, request: IRequest, form: Mapping[str, str]
+    ) -> ClientRecord:
+        """
+        Authenticate the client of a token, revocation or introspection
+        request with the method it registered.
+
+        @raise OAuthError: C{invalid_client} (401, with C{WWW-Authenticate:
+            Basic} when Basic was tried) or C{invalid_request}.
+        """
+        header = request.getHeader("authorization") or ""
+        basic: Optional[Tuple[str, str]] = None
+        triedBasic = header[:6].lower() == "basic "
+        if triedBasic:
+            try:
+                decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+            except (binascii.Error, ValueError):
+                raise _invalidClient("Malformed Basic credentials", True)
+            user, sep, password = decoded.partition(":")
+            if not sep or not user:
+                raise _invalidClient("Malformed Basic credentials", True)
+            basic = (unquote_plus(user), unquote_plus(password))
+        bodyID = form.get("client_id")
+        bodySecret = form.get("client_secret")
+        secret: Optional[str]
+        if basic is not None:
+            if bodySecret is not None:
+                raise OAuthError(
+                    "invalid_request", "Use only one client authentication method"
+                )
+            if bodyID is not None and bodyID != basic[0]:
+                raise _invalidClient("client_id does not match the Basic credentials", True)
+            used = "client_secret_basic"
+            clientID, secret = basic
+        elif bodySecret is not None:
+            if not bodyID:
+                raise _invalidClient("client_id is required", False)
+            used = "client_secret_post"
+            clientID, secret = bodyID, bodySecret
+        elif bodyID:
+            used = "none"
+            clientID, secret = bodyID, None
+        else:
+            raise _invalidClient("Client authentication is required", False)
+
+        def failed(reason: str, description: str) -> OAuthError:
+            audit("client.auth_failed", "denied", request=request, clientID=clientID,
+                  reason=reason, method=used)
+            self.log.warn(
+                "Client authentication failed for {clientID} ({method}): {reason}",
+                clientID=clientID, method=used, reason=reason,
+            )
+            return _invalidClient(description, triedBasic)
+
+        try:
+            client: ClientRecord = await self.store.getClient(clientID)
+        except NoSuchClient:
+            raise failed("unknown client", "Client authentication failed")
+        registered = authMethod(client.metadata)
+        if used != registered:
+            raise failed(
+                f"used {used}, registered {registered}",
+                f"This client must authenticate with {registered}",
+            )
+        if used != "none":
+            assert secret is not None
+            if client.secretHash is None or not secretMatches(secret, client.secretHash):
+                raise failed("wrong secret", "Client authentication failed")
+            if client.secretExpiresAt and self._now() >= client.secretExpiresAt:
+                raise failed("secret expired", "Client authentication failed")
+        return client
+
+    # -- registration
+
+    def _registrationAuthorized(self, request: IRequest, body: Mapping[str, Any]) -> str:
+        """
+        Check the initial access token. Returns how it was presented.
+
+        @raise OAuthError: 401 C{invalid_token} when missing or wrong, 403
+            C{access_denied} when registration is closed.
+        """
+        expected = self.config.dcrAuthToken
+        if not expected:
+            if self.config.dcrOpen:
+                return "open"
+            raise OAuthError(
+                "access_denied", "Dynamic client registration is disabled", code=403
+            )
+        candidates: List[Tuple[str, str]] = []
+        header = (request.getHeader("authorization") or "").strip()
+        if header:
+            if header[:7].lower() == "bearer ":
+                candidates.append(("bearer", header[7:].strip()))
+            else:
+                candidates.append(("bare", header))
+        tokenValue = body.get("token_value")
+        if isinstance(tokenValue, str) and tokenValue:
+            candidates.append(("token_value", tokenValue))
+        if not candidates:
+            raise OAuthError(
+                "invalid_token",
+                "An initial access token is required to register",
+                code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="mcpsvc"'},
+            )
+        matched = None
+        for how, value in candidates:
+            if hmac.compare_digest(value.encode("utf-8"), expected.encode("utf-8")):
+                matched = matched or how
+        if matched is None:
+            raise OAuthError(
+                "invalid_token",
+                "The initial access token is not valid",
+                code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="mcpsvc", error="invalid_token"'},
+            )
+        return matched
+
+    @app.route("/oauth/register", methods=["POST"])
+    @app.route("/register", methods=["POST"])
+    async def register(self, request: IRequest) -> bytes:
+        await self._rateLimit(request, "register", self.config.rateLimitRegister)
+        body = readJSON(request)
+        if not isinstance(body, dict):
+            raise OAuthError("invalid_client_metadata", "Client metadata must be a JSON object")
+        summary = {k: body[k] for k in _LOGGED_REGISTRATION_FIELDS if k in body}
+        try:
+            how = self._registrationAuthorized(request, body)
+        except OAuthError as e:
+            self.log.warn(
+                "Registration refused ({error}) from {address}: {summary}",
+                error=e.error, address=requestAddress(request), summary=summary,
+                fields=sorted(body),
+            )
+            audit("client.register", "denied", request=request, reason=e.error)
+            raise
+        self.log.info(
+            "Registration request from {address} (initial access: {how}): {summary}",
+            address=requestAddress(request), how=how, summary=summary, fields=sorted(body),
+        )
+        try:
+            metadata = normalizeMetadata(body, patterns=self._redirectPatterns())
+        except ClientMetadataError as e:
+            self.log.warn("Registration rejected: {error}: {description}",
+                          error=e.error, description=e.description)
+            audit("client.register", "failure", request=request, reason=e.error)
+            raise OAuthError(e.error, e.description)
+        now = self._now()
+        clientID = newClientID()
+        secret = newSecret(32) if isConfidential(metadata) else None
+        record = ClientRecord(
+            clientID=clientID,
+            secretHash=hashSecret(secret) if secret is not None else None,
+            metadata=metadata,
+            createdAt=now,
+        )
+        await self.store.createClient(record)
+        audit("client.register", "success", request=request, clientID=clientID,
+              method=metadata["token_endpoint_auth_method"])
+        self.log.info(
+            "Registered client {clientID} ({clientName}) method={method} redirects={redirectURIs}",
+            clientID=clientID, clientName=metadata.get("client_name"),
+            method=metadata["token_endpoint_auth_method"],
+            redirectURIs=metadata["redirect_uris"],
+        )
+        return writeJSON(
+            request, registrationResponse(clientID, metadata, now, secret), code=201,
+            headers=NO_STORE,
+        )
+
+    # -- authorization
+
+    def _authorizeParams(self, request: IRequest) -> Tuple[Dict[str, str], Set[str]]:
+        if request.method == b"POST":
+            return readForm(request), set()
+        params: Dict[str, str] = {}
+        repeated: Set[str] = set()
+        for rawKey, values in (request.args or {}).items():
+            try:
+                key = rawKey.decode("utf-8")
+                decoded = [v.decode("utf-8") for v in values]
+            except UnicodeDecodeError:
+                raise AuthorizePageError("invalid_request", "Parameters must be UTF-8")
+            if len(decoded) > 1:
+                repeated.add(key)
+            params[key] = decoded[0]
+        return params, repeated
+
+    def _redirect(self, request: IRequest, redirectURI: str, params: Mapping[str, Optional[str]]) -> bytes:
+        query = urlencode([(k, v) for k, v in params.items() if v is not None])
+        separator = "&" if "?" in redirectURI else "?"
+        if redirectURI.endswith(("?", "&")):
+            separator = ""
+        request.setResponseCode(302)
+        request.setHeader("Location", redirectURI + separator + query)
+        request.setHeader("Cache-Control", "no-store")
+        return b""
+
+    @app.route("/oauth/authorize", methods=["GET", "POST"])
+    @app.route("/authorize", methods=["GET", "POST"])
+    async def authorize(self, request: IRequest) -> bytes:
+        await self._rateLimit(request, "authorize", self.config.rateLimitAuthorize)
+        params, repeated = self._authorizeParams(request)
+        clientID = params.get("client_id")
+        if not clientID or "client_id" in repeated:
+            raise AuthorizePageError("invalid_request", "client_id is required (exactly once)")
+        try:
+            client: ClientRecord = await self.store.getClient(clientID)
+        except NoSuchClient:
+            self.log.warn("Authorization request for unknown client {clientID}", clientID=clientID)
+            raise AuthorizePageError("invalid_client", "Unknown client")
+        registered = redirectURIs(client.metadata)
+        requested = params.get("redirect_uri")
+        if "redirect_uri" in repeated:
+            raise AuthorizePageError("invalid_request", "redirect_uri is repeated")
+        redirectURI: Optional[str]
+        if requested is None:
+            if len(registered) != 1:
+                raise AuthorizePageError("invalid_request", "redirect_uri is required")
+            redirectURI = registered[0]
+        else:
+            redirectURI = findRegistered(requested, registered)
+            if redirectURI is None:
+                self.log.warn(
+                    "Authorization request for {clientID} with an unregistered redirect URI",
+                    clientID=clientID,
+                )
+                audit("authorize.redirect_mismatch", "denied", request=request, clientID=clientID)
+                raise AuthorizePageError(
+                    "invalid_request", "redirect_uri does not match a registered redirect URI"
+                )
+        await self._rateLimit(request, "authorize", self.config.rateLimitAuthorize, clientID)
+        state = params.get("state")
+        iss = self.config.issuer
+
+        def fail(error: str, description: str) -> bytes:
+            assert redirectURI is not None
+            audit("authorize.error", "denied", request=request, clientID=clientID, error=error)
+            return self._redirect(
+                request,
+                redirectURI,
+                {"error": error, "error_description": description, "state": state, "iss": iss},
+            )
+
+        if repeated:
+            return fail("invalid_request", "Repeated parameter: " + ", ".join(sorted(repeated)))
+        if "authorization_code" not in grantTypes(client.metadata):
+            return fail("unauthorized_client", "This client may not use the authorization code grant")
+        responseType = params.get("response_type")
+        if not responseType:
+            return fail("invalid_request", "response_type is required")
+        if responseType != "code":
+            return fail("unsupported_response_type", "Only response_type=code is supported")
+        problem = pkce.checkChallenge(
+            params.get("code_challenge"), params.get("code_challenge_method")
+        )
+        if problem is not None:
+            return fail("invalid_request", problem)
+        try:
+            scope = grantScope(params.get("scope"), clientScopes(client.metadata))
+        except InvalidScope as e:
+            return fail("invalid_scope", str(e))
+        resource = self._resourceFor(params.get("resource"))
+        if resource is None:
+            return fail("invalid_target", "Unknown resource")
+
+        authz = AuthorizationRequest(
+            client=client,
+            redirectURI=redirectURI,
+            state=state,
+            scope=scope,
+            resource=resource,
+            codeChallenge=params["code_challenge"],
+            codeChallengeMethod=params["code_challenge_method"],
+            params=params,
+        )
+        decision = await self.approver.approve(request, authz)
+        if isinstance(decision, bytes):
+            return decision
+        if isinstance(decision, Denial):
+            return fail(decision.error, decision.description)
+        grantedScope = scope
+        if decision.scope is not None:
+            try:
+                grantedScope = grantScope(decision.scope, frozenset(scope.split()))
+            except InvalidScope as e:
+                return fail("invalid_scope", str(e))
+        now = self._now()
+        code = newSecret(32)
+        record = CodeRecord(
+            codeHash=hashSecret(code),
+            clientID=client.clientID,
+            redirectURI=redirectURI,
+            codeChallenge=authz.codeChallenge,
+            codeChallengeMethod=authz.codeChallengeMethod,
+            scope=grantedScope,
+            resource=resource,
+            subject=decision.subject,
+            familyID=newFamilyID(),
+            expiresAt=now + self.config.authorizationCodeLifetime,
+        )
+        await self.store.storeCode(record)
+        audit("authorize.approve", "success", request=request, clientID=client.clientID,
+              subject=decision.subject, scope=grantedScope)
+        return self._redirect(request, redirectURI, {"code": code, "state": state, "iss": iss})
+
+    # -- token
+
+    def _tokenResponse(
+        self, request: IRequest, access: IssuedToken, refresh: Optional[str]
+    ) -> bytes:
+        body: Dict[str, Any] = {
+            "access_token": access.token,
+            "token_type": "Bearer",
+            "expires_in": max(0, int(access.expiresAt - self._now())),
+            "scope": access.scope,
+        }
+        if refresh is not None:
+            body["refresh_token"] = refresh
+        return writeJSON(request, body, headers=NO_STORE)
+
+    @app.route("/oauth/token", methods=["POST"])
+    @app.route("/token", methods=["POST"])
+    async def token(self, request: IRequest) -> bytes:
+        await self._rateLimit(request, "token", self.config.rateLimitToken)
+        form = readForm(request, allowJSON=True)
+        client = await self._authenticateClient(request, form)
+        await self._rateLimit(request, "token", self.config.rateLimitToken, client.clientID)
+        grant = form.get("grant_type")
+        if not grant:
+            raise OAuthError("invalid_request", "grant_type is required")
+        handlers = {
+            "authorization_code": self._authorizationCodeGrant,
+            "refresh_token": self._refreshTokenGrant,
+            "client_credentials": self._clientCredentialsGrant,
+        }
+        handler = handlers.get(grant)
+        if handler is None:
+            raise OAuthError("unsupported_grant_type", f"Grant type {grant[:50]!r} is not supported")
+        if grant not in grantTypes(client.metadata):
+            raise OAuthError("unauthorized_client", f"This client may not use the {grant} grant")
+        return await handler(request, form, client)
+
+    async def _authorizationCodeGrant(
+        self, request: IRequest, form: Mapping[str, str], client: ClientRecord
+    ) -> bytes:
+        code = form.get("code")
+        if not code:
+            raise OAuthError("invalid_request", "code is required")
+        verifier = form.get("code_verifier")
+        if not verifier:
+            raise OAuthError("invalid_request", "code_verifier is required (PKCE)")
+        now = self._now()
+        try:
+            record: CodeRecord = await self.store.consumeCode(hashSecret(code), now)
+        except NoSuchCode:
+            raise OAuthError("invalid_grant", "The authorization code is invalid or has expired")
+        except AlreadyUsed as e:
+            revoked = await self._revokeGrant(e.record, now)
+            audit("token.code_replay", "denied", request=request, clientID=client.clientID,
+                  familyID=e.record.familyID, revoked=revoked is not None)
+            self.log.warn(
+                "Authorization code replayed by client {clientID}: revoked family {familyID}",
+                clientID=client.clientID, familyID=e.record.familyID,
+            )
+            raise OAuthError("invalid_grant", "The authorization code has already been used")
+        if record.clientID != client.clientID:
+            raise OAuthError("invalid_grant", "The authorization code was issued to another client")
+        redirectURI = form.get("redirect_uri")
+        if redirectURI is not None and redirectURI != record.redirectURI:
+            raise OAuthError("invalid_grant", "redirect_uri does not match the authorization request")
+        if not pkce.verifierMatches(verifier, record.codeChallenge, record.codeChallengeMethod):
+            audit("token.pkce_failed", "denied", request=request, clientID=client.clientID)
+            raise OAuthError("invalid_grant", "code_verifier does not match the code challenge")
+        if "resource" in form:
+            resource = self._resourceFor(form["resource"])
+            if resource is None or resource != record.resource:
+                raise OAuthError("invalid_target", "resource does not match the authorization request")
+
+        access = self.tokens.issue(
+            now=now, subject=record.subject, clientID=client.clientID,
+            scope=record.scope, audience=record.resource,
+        )
+        refresh: Optional[str] = None
+        if "refresh_token" in grantTypes(client.metadata):
+            refresh = newRefreshToken(record.familyID)
+            currentHash = hashSecret(refresh)
+            expiresAt = now + self.config.refreshTokenLifetime
+        else:
+            # No refresh token, but the grant is still recorded, so that a
+            # replayed code can revoke the access token its first use issued.
+            currentHash = hashSecret(newRefreshToken(record.familyID))
+            expiresAt = float(access.expiresAt)
+        try:
+            await self.store.createFamily(
+                RefreshFamily(
+                    familyID=record.familyID,
+                    clientID=client.clientID,
+                    subject=record.subject,
+                    scope=record.scope,
+                    resource=record.resource,
+                    currentHash=currentHash,
+                    createdAt=now,
+                    expiresAt=expiresAt,
+                    lastAccessJTI=access.jti,
+                    lastAccessExpiresAt=access.expiresAt,
+                )
+            )
+        except Conflict:
+            # A replay of this code got in between our consumeCode and
+            # now, and left the grant revoked: issue nothing.
+            await self.store.revokeJTI(access.jti, float(access.expiresAt))
+            raise OAuthError("invalid_grant", "The authorization code has already been used")
+        audit("token.issue", "success", request=request, clientID=client.clientID,
+              subject=record.subject, grantType="authorization_code", jti=access.jti,
+              familyID=record.familyID)
+        return self._tokenResponse(request, access, refresh)
+
+    async def _revokeGrant(self, record: CodeRecord, now: float) -> bool:
+        """
+        Revoke what the first use of a replayed code issued. If the first
+        use has not recorded its grant yet (the two requests raced), leave a
+        revoked tombstone under the grant's family id, so that the first
+        use fails instead of issuing tokens.
+
+        @return: whether a live grant was revoked.
+        """
+        if await self.store.revokeFamily(record.familyID, now) is not None:
+            return True
+        tombstone = RefreshFamily(
+            familyID=record.familyID,
+            clientID=record.clientID,
+            subject=record.subject,
+            scope=record.scope,
+            resource=record.resource,
+            currentHash=hashSecret(newSecret(32)),
+            createdAt=now,
+            expiresAt=now + self.config.accessTokenLifetime + self.config.authorizationCodeLifetime,
+        )
+        try:
+            await self.store.createFamily(tombstone)
+        except Conflict:
+            # Revoked already (an earlier replay), or the first use has just
+            # recorded it: revoke again, idempotently.
+            return await self.store.revokeFamily(record.familyID, now) is not None
+        await self.store.revokeFamily(record.familyID, now)
+        return False
+
+    async def _refreshTokenGrant(
+        self, request: IRequest, form: Mapping[str, str], client: ClientRecord
+    ) -> bytes:
+        presented = form.get("refresh_token")
+        if not presented:
+            raise OAuthError("invalid_request", "refresh_token is required")
+        parts = splitRefreshToken(presented)
+        if parts is None:
+            raise OAuthError("invalid_grant", "The refresh token is invalid")
+        familyID = parts[0]
+        now = self._now()
+        try:
+            family: RefreshFamily = await self.store.getFamily(familyID, now)
+        except NoSuchFamily:
+            raise OAuthError("invalid_grant", "The refresh token is invalid, expired or revoked")
+        if family.clientID != client.clientID:
+            raise OAuthError("invalid_grant", "The refresh token was issued to another client")
+        try:
+            scope = grantScope(form.get("scope"), frozenset(family.scope.split()))
+        except InvalidScope as e:
+            raise OAuthError("invalid_scope", str(e))
+        if "resource" in form:
+            resource = self._resourceFor(form["resource"])
+            if resource is None or resource != family.resource:
+                raise OAuthError("invalid_target", "resource does not match the grant")
+        access = self.tokens.issue(
+            now=now, subject=family.subject, clientID=client.clientID,
+            scope=scope, audience=family.resource,
+        )
+        successor = newRefreshToken(familyID)
+        try:
+            result = await self.store.rotateRefresh(
+                familyID,
+                hashSecret(presented),
+                hashSecret(successor),
+                sealSuccessor(presented, successor, familyID),
+                now + self.config.refreshGraceSeconds,
+                access.jti,
+                float(access.expiresAt),
+                now,
+            )
+        except NoSuchFamily:
+            raise OAuthError("invalid_grant", "The refresh token is invalid, expired or revoked")
+        if result.outcome is RotationOutcome.REUSED:
+            audit("token.reuse_detected", "denied", request=request, clientID=client.clientID,
+                  subject=family.subject, familyID=familyID)
+            self.log.warn(
+                "Superseded refresh token reused by client {clientID}: revoked family {familyID}",
+                clientID=client.clientID, familyID=familyID,
+            )
+            raise OAuthError("invalid_grant", "The refresh token has been used already; the grant is revoked")
+        if result.outcome is RotationOutcome.GRACE:
+            sealed = result.family.sealedSuccessor
+            opened = unsealSuccessor(presented, sealed, familyID) if sealed else None
+            if opened is None:
+                raise OAuthError("invalid_grant", "The refresh token is invalid")
+            successor = opened
+        audit("token.refresh", "success", request=request, clientID=client.clientID,
+              subject=family.subject, jti=access.jti, familyID=familyID,
+              rotation=result.outcome.value)
+        return self._tokenResponse(request, access, successor)
+
+    async def _clientCredentialsGrant(
+        self, request: IRequest, form: Mapping[str, str], client: ClientRecord
+    ) -> bytes:
+        if not isConfidential(client.metadata):
+            raise OAuthError("unauthorized_client", "client_credentials requires a confidential client")
+        try:
+            scope = grantScope(form.get("scope"), clientScopes(client.metadata))
+        except InvalidScope as e:
+            raise OAuthError("invalid_scope", str(e))
+        resource = self._resourceFor(form.get("resource"))
+        if resource is None:
+            raise OAuthError("invalid_target", "Unknown resource")
+        access = self.tokens.issue(
+            now=self._now(), subject=client.clientID, clientID=client.clientID,
+            scope=scope, audience=resource,
+        )
+        audit("token.issue", "success", request=request, clientID=client.clientID,
+              subject=client.clientID, grantType="client_credentials", jti=access.jti)
+        return self._tokenResponse(request, access, None)
+
+    # -- revocation and introspection
+
+    async def _liveRefreshFamily(
+        self, presented: str, client: ClientRecord
+    ) -> Optional[RefreshFamily]:
+        """
+        The live family C{presented} belongs to, if it is the family's
+        current token (or its predecessor within the grace window) and was
+        issued to C{client}.
+        """
+        parts = splitRefreshToken(presented)
+        if parts is None:
+            return None
+        now = self._now()
+        try:
+            family: RefreshFamily = await self.store.getFamily(parts[0], now)
+        except NoSuchFamily:
+            return None
+        if family.clientID != client.clientID:
+            return None
+        presentedHash = hashSecret(presented)
+        if hashEquals(presentedHash, family.currentHash) or (
+            hashEquals(presentedHash, family.previousHash) and now < family.graceUntil
+        ):
+            return family
+        return None
+
+    @app.route("/oauth/revoke", methods=["POST"])
+    @app.route("/revoke", methods=["POST"])
+    async def revoke(self, request: IRequest) -> bytes:
+        await self._rateLimit(request, "revoke", self.config.rateLimitRevoke)
+        form = readForm(request, allowJSON=True)
+        client = await self._authenticateClient(request, form)
+        await self._rateLimit(request, "revoke", self.config.rateLimitRevoke, client.clientID)
+        token = form.get("token")
+        if not token:
+            raise OAuthError("invalid_request", "token is required")
+        now = self._now()
+        if splitRefreshToken(token) is not None:
+            family = await self._liveRefreshFamily(token, client)
+            if family is not None:
+                await self.store.revokeFamily(family.familyID, now)
+                audit("token.revoke", "success", request=request, clientID=client.clientID,
+                      subject=family.subject, familyID=family.familyID, kind="refresh")
+        else:
+            try:
+                claims = self.tokens.verify(token, now=now)
+            except InvalidToken:
+                claims = None
+            if claims is not None and claims.clientID == client.clientID:
+                await self.store.revokeJTI(claims.jti, claims.expiresAt)
+                audit("token.revoke", "success", request=request, clientID=client.clientID,
+                      subject=claims.subject, jti=claims.jti, kind="access")
+        request.setResponseCode(200)
+        for name, value in NO_STORE.items():
+            request.setHeader(name, value)
+        return b""
+
+    @app.route("/oauth/introspect", methods=["POST"])
+    async def introspect(self, request: IRequest) -> bytes:
+        await self._rateLimit(request, "token", self.config.rateLimitToken)
+        form = readForm(request, allowJSON=True)
+        client = await self._authenticateClient(request, form)
+        token = form.get("token")
+        if not token:
+            raise OAuthError("invalid_request", "token is required")
+        now = self._now()
+        body: Dict[str, Any] = {"active": False}
+        if splitRefreshToken(token) is not None:
+            family = await self._liveRefreshFamily(token, client)
+            if family is not None:
+                body = {
+                    "active": True,
+                    "token_type": "refresh_token",
+                    "client_id": family.clientID,
+                    "sub": family.subject,
+                    "scope": family.scope,
+                    "aud": family.resource,
+                    "iss": self.config.issuer,
+                    "exp": int(family.expiresAt),
+                    "iat": int(family.createdAt),
+                }
+        else:
+            try:
+                claims = self.tokens.verify(token, now=now)
+            except InvalidToken:
+                claims = None
+            if claims is not None and not await self.store.isRevoked(claims.jti, now):
+                body = {
+                    "active": True,
+                    "token_type": "Bearer",
+                    "client_id": claims.clientID,
+                    "sub": claims.subject,
+                    "scope": claims.scope,
+                    "aud": claims.audience[0] if len(claims.audience) == 1 else list(claims.audience),
+                    "iss": claims.issuer,
+                    "exp": int(claims.expiresAt),
+                    "iat": int(claims.issuedAt),
+                    "jti": claims.jti,
+                }
+        return writeJSON(request, body, headers=NO_STORE)

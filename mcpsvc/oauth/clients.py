@@ -1,0 +1,249 @@
+# -*- test-case-name: mcpsvc.oauth.test.test_clients -*-
+"""
+OAuth client metadata (RFC 7591): validation of a registration request into
+the normalised metadata we store, and the client facts the endpoints need.
+
+Decisions:
+  - C{token_endpoint_auth_method}: C{none}, C{client_secret_basic} (the RFC
+    7591 default when absent) or C{client_secret_post}; anything else
+    (C{private_key_jwt}, C{client_secret_jwt}, ...) is a clean
+    C{invalid_client_metadata}.
+  - C{grant_types}: C{authorization_code} (default), C{refresh_token},
+    C{client_credentials}; C{response_types}: C{code} exactly when
+    C{authorization_code} is registered. C{client_credentials} needs a
+    confidential client; C{authorization_code} needs a redirect URI;
+    C{refresh_token} without C{authorization_code} is dropped (inert).
+  - unknown fields are ignored (dropped); unknown scopes are dropped (see
+    L{mcpsvc.oauth.scopes}); no known scope means the default scopes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from mcpsvc.oauth.redirects import RedirectURIError, validateRedirectURI
+from mcpsvc.oauth.scopes import DEFAULT_SCOPES, formatScope, knownScopes, parseScope
+
+__all__ = [
+    "AUTH_METHODS",
+    "SECRET_AUTH_METHODS",
+    "GRANT_TYPES",
+    "ClientMetadataError",
+    "normalizeMetadata",
+    "isConfidential",
+    "authMethod",
+    "grantTypes",
+    "redirectURIs",
+    "clientScopes",
+    "registrationResponse",
+    "newClientID",
+]
+
+AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
+SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+
+#: Optional string fields we keep, with their longest accepted length.
+_STRING_FIELDS = {
+    "client_name": 200,
+    "client_uri": 2000,
+    "logo_uri": 2000,
+    "tos_uri": 2000,
+    "policy_uri": 2000,
+    "software_id": 200,
+    "software_version": 100,
+    "application_type": 20,
+}
+_MAX_REDIRECT_URIS = 20
+
+
+class ClientMetadataError(ValueError):
+    """
+    Registration metadata is unacceptable.
+
+    @ivar error: C{"invalid_redirect_uri"} or C{"invalid_client_metadata"}.
+    @ivar description: why, safe to show the client.
+    """
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+def _bad(description: str) -> ClientMetadataError:
+    return ClientMetadataError("invalid_client_metadata", description)
+
+
+def _stringList(raw: Mapping[str, Any], name: str) -> Optional[List[str]]:
+    value = raw.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        # Lenient: a single value where a list belongs.
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _bad(f"{name} must be an array of strings")
+    return list(dict.fromkeys(value))
+
+
+def normalizeMetadata(
+    raw: Mapping[str, Any], *, patterns: Optional[Sequence[str]] = None
+) -> Dict[str, Any]:
+    """
+    Validate registration metadata and return what we store.
+
+    @param raw: the request's JSON object.
+    @param patterns: redirect URI allow-list patterns (dynamic
+        registration); C{None} for administrative registration, which only
+        requires https or loopback http.
+    @raise ClientMetadataError: with the RFC 7591 error code.
+    """
+    if not isinstance(raw, Mapping):
+        raise _bad("client metadata must be a JSON object")
+
+    method = raw.get("token_endpoint_auth_method", "client_secret_basic")
+    if not isinstance(method, str):
+        raise _bad("token_endpoint_auth_method must be a string")
+    if method not in AUTH_METHODS:
+        raise _bad(
+            f"token_endpoint_auth_method {method!r} is not supported; "
+            "use none, client_secret_basic or client_secret_post"
+        )
+
+    grants = _stringList(raw, "grant_types")
+    if grants is None:
+        grants = ["authorization_code"]
+    if not grants:
+        raise _bad("grant_types must not be empty")
+    for grant in grants:
+        if grant not in GRANT_TYPES:
+            raise _bad(
+                f"grant type {grant!r} is not supported; use "
+                "authorization_code, refresh_token or client_credentials"
+            )
+    grants = [g for g in GRANT_TYPES if g in grants]
+
+    responses = _stringList(raw, "response_types")
+    codeFlow = "authorization_code" in grants
+    if responses is None:
+        responses = ["code"] if codeFlow else []
+    for response in responses:
+        if response != "code":
+            raise _bad(f"response type {response!r} is not supported; use code")
+    if codeFlow != ("code" in responses):
+        raise _bad(
+            "response_types and grant_types are inconsistent: "
+            "response type code goes with grant type authorization_code"
+        )
+    if "client_credentials" in grants and method == "none":
+        raise _bad("client_credentials requires a confidential client (a client secret)")
+    if "refresh_token" in grants and not codeFlow:
+        # Lenient: refresh tokens only come from authorization codes here
+        # (client_credentials issues none), so the grant would be inert.
+        grants.remove("refresh_token")
+
+    try:
+        uris = _stringList(raw, "redirect_uris")
+    except ClientMetadataError as e:
+        raise ClientMetadataError("invalid_redirect_uri", e.description)
+    uris = uris or []
+    if codeFlow and not uris:
+        raise ClientMetadataError(
+            "invalid_redirect_uri", "redirect_uris is required for the authorization_code grant"
+        )
+    if len(uris) > _MAX_REDIRECT_URIS:
+        raise ClientMetadataError("invalid_redirect_uri", "too many redirect_uris")
+    for uri in uris:
+        try:
+            validateRedirectURI(uri, patterns)
+        except RedirectURIError as e:
+            raise ClientMetadataError("invalid_redirect_uri", f"{e}: {uri[:200]}")
+
+    scopeValue = raw.get("scope")
+    if scopeValue is not None and not isinstance(scopeValue, str):
+        raise _bad("scope must be a string")
+    scopes = knownScopes(parseScope(scopeValue)) or list(DEFAULT_SCOPES)
+
+    metadata: Dict[str, Any] = {
+        "redirect_uris": uris,
+        "token_endpoint_auth_method": method,
+        "grant_types": grants,
+        "response_types": responses,
+        "scope": formatScope(scopes),
+    }
+    for name, limit in _STRING_FIELDS.items():
+        value = raw.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) > limit:
+            raise _bad(f"{name} must be a string of at most {limit} characters")
+        metadata[name] = value
+    contacts = _stringList(raw, "contacts")
+    if contacts is not None:
+        metadata["contacts"] = contacts[:10]
+    return metadata
+
+
+def newClientID() -> str:
+    """
+    A new client id: 128 random bits in hex (no leading C{-} to trip up
+    command lines, nothing to escape in Basic credentials).
+    """
+    return secrets.token_hex(16)
+
+
+def authMethod(metadata: Mapping[str, Any]) -> str:
+    """
+    The registered token endpoint authentication method.
+    """
+    return str(metadata.get("token_endpoint_auth_method", "client_secret_basic"))
+
+
+def isConfidential(metadata: Mapping[str, Any]) -> bool:
+    """
+    Whether the client authenticates with a secret.
+    """
+    return authMethod(metadata) in SECRET_AUTH_METHODS
+
+
+def grantTypes(metadata: Mapping[str, Any]) -> List[str]:
+    """
+    The registered grant types.
+    """
+    return list(metadata.get("grant_types", ["authorization_code"]))
+
+
+def redirectURIs(metadata: Mapping[str, Any]) -> List[str]:
+    """
+    The registered redirect URIs.
+    """
+    return list(metadata.get("redirect_uris", []))
+
+
+def clientScopes(metadata: Mapping[str, Any]) -> frozenset[str]:
+    """
+    The scopes the client registered (the default scopes when none).
+    """
+    return frozenset(knownScopes(parseScope(metadata.get("scope"))) or DEFAULT_SCOPES)
+
+
+def registrationResponse(
+    clientID: str,
+    metadata: Mapping[str, Any],
+    issuedAt: float,
+    secret: Optional[str],
+) -> Dict[str, Any]:
+    """
+    The RFC 7591 section 3.2.1 response body: the registered metadata plus
+    C{client_id}, C{client_id_issued_at} and, for confidential clients,
+    C{client_secret} and C{client_secret_expires_at} (0: never).
+    """
+    body: Dict[str, Any] = dict(metadata)
+    body["client_id"] = clientID
+    body["client_id_issued_at"] = int(issuedAt)
+    if secret is not None:
+        body["client_secret"] = secret
+        body["client_secret_expires_at"] = 0
+    return body

@@ -1,0 +1,94 @@
+# -*- test-case-name: mcpsvc.oauth.test.test_refresh -*-
+"""
+Opaque refresh tokens, C{<familyID>.<secret>}, and the sealing of a
+rotated family's successor token.
+
+When a refresh token rotates, its successor is stored encrypted under a key
+derived from the token that was presented (HKDF-SHA256 of that token, then
+AES-256-GCM with the family id as associated data). Only a client holding
+the superseded token can open it, so a retry within the grace window (two
+ServiceNow workers racing, a lost response) gets the same successor back
+instead of forking the family; the store never sees a usable token.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from typing import Optional, Tuple
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from mcpsvc.storage.hashing import newSecret
+
+__all__ = [
+    "newFamilyID",
+    "newRefreshToken",
+    "splitRefreshToken",
+    "sealSuccessor",
+    "unsealSuccessor",
+]
+
+_PART = re.compile(r"[A-Za-z0-9_\-]{16,128}")
+_INFO = b"mcpsvc refresh successor v1"
+
+
+def newFamilyID() -> str:
+    """
+    A new refresh family id (128 bits, URL-safe, no dots).
+    """
+    return newSecret(16)
+
+
+def newRefreshToken(familyID: str) -> str:
+    """
+    A new refresh token of family C{familyID}, with 256 bits of secret.
+    """
+    return familyID + "." + newSecret(32)
+
+
+def splitRefreshToken(token: str) -> Optional[Tuple[str, str]]:
+    """
+    Split a presented refresh token into family id and secret, or C{None}
+    when it does not have our shape.
+    """
+    if not isinstance(token, str) or len(token) > 300:
+        return None
+    familyID, sep, secret = token.partition(".")
+    if not sep or _PART.fullmatch(familyID) is None or _PART.fullmatch(secret) is None:
+        return None
+    return familyID, secret
+
+
+def _key(presented: str) -> bytes:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO)
+    return hkdf.derive(presented.encode("utf-8"))
+
+
+def sealSuccessor(presented: str, successor: str, familyID: str) -> str:
+    """
+    Encrypt C{successor} under a key derived from C{presented}.
+    """
+    nonce = os.urandom(12)
+    sealed = AESGCM(_key(presented)).encrypt(
+        nonce, successor.encode("utf-8"), familyID.encode("utf-8")
+    )
+    return base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+
+
+def unsealSuccessor(presented: str, sealed: str, familyID: str) -> Optional[str]:
+    """
+    Decrypt a successor sealed by L{sealSuccessor}, or C{None} when
+    C{presented} is not the token it was sealed for (or C{sealed} is
+    damaged).
+    """
+    try:
+        data = base64.urlsafe_b64decode(sealed.encode("ascii"))
+        plain = AESGCM(_key(presented)).decrypt(data[:12], data[12:], familyID.encode("utf-8"))
+    except (ValueError, InvalidTag, UnicodeError):
+        return None
+    return plain.decode("utf-8")

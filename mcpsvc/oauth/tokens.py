@@ -1,0 +1,418 @@
+# -*- test-case-name: mcpsvc.oauth.test.test_tokens -*-
+"""
+Access tokens: JWTs (RFC 9068 profile, C{typ: at+jwt}) issued and verified
+with an injected time.
+
+Keys (L{KeyRing}):
+  - by default one HS256 key, C{JWT_SECRET}; tokens carry no C{kid};
+  - with C{JWT_PRIVATE_KEY_FILE} and/or C{JWT_KEYS_DIR}: ES256 (EC P-256)
+    or RS256 (RSA, 2048 bits or more) keys from unencrypted PEM files, each
+    with a C{kid} (its RFC 7638 JWK thumbprint), published as a JWKS. The
+    key that signs is the file in C{JWT_KEYS_DIR} whose name sorts last
+    (C{mcpsvc keys rotate} names them C{YYYYMMDDTHHMMSSZ-<kid>.pem}), else
+    C{JWT_PRIVATE_KEY_FILE}; every loaded key verifies, so tokens signed by
+    an older key keep working until they expire, as long as its file stays.
+
+Verification pins algorithms: with asymmetric keys configured, only the
+algorithm of the key named by C{kid} is accepted for that token, and HS256
+never is (a token signed with C{JWT_SECRET} is refused: no algorithm
+confusion); C{none} is never accepted. It checks C{typ}, C{iss}, C{aud}
+(must contain the resource), C{exp}, C{nbf} and C{iat} (with L{LEEWAY}),
+and that C{sub}, C{jti}, C{client_id} and C{scope} are present.
+The revocation list is checked by the caller (it needs the store).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import jwt
+from attrs import field, frozen
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from twisted.python.filepath import FilePath
+
+__all__ = [
+    "LEEWAY",
+    "TOKEN_TYPE",
+    "InvalidToken",
+    "KeyLoadError",
+    "SigningKey",
+    "KeyRing",
+    "AccessClaims",
+    "IssuedToken",
+    "AccessTokens",
+    "loadPrivateKey",
+    "loadKeyRing",
+    "newTokenID",
+]
+
+#: Clock skew tolerated on C{exp}, C{nbf} and C{iat}, in seconds.
+LEEWAY = 30.0
+#: The JOSE C{typ} of our access tokens (RFC 9068).
+TOKEN_TYPE = "at+jwt"
+#: Longest token we try to parse.
+MAX_TOKEN_LENGTH = 8192
+
+
+class InvalidToken(Exception):
+    """
+    An access token is not valid; the message says why (safe to show the
+    caller in C{error_description}).
+    """
+
+
+class KeyLoadError(ValueError):
+    """
+    A signing key file could not be used.
+    """
+
+
+def newTokenID() -> str:
+    """
+    A new random token id (C{jti}), 128 bits.
+    """
+    return base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode("ascii")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+@frozen(kw_only=True)
+class SigningKey:
+    """
+    One key: it signs (private key or HMAC secret) and verifies.
+
+    @ivar kid: the key id (C{None} for the HS256 secret).
+    @ivar alg: C{"HS256"}, C{"ES256"} or C{"RS256"}.
+    @ivar privateKey: what pyjwt signs with.
+    @ivar publicKey: what pyjwt verifies with.
+    @ivar jwk: the public JWK (C{None} for HS256).
+    """
+
+    kid: Optional[str]
+    alg: str
+    privateKey: Any = field(repr=False)
+    publicKey: Any = field(repr=False)
+    jwk: Optional[Mapping[str, Any]] = None
+
+
+def _thumbprint(jwk: Mapping[str, Any]) -> str:
+    """
+    The RFC 7638 JWK thumbprint (SHA-256, base64url).
+    """
+    members = ("crv", "kty", "x", "y") if jwk["kty"] == "EC" else ("e", "kty", "n")
+    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    return _b64(hashlib.sha256(canonical.encode("utf-8")).digest())
+
+
+def loadPrivateKey(pem: bytes) -> SigningKey:
+    """
+    Load an unencrypted PEM private key: EC P-256 (ES256) or RSA of at
+    least 2048 bits (RS256).
+
+    @raise KeyLoadError: for anything else.
+    """
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise KeyLoadError(f"not an unencrypted PEM private key ({e.__class__.__name__})")
+    jwkDict: Dict[str, Any]
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.name != "secp256r1":
+            raise KeyLoadError(f"EC keys must use P-256 (got {key.curve.name})")
+        alg = "ES256"
+        jwkDict = dict(ECAlgorithm.to_jwk(key.public_key(), as_dict=True))
+    elif isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < 2048:
+            raise KeyLoadError(f"RSA keys must have at least 2048 bits (got {key.key_size})")
+        alg = "RS256"
+        jwkDict = dict(RSAAlgorithm.to_jwk(key.public_key(), as_dict=True))
+    else:
+        raise KeyLoadError("only EC P-256 (ES256) and RSA (RS256) keys are supported")
+    kid = _thumbprint(jwkDict)
+    jwkDict.update({"kid": kid, "alg": alg, "use": "sig"})
+    return SigningKey(kid=kid, alg=alg, privateKey=key, publicKey=key.public_key(), jwk=jwkDict)
+
+
+@frozen(kw_only=True)
+class KeyRing:
+    """
+    The key that signs, and every key that verifies.
+
+    @ivar signing: the current signing key.
+    @ivar verifying: every verification key by C{kid} (C{None}: the HS256
+        secret, only in HS256 mode).
+    """
+
+    signing: SigningKey
+    verifying: Mapping[Optional[str], SigningKey]
+
+    @classmethod
+    def forSecret(cls, secret: str) -> "KeyRing":
+        """
+        The default HS256 key ring.
+        """
+        data = secret.encode("utf-8")
+        if len(data) < 32:
+            raise KeyLoadError("the HS256 secret must be at least 32 bytes")
+        key = SigningKey(kid=None, alg="HS256", privateKey=data, publicKey=data)
+        return cls(signing=key, verifying={None: key})
+
+    @classmethod
+    def forKeys(cls, keys: Sequence[SigningKey]) -> "KeyRing":
+        """
+        An asymmetric key ring; the last of C{keys} signs.
+        """
+        if not keys:
+            raise KeyLoadError("no keys")
+        return cls(signing=keys[-1], verifying={k.kid: k for k in keys})
+
+    @property
+    def asymmetric(self) -> bool:
+        return self.signing.alg != "HS256"
+
+    @property
+    def algorithms(self) -> Tuple[str, ...]:
+        """
+        The algorithms this ring accepts.
+        """
+        return tuple(sorted({k.alg for k in self.verifying.values()}))
+
+    def jwks(self) -> Optional[Dict[str, Any]]:
+        """
+        The JWKS document, or C{None} in HS256 mode.
+        """
+        if not self.asymmetric:
+            return None
+        return {"keys": [dict(k.jwk or {}) for k in self.verifying.values()]}
+
+
+def loadKeyRing(
+    secret: str, privateKeyFile: Optional[str] = None, keysDir: Optional[str] = None
+) -> KeyRing:
+    """
+    Build the key ring from configuration (C{config.jwtSecret},
+    C{config.jwtPrivateKeyFile}, C{config.jwtKeysDir}). Reads files: call it
+    while building the service, not per request.
+
+    @raise KeyLoadError: naming the file that could not be used.
+    """
+    keys: List[SigningKey] = []
+
+    def load(path: FilePath) -> SigningKey:
+        try:
+            return loadPrivateKey(path.getContent())
+        except OSError as e:
+            raise KeyLoadError(f"{path.path}: {e.strerror or e}")
+        except KeyLoadError as e:
+            raise KeyLoadError(f"{path.path}: {e}")
+
+    if privateKeyFile:
+        keys.append(load(FilePath(privateKeyFile)))
+    if keysDir:
+        for child in sorted(FilePath(keysDir).globChildren("*.pem"), key=lambda p: p.basename()):
+            key = load(child)
+            keys = [k for k in keys if k.kid != key.kid] + [key]
+    if not keys:
+        return KeyRing.forSecret(secret)
+    return KeyRing.forKeys(keys)
+
+
+@frozen(kw_only=True)
+class IssuedToken:
+    """
+    A freshly signed access token.
+    """
+
+    token: str = field(repr=False)
+    jti: str
+    expiresAt: int
+    scope: str
+
+
+@frozen(kw_only=True)
+class AccessClaims:
+    """
+    The verified claims of an access token.
+    """
+
+    subject: str
+    clientID: str
+    scope: str
+    jti: str
+    issuer: str
+    audience: Tuple[str, ...]
+    issuedAt: float
+    expiresAt: float
+    claims: Mapping[str, Any] = field(repr=False, factory=dict)
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        return frozenset(self.scope.split())
+
+
+def _number(claims: Mapping[str, Any], name: str, required: bool = True) -> Optional[float]:
+    value = claims.get(name)
+    if value is None:
+        if required:
+            raise InvalidToken(f"token has no {name}")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidToken(f"token {name} is not a number")
+    return float(value)
+
+
+def _string(claims: Mapping[str, Any], name: str, allowEmpty: bool = False) -> str:
+    value = claims.get(name)
+    if not isinstance(value, str) or (not value and not allowEmpty):
+        raise InvalidToken(f"token has no valid {name}")
+    return value
+
+
+@frozen(kw_only=True)
+class AccessTokens:
+    """
+    Issues and verifies access tokens for one issuer and resource.
+
+    @ivar keys: the key ring.
+    @ivar issuer: our C{iss}.
+    @ivar audience: the canonical resource URL, the default C{aud}.
+    @ivar lifetime: access token lifetime, seconds.
+    @ivar leeway: tolerated clock skew, seconds.
+    """
+
+    keys: KeyRing
+    issuer: str
+    audience: str
+    lifetime: int = 3600
+    leeway: float = LEEWAY
+
+    def issue(
+        self,
+        *,
+        now: float,
+        subject: str,
+        clientID: str,
+        scope: str,
+        audience: Optional[str] = None,
+        jti: Optional[str] = None,
+    ) -> IssuedToken:
+        """
+        Sign a new access token valid from C{now} for L{lifetime} seconds.
+        """
+        issuedAt = int(now)
+        expiresAt = issuedAt + int(self.lifetime)
+        jti = jti or newTokenID()
+        claims = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": audience or self.audience,
+            "exp": expiresAt,
+            "iat": issuedAt,
+            "nbf": issuedAt,
+            "jti": jti,
+            "client_id": clientID,
+            "scope": scope,
+        }
+        headers: Dict[str, Any] = {"typ": TOKEN_TYPE}
+        key = self.keys.signing
+        if key.kid is not None:
+            headers["kid"] = key.kid
+        token = jwt.encode(claims, key.privateKey, algorithm=key.alg, headers=headers)
+        return IssuedToken(token=token, jti=jti, expiresAt=expiresAt, scope=scope)
+
+    def _keyFor(self, header: Mapping[str, Any]) -> SigningKey:
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.keys.algorithms:
+            raise InvalidToken("token algorithm is not accepted")
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in (TOKEN_TYPE, "application/" + TOKEN_TYPE):
+            raise InvalidToken("token is not an access token")
+        if not self.keys.asymmetric:
+            return self.keys.verifying[None]
+        kid = header.get("kid")
+        if not isinstance(kid, str) or kid not in self.keys.verifying:
+            raise InvalidToken("token key is unknown")
+        key = self.keys.verifying[kid]
+        if key.alg != alg:
+            raise InvalidToken("token algorithm does not match its key")
+        return key
+
+    def verify(self, token: str, *, now: float, audience: Optional[str] = None) -> AccessClaims:
+        """
+        Verify C{token} at time C{now}.
+
+        @param audience: the resource the token must be for (default:
+            L{audience}).
+        @raise InvalidToken: for anything wrong, with a short reason.
+        """
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken("malformed token")
+        if token.count(".") != 2:
+            raise InvalidToken("malformed token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("malformed token")
+        key = self._keyFor(header)
+        try:
+            claims = jwt.decode(
+                token,
+                key.publicKey,
+                algorithms=[key.alg],
+                options={
+                    "verify_signature": True,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_aud": False,
+                    "verify_iss": False,
+                    "verify_sub": False,
+                    "verify_jti": False,
+                    "require": [],
+                },
+            )
+        except jwt.PyJWTError:
+            raise InvalidToken("token signature is invalid")
+        if claims.get("iss") != self.issuer:
+            raise InvalidToken("token issuer is wrong")
+        expected = audience or self.audience
+        aud = claims.get("aud")
+        auds: Tuple[str, ...]
+        if isinstance(aud, str):
+            auds = (aud,)
+        elif isinstance(aud, list) and all(isinstance(a, str) for a in aud):
+            auds = tuple(aud)
+        else:
+            raise InvalidToken("token has no valid audience")
+        if expected not in auds:
+            raise InvalidToken("token is not for this resource")
+        exp = _number(claims, "exp")
+        assert exp is not None
+        if now >= exp + self.leeway:
+            raise InvalidToken("token has expired")
+        nbf = _number(claims, "nbf", required=False)
+        if nbf is not None and now < nbf - self.leeway:
+            raise InvalidToken("token is not valid yet")
+        iat = _number(claims, "iat")
+        assert iat is not None
+        if iat > now + self.leeway:
+            raise InvalidToken("token was issued in the future")
+        return AccessClaims(
+            subject=_string(claims, "sub"),
+            clientID=_string(claims, "client_id"),
+            scope=_string(claims, "scope", allowEmpty=True),
+            jti=_string(claims, "jti"),
+            issuer=self.issuer,
+            audience=auds,
+            issuedAt=iat,
+            expiresAt=exp,
+            claims=claims,
+        )

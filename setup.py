@@ -34,6 +34,7 @@ setup(
             "pytest-twisted>=1.14",
             "mcp>=1.20",
             "httpx",
+            "selenium>=4.20",
         ],
     },
     entry_points={"console_scripts": ["mcpsvc = mcpsvc.cli:main"]},

@@ -82,7 +82,7 @@ def _loadCommands() -> None:
     """
     Import the modules that register more subcommands.
     """
-    for module in ("mcpsvc.admin",):
+    for module in ("mcpsvc.admin", "mcpsvc.authpage.cli"):
         try:
             __import__(module)
         except ImportError as e:  # pragma: no cover - during bring-up

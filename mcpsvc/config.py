@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 import attrs
-from attrs import frozen
+from attrs import field, frozen
 from twisted.python.filepath import FilePath
 
 __all__ = [
@@ -86,6 +86,11 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "SWEEP_INTERVAL": ("60", "seconds between sweeps of expired records"),
     "AUTH_MODE": ("oauth", "oauth or none (none refused in production)"),
     "AUTHORIZE_MODE": ("consent", "consent, login or auto"),
+    "AUTHORIZE_PAGE_TITLE": ("mcpsvc", "operator name shown as the title of the authorization page"),
+    "AUTHORIZE_PAGE_TEXT": (None, "a short operator text shown on the authorization page"),
+    "LOGIN_USERS_FILE": ("./var/users.json", "AUTHORIZE_MODE=login: accounts file (mcpsvc users add)"),
+    "LOGIN_SESSION_SECONDS": ("1800", "AUTHORIZE_MODE=login: how long a sign-in lasts, seconds"),
+    "REMEMBER_APPROVALS": ("off", "on: skip the page for a client the person approved before (mcpsvc grants)"),
     "SESSIONS": ("on", "on: issue Mcp-Session-Id; off: stateless"),
     "SESSION_IDLE_TIMEOUT": ("3600", "seconds an idle MCP session lives"),
     "TOOL_PACKS": ("core", "comma list of enabled tool packs"),
@@ -134,13 +139,13 @@ class Config:
     metricsListen: Tuple[str, ...] = ()
     serverURL: str = "http://127.0.0.1:3000"
     issuer: str = "http://127.0.0.1:3000"
-    jwtSecret: str = ""
+    jwtSecret: str = field(default="", repr=False)
     jwtPrivateKeyFile: Optional[str] = None
     jwtKeysDir: Optional[str] = None
-    dcrAuthToken: Optional[str] = None
+    dcrAuthToken: Optional[str] = field(default=None, repr=False)
     dcrOpen: bool = False
     dcrRedirectPatterns: Tuple[str, ...] = DEFAULT_REDIRECT_PATTERNS
-    mcpAPIKey: Optional[str] = None
+    mcpAPIKey: Optional[str] = field(default=None, repr=False)
     accessTokenLifetime: int = 3600
     refreshTokenLifetime: int = 7776000
     authorizationCodeLifetime: int = 600
@@ -150,10 +155,10 @@ class Config:
     store: str = "sqlite"
     storePath: str = "./var/mcpsvc.sqlite3"
     storeTimeout: float = 5.0
-    redisURL: Optional[str] = None
+    redisURL: Optional[str] = field(default=None, repr=False)
     redisHost: str = "127.0.0.1"
     redisPort: int = 6379
-    redisPassword: Optional[str] = None
+    redisPassword: Optional[str] = field(default=None, repr=False)
     redisDB: int = 0
     redisPrefix: str = "mcpsvc:"
     redisSentinels: Tuple[Tuple[str, int], ...] = ()
@@ -167,13 +172,18 @@ class Config:
     sweepInterval: float = 60.0
     authMode: str = "oauth"
     authorizeMode: str = "consent"
+    authorizePageTitle: str = "mcpsvc"
+    authorizePageText: Optional[str] = None
+    loginUsersFile: str = "./var/users.json"
+    loginSessionSeconds: int = 1800
+    rememberApprovals: bool = False
     sessions: bool = True
     sessionIdleTimeout: int = 3600
     toolPacks: Tuple[str, ...] = ("core",)
     toolTimeout: float = 30.0
     filesRoot: Optional[str] = None
     llmURL: Optional[str] = None
-    metricsToken: Optional[str] = None
+    metricsToken: Optional[str] = field(default=None, repr=False)
     rateLimitRegister: RateLimit = RateLimit(count=20, seconds=3600)
     rateLimitToken: RateLimit = RateLimit(count=50, seconds=900)
     rateLimitAuthorize: RateLimit = RateLimit(count=60, seconds=900)
@@ -387,7 +397,13 @@ def loadConfig(
         hostPart = f"[{host}]" if ":" in host else host
         if host in ("0.0.0.0", "::"):
             hostPart = "localhost"
-        serverURL = f"http://{hostPart}:{port}"
+        scheme, publicPort = "http", port
+        # In development, follow an explicit first listener's port.
+        match = re.match(r"(tcp|ssl):(\d+)(:|$)", listen[0]) if listen else None
+        if match and int(match.group(2)) != 0:
+            scheme = "https" if match.group(1) == "ssl" else "http"
+            publicPort = int(match.group(2))
+        serverURL = f"{scheme}://{hostPart}:{publicPort}"
     else:
         parts = urlsplit(serverURL)
         if not _isHTTPURL(serverURL):
@@ -485,6 +501,16 @@ def loadConfig(
     if authMode == "none" and production:
         c.errors.append("AUTH_MODE=none is refused in production")
     authorizeMode = c.choice("AUTHORIZE_MODE", AUTHORIZE_MODES)
+    pageTitle = c.get("AUTHORIZE_PAGE_TITLE") or "mcpsvc"
+    if len(pageTitle) > 80:
+        c.errors.append(f"AUTHORIZE_PAGE_TITLE must be at most 80 characters (got {len(pageTitle)})")
+    pageText = c.get("AUTHORIZE_PAGE_TEXT")
+    if pageText is not None and len(pageText) > 1000:
+        c.errors.append(f"AUTHORIZE_PAGE_TEXT must be at most 1000 characters (got {len(pageText)})")
+    loginSession = c.integer("LOGIN_SESSION_SECONDS", 60, 30 * 86400)
+    rememberValue = (c.get("REMEMBER_APPROVALS") or "").lower()
+    if rememberValue not in ("on", "off", "true", "false"):
+        c.errors.append(f"REMEMBER_APPROVALS must be on or off (got {rememberValue!r})")
     sessionsValue = (c.get("SESSIONS") or "").lower()
     if sessionsValue not in ("on", "off", "true", "false"):
         c.errors.append(f"SESSIONS must be on or off (got {sessionsValue!r})")
@@ -558,6 +584,11 @@ def loadConfig(
         sweepInterval=sweepInterval,
         authMode=authMode,
         authorizeMode=authorizeMode,
+        authorizePageTitle=pageTitle,
+        authorizePageText=pageText,
+        loginUsersFile=c.get("LOGIN_USERS_FILE") or "./var/users.json",
+        loginSessionSeconds=loginSession,
+        rememberApprovals=rememberValue in ("on", "true"),
         sessions=sessions,
         sessionIdleTimeout=idle,
         toolPacks=packs,

@@ -242,7 +242,11 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
         buildOAuth = None
     authenticate = None
     if buildOAuth is not None:
-        oauthApp, bearer = buildOAuth(config, store=store, clock=clock, runInThread=runInThread)
+        from mcpsvc.authpage import buildApprover
+
+        approver = buildApprover(config, store=store, clock=clock, runInThread=runInThread)
+        oauthApp, bearer = buildOAuth(config, store=store, clock=clock, runInThread=runInThread,
+                                      approver=approver)
         oauthResource = oauthApp.resource()
         authenticate = bearer.authenticate
 

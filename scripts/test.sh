@@ -9,6 +9,8 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v supervisord >/dev/null 2>&1 || need+=(supervisor)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "Installing ${need[*]} ..."
@@ -21,6 +23,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 bash scripts/setup.sh
+# The browser tests fail (never skip) when Chromium is missing.
+export MCPSVC_REQUIRE_BROWSER=1
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 status=$?

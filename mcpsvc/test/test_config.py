@@ -277,15 +277,51 @@ class EnvExampleTests(SynchronousTestCase):
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         with open(os.path.join(here, ".env.example")) as f:
             lines = f.read().splitlines()
+        import re
+
+        def variable(line: str) -> "str | None":
+            # NAME=value, or a documented-but-unset "# NAME=" (optionally
+            # followed by a space and a remark).
+            match = re.fullmatch(r"([A-Z][A-Z0-9_]*)=.*", line) or re.fullmatch(
+                r"# ([A-Z][A-Z0-9_]*)=(\s.*)?", line
+            )
+            return match.group(1) if match else None
+
         seen = {}
         for index, line in enumerate(lines):
-            name = line.lstrip("# ").split("=", 1)[0]
-            if "=" in line and name in VARIABLES:
+            name = variable(line)
+            if name is not None:
+                self.assertNotIn(name, seen, f"{name} appears twice")
                 seen[name] = index
         self.assertEqual(sorted(set(VARIABLES) - set(seen)), [])
         for name, index in seen.items():
             self.assertTrue(
-                any(lines[i].startswith("# ") and "=" not in lines[i].split(" ", 2)[1]
-                    for i in range(max(0, index - 3), index)),
-                f"{name} has no comment",
+                index > 0 and lines[index - 1].startswith("# ") and variable(lines[index - 1]) is None,
+                f"{name} has no comment on the line before it",
             )
+
+
+class DevelopmentServerURLTests(SynchronousTestCase):
+    def test_followsListen(self) -> None:
+        """
+        Without SERVER_URL, development derives it from the first explicit
+        listener's port (and https for an ssl listener).
+        """
+        self.assertEqual(loadConfig(valid(), listen=("tcp:8080",)).serverURL, "http://127.0.0.1:8080")
+        self.assertEqual(
+            loadConfig(valid(), listen=("ssl:8443:privateKey=k:certKey=c",)).serverURL,
+            "https://127.0.0.1:8443",
+        )
+        self.assertEqual(loadConfig(valid(PORT="4000"), listen=("tcp:0",)).serverURL, "http://127.0.0.1:4000")
+
+
+class ReprTests(SynchronousTestCase):
+    def test_secretsHiddenFromRepr(self) -> None:
+        """
+        A L{Config} in a log event's repr never shows a secret.
+        """
+        config = loadConfig(valid(DCR_AUTH_TOKEN="d" * 40, MCP_API_KEY="k" * 20, METRICS_TOKEN="m" * 20,
+                                  REDIS_PASSWORD="p" * 12))
+        text = repr(config)
+        for secret in (SECRET, "d" * 40, "k" * 20, "m" * 20, "p" * 12):
+            self.assertNotIn(secret, text)

@@ -1,0 +1,611 @@
+# -*- test-case-name: mcpsvc.authpage.test.test_consent -*-
+"""
+The authorization page: L{ConsentApprover} (C{AUTHORIZE_MODE=consent}) and
+L{LoginApprover} (C{AUTHORIZE_MODE=login}), both L{IApprover}s plugged into
+L{mcpsvc.oauth.app.OAuthApp.authorize}.
+
+How a request flows. C{OAuthApp.authorize} validates the client and the
+redirect URI (an error page otherwise, never a redirect), then PKCE, scope
+and resource, and asks us. A GET (or a POST without C{decision}) shows the
+page: the consent form, or in login mode the sign-in form first. The forms
+post back to C{/oauth/authorize} with every original parameter as a hidden
+field, so the route validates the request again exactly as on the GET; then
+C{decision} says what the person chose:
+
+  - C{approve} / C{deny}: the consent form; we return an L{Approval} or a
+    L{Denial} and the route redirects;
+  - C{login}: the sign-in form; on success we set the session cookie and
+    answer 303 to the same authorization URL (GET), which now shows the
+    consent page;
+  - C{signout}: ends the sign-in and shows the sign-in form again (303).
+
+CSRF tokens. Each form carries C{csrf_token}, a L{Signer} value (HMAC-SHA256
+under a key derived from C{JWT_SECRET}) that is:
+  - I{bound}: it holds a hash of the client id, redirect URI, state, code
+    challenge and method, scope, resource, the form's purpose and (login
+    mode) the signed-in account; a token from another request, another form
+    or another account does not verify;
+  - I{short-lived}: it expires L{CSRF_LIFETIME} seconds after the page was
+    shown (the injected clock);
+  - I{single-use}: on use its random id is recorded with
+    C{store.storeCode} under the hash C{"csrf:<id>"}, which no real code can
+    have (real codes are stored as C{"sha256:<hex>"}, and the token endpoint
+    only looks up hashes of presented codes, so a marker can never be
+    redeemed). C{storeCode} is an atomic insert-if-absent on every backend
+    (it fails with L{Conflict} when the hash exists), so of two concurrent
+    submissions exactly one wins, across servers sharing Redis; the marker
+    expires with the token and is swept with expired codes. (C{takeToken}
+    with a one-token bucket would also work, but its "used" state depends on
+    refill arithmetic and may be forgotten once the bucket refills; an
+    insert that conflicts says exactly "already used".)
+A form that a browser reports as sent from another site (C{Sec-Fetch-Site:
+cross-site} or C{same-site}) is refused as well, before anything else: a
+token can be fetched by anyone, so this is what stops another site from
+posting a form in the person's browser (e.g. signing them in to the
+attacker's account). A refused form gets a 400 page saying why, and nothing
+else happens.
+
+Subjects. In login mode the subject of the tokens is the account name. In
+consent mode nobody signs in, so the subject is a pseudonym for I{this
+approval of this client}: C{"consent-" + HMAC(k, client_id, approval_id)}
+(32 hex digits) where C{approval_id} is 128 random bits minted when the
+person clicks Approve. It is stable for the life of the grant (refreshes
+keep it) and, with C{REMEMBER_APPROVALS=on}, across re-authorizations from
+the same browser (the approval id lives in that browser's signed approval
+cookie for the client). Two people approving the same client get different
+subjects, so sessions, audit records and revocations never conflate them;
+and the subject reveals neither the approval id nor anything about the
+person. (A per-client pseudonym would be what C{auto} mode uses: it would
+make every approval of a client the same "person", and a remembered
+approval would then hold for any browser.)
+
+Remembered approvals (C{REMEMBER_APPROVALS=on}). An approval is remembered
+while the grant it produced is live: when the same subject (the account;
+in consent mode, the pseudonym from this browser's approval cookie) already
+holds a live refresh family (L{IRefreshStore.listFamilies}) for this client
+whose scope covers the requested one, the request is approved without the
+page. Revoking the grant (C{mcpsvc grants revoke}, RFC 7009 revocation of
+its refresh token, a detected refresh token reuse) ends it. Nothing new is
+stored, so the store interfaces are unchanged. Never for loopback redirect
+URIs (any local program can listen on a loopback port, and the client id
+of a public loopback client is no secret), so those always ask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from typing import Any, Callable, List, Optional, Tuple, Union
+from urllib.parse import urlencode, urlsplit
+
+from attrs import define, field
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from mcpsvc.audit import audit
+from mcpsvc.authpage import page
+from mcpsvc.authpage.signing import BadSignature, Signer, bindingOf, deriveKey
+from mcpsvc.authpage.users import currentFingerprint, normalizeName, verifyLogin
+from mcpsvc.config import Config
+from mcpsvc.oauth.app import Approval, AuthorizationRequest, Denial, requestAddress
+from mcpsvc.oauth.redirects import isLoopback, matchesPattern
+from mcpsvc.oauth.scopes import OFFLINE_ACCESS
+from mcpsvc.storage.hashing import newSecret
+from mcpsvc.storage.interfaces import CodeRecord, Conflict
+
+__all__ = [
+    "ConsentApprover",
+    "LoginApprover",
+    "CSRF_LIFETIME",
+    "securityHeaders",
+    "LOGIN_LIMIT_ACCOUNT",
+    "LOGIN_LIMIT_ADDRESS",
+]
+
+Decision = Union[Approval, Denial, bytes]
+
+#: How long a shown form may be submitted, seconds.
+CSRF_LIFETIME = 600
+#: Sign-in attempts per account: (count, seconds) of a token bucket.
+LOGIN_LIMIT_ACCOUNT = (5, 300.0)
+#: Sign-in attempts per client address.
+LOGIN_LIMIT_ADDRESS = (20, 900.0)
+#: Form fields that belong to the page, never re-posted as request params.
+_OWN_FIELDS = frozenset({"csrf_token", "decision", "username", "password"})
+#: The revocation-store namespace of ended sign-in sessions.
+_SESSION_REVOKED = "authpage-session:"
+
+
+#: What an origin must look like to be written into the CSP header.
+_CSP_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|http://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def _origin(uri: str) -> Optional[str]:
+    """
+    The origin of C{uri} as a CSP source, or C{None} if it has characters
+    that could not safely go into the header (then only C{'self'} is
+    allowed, and the browser refuses the redirect: fail closed).
+    """
+    parts = urlsplit(uri)
+    origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    return origin if _CSP_ORIGIN.fullmatch(origin) else None
+
+
+def _host(uri: str) -> str:
+    return urlsplit(uri).netloc.rpartition("@")[2]
+
+
+def securityHeaders(request: IRequest, redirectURI: Optional[str]) -> None:
+    """
+    The headers of every authorization page response (and its redirects).
+    C{form-action} allows our own origin and the redirect URI's origin: a
+    form submission's redirect is checked against it too.
+    """
+    formAction = "'self'"
+    origin = _origin(redirectURI) if redirectURI else None
+    if origin is not None:
+        formAction += " " + origin
+    request.setHeader(
+        "Content-Security-Policy",
+        f"default-src 'none'; style-src {page.CSS_HASH}; form-action {formAction}; "
+        "frame-ancestors 'none'; base-uri 'none'",
+    )
+    request.setHeader("X-Frame-Options", "DENY")
+    request.setHeader("Cache-Control", "no-store")
+    request.setHeader("Pragma", "no-cache")
+    request.setHeader("Referrer-Policy", "no-referrer")
+    request.setHeader("X-Content-Type-Options", "nosniff")
+
+
+class FormRefused(Exception):
+    """
+    A submitted form is not acceptable (400 page).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.message = message
+
+
+@define(kw_only=True)
+class _Session:
+    account: str
+    sessionID: str
+    expiresAt: float
+
+
+@define(kw_only=True)
+class _PageApprover:
+    """
+    What the consent and login approvers share: headers, page context,
+    CSRF tokens, cookies and remembered approvals.
+    """
+
+    log = Logger()
+
+    config: Config
+    store: Any
+    clock: IReactorTime
+    runInThread: Callable[..., Any]
+    _signer: Signer = field(init=False, repr=False)
+    _subjectKey: bytes = field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._signer = Signer(deriveKey(self.config.jwtSecret, "signing"))
+        self._subjectKey = deriveKey(self.config.jwtSecret, "consent-subject")
+
+    # -- IApprover
+
+    async def approve(self, request: IRequest, authz: AuthorizationRequest) -> Decision:
+        securityHeaders(request, authz.redirectURI)
+        decision = authz.params.get("decision") if request.method == b"POST" else None
+        if decision is None:
+            return await self.show(request, authz)
+        try:
+            # Defence in depth against cross-site form posts (login CSRF
+            # in particular): browsers say where a submission came from.
+            if (request.getHeader("sec-fetch-site") or "").lower() in ("cross-site", "same-site"):
+                raise FormRefused("cross-site form",
+                                  "The form was sent from another site.")
+            return await self.decide(request, authz, decision)
+        except FormRefused as e:
+            audit("authorize.form_refused", "denied", request=request,
+                  clientID=authz.client.clientID, reason=e.reason)
+            self.log.warn("Authorization form refused for {clientID}: {reason}",
+                          clientID=authz.client.clientID, reason=e.reason)
+            return await self.message(request, 400, "This form cannot be used",
+                                      e.message, e.reason)
+
+    async def show(self, request: IRequest, authz: AuthorizationRequest) -> Decision:
+        raise NotImplementedError()
+
+    async def decide(self, request: IRequest, authz: AuthorizationRequest, decision: str) -> Decision:
+        raise NotImplementedError()
+
+    # -- helpers
+
+    @property
+    def _secureCookies(self) -> bool:
+        return self.config.serverURL.lower().startswith("https://")
+
+    def cookieName(self, name: str) -> str:
+        """
+        C{__Host-} prefixed names when served over https. Browsers refuse
+        C{__Host-} cookies without C{Secure}, and C{Secure} cookies are not
+        kept over plain http, so a development server on http uses the bare
+        name.
+        """
+        return ("__Host-" if self._secureCookies else "") + name
+
+    def setCookie(self, request: IRequest, name: str, value: str, maxAge: int) -> None:
+        request.addCookie(
+            self.cookieName(name), value, path="/", max_age=str(max(0, int(maxAge))),
+            secure=True if self._secureCookies else None, httpOnly=True, sameSite="lax",
+        )
+
+    def getCookie(self, request: IRequest, name: str) -> Optional[str]:
+        value = request.getCookie(self.cookieName(name).encode("ascii"))
+        if not value:
+            return None
+        try:
+            return value.decode("ascii")  # type: ignore[no-any-return]
+        except UnicodeDecodeError:
+            return None
+
+    def now(self) -> float:
+        return self.clock.seconds()
+
+    def fields(self, authz: AuthorizationRequest) -> List[Tuple[str, str]]:
+        return [(k, v) for k, v in authz.params.items() if k not in _OWN_FIELDS]
+
+    def context(self, authz: AuthorizationRequest) -> page.PageContext:
+        uri = authz.redirectURI
+        host = _host(uri)
+        warnings: List[Tuple[str, str]] = []
+        if isLoopback(uri):
+            warnings.append((
+                "This application runs on this computer.",
+                f"The answer goes to {host}, an address on the device you are using now. "
+                "Approve only if you started this application yourself just now: any "
+                "program on this computer could be listening there.",
+            ))
+        patterns = tuple(self.config.dcrRedirectPatterns)
+        if self.config.servicenowInstance:
+            patterns += (self.config.servicenowInstance.rstrip("/") + "/*",)
+        if not any(matchesPattern(uri, p) for p in patterns):
+            warnings.append((
+                "This address is not on this server's list of expected addresses.",
+                f"The operator of this server has not listed {host} as a usual destination. "
+                "Approve only if you recognise it.",
+            ))
+        name = authz.client.metadata.get("client_name")
+        return page.PageContext(
+            title=self.config.authorizePageTitle,
+            text=self.config.authorizePageText,
+            clientName=name if isinstance(name, str) and name.strip() else None,
+            clientID=authz.client.clientID,
+            redirectHost=host,
+            redirectURI=uri,
+            warnings=warnings,
+        )
+
+    def scopes(self, authz: AuthorizationRequest) -> List[str]:
+        return authz.scope.split()
+
+    def renewable(self, authz: AuthorizationRequest) -> bool:
+        grants = authz.client.metadata.get("grant_types") or ()
+        return "refresh_token" in grants or OFFLINE_ACCESS in authz.scope.split()
+
+    async def message(self, request: IRequest, code: int, heading: str, message: str,
+                      detail: Optional[str] = None) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader("Content-Type", "text/html; charset=utf-8")
+        return await page.render(page.messagePage(self.config.authorizePageTitle, heading,
+                                                  message, detail))
+
+    async def html(self, request: IRequest, tag: Any, code: int = 200) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader("Content-Type", "text/html; charset=utf-8")
+        return await page.render(tag)
+
+    def seeOther(self, request: IRequest, authz: AuthorizationRequest) -> bytes:
+        """
+        303 to the authorization request as a GET (after sign-in/out).
+        """
+        request.setResponseCode(303)
+        request.setHeader("Location", "/oauth/authorize?" + urlencode(self.fields(authz)))
+        return b""
+
+    # -- CSRF
+
+    def _binding(self, authz: AuthorizationRequest, purpose: str, account: str) -> str:
+        return bindingOf(
+            purpose, authz.client.clientID, authz.redirectURI, authz.state,
+            authz.codeChallenge, authz.codeChallengeMethod, authz.scope, authz.resource,
+            account,
+        )
+
+    def csrfToken(self, authz: AuthorizationRequest, purpose: str, account: str = "") -> str:
+        return self._signer.sign(
+            "csrf",
+            {"id": newSecret(16), "b": self._binding(authz, purpose, account)},
+            self.now() + CSRF_LIFETIME,
+        )
+
+    async def checkCSRF(self, authz: AuthorizationRequest, purpose: str, account: str = "") -> None:
+        """
+        Verify and use up the form's token.
+
+        @raise FormRefused: missing, altered, expired, bound to something
+            else, or used already.
+        """
+        now = self.now()
+        try:
+            data = self._signer.verify("csrf", authz.params.get("csrf_token"), now)
+        except BadSignature as e:
+            messages = {
+                "missing": "The form was sent without its security token.",
+                "expired": "The form was shown too long ago.",
+            }
+            raise FormRefused(
+                "csrf " + str(e),
+                messages.get(str(e), "The form's security token is not valid."),
+            )
+        expected = self._binding(authz, purpose, account)
+        if not isinstance(data.get("b"), str) or not hmac.compare_digest(data["b"], expected):
+            raise FormRefused(
+                "csrf bound to another request",
+                "The form does not belong to this authorization request.",
+            )
+        tokenID = data.get("id")
+        if not isinstance(tokenID, str) or not tokenID:
+            raise FormRefused("csrf malformed", "The form's security token is not valid.")  # pragma: no cover
+        marker = CodeRecord(
+            codeHash="csrf:" + hashlib.sha256(tokenID.encode("ascii")).hexdigest(),
+            clientID=authz.client.clientID,
+            redirectURI=authz.redirectURI,
+            codeChallenge="",
+            codeChallengeMethod="",
+            scope="",
+            resource="",
+            subject="",
+            familyID="",
+            expiresAt=float(data["exp"]),
+            used=True,
+        )
+        try:
+            await self.store.storeCode(marker)
+        except Conflict:
+            raise FormRefused("csrf replayed", "The form has been sent already.")
+
+    # -- remembered approvals
+
+    async def remembered(self, authz: AuthorizationRequest, subject: str) -> bool:
+        """
+        Whether C{subject} holds a live grant for this client covering the
+        requested scope (see the module docstring).
+        """
+        if not self.config.rememberApprovals or isLoopback(authz.redirectURI):
+            return False
+        wanted = set(authz.scope.split()) - {OFFLINE_ACCESS}
+        families = await self.store.listFamilies(authz.client.clientID, self.now())
+        return any(
+            f.subject == subject and f.clientID == authz.client.clientID
+            and wanted <= set(f.scope.split())
+            for f in families
+        )
+
+    def remembers(self, authz: AuthorizationRequest) -> bool:
+        return self.config.rememberApprovals and not isLoopback(authz.redirectURI)
+
+
+# --------------------------------------------------------------------------
+# consent mode
+
+
+def _approvalCookie(clientID: str) -> str:
+    return "mcpsvc-approval-" + hashlib.sha256(clientID.encode("utf-8")).hexdigest()[:16]
+
+
+@define(kw_only=True)
+class ConsentApprover(_PageApprover):
+    """
+    C{AUTHORIZE_MODE=consent}: a page with Approve and Deny; nobody signs in.
+    """
+
+    def subjectFor(self, clientID: str, approvalID: str) -> str:
+        message = clientID.encode("utf-8") + b"\x00" + approvalID.encode("ascii")
+        return "consent-" + hmac.new(self._subjectKey, message, hashlib.sha256).hexdigest()[:32]
+
+    def _cookieApproval(self, request: IRequest, clientID: str) -> Optional[str]:
+        """
+        The approval id this browser holds for C{clientID}, if any.
+        """
+        try:
+            data = self._signer.verify("approval", self.getCookie(request, _approvalCookie(clientID)),
+                                       self.now())
+        except BadSignature:
+            return None
+        if data.get("c") != clientID or not isinstance(data.get("a"), str):
+            return None
+        return data["a"]  # type: ignore[no-any-return]
+
+    async def show(self, request: IRequest, authz: AuthorizationRequest) -> Decision:
+        clientID = authz.client.clientID
+        if self.remembers(authz):
+            approvalID = self._cookieApproval(request, clientID)
+            if approvalID is not None:
+                subject = self.subjectFor(clientID, approvalID)
+                if await self.remembered(authz, subject):
+                    audit("authorize.remembered", "success", request=request,
+                          clientID=clientID, subject=subject)
+                    return Approval(subject=subject)
+        tag = page.consentPage(
+            self.context(authz), self.scopes(authz), self.fields(authz),
+            self.csrfToken(authz, "consent"), renewable=self.renewable(authz),
+            remembered=self.remembers(authz),
+        )
+        return await self.html(request, tag)
+
+    async def decide(self, request: IRequest, authz: AuthorizationRequest, decision: str) -> Decision:
+        if decision not in ("approve", "deny"):
+            raise FormRefused("unknown decision", "The form was not understood.")
+        await self.checkCSRF(authz, "consent")
+        clientID = authz.client.clientID
+        if decision == "deny":
+            audit("authorize.consent", "denied", request=request, clientID=clientID)
+            return Denial(error="access_denied", description="The request was denied")
+        approvalID = None
+        if self.remembers(authz):
+            approvalID = self._cookieApproval(request, clientID)
+        if approvalID is None:
+            approvalID = newSecret(16)
+        if self.remembers(authz):
+            lifetime = self.config.refreshTokenLifetime
+            self.setCookie(
+                request, _approvalCookie(clientID),
+                self._signer.sign("approval", {"c": clientID, "a": approvalID}, self.now() + lifetime),
+                lifetime,
+            )
+        subject = self.subjectFor(clientID, approvalID)
+        audit("authorize.consent", "success", request=request, clientID=clientID, subject=subject)
+        return Approval(subject=subject)
+
+
+# --------------------------------------------------------------------------
+# login mode
+
+
+@define(kw_only=True)
+class LoginApprover(_PageApprover):
+    """
+    C{AUTHORIZE_MODE=login}: sign in with a local account
+    (C{LOGIN_USERS_FILE}), then the consent page. The sign-in lasts
+    C{LOGIN_SESSION_SECONDS} (a signed cookie bound to the account and its
+    current password, with a server-side sign-out list); it never approves
+    by itself.
+    """
+
+    SESSION_COOKIE = "mcpsvc-login"
+
+    async def session(self, request: IRequest) -> Optional[_Session]:
+        """
+        The live sign-in carried by the request's cookie, if any.
+        """
+        now = self.now()
+        try:
+            data = self._signer.verify("login", self.getCookie(request, self.SESSION_COOKIE), now)
+        except BadSignature:
+            return None
+        account, sessionID, print_ = data.get("u"), data.get("s"), data.get("f")
+        if not all(isinstance(v, str) and v for v in (account, sessionID, print_)):
+            return None
+        current = await self.runInThread(currentFingerprint, self.config.loginUsersFile, account)
+        if current is None or not hmac.compare_digest(current, print_):
+            return None
+        if await self.store.isRevoked(_SESSION_REVOKED + sessionID, now):
+            return None
+        return _Session(account=account, sessionID=sessionID, expiresAt=float(data["exp"]))
+
+    async def loginForm(self, request: IRequest, authz: AuthorizationRequest, *,
+                        username: str = "", error: Optional[str] = None) -> bytes:
+        tag = page.loginPage(self.context(authz), self.fields(authz),
+                             self.csrfToken(authz, "login"), username=username, error=error)
+        return await self.html(request, tag)
+
+    async def show(self, request: IRequest, authz: AuthorizationRequest) -> Decision:
+        signedIn = await self.session(request)
+        if signedIn is None:
+            return await self.loginForm(request, authz)
+        if await self.remembered(authz, signedIn.account):
+            audit("authorize.remembered", "success", request=request,
+                  clientID=authz.client.clientID, subject=signedIn.account)
+            return Approval(subject=signedIn.account)
+        tag = page.consentPage(
+            self.context(authz), self.scopes(authz), self.fields(authz),
+            self.csrfToken(authz, "consent", signedIn.account),
+            account=signedIn.account,
+            signoutCSRF=self.csrfToken(authz, "signout", signedIn.account),
+            renewable=self.renewable(authz), remembered=self.remembers(authz),
+        )
+        return await self.html(request, tag)
+
+    async def _throttle(self, request: IRequest, account: str) -> Optional[float]:
+        """
+        Take one attempt from the account's and the address's buckets;
+        the seconds to wait when either is empty.
+        """
+        now = self.now()
+        waits = []
+        for key, (count, seconds) in (
+            ("login:account:" + account, LOGIN_LIMIT_ACCOUNT),
+            ("login:addr:" + requestAddress(request), LOGIN_LIMIT_ADDRESS),
+        ):
+            decision = await self.store.takeToken(key, count, count / seconds, now)
+            if not decision.allowed:
+                waits.append(decision.retryAfter)
+        return max(waits) if waits else None
+
+    async def decide(self, request: IRequest, authz: AuthorizationRequest, decision: str) -> Decision:
+        if decision == "login":
+            return await self._login(request, authz)
+        signedIn = await self.session(request)
+        account = signedIn.account if signedIn is not None else ""
+        if decision == "signout":
+            await self.checkCSRF(authz, "signout", account)
+            if signedIn is not None:
+                await self.store.revokeJTI(_SESSION_REVOKED + signedIn.sessionID, signedIn.expiresAt)
+                audit("authorize.signout", "success", request=request, subject=account)
+            self.setCookie(request, self.SESSION_COOKIE, "", 0)
+            return self.seeOther(request, authz)
+        if decision not in ("approve", "deny"):
+            raise FormRefused("unknown decision", "The form was not understood.")
+        if signedIn is None:
+            raise FormRefused("not signed in",
+                              "Your sign-in has ended. Start again to sign in.")
+        await self.checkCSRF(authz, "consent", account)
+        clientID = authz.client.clientID
+        if decision == "deny":
+            audit("authorize.consent", "denied", request=request, clientID=clientID, subject=account)
+            return Denial(error="access_denied", description="The request was denied")
+        audit("authorize.consent", "success", request=request, clientID=clientID, subject=account)
+        return Approval(subject=account)
+
+    async def _login(self, request: IRequest, authz: AuthorizationRequest) -> Decision:
+        await self.checkCSRF(authz, "login")
+        typed = authz.params.get("username", "")[:64]
+        password = authz.params.get("password", "")
+        account = normalizeName(typed)
+        wait = await self._throttle(request, account or "?invalid")
+        if wait is not None:
+            audit("authorize.login", "denied", request=request, reason="throttled")
+            self.log.warn("Sign-in throttled for {account} from {address}",
+                          account=account, address=requestAddress(request))
+            seconds = max(1, int(wait + 0.999))
+            request.setHeader("Retry-After", str(seconds))
+            return await self.message(
+                request, 429, "Too many sign-in attempts",
+                f"Wait {seconds} seconds, then go back to the application and start again.",
+                "throttled",
+            )
+        fingerprint = None
+        if account is not None and password:
+            fingerprint = await self.runInThread(
+                verifyLogin, self.config.loginUsersFile, account, password
+            )
+        if fingerprint is None:
+            audit("authorize.login", "failure", request=request, account=account)
+            self.log.warn("Failed sign-in for {account} from {address}",
+                          account=account, address=requestAddress(request))
+            return await self.loginForm(request, authz, username=typed,
+                                        error="The account name or password is not correct.")
+        assert account is not None
+        expiresAt = self.now() + self.config.loginSessionSeconds
+        value = self._signer.sign("login", {"u": account, "s": newSecret(16), "f": fingerprint},
+                                  expiresAt)
+        self.setCookie(request, self.SESSION_COOKIE, value, self.config.loginSessionSeconds)
+        audit("authorize.login", "success", request=request, subject=account)
+        return self.seeOther(request, authz)

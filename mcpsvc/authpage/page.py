@@ -1,0 +1,297 @@
+# -*- test-case-name: mcpsvc.authpage.test.test_page -*-
+"""
+The HTML of the authorization page, built with L{twisted.web.template}
+(every string is escaped when flattened), with no JavaScript at all and one
+small stylesheet allowed by its hash in the C{Content-Security-Policy}.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
+
+from attrs import frozen
+from twisted.web.template import Tag, flattenString, tags
+
+__all__ = [
+    "CSS",
+    "CSS_HASH",
+    "ScopeText",
+    "SCOPE_TEXT",
+    "PageContext",
+    "consentPage",
+    "loginPage",
+    "messagePage",
+    "render",
+]
+
+# No '<', '>' or '&' in here: the flattener would escape them.
+CSS = """
+:root{color-scheme:light;--ink:#1b1f24;--muted:#4b5563;--line:#d0d7de;--accent:#0b57d0;
+--accent-ink:#fff;--warn-bg:#fff4e5;--warn-line:#b54708;--warn-ink:#5a2a00;--bad:#b42318;
+--page:#f3f4f6;--card:#fff;--mono:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+*{box-sizing:border-box}
+html{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
+font-size:100%;line-height:1.5;color:var(--ink);background:var(--page)}
+body{margin:0;padding:clamp(0.75rem,3vw,2rem) clamp(0.75rem,4vw,2rem)}
+main{max-width:40rem;margin:0 auto;background:var(--card);border:1px solid var(--line);
+border-radius:12px;padding:clamp(1.25rem,4vw,2rem);box-shadow:0 1px 3px rgba(0,0,0,.08)}
+.brand{margin:0 0 .25rem;font-size:.875rem;font-weight:600;letter-spacing:.02em;
+text-transform:uppercase;color:var(--muted)}
+h1{font-size:clamp(1.35rem,4.5vw,1.75rem);line-height:1.25;margin:0 0 .75rem}
+h2{font-size:.8125rem;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);
+margin:1.25rem 0 .25rem}
+p{margin:0 0 .75rem}
+.operator{color:var(--muted);white-space:pre-line}
+.client{font-size:1.25rem;font-weight:600;margin:0;overflow-wrap:anywhere}
+.note{font-size:.875rem;color:var(--muted)}
+.host{font-family:var(--mono);font-size:clamp(1.2rem,5vw,1.6rem);font-weight:700;
+margin:0;padding:.5rem .75rem;border:2px solid var(--ink);border-radius:8px;
+overflow-wrap:anywhere;background:#f6f8fa}
+.uri{font-family:var(--mono);font-size:.8125rem;color:var(--muted);overflow-wrap:anywhere;
+margin-top:.375rem}
+.warning{background:var(--warn-bg);border:1px solid var(--warn-line);border-left-width:6px;
+color:var(--warn-ink);border-radius:8px;padding:.625rem .875rem;margin:.75rem 0;
+font-size:.9375rem}
+.warning strong{display:block}
+.error{border-color:var(--bad);color:var(--bad);background:#fef3f2}
+ul.scopes{list-style:none;margin:0;padding:0}
+ul.scopes li{padding:.5rem 0;border-top:1px solid var(--line)}
+ul.scopes li:first-child{border-top:0}
+.scope-name{font-weight:600;display:block}
+.scope-id{font-family:var(--mono);font-size:.75rem;color:var(--muted)}
+.account{display:flex;flex-wrap:wrap;gap:.5rem;align-items:center;justify-content:space-between;
+font-size:.9375rem;margin:0 0 1rem;padding:.5rem .75rem;background:#f6f8fa;border-radius:8px}
+.account form{margin:0}
+label{display:block;font-weight:600;margin:1rem 0 .25rem}
+input[type=text],input[type=password]{width:100%;font:inherit;padding:.625rem .75rem;
+border:1px solid #6b7280;border-radius:8px;min-height:44px;color:var(--ink);background:#fff}
+.actions{display:flex;flex-wrap:wrap;gap:.75rem;margin-top:1.25rem}
+.actions button{flex:1 1 10rem}
+button{font:inherit;font-weight:600;min-height:44px;padding:.625rem 1.25rem;border-radius:8px;
+cursor:pointer;border:1px solid #6b7280;background:#fff;color:var(--ink)}
+button.primary{background:var(--accent);border-color:var(--accent);color:var(--accent-ink)}
+button.link{min-height:36px;padding:.25rem .75rem;font-weight:500}
+button:hover{filter:brightness(.95)}
+:focus-visible{outline:3px solid var(--accent);outline-offset:3px}
+input:focus-visible{outline-offset:1px}
+.fine{font-size:.8125rem;color:var(--muted);margin:1rem 0 0}
+"""
+
+#: The CSP source allowing exactly L{CSS}.
+CSS_HASH = "'sha256-" + base64.b64encode(hashlib.sha256(CSS.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+@frozen
+class ScopeText:
+    title: str
+    description: str
+
+
+#: Plain-language descriptions of the scopes in L{mcpsvc.oauth.scopes}.
+SCOPE_TEXT: Mapping[str, ScopeText] = {
+    "mcp:tools": ScopeText(
+        "Use the tools on this server",
+        "Run the tools this server offers, on your behalf. Tools can take actions, "
+        "not only read.",
+    ),
+    "mcp:read": ScopeText(
+        "See what this server offers",
+        "List the available tools and read the information this server exposes.",
+    ),
+    "offline_access": ScopeText(
+        "Stay connected",
+        "Keep access while you are away, without asking you again.",
+    ),
+}
+
+
+@frozen(kw_only=True)
+class PageContext:
+    """
+    What every page shows about the request.
+    """
+
+    title: str
+    text: Optional[str]
+    clientName: Optional[str]
+    clientID: str
+    redirectHost: str
+    redirectURI: str
+    warnings: Sequence[Tuple[str, str]] = ()
+    action: str = "/oauth/authorize"
+
+
+def _document(heading: str, title: str, *body: Any) -> Tag:
+    return tags.html(lang="en")(
+        tags.head(
+            tags.meta(charset="utf-8"),
+            tags.meta(name="viewport", content="width=device-width, initial-scale=1"),
+            tags.meta(name="referrer", content="no-referrer"),
+            tags.meta(name="robots", content="noindex, nofollow"),
+            tags.title(heading, " \N{EM DASH} ", title),
+            tags.style(CSS),
+        ),
+        tags.body(Tag("main")(*body)),
+    )
+
+
+def _hidden(fields: Sequence[Tuple[str, str]]) -> List[Tag]:
+    return [tags.input(type="hidden", name=name, value=value) for name, value in fields]
+
+
+def _clientBlock(ctx: PageContext) -> List[Any]:
+    if ctx.clientName:
+        name: Any = tags.p(ctx.clientName, class_="client", id="client-name")
+        note = "This name was provided by the application itself; mcpsvc has not verified it."
+    else:
+        name = tags.p("Unnamed application", class_="client", id="client-name")
+        note = "The application did not give a name."
+    return [
+        tags.h2("Application"),
+        name,
+        tags.p(note, class_="note"),
+        tags.h2("Will send you back to", id="redirect-label"),
+        tags.p(ctx.redirectHost, class_="host", id="redirect-host", **{"aria-describedby": "redirect-label"}),
+        tags.p(ctx.redirectURI, class_="uri", id="redirect-uri"),
+        *[
+            tags.div(tags.strong(head), tags.span(text), class_="warning", role="note")
+            for head, text in ctx.warnings
+        ],
+    ]
+
+
+def _header(ctx: PageContext, heading: str) -> List[Any]:
+    out: List[Any] = [tags.p(ctx.title, class_="brand"), tags.h1(heading, id="heading")]
+    if ctx.text:
+        out.append(tags.p(ctx.text, class_="operator"))
+    return out
+
+
+def consentPage(
+    ctx: PageContext,
+    scopes: Sequence[str],
+    fields: Sequence[Tuple[str, str]],
+    csrf: str,
+    *,
+    account: Optional[str] = None,
+    signoutCSRF: Optional[str] = None,
+    renewable: bool = False,
+    remembered: bool = False,
+) -> Tag:
+    """
+    The page asking the person to approve or deny.
+    """
+    heading = "Allow this application to use " + ctx.title + "?"
+    body: List[Any] = []
+    if account is not None:
+        signout = []
+        if signoutCSRF is not None:
+            signout = [
+                tags.form(method="post", action=ctx.action)(
+                    *_hidden(fields),
+                    tags.input(type="hidden", name="csrf_token", value=signoutCSRF),
+                    tags.button("Sign out", type="submit", name="decision", value="signout", class_="link"),
+                )
+            ]
+        body.append(tags.div(tags.span("Signed in as ", tags.strong(account, id="account")),
+                             *signout, class_="account"))
+    body += _header(ctx, heading)
+    body += _clientBlock(ctx)
+    items = []
+    for scope in scopes:
+        text = SCOPE_TEXT.get(scope, ScopeText(scope, "A permission this server does not describe."))
+        items.append(
+            tags.li(
+                tags.span(text.title, class_="scope-name"),
+                tags.span(text.description), " ",
+                tags.span("(", scope, ")", class_="scope-id"),
+                **{"data-scope": scope},
+            )
+        )
+    body.append(tags.h2("It will be able to", id="scopes-label"))
+    body.append(tags.ul(*items, class_="scopes", **{"aria-labelledby": "scopes-label"}))
+    if renewable:
+        body.append(tags.p(
+            "Access lasts until it is revoked: the application can renew it without asking you again.",
+            class_="note",
+        ))
+    body.append(
+        tags.form(method="post", action=ctx.action, id="consent")(
+            *_hidden(fields),
+            tags.input(type="hidden", name="csrf_token", value=csrf),
+            tags.div(class_="actions")(
+                tags.button("Deny", type="submit", name="decision", value="deny", id="deny"),
+                tags.button("Approve", type="submit", name="decision", value="approve",
+                            id="approve", class_="primary"),
+            ),
+        )
+    )
+    fine = "Only approve if you started this connection yourself and you recognise the address above."
+    if remembered:
+        fine += " Your approval will be remembered for this application until it is revoked."
+    body.append(tags.p(fine, class_="fine"))
+    body.append(tags.p("Client ID: ", tags.span(ctx.clientID, class_="scope-id", id="client-id"),
+                       class_="fine"))
+    return _document("Authorize " + (ctx.clientName or "application"), ctx.title, *body)
+
+
+def loginPage(
+    ctx: PageContext,
+    fields: Sequence[Tuple[str, str]],
+    csrf: str,
+    *,
+    username: str = "",
+    error: Optional[str] = None,
+) -> Tag:
+    """
+    The sign-in form shown before the consent page in login mode.
+    """
+    body: List[Any] = _header(ctx, "Sign in to continue")
+    if error:
+        body.append(tags.div(tags.strong("Sign-in failed"), tags.span(error),
+                             class_="warning error", role="alert", id="login-error"))
+    body += _clientBlock(ctx)
+    body.append(
+        tags.form(method="post", action=ctx.action, id="login")(
+            *_hidden(fields),
+            tags.input(type="hidden", name="csrf_token", value=csrf),
+            tags.label("Account name", for_="username"),
+            tags.input(type="text", id="username", name="username", value=username,
+                       autocomplete="username", required="", autocapitalize="none",
+                       spellcheck="false", maxlength="64", **({} if username else {"autofocus": ""})),
+            tags.label("Password", for_="password"),
+            tags.input(type="password", id="password", name="password",
+                       autocomplete="current-password", required="", maxlength="1024",
+                       **({"autofocus": ""} if username else {})),
+            tags.div(class_="actions")(
+                tags.button("Sign in", type="submit", name="decision", value="login",
+                            id="signin", class_="primary"),
+            ),
+        )
+    )
+    body.append(tags.p("After signing in you will be asked to approve or deny the application.",
+                       class_="fine"))
+    return _document("Sign in", ctx.title, *body)
+
+
+def messagePage(title: str, heading: str, message: str, detail: Optional[str] = None) -> Tag:
+    """
+    A page explaining an error (the request is not redirected).
+    """
+    body: List[Any] = [tags.p(title, class_="brand"), tags.h1(heading, id="heading"),
+                       tags.p(message)]
+    if detail:
+        body.append(tags.p("Reason: ", tags.code(detail, id="reason"), class_="note"))
+    body.append(tags.p("Go back to the application and start again. You can close this window.",
+                       class_="fine"))
+    return _document(heading, title, *body)
+
+
+async def render(tag: Tag) -> bytes:
+    """
+    Flatten C{tag} to a complete HTML document.
+    """
+    body: bytes = await flattenString(None, tag)
+    return b"<!DOCTYPE html>\n" + body

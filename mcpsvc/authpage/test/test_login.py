@@ -1,0 +1,286 @@
+"""
+Tests for L{mcpsvc.authpage.approver.LoginApprover}: sign-in, throttling,
+the session cookie, sign-out, and the consent step after sign-in.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+from mcpsvc.authpage import users
+from mcpsvc.authpage.approver import LOGIN_LIMIT_ACCOUNT, LOGIN_LIMIT_ADDRESS
+from mcpsvc.authpage.test.helpers import Forms, PageTestCase
+
+PASSWORD = "correct horse battery staple"
+
+
+class LoginTestCase(PageTestCase):
+    mode = "login"
+
+    def setUp(self) -> None:
+        self.usersFile = os.path.abspath(self.mktemp())
+        users.addUser(self.usersFile, "alice", PASSWORD, 0)
+        users.addUser(self.usersFile, "bob", "bob's password!", 0)
+        super().setUp()
+        self.configure(self.config.replace(loginUsersFile=self.usersFile))
+        self.client = self.registerConfidential()
+
+    def loginForm(self, **changes: Any) -> Dict[str, str]:
+        response, forms = self.showPage(self.client, **changes)
+        self.assertEqual(response.code, 200)
+        self.assertIn("login", forms.forms, forms.allText)
+        return forms.forms["login"]
+
+    def signIn(self, name: str = "alice", password: str = PASSWORD, **changes: Any) -> Any:
+        fields = self.loginForm(**changes)
+        return self.submit(dict(fields, username=name, password=password), "login")
+
+    def consentForms(self, **changes: Any) -> Forms:
+        response, forms = self.showPage(self.client, **changes)
+        self.assertEqual(response.code, 200)
+        self.assertIn("consent", forms.forms, forms.allText)
+        return forms
+
+
+class SignInTests(LoginTestCase):
+    def test_loginPageFirst(self) -> None:
+        """
+        Without a sign-in, the page asks for an account and password, and
+        still shows the client and redirect host; labels name the inputs.
+        """
+        response, body = self.browse("GET", "/oauth/authorize", params=self.authorizeParams(self.client))
+        forms = Forms(body)
+        self.assertNotIn("consent", forms.forms)
+        self.assertEqual(forms.buttons["login"], [("decision", "login")])
+        self.assertIn(b'<label for="username">Account name</label>', body)
+        self.assertIn(b'<label for="password">Password</label>', body)
+        self.assertIn(b'autocomplete="current-password"', body)
+        self.assertIn("dev12345.service-now.com", forms.allText)
+        self.assertIn("ServiceNow", forms.allText)
+
+    def test_successSetsCookieAndRedirects(self) -> None:
+        """
+        The right password: 303 back to the authorization request (GET),
+        with a C{__Host-} session cookie; then the consent page, signed in.
+        """
+        response, _ = self.signIn()
+        self.assertEqual(response.code, 303)
+        location = self.header(response, "location")
+        self.assertTrue(location.startswith("/oauth/authorize?"))
+        self.assertIn("state=st-123", location)
+        self.assertNotIn("password", location)
+        [cookie] = response.headers.getRawHeaders("set-cookie")
+        self.assertTrue(cookie.startswith("__Host-mcpsvc-login="))
+        lowered = cookie.lower()
+        for attribute in ("; path=/", "; secure", "; httponly", "; samesite=lax", "; max-age=1800"):
+            self.assertIn(attribute, lowered)
+        response, body = self.browse("GET", location)
+        forms = Forms(body)
+        self.assertIn("consent", forms.forms)
+        self.assertIn("Signed in as alice", forms.allText)
+
+    def test_approveSubjectIsAccount(self) -> None:
+        self.signIn()
+        forms = self.consentForms()
+        query = self.redirectQuery(self.submit(forms.forms["consent"], "approve")[0])
+        response, body = self.exchange(self.client, query["code"])
+        claims = self.oauth.tokens.verify(body["access_token"], now=self.clock.seconds())
+        self.assertEqual(claims.subject, "alice")
+
+    def test_denyAfterSignIn(self) -> None:
+        self.signIn()
+        forms = self.consentForms()
+        query = self.redirectQuery(self.submit(forms.forms["consent"], "deny")[0])
+        self.assertEqual(query["error"], "access_denied")
+        self.assertEqual(query["iss"], self.config.issuer)
+
+    def test_wrongPassword(self) -> None:
+        """
+        A wrong password or unknown account: the sign-in form again, with
+        an error, the typed name kept, and no cookie.
+        """
+        for name, password in (("alice", "nope nope nope"), ("mallory", PASSWORD), ("", "")):
+            response, body = self.signIn(name, password)
+            self.assertEqual(response.code, 200)
+            forms = Forms(body)
+            self.assertIn("login", forms.forms)
+            self.assertIn("not correct", forms.allText)
+            self.assertEqual(forms.forms["login"]["username"], name)
+            self.assertIsNone(response.headers.getRawHeaders("set-cookie"))
+
+    def test_nameCaseInsensitive(self) -> None:
+        response, _ = self.signIn("  Alice ")
+        self.assertEqual(response.code, 303)
+
+    def test_crossSiteSignInRefused(self) -> None:
+        """
+        Login CSRF: another site posting the sign-in form (with the
+        attacker's own credentials and a token it fetched) is refused.
+        """
+        fields = self.loginForm()
+        response, body = self.submit(dict(fields, username="bob", password="bob's password!"),
+                                     "login", site="cross-site")
+        self.assertEqual(response.code, 400)
+        self.assertIsNone(response.headers.getRawHeaders("set-cookie"))
+
+    def test_loginCSRF(self) -> None:
+        """
+        The sign-in form's token is checked too: missing, replayed, or a
+        consent token used to sign in are refused.
+        """
+        fields = self.loginForm()
+        response, body = self.submit(dict(fields, csrf_token="", username="alice", password=PASSWORD), "login")
+        self.assertEqual(response.code, 400)
+        self.assertEqual(self.submit(dict(fields, username="alice", password="x" * 9), "login")[0].code, 200)
+        response, body = self.submit(dict(fields, username="alice", password=PASSWORD), "login")
+        self.assertEqual(response.code, 400)
+        self.assertIn("csrf replayed", Forms(body).allText)
+
+
+class SessionTests(LoginTestCase):
+    def test_sessionReused(self) -> None:
+        """
+        Within LOGIN_SESSION_SECONDS a second authorization needs no
+        sign-in, but shows the consent page (the sign-in does not approve
+        by itself).
+        """
+        self.signIn()
+        first = self.consentForms()
+        self.redirectQuery(self.submit(first.forms["consent"], "approve")[0])
+        self.clock.advance(self.config.loginSessionSeconds - 1)
+        second = self.consentForms(state="second")
+        self.assertIn("Signed in as alice", second.allText)
+
+    def test_sessionExpires(self) -> None:
+        self.signIn()
+        self.clock.advance(self.config.loginSessionSeconds)
+        self.loginForm()
+
+    def test_signOut(self) -> None:
+        """
+        Sign out ends the session server-side: even the old cookie value
+        no longer works.
+        """
+        self.signIn()
+        old = dict(self.cookies)
+        forms = self.consentForms()
+        [signout] = [f for name, f in forms.forms.items() if name != "consent"]
+        response, _ = self.submit(signout, "signout")
+        self.assertEqual(response.code, 303)
+        [cookie] = response.headers.getRawHeaders("set-cookie")
+        self.assertIn("max-age=0", cookie.lower())
+        self.assertEqual(self.cookies, {})
+        self.loginForm()
+        self.cookies = old
+        self.loginForm()
+
+    def test_approveNeedsSession(self) -> None:
+        """
+        A consent form posted without the sign-in (or after it ended) is
+        refused.
+        """
+        self.signIn()
+        forms = self.consentForms()
+        self.cookies.clear()
+        response, body = self.submit(forms.forms["consent"], "approve")
+        self.assertEqual(response.code, 400)
+        self.assertIn("not signed in", Forms(body).allText)
+
+    def test_consentTokenBoundToAccount(self) -> None:
+        """
+        A consent form shown to alice cannot be posted with bob's session.
+        """
+        self.signIn()
+        alicesForm = self.consentForms().forms["consent"]
+        self.cookies.clear()
+        self.signIn("bob", "bob's password!")
+        response, body = self.submit(alicesForm, "approve")
+        self.assertEqual(response.code, 400)
+        self.assertIn("csrf bound to another request", Forms(body).allText)
+
+    def test_forgedCookie(self) -> None:
+        self.signIn()
+        name = next(iter(self.cookies))
+        self.cookies[name] = self.cookies[name][:-3] + "abc"
+        self.loginForm()
+
+    def test_passwordChangeEndsSessions(self) -> None:
+        self.signIn()
+        users.setPassword(self.usersFile, "alice", "a brand new password", 0)
+        self.loginForm()
+
+    def test_removedAccountEndsSessions(self) -> None:
+        self.signIn()
+        users.removeUser(self.usersFile, "alice")
+        self.loginForm()
+
+    def test_httpDevelopmentCookie(self) -> None:
+        """
+        Served over plain http (development), the cookie has no
+        C{__Host-} prefix and no C{Secure} (browsers would drop it).
+        """
+        self.configure(self.config.replace(serverURL="http://127.0.0.1:3000", issuer="http://127.0.0.1:3000"))
+        response, _ = self.signIn(resource="http://127.0.0.1:3000/mcp")
+        [cookie] = response.headers.getRawHeaders("set-cookie")
+        self.assertTrue(cookie.startswith("mcpsvc-login="))
+        self.assertNotIn("secure", cookie.lower())
+        self.assertIn("httponly", cookie.lower())
+
+
+class ThrottleTests(LoginTestCase):
+    def test_perAccount(self) -> None:
+        """
+        After LOGIN_LIMIT_ACCOUNT attempts on one account, further attempts
+        (even with the right password) get 429 with Retry-After, until the
+        bucket refills.
+        """
+        count, seconds = LOGIN_LIMIT_ACCOUNT
+        for _ in range(count):
+            self.assertEqual(self.signIn("alice", "wrong password")[0].code, 200)
+        response, body = self.signIn("alice", PASSWORD)
+        self.assertEqual(response.code, 429)
+        retry = int(self.header(response, "retry-after"))
+        self.assertEqual(retry, int(seconds / count))
+        self.assertIn("Too many sign-in attempts", Forms(body).allText)
+        self.assertIsNone(response.headers.getRawHeaders("set-cookie"))
+        # Another account is not affected.
+        self.assertEqual(self.signIn("bob", "bob's password!")[0].code, 303)
+        self.cookies.clear()
+        self.clock.advance(retry)
+        self.assertEqual(self.signIn("alice", PASSWORD)[0].code, 303)
+
+    def test_perAddress(self) -> None:
+        """
+        Attempts from one address across many account names are limited.
+        """
+        count, _ = LOGIN_LIMIT_ADDRESS
+        for i in range(count):
+            self.assertEqual(self.signIn(f"user{i}", "wrong password")[0].code, 200)
+        response, _ = self.signIn("alice", PASSWORD)
+        self.assertEqual(response.code, 429)
+        self.assertIsNotNone(self.header(response, "retry-after"))
+
+
+class RememberLoginTests(LoginTestCase):
+    def test_remembered(self) -> None:
+        """
+        With REMEMBER_APPROVALS=on, a signed-in account with a live grant
+        for the client is approved without the page; a different account
+        is asked.
+        """
+        self.configure(self.config.replace(rememberApprovals=True))
+        self.signIn()
+        forms = self.consentForms()
+        query = self.redirectQuery(self.submit(forms.forms["consent"], "approve")[0])
+        self.exchange(self.client, query["code"])
+        response, _ = self.browse("GET", "/oauth/authorize", params=self.authorizeParams(self.client))
+        query = self.redirectQuery(response)
+        _, body = self.exchange(self.client, query["code"])
+        self.assertEqual(self.oauth.tokens.verify(body["access_token"], now=self.clock.seconds()).subject, "alice")
+        self.cookies.clear()
+        self.signIn("bob", "bob's password!")
+        self.consentForms()
+        # Not signed in at all: the sign-in form, not an approval.
+        self.cookies.clear()
+        self.loginForm()

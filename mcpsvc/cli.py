@@ -7,6 +7,8 @@ The C{mcpsvc} admin command.
     mcpsvc clients ...             manage OAuth clients (see --help)
     mcpsvc tokens revoke TOKEN     revoke an access or refresh token
     mcpsvc keys rotate             start signing with a new asymmetric key
+    mcpsvc users add|passwd|remove|list   accounts of AUTHORIZE_MODE=login
+    mcpsvc grants list|revoke      remembered approvals (REMEMBER_APPROVALS=on)
 
 Commands that touch the store open it directly (SQLite or Redis as
 configured) and close it when done.

@@ -1,0 +1,891 @@
+# -*- test-case-name: mcpsvc.mcp.test.test_app -*-
+"""
+The MCP endpoint: Streamable HTTP on C{/mcp} and C{/mcp/} (no redirect).
+
+Every request is checked for C{Origin} and C{Host}, then authenticated,
+then served in one of two eras:
+
+  - the handshake era (2024-11-05 to 2025-11-25): C{initialize} issues an
+    C{Mcp-Session-Id} (unless C{SESSIONS=off}); the session lives in the
+    store, bound to the caller's subject and client, with an idle expiry;
+    GET opens a notification stream for a session, DELETE ends it;
+  - the stateless 2026-07-28 era: requests carrying
+    C{_meta["io.modelcontextprotocol/protocolVersion"]} (or
+    C{server/discover}) are served without a session, with the
+    C{Mcp-Method}/C{Mcp-Name} header checks.
+
+A request is answered with C{application/json}, or with
+C{text/event-stream} when the client accepts only SSE, or when it accepts
+SSE and the request can produce notifications (a C{progressToken}, or
+logging enabled for a tool call). The stream starts lazily, with the first
+notification; a call that produces none is answered with JSON when the
+client accepts JSON.
+
+Only live streams and in-flight calls are kept in memory; every session
+record is in the store, so a session survives a restart and works on any
+instance.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import secrets
+from typing import Any, Awaitable, Callable, ClassVar, Dict, List, Optional, Set, Tuple
+from urllib.parse import urlsplit
+
+import attrs
+from attrs import Factory, field, frozen
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+from mcpsvc.http.errors import (
+    Forbidden,
+    HTTPError,
+    JSONRPCHTTPError,
+    MethodNotAllowed,
+    UnsupportedMediaType,
+    installErrorHandlers,
+)
+from mcpsvc.http.jsonio import JSON_LIMIT, mediaType, readBody
+from mcpsvc.mcp.dispatcher import (
+    Dispatcher,
+    InsufficientScope,
+    RequestCancelled,
+    RequestContext,
+    ServerInfo,
+)
+from mcpsvc.mcp.protocol import (
+    BATCH_VERSIONS,
+    DEFAULT_HEADER_VERSION,
+    HANDSHAKE_VERSIONS,
+    HEADER_MISMATCH,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    LOG_LEVELS,
+    META_CLIENT_CAPABILITIES,
+    META_LOG_LEVEL,
+    META_PROTOCOL_VERSION,
+    METHOD_NOT_FOUND,
+    MODERN_VERSIONS,
+    REQUEST_CANCELLED,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    Message,
+    Notification,
+    ProtocolError,
+    Request,
+    Response,
+    encode,
+    errorMessage,
+    isModern,
+    notificationMessage,
+    parseJSON,
+    parseMessage,
+    progressToken,
+    resultMessage,
+)
+from mcpsvc.principal import Principal
+from mcpsvc.storage.interfaces import NoSuchSession, SessionRecord
+from mcpsvc.tools.registry import ToolRegistry
+
+__all__ = ["McpApp", "Accept", "SESSION_NOT_FOUND", "KEEPALIVE_INTERVAL"]
+
+#: JSON-RPC code for an unknown session (the TypeScript and C# SDKs' use).
+SESSION_NOT_FOUND = -32001
+#: Seconds between keep-alive comments on a GET stream.
+KEEPALIVE_INTERVAL = 25.0
+#: Largest JSON size of what we keep from the client's initialize params.
+_MAX_SESSION_DATA = 4096
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_MAX_SESSION_ID = 256
+
+
+def _isJSONType(media: str) -> bool:
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+@frozen
+class Accept:
+    """
+    What the client accepts, read leniently: a missing header, C{*/*},
+    duplicated headers and lists with either type all work.
+
+    @ivar json: C{application/json} is acceptable.
+    @ivar sse: C{text/event-stream} is explicitly acceptable.
+    """
+
+    json: bool
+    sse: bool
+
+    @classmethod
+    def fromRequest(cls, request: IRequest) -> "Accept":
+        lines = request.requestHeaders.getRawHeaders(b"accept") or []
+        types: Set[str] = set()
+        for line in lines:
+            for part in line.decode("latin-1").split(","):
+                media, _, params = part.strip().partition(";")
+                media = media.strip().lower()
+                if not media:
+                    continue
+                if any(
+                    p.strip().replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+                    for p in params.split(";")
+                ):
+                    continue
+                types.add(media)
+        if not types:
+            return cls(json=True, sse=False)
+        sse = "text/event-stream" in types or "text/*" in types
+        json_ = bool(types & {"application/json", "application/*", "*/*"})
+        if not sse and not json_:
+            # Nothing we can produce is listed: answer JSON anyway.
+            json_ = True
+        return cls(json=json_, sse=sse)
+
+
+def _sseEvent(message: Dict[str, Any]) -> bytes:
+    return b"event: message\ndata: " + encode(message) + b"\n\n"
+
+
+def _decodeHeaderValue(value: str) -> Optional[str]:
+    """
+    Decode an C{Mcp-*} header value (C{=?base64?...?=} for non-ASCII);
+    C{None} when it is malformed.
+    """
+    if value.startswith("=?base64?") and value.endswith("?="):
+        try:
+            return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return None
+    return value
+
+
+class _Responder:
+    """
+    Writes the answer to one POSTed request: JSON, or an SSE stream
+    started by the first notification.
+    """
+
+    def __init__(self, request: IRequest, accept: Accept, wantStream: bool) -> None:
+        self.request = request
+        self.accept = accept
+        self.wantStream = wantStream
+        self.started = False
+        self.gone = False
+        request.notifyFinish().addBoth(self._finished)
+
+    def _finished(self, result: Any) -> None:
+        self.gone = True
+
+    @property
+    def send(self) -> Optional[Callable[[Dict[str, Any]], None]]:
+        """
+        Sends a message on the response stream (starting it), when the
+        client accepts SSE.
+        """
+        return self._send if self.accept.sse else None
+
+    def start(self, flush: bool = False) -> None:
+        """
+        Start the SSE response; with C{flush}, send its headers now.
+        """
+        if self.started:
+            return
+        self.started = True
+        request = self.request
+        request.setResponseCode(200)
+        request.setHeader("Content-Type", "text/event-stream")
+        request.setHeader("Cache-Control", "no-cache, no-transform")
+        request.setHeader("X-Accel-Buffering", "no")
+        if flush and not self.gone:
+            request.write(b"")
+
+    def _send(self, message: Dict[str, Any]) -> None:
+        if self.gone:
+            return
+        self.start()
+        self.request.write(_sseEvent(message))
+
+    def final(self, message: Dict[str, Any], status: int = 200) -> bytes:
+        """
+        Return the body that ends the exchange with C{message}.
+        """
+        if self.gone:
+            return b""
+        if self.started or (not self.accept.json and status == 200):
+            self.start()
+            return _sseEvent(message)
+        request = self.request
+        request.setResponseCode(status)
+        request.setHeader("Content-Type", "application/json")
+        return encode(message)
+
+    def cancelled(self, id: Any) -> bytes:
+        """
+        End the exchange of a cancelled request: no response is sent for
+        it. A stream (or a client that accepts one) gets an SSE stream that
+        ends without a message; a JSON-only client gets a -32800 error it
+        will ignore, because it no longer waits for that id.
+        """
+        if self.gone:
+            return b""
+        if self.started or self.accept.sse:
+            self.start()
+            return b""
+        return self.final(errorMessage(id, REQUEST_CANCELLED, "Request cancelled"))
+
+
+class _EventStream:
+    """
+    A live GET stream of one session.
+    """
+
+    def __init__(self, app: "McpApp", request: IRequest, sessionID: str) -> None:
+        self.app = app
+        self.request = request
+        self.sessionID = sessionID
+        self.done: Deferred[None] = Deferred(lambda d: self._cleanup())
+        self._keepalive = LoopingCall(self._ping)
+        self._keepalive.clock = app.clock
+        self._closed = False
+
+    def open(self) -> "Deferred[None]":
+        request = self.request
+        request.setResponseCode(200)
+        request.setHeader("Content-Type", "text/event-stream")
+        request.setHeader("Cache-Control", "no-cache, no-transform")
+        request.setHeader("X-Accel-Buffering", "no")
+        request.write(b": stream opened\n\n")
+        self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
+        return self.done
+
+    def _ping(self) -> None:
+        self.request.write(b": keep-alive\n\n")
+
+    def send(self, message: Dict[str, Any]) -> None:
+        if not self._closed:
+            self.request.write(_sseEvent(message))
+
+    def _cleanup(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._keepalive.running:
+            self._keepalive.stop()
+        self.app._streams.pop(self.sessionID, None)
+        closers = getattr(getattr(self.request, "site", None), "streamClosers", None)
+        if closers is not None:
+            closers.discard(self.close)
+
+    def close(self) -> None:
+        """
+        End the stream (server side): the request finishes.
+        """
+        if self._closed:
+            return
+        self._cleanup()
+        self.done.callback(None)
+
+
+def _hostPort(value: str, defaultPort: int) -> Optional[Tuple[str, int]]:
+    """
+    Split a C{Host} value into a lower-cased host and a port.
+    """
+    value = value.strip().lower()
+    if not value:
+        return None
+    try:
+        parts = urlsplit("//" + value)
+        host = parts.hostname
+        port = parts.port or defaultPort
+    except ValueError:
+        return None
+    if not host:
+        return None
+    return host, port
+
+
+def _origin(url: str) -> Optional[str]:
+    try:
+        parts = urlsplit(url.strip())
+        scheme = parts.scheme.lower()
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return None
+    if scheme not in ("http", "https") or not host:
+        return None
+    default = 443 if scheme == "https" else 80
+    hostPart = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{hostPart}" + ("" if port in (None, default) else f":{port}")
+
+
+def _parseNetworks(entries: Any) -> Tuple[Any, ...]:
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            continue
+    return tuple(networks)
+
+
+@frozen(kw_only=True)
+class McpApp:
+    """
+    The MCP endpoint.
+
+    @ivar config: the L{mcpsvc.config.Config}.
+    @ivar store: an L{mcpsvc.storage.interfaces.ISessionStore}.
+    @ivar clock: the time source.
+    @ivar authenticate: C{async (request) -> Principal}; raises
+        L{mcpsvc.http.errors.Unauthorized} or C{Forbidden} (with
+        C{WWW-Authenticate} set) or C{StoreUnavailable}.
+    @ivar registry: the enabled tools.
+    @ivar httpClient: handed to tools (treq-compatible).
+    @ivar runInThread: handed to tools.
+    @ivar serverInfo: the C{serverInfo} we announce.
+    @ivar makeSessionID: returns a new session id (visible ASCII).
+    """
+
+    app: ClassVar[Klein] = Klein()
+    log: ClassVar[Logger] = Logger()
+
+    config: Any
+    store: Any
+    clock: IReactorTime
+    authenticate: Callable[[IRequest], Awaitable[Principal]]
+    registry: ToolRegistry
+    httpClient: Any = None
+    runInThread: Optional[Callable[..., Any]] = None
+    serverInfo: ServerInfo = ServerInfo()
+    makeSessionID: Callable[[], str] = lambda: secrets.token_urlsafe(32)
+    dispatcher: Dispatcher = field(
+        default=Factory(
+            lambda self: Dispatcher(
+                self.registry,
+                clock=self.clock,
+                serverInfo=self.serverInfo,
+                listChanged=bool(self.config.sessions),
+                logging=bool(self.config.sessions),
+                httpClient=self.httpClient,
+                runInThread=self.runInThread,
+            ),
+            takes_self=True,
+        )
+    )
+    _streams: Dict[str, _EventStream] = field(factory=dict, init=False)
+    _trusted: Tuple[Any, ...] = field(
+        default=Factory(lambda self: _parseNetworks(self.config.trustedProxies), takes_self=True),
+        init=False,
+    )
+
+    def resource(self) -> IResource:
+        """
+        The Klein resource serving C{/mcp} and C{/mcp/}.
+        """
+        return self.app.resource()  # type: ignore[no-any-return]
+
+    installErrorHandlers(app)
+
+    # -- routing --------------------------------------------------------------
+
+    @app.route("/mcp", methods=["POST", "GET", "DELETE"])
+    @app.route("/mcp/", methods=["POST", "GET", "DELETE"])
+    async def endpoint(self, request: IRequest) -> Any:
+        self._checkOrigin(request)
+        self._checkHost(request)
+        principal = await self.authenticate(request)
+        method = request.method
+        if method == b"POST":
+            return await self._post(request, principal)
+        if method == b"GET":
+            return await self._get(request, principal)
+        return await self._delete(request, principal)
+
+    # -- origin and host ------------------------------------------------------
+
+    def _checkOrigin(self, request: IRequest) -> None:
+        raw = request.getHeader("origin")
+        if raw is None:
+            return
+        origin = _origin(raw)
+        allowed = {_origin(o) for o in self.config.allowedOrigins}
+        allowed.add(_origin(self.config.serverURL))
+        allowed.discard(None)
+        if origin is not None and origin not in allowed and self._loopbackServer():
+            # Served on loopback: local tools (MCP Inspector...) on any
+            # loopback origin may call; remote pages still may not.
+            if (urlsplit(origin).hostname or "").lower() in _LOOPBACK_HOSTS:
+                return
+        if origin is None or origin not in allowed:
+            self.log.warn(
+                "Refused MCP request from origin {origin}", origin=raw[:200],
+                requestID=getattr(request, "requestID", None),
+            )
+            raise Forbidden("Origin not allowed", jsonrpcCode=INVALID_REQUEST)
+
+    def _loopbackServer(self) -> bool:
+        return (urlsplit(self.config.serverURL).hostname or "").lower() in _LOOPBACK_HOSTS
+
+    def _requestHost(self, request: IRequest) -> Optional[str]:
+        host = request.getHeader("host")
+        if self._trusted:
+            peer = getattr(request.getClientAddress(), "host", None)
+            try:
+                trusted = peer is not None and any(
+                    ipaddress.ip_address(peer) in n for n in self._trusted
+                )
+            except ValueError:
+                trusted = False
+            forwarded = request.getHeader("x-forwarded-host")
+            if trusted and forwarded:
+                host = forwarded.split(",")[0].strip()
+        return host
+
+    def _checkHost(self, request: IRequest) -> None:
+        raw = self._requestHost(request)
+        if raw is None:
+            return
+        server = urlsplit(self.config.serverURL)
+        defaultPort = 443 if server.scheme == "https" else 80
+        given = _hostPort(raw, defaultPort)
+        serverHost = (server.hostname or "").lower()
+        serverPort = server.port or defaultPort
+        if given is not None:
+            host, port = given
+            if (host, port) == (serverHost, serverPort):
+                return
+            if serverHost in _LOOPBACK_HOSTS and host in _LOOPBACK_HOSTS:
+                return
+            for entry in self.config.allowedHosts:
+                allowedHost = _hostPort(entry, defaultPort)
+                if allowedHost is None:
+                    continue
+                if ":" in entry.strip().rsplit("]", 1)[-1]:
+                    if allowedHost == (host, port):
+                        return
+                elif allowedHost[0] == host:
+                    return
+        self.log.warn(
+            "Refused MCP request for host {host}", host=raw[:200],
+            requestID=getattr(request, "requestID", None),
+        )
+        raise HTTPError(
+            "Misdirected request: unknown host", code=421, error="misdirected_request",
+            jsonrpcCode=INVALID_REQUEST,
+        )
+
+    # -- sessions -------------------------------------------------------------
+
+    def _scope(self, principal: Principal, record: Optional[SessionRecord]) -> str:
+        if record is not None:
+            return "s:" + record.sessionID
+        return f"p:{principal.subject}\x00{principal.clientID}"
+
+    async def _session(
+        self, request: IRequest, principal: Principal, id: Any = None
+    ) -> Optional[SessionRecord]:
+        """
+        Return the caller's session (C{None} in stateless mode).
+
+        @raise JSONRPCHTTPError: 400 when the header is missing, 404 when the
+            session is unknown, ended, expired or someone else's.
+        """
+        if not self.config.sessions:
+            return None
+        sessionID = request.getHeader("mcp-session-id")
+        if sessionID is None:
+            raise JSONRPCHTTPError(
+                400, INVALID_REQUEST, "Bad Request: Mcp-Session-Id header is required", id=id
+            )
+        notFound = JSONRPCHTTPError(404, SESSION_NOT_FOUND, "Session not found", id=id)
+        if not sessionID or len(sessionID) > _MAX_SESSION_ID or not all(
+            0x21 <= ord(c) <= 0x7E for c in sessionID
+        ):
+            raise notFound
+        now = self.clock.seconds()
+        try:
+            record: SessionRecord = await self.store.getSession(sessionID, now)
+        except NoSuchSession:
+            raise notFound from None
+        if record.subject != principal.subject or record.clientID != principal.clientID:
+            self.log.warn(
+                "Session presented by another principal (subject {subject}, client {clientID})",
+                subject=principal.subject, clientID=principal.clientID,
+                requestID=getattr(request, "requestID", None),
+            )
+            raise notFound
+        idle = float(self.config.sessionIdleTimeout)
+        granularity = min(60.0, idle / 10)
+        if record.expiresAt - now < idle - granularity:
+            try:
+                await self.store.touchSession(sessionID, now + idle, now)
+            except NoSuchSession:
+                raise notFound from None
+        return record
+
+    async def _updateSessionData(self, record: SessionRecord, **changes: Any) -> None:
+        """
+        Store new C{data} members for a session (the session store has no
+        update, so the record is replaced).
+        """
+        now = self.clock.seconds()
+        try:
+            current: SessionRecord = await self.store.getSession(record.sessionID, now)
+        except NoSuchSession:
+            return
+        data = dict(current.data)
+        data.update(changes)
+        await self.store.deleteSession(record.sessionID)
+        await self.store.createSession(attrs.evolve(current, data=data))
+
+    # -- POST -----------------------------------------------------------------
+
+    async def _post(self, request: IRequest, principal: Principal) -> bytes:
+        if not _isJSONType(mediaType(request)):
+            raise UnsupportedMediaType("Content-Type must be application/json")
+        accept = Accept.fromRequest(request)
+        body = readBody(request, JSON_LIMIT)
+        try:
+            payload = parseJSON(body)
+        except ProtocolError as e:
+            raise self._httpError(e, 400)
+        headerVersion = request.getHeader("mcp-protocol-version")
+        if isinstance(payload, list):
+            return await self._batch(request, principal, payload, headerVersion)
+        try:
+            message = parseMessage(payload)
+        except ProtocolError as e:
+            raise self._httpError(e, 400)
+        if isinstance(message, (Request, Notification)) and isModern(
+            message.method, message.params, headerVersion
+        ):
+            return await self._modern(request, principal, message, accept, headerVersion)
+        return await self._legacy(request, principal, message, accept, headerVersion)
+
+    def _httpError(self, error: ProtocolError, status: int) -> JSONRPCHTTPError:
+        return JSONRPCHTTPError(
+            error.httpStatus or status, error.code, error.message, id=error.id, data=error.data
+        )
+
+    def _accepted(self, request: IRequest) -> bytes:
+        request.setResponseCode(202)
+        request.defaultContentType = None  # type: ignore[attr-defined]
+        return b""
+
+    def _checkLegacyVersion(self, headerVersion: Optional[str], id: Any) -> None:
+        if headerVersion is not None and headerVersion not in HANDSHAKE_VERSIONS:
+            raise JSONRPCHTTPError(
+                400, INVALID_REQUEST,
+                f"Bad Request: unsupported MCP-Protocol-Version {headerVersion[:40]!r}",
+                id=id, data={"supported": list(HANDSHAKE_VERSIONS)},
+            )
+
+    def _legacyContext(
+        self, principal: Principal, record: Optional[SessionRecord], headerVersion: Optional[str]
+    ) -> RequestContext:
+        data = record.data if record is not None else {}
+        capabilities = data.get("capabilities")
+        logLevel = data.get("logLevel")
+        setLogLevel = None
+        if record is not None:
+            async def setLogLevel(level: str) -> None:
+                await self._updateSessionData(record, logLevel=level)
+
+        return RequestContext(
+            principal=principal,
+            protocolVersion=headerVersion
+            or (record.protocolVersion if record is not None else DEFAULT_HEADER_VERSION),
+            modern=False,
+            scope=self._scope(principal, record),
+            clientCapabilities=capabilities if isinstance(capabilities, dict) else {},
+            logLevel=logLevel if logLevel in LOG_LEVELS else None,
+            setLogLevel=setLogLevel,
+        )
+
+    async def _legacy(
+        self,
+        request: IRequest,
+        principal: Principal,
+        message: Message,
+        accept: Accept,
+        headerVersion: Optional[str],
+    ) -> bytes:
+        id = message.id if isinstance(message, (Request, Response)) else None
+        if isinstance(message, Request) and message.method == "initialize":
+            return await self._initialize(request, principal, message, accept)
+        self._checkLegacyVersion(headerVersion, id)
+        record = await self._session(request, principal, id)
+        context = self._legacyContext(principal, record, headerVersion)
+        if isinstance(message, Notification):
+            self.dispatcher.handleNotification(message, context)
+            return self._accepted(request)
+        if isinstance(message, Response):
+            self.dispatcher.handleResponse(message, context)
+            return self._accepted(request)
+        return await self._answer(request, message, context, accept)
+
+    async def _initialize(
+        self, request: IRequest, principal: Principal, message: Request, accept: Accept
+    ) -> bytes:
+        params = message.params
+        version, result = self.dispatcher.initialize(params)
+        clientInfo = params.get("clientInfo")
+        info: Dict[str, Any] = {}
+        if isinstance(clientInfo, dict):
+            info = {k: str(clientInfo[k])[:200] for k in ("name", "version", "title") if k in clientInfo}
+        capabilities = params.get("capabilities")
+        if not isinstance(capabilities, dict) or len(encode(capabilities)) > _MAX_SESSION_DATA:
+            capabilities = {}
+        sessionID = None
+        if self.config.sessions:
+            now = self.clock.seconds()
+            sessionID = self.makeSessionID()
+            await self.store.createSession(
+                SessionRecord(
+                    sessionID=sessionID,
+                    subject=principal.subject,
+                    clientID=principal.clientID,
+                    protocolVersion=version,
+                    createdAt=now,
+                    expiresAt=now + float(self.config.sessionIdleTimeout),
+                    data={"clientInfo": info, "capabilities": capabilities},
+                )
+            )
+            request.setHeader("Mcp-Session-Id", sessionID)
+        self.log.info(
+            "MCP initialize from {clientName} {clientVersion}: requested {requested}, "
+            "negotiated {version}",
+            clientName=info.get("name"), clientVersion=info.get("version"),
+            requested=str(params.get("protocolVersion"))[:40], version=version,
+            capabilities=sorted(capabilities), clientID=principal.clientID,
+            sessionID=sessionID, requestID=getattr(request, "requestID", None),
+        )
+        responder = _Responder(request, accept, wantStream=False)
+        return responder.final(resultMessage(message.id, result))
+
+    async def _answer(
+        self, request: IRequest, message: Request, context: RequestContext, accept: Accept
+    ) -> bytes:
+        wantStream = accept.sse and (
+            not accept.json
+            or progressToken(message.params) is not None
+            or (context.logLevel is not None and message.method == "tools/call")
+        )
+        responder = _Responder(request, accept, wantStream)
+        context = attrs.evolve(context, send=responder.send)
+        try:
+            running = Deferred.fromCoroutine(self.dispatcher.handleRequest(message, context))
+            if wantStream and not running.called:
+                # Validation is over and the work is under way: send the
+                # stream's headers now rather than with the first event.
+                responder.start(flush=True)
+            result = await running
+        except ProtocolError as e:
+            status = e.httpStatus or 200
+            if context.modern and e.code == METHOD_NOT_FOUND:
+                status = 404
+            if status != 200 and not responder.started:
+                raise self._httpError(e.withID(message.id), status)
+            return responder.final(e.withID(message.id).toMessage())
+        except RequestCancelled:
+            return responder.cancelled(message.id)
+        except InsufficientScope as e:
+            raise self._insufficientScope(e.scope)
+        return responder.final(resultMessage(message.id, result))
+
+    def _insufficientScope(self, scope: str) -> Forbidden:
+        metadata = self.config.serverURL + "/.well-known/oauth-protected-resource/mcp"
+        return Forbidden(
+            f"The token lacks the scope {scope}",
+            headers={
+                "WWW-Authenticate": (
+                    f'Bearer error="insufficient_scope", scope="{scope}", '
+                    f'resource_metadata="{metadata}"'
+                )
+            },
+            jsonrpcCode=INVALID_REQUEST,
+        )
+
+    async def _batch(
+        self, request: IRequest, principal: Principal, payload: List[Any],
+        headerVersion: Optional[str],
+    ) -> bytes:
+        if not payload:
+            raise JSONRPCHTTPError(400, INVALID_REQUEST, "Invalid Request: empty batch")
+        self._checkLegacyVersion(headerVersion, None)
+        record = await self._session(request, principal)
+        context = self._legacyContext(principal, record, headerVersion)
+        if context.protocolVersion not in BATCH_VERSIONS:
+            raise JSONRPCHTTPError(
+                400, INVALID_REQUEST,
+                "Invalid Request: batches are only accepted in protocol version 2025-03-26",
+            )
+        responses: List[Dict[str, Any]] = []
+        for item in payload:
+            try:
+                message = parseMessage(item)
+            except ProtocolError as e:
+                responses.append(e.toMessage())
+                continue
+            if isinstance(message, Notification):
+                self.dispatcher.handleNotification(message, context)
+            elif isinstance(message, Response):
+                self.dispatcher.handleResponse(message, context)
+            elif isinstance(message, Request):
+                if message.method == "initialize":
+                    responses.append(
+                        errorMessage(message.id, INVALID_REQUEST, "initialize must not be batched")
+                    )
+                    continue
+                try:
+                    result = await self.dispatcher.handleRequest(message, context)
+                except ProtocolError as e:
+                    responses.append(e.withID(message.id).toMessage())
+                except RequestCancelled:
+                    continue
+                except InsufficientScope as e:
+                    raise self._insufficientScope(e.scope)
+                else:
+                    responses.append(resultMessage(message.id, result))
+        if not responses:
+            return self._accepted(request)
+        request.setResponseCode(200)
+        request.setHeader("Content-Type", "application/json")
+        return encode(responses)
+
+    # -- the 2026-07-28 era ---------------------------------------------------
+
+    async def _modern(
+        self,
+        request: IRequest,
+        principal: Principal,
+        message: Any,
+        accept: Accept,
+        headerVersion: Optional[str],
+    ) -> bytes:
+        id = message.id if isinstance(message, Request) else None
+        meta = message.params.get("_meta")
+        capabilities = meta.get(META_CLIENT_CAPABILITIES) if isinstance(meta, dict) else None
+        if (
+            not isinstance(meta, dict)
+            or not isinstance(meta.get(META_PROTOCOL_VERSION), str)
+            or not isinstance(capabilities, dict)
+        ):
+            raise JSONRPCHTTPError(
+                400, INVALID_PARAMS,
+                "Invalid params: _meta must carry io.modelcontextprotocol/protocolVersion "
+                "and io.modelcontextprotocol/clientCapabilities",
+                id=id,
+            )
+        version = meta[META_PROTOCOL_VERSION]
+        if headerVersion is None:
+            raise JSONRPCHTTPError(
+                400, HEADER_MISMATCH, "Missing required header MCP-Protocol-Version", id=id
+            )
+        if headerVersion != version:
+            raise JSONRPCHTTPError(
+                400, HEADER_MISMATCH,
+                "The MCP-Protocol-Version header does not match _meta", id=id,
+            )
+        if version not in MODERN_VERSIONS:
+            raise JSONRPCHTTPError(
+                400, UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version", id=id,
+                data={"supported": list(MODERN_VERSIONS), "requested": version},
+            )
+        self._checkMirroredHeaders(request, message, id)
+        logLevel = meta.get(META_LOG_LEVEL)
+        context = RequestContext(
+            principal=principal,
+            protocolVersion=version,
+            modern=True,
+            scope=self._scope(principal, None),
+            clientCapabilities=capabilities,
+            logLevel=logLevel if logLevel in LOG_LEVELS else None,
+        )
+        if isinstance(message, Notification):
+            self.dispatcher.handleNotification(message, context)
+            return self._accepted(request)
+        return await self._answer(request, message, context, accept)
+
+    def _checkMirroredHeaders(self, request: IRequest, message: Any, id: Any) -> None:
+        rawMethod = request.getHeader("mcp-method")
+        method = _decodeHeaderValue(rawMethod) if rawMethod is not None else None
+        if method is None or method != message.method:
+            raise JSONRPCHTTPError(
+                400, HEADER_MISMATCH,
+                "The Mcp-Method header is missing or does not match the body", id=id,
+            )
+        key = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}.get(
+            message.method
+        )
+        if key is not None:
+            rawName = request.getHeader("mcp-name")
+            name = _decodeHeaderValue(rawName) if rawName is not None else None
+            if name is None or name != message.params.get(key):
+                raise JSONRPCHTTPError(
+                    400, HEADER_MISMATCH,
+                    "The Mcp-Name header is missing or does not match the body", id=id,
+                )
+
+    # -- GET and DELETE -------------------------------------------------------
+
+    async def _get(self, request: IRequest, principal: Principal) -> Any:
+        if not self.config.sessions:
+            raise MethodNotAllowed(["POST"], "No stream is offered without sessions")
+        self._checkLegacyVersion(request.getHeader("mcp-protocol-version"), None)
+        record = await self._session(request, principal)
+        assert record is not None
+        if record.sessionID in self._streams:
+            raise HTTPError(
+                "A stream is already open for this session", code=409, error="conflict",
+                jsonrpcCode=INVALID_REQUEST,
+            )
+        stream = _EventStream(self, request, record.sessionID)
+        self._streams[record.sessionID] = stream
+        closers = getattr(getattr(request, "site", None), "streamClosers", None)
+        if closers is not None:
+            closers.add(stream.close)
+        self.log.debug("Opened a notification stream for a session", sessionID=record.sessionID)
+        await stream.open()
+        return b""
+
+    async def _delete(self, request: IRequest, principal: Principal) -> bytes:
+        if not self.config.sessions:
+            raise MethodNotAllowed(["POST"], "There are no sessions to end")
+        record = await self._session(request, principal)
+        assert record is not None
+        await self.store.deleteSession(record.sessionID)
+        stream = self._streams.get(record.sessionID)
+        if stream is not None:
+            stream.close()
+        self.log.info("MCP session ended by the client", sessionID=record.sessionID)
+        request.setResponseCode(204)
+        request.defaultContentType = None  # type: ignore[attr-defined]
+        return b""
+
+    # -- server-initiated notifications ---------------------------------------
+
+    def notifyToolsListChanged(self) -> int:
+        """
+        Send C{notifications/tools/list_changed} on every open stream of
+        this instance; return how many streams got it.
+        """
+        message = notificationMessage("notifications/tools/list_changed")
+        streams = list(self._streams.values())
+        for stream in streams:
+            stream.send(message)
+        return len(streams)
+
+    @property
+    def openStreams(self) -> int:
+        return len(self._streams)

@@ -1,0 +1,595 @@
+# -*- test-case-name: mcpsvc.mcp.test.test_dispatcher -*-
+"""
+MCP methods: from a parsed request and its context to a result, or a
+L{ProtocolError} carrying the JSON-RPC error to answer with.
+
+The transport (L{mcpsvc.mcp.app}) decides HTTP matters (sessions, status
+codes, JSON or SSE) and gives each request a L{RequestContext}; this module
+decides what the methods mean in each era. Tool failures are results with
+C{isError: true}, never JSON-RPC errors.
+
+In-flight tool calls are tracked per caller scope (a session, or a
+principal without sessions) so that C{notifications/cancelled} can cancel
+them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
+
+from attrs import field, frozen
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from mcpsvc._version import __version__
+from mcpsvc.mcp.protocol import (
+    INVALID_PARAMS,
+    LOG_LEVELS,
+    METHOD_NOT_FOUND,
+    MISSING_CLIENT_CAPABILITY,
+    META_SERVER_INFO,
+    MODERN_VERSIONS,
+    Notification,
+    ProtocolError,
+    RESOURCE_NOT_FOUND,
+    Request,
+    RequestID,
+    Response,
+    negotiateVersion,
+    notificationMessage,
+    progressToken,
+)
+from mcpsvc.principal import Principal
+from mcpsvc.tools.interfaces import ClientRequestError, ToolContext
+from mcpsvc.tools.registry import ToolRegistry, errorResult
+
+__all__ = [
+    "Dispatcher",
+    "RequestContext",
+    "ServerInfo",
+    "RequestCancelled",
+    "InsufficientScope",
+    "LIST_TTL_MS",
+]
+
+#: How long a 2026-07-28 client may cache C{tools/list}.
+LIST_TTL_MS = 60_000
+
+_DEFAULT_INSTRUCTIONS = (
+    "Tools exposed by mcpsvc. Call tools/list for what is available; tool "
+    "failures are reported as results with isError set."
+)
+
+
+class RequestCancelled(Exception):
+    """
+    The request was cancelled (C{notifications/cancelled} or the client
+    went away); no response is due.
+    """
+
+
+class InsufficientScope(Exception):
+    """
+    The caller's token lacks C{scope}, which the tool requires (HTTP 403
+    with C{insufficient_scope}).
+    """
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(scope)
+        self.scope = scope
+
+
+@frozen(kw_only=True)
+class ServerInfo:
+    """
+    The server's C{Implementation} object.
+    """
+
+    name: str = "mcpsvc"
+    title: str = "mcpsvc"
+    version: str = __version__
+
+    def asDict(self) -> Dict[str, Any]:
+        return {"name": self.name, "title": self.title, "version": self.version}
+
+
+@frozen(kw_only=True)
+class RequestContext:
+    """
+    What the transport knows about one request.
+
+    @ivar principal: who is calling.
+    @ivar protocolVersion: the version in force for this request.
+    @ivar modern: served in the stateless 2026-07-28 era.
+    @ivar scope: the key that scopes request ids (session or principal), for
+        cancellation.
+    @ivar clientCapabilities: what the client declared.
+    @ivar send: writes a notification on this request's response stream;
+        C{None} when the response is not a stream.
+    @ivar logLevel: the least severe level the client wants as
+        C{notifications/message}; C{None}: no logging.
+    @ivar setLogLevel: persists a new level (C{logging/setLevel}).
+    """
+
+    principal: Principal
+    protocolVersion: str
+    modern: bool = False
+    scope: str = ""
+    clientCapabilities: Mapping[str, Any] = field(factory=dict)
+    send: Optional[Callable[[Dict[str, Any]], None]] = None
+    logLevel: Optional[str] = None
+    setLogLevel: Optional[Callable[[str], Awaitable[Any]]] = None
+
+
+class _Progress:
+    """
+    Sends C{notifications/progress} for one call, strictly increasing, and
+    only while the call is active.
+    """
+
+    def __init__(self, token: RequestID, send: Callable[[Dict[str, Any]], None]) -> None:
+        self.token = token
+        self.send = send
+        self.last: Optional[float] = None
+        self.active = True
+
+    def __call__(self, progress: float, total: Optional[float] = None, message: Optional[str] = None) -> None:
+        if not self.active or not isinstance(progress, (int, float)) or isinstance(progress, bool):
+            return
+        if self.last is not None and progress <= self.last:
+            return
+        self.last = progress
+        params: Dict[str, Any] = {"progressToken": self.token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        self.send(notificationMessage("notifications/progress", params))
+
+
+class _LogSender:
+    """
+    Sends C{notifications/message} at or above a level, while active.
+    """
+
+    def __init__(self, threshold: str, logger: str, send: Callable[[Dict[str, Any]], None]) -> None:
+        self.threshold = LOG_LEVELS.index(threshold)
+        self.logger = logger
+        self.send = send
+        self.active = True
+
+    def __call__(self, level: str, data: Any) -> None:
+        if not self.active or level not in LOG_LEVELS:
+            return
+        if LOG_LEVELS.index(level) < self.threshold:
+            return
+        self.send(
+            notificationMessage(
+                "notifications/message", {"level": level, "logger": self.logger, "data": data}
+            )
+        )
+
+
+class _InFlight:
+    """
+    A running tool call, and whether its cancellation was requested.
+    """
+
+    def __init__(self, deferred: "Deferred[Dict[str, Any]]") -> None:
+        self.deferred = deferred
+        self.cancelled = False
+
+
+def _noProgress(progress: float, total: Optional[float] = None, message: Optional[str] = None) -> None:
+    pass
+
+
+def _noLog(level: str, data: Any) -> None:
+    pass
+
+
+class Dispatcher:
+    """
+    Answers MCP requests.
+
+    @ivar registry: the tools.
+    @ivar listChanged: whether C{notifications/tools/list_changed} can be
+        delivered (a GET stream is offered).
+    @ivar logging: whether C{logging/setLevel} can be honoured in the
+        handshake era (the level is kept in the session).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        *,
+        clock: IReactorTime,
+        serverInfo: ServerInfo = ServerInfo(),
+        instructions: Optional[str] = _DEFAULT_INSTRUCTIONS,
+        listChanged: bool = False,
+        logging: bool = True,
+        httpClient: Any = None,
+        runInThread: Optional[Callable[..., Any]] = None,
+    ) -> None:
+        self.registry = registry
+        self.clock = clock
+        self.serverInfo = serverInfo
+        self.instructions = instructions
+        self.listChanged = listChanged
+        self.logging = logging
+        self.httpClient = httpClient
+        self.runInThread = runInThread
+        self._inFlight: Dict[Tuple[str, RequestID], _InFlight] = {}
+        self._outgoing: Dict[Tuple[str, RequestID], "Deferred[Any]"] = {}
+        self._legacy: Dict[str, Callable[[Request, RequestContext], Awaitable[Dict[str, Any]]]] = {
+            "ping": self._ping,
+            "tools/list": self._toolsList,
+            "tools/call": self._toolsCall,
+        }
+        self._modern: Dict[str, Callable[[Request, RequestContext], Awaitable[Dict[str, Any]]]] = {
+            "server/discover": self._discover,
+            "tools/list": self._toolsList,
+            "tools/call": self._toolsCall,
+        }
+        if logging:
+            self._legacy["logging/setLevel"] = self._setLevel
+        features = registry.features
+        if features.hasResources:
+            for table in (self._legacy, self._modern):
+                table["resources/list"] = self._resourcesList
+                table["resources/templates/list"] = self._templatesList
+                table["resources/read"] = self._resourcesRead
+            if features.subscribable:
+                # Resources never change: subscriptions are accepted and no
+                # update is ever due (2026-07-28 removed these methods).
+                self._legacy["resources/subscribe"] = self._subscribe
+                self._legacy["resources/unsubscribe"] = self._subscribe
+        if features.hasPrompts:
+            for table in (self._legacy, self._modern):
+                table["prompts/list"] = self._promptsList
+                table["prompts/get"] = self._promptsGet
+        if features.hasCompletions:
+            for table in (self._legacy, self._modern):
+                table["completion/complete"] = self._complete
+
+    # -- capabilities and lifecycle -----------------------------------------
+
+    def capabilities(self, modern: bool = False) -> Dict[str, Any]:
+        """
+        The server capabilities: tools (with C{listChanged} only when it can
+        be delivered) and logging (only when a level can be kept).
+        """
+        tools: Dict[str, Any] = {}
+        if not modern:
+            tools["listChanged"] = self.listChanged
+        capabilities: Dict[str, Any] = {"tools": tools}
+        capabilities.update(self.registry.features.capabilities(modern))
+        if modern or self.logging:
+            # 2026-07-28: the level travels with each request.
+            capabilities["logging"] = {}
+        return capabilities
+
+    def initialize(self, params: Mapping[str, Any]) -> Tuple[str, Dict[str, Any]]:
+        """
+        Negotiate the version of an C{initialize} request and return it with
+        the C{InitializeResult}.
+        """
+        version = negotiateVersion(params.get("protocolVersion"))
+        result: Dict[str, Any] = {
+            "protocolVersion": version,
+            "capabilities": self.capabilities(),
+            "serverInfo": self.serverInfo.asDict(),
+        }
+        if self.instructions:
+            result["instructions"] = self.instructions
+        return version, result
+
+    def methods(self, modern: bool) -> Tuple[str, ...]:
+        """
+        The request methods served in an era (besides C{initialize}).
+        """
+        return tuple(self._modern if modern else self._legacy)
+
+    # -- requests -------------------------------------------------------------
+
+    async def handleRequest(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        """
+        Answer C{request}.
+
+        @return: the C{result} member of the response.
+        @raise ProtocolError: the JSON-RPC error to answer with.
+        @raise RequestCancelled: no response is due.
+        @raise InsufficientScope: the caller needs another scope.
+        """
+        table = self._modern if context.modern else self._legacy
+        handler = table.get(request.method)
+        if handler is None:
+            raise ProtocolError(METHOD_NOT_FOUND, "Method not found", id=request.id)
+        try:
+            result = await handler(request, context)
+        except ProtocolError as e:
+            raise e.withID(request.id)
+        if context.modern:
+            result = dict(result)
+            result["resultType"] = "complete"
+            meta = dict(result.get("_meta") or {})
+            meta[META_SERVER_INFO] = self.serverInfo.asDict()
+            result["_meta"] = meta
+        return result
+
+    def handleNotification(self, notification: Notification, context: RequestContext) -> None:
+        """
+        Act on a notification: C{notifications/cancelled} cancels the
+        request it names; others are accepted and ignored.
+        """
+        if notification.method == "notifications/cancelled":
+            requestID = notification.params.get("requestId")
+            if isinstance(requestID, (str, int)) and not isinstance(requestID, bool):
+                if self.cancel(context.scope, requestID):
+                    self.log.info(
+                        "Cancelled request {requestID} at the client's request",
+                        requestID=requestID,
+                        reason=notification.params.get("reason"),
+                    )
+
+    def handleResponse(self, response: Response, context: RequestContext) -> bool:
+        """
+        Deliver the client's answer to a request we sent it (sampling,
+        elicitation); return whether one of ours was waiting for it.
+        """
+        if response.id is None:
+            return False
+        d = self._outgoing.pop((context.scope, response.id), None)
+        if d is None:
+            return False
+        error = response.error
+        if error is not None:
+            code = error.get("code") if isinstance(error, dict) else None
+            message = error.get("message") if isinstance(error, dict) else None
+            d.errback(ClientRequestError(
+                f"The client refused the request: {str(message or 'error')[:200]}",
+                code if isinstance(code, int) else None,
+            ))
+        else:
+            d.callback(response.result)
+        return True
+
+    def _clientRequester(
+        self, context: RequestContext, sent: List[Tuple[str, RequestID]]
+    ) -> Callable[[str, Mapping[str, Any]], "Deferred[Any]"]:
+        send = context.send
+        assert send is not None
+
+        def clientRequest(method: str, params: Mapping[str, Any]) -> "Deferred[Any]":
+            id = "mcpsvc-" + secrets.token_hex(8)
+            key = (context.scope, id)
+            d: Deferred[Any] = Deferred(lambda d: self._outgoing.pop(key, None))
+            self._outgoing[key] = d
+            sent.append(key)
+            send({"jsonrpc": "2.0", "id": id, "method": method, "params": dict(params)})
+            return d
+
+        return clientRequest
+
+    def cancel(self, scope: str, requestID: RequestID) -> bool:
+        """
+        Cancel the in-flight call C{requestID} of C{scope}; return whether
+        there was one.
+        """
+        call = self._inFlight.get((scope, requestID))
+        if call is None:
+            return False
+        call.cancelled = True
+        call.deferred.cancel()
+        return True
+
+    @property
+    def inFlight(self) -> int:
+        return len(self._inFlight)
+
+    async def _ping(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        return {}
+
+    async def _discover(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        result: Dict[str, Any] = {
+            "supportedVersions": list(MODERN_VERSIONS),
+            "capabilities": self.capabilities(modern=True),
+            "ttlMs": LIST_TTL_MS,
+            "cacheScope": "private",
+        }
+        if self.instructions:
+            result["instructions"] = self.instructions
+        return result
+
+    async def _setLevel(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        level = request.params.get("level")
+        if level not in LOG_LEVELS:
+            raise ProtocolError(
+                INVALID_PARAMS, "Invalid log level", data={"levels": list(LOG_LEVELS)}
+            )
+        if context.setLogLevel is not None:
+            await context.setLogLevel(level)
+        return {}
+
+    async def _toolsList(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        tools, nextCursor = self.registry.listTools(request.params.get("cursor"))
+        result: Dict[str, Any] = {"tools": tools}
+        if nextCursor is not None:
+            result["nextCursor"] = nextCursor
+        if context.modern:
+            result["ttlMs"] = LIST_TTL_MS
+            result["cacheScope"] = "private"
+        return result
+
+    # -- resources, prompts, completions (only when a pack offers them) -----
+
+    def _listed(self, request: Request, context: RequestContext, key: str, items: Any) -> Dict[str, Any]:
+        if request.params.get("cursor") is not None:
+            # We never issue cursors for these short lists.
+            raise ProtocolError(INVALID_PARAMS, "Invalid cursor")
+        result: Dict[str, Any] = {key: items}
+        if context.modern:
+            result["ttlMs"] = LIST_TTL_MS
+            result["cacheScope"] = "private"
+        return result
+
+    async def _resourcesList(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        features = self.registry.features
+        return self._listed(request, context, "resources",
+                            [r.descriptor() for r in features.resources.values()])
+
+    async def _templatesList(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        features = self.registry.features
+        return self._listed(request, context, "resourceTemplates",
+                            [t.descriptor() for t in features.templates])
+
+    async def _resourcesRead(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        uri = request.params.get("uri")
+        if not isinstance(uri, str) or not uri:
+            raise ProtocolError(INVALID_PARAMS, 'resources/read needs a string "uri"')
+        contents = self.registry.features.read(uri)
+        if not contents:
+            # 2026-07-28 moved "resource not found" to -32602.
+            code = INVALID_PARAMS if context.modern else RESOURCE_NOT_FOUND
+            raise ProtocolError(code, "Resource not found", data={"uri": uri[:500]})
+        result: Dict[str, Any] = {"contents": contents}
+        if context.modern:
+            result["ttlMs"] = LIST_TTL_MS
+            result["cacheScope"] = "private"
+        return result
+
+    async def _subscribe(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        if not isinstance(request.params.get("uri"), str):
+            raise ProtocolError(INVALID_PARAMS, 'a "uri" is required')
+        return {}
+
+    async def _promptsList(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        features = self.registry.features
+        return self._listed(request, context, "prompts",
+                            [p.descriptor() for p in features.prompts.values()])
+
+    async def _promptsGet(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        name = request.params.get("name")
+        prompt = self.registry.features.prompts.get(name) if isinstance(name, str) else None
+        if prompt is None:
+            raise ProtocolError(INVALID_PARAMS, f"Unknown prompt: {str(name)[:100]}")
+        arguments = request.params.get("arguments") or {}
+        if not isinstance(arguments, dict) or not all(
+            isinstance(v, str) for v in arguments.values()
+        ):
+            raise ProtocolError(INVALID_PARAMS, "Prompt arguments must be strings")
+        missing = [a.name for a in prompt.arguments if a.required and a.name not in arguments]
+        if missing:
+            raise ProtocolError(INVALID_PARAMS, f"Missing prompt arguments: {', '.join(missing)}")
+        return {"description": prompt.description, "messages": prompt.get(arguments)}
+
+    async def _complete(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        ref = request.params.get("ref")
+        argument = request.params.get("argument")
+        if (
+            not isinstance(ref, dict)
+            or not isinstance(argument, dict)
+            or not isinstance(argument.get("name"), str)
+            or not isinstance(argument.get("value"), str)
+        ):
+            raise ProtocolError(INVALID_PARAMS, "completion/complete needs a ref and an argument")
+        values, total = self.registry.features.complete(ref, argument["name"], argument["value"])
+        return {"completion": {"values": values, "total": total, "hasMore": total > len(values)}}
+
+    async def _toolsCall(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        params = request.params
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise ProtocolError(INVALID_PARAMS, 'tools/call needs a string "name"')
+        tool = self.registry.get(name)
+        if tool is None:
+            raise ProtocolError(INVALID_PARAMS, f"Unknown tool: {name}")
+        arguments = params.get("arguments")
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise ProtocolError(INVALID_PARAMS, '"arguments" must be an object')
+        if tool.requiredScope and tool.requiredScope not in context.principal.scopes:
+            raise InsufficientScope(tool.requiredScope)
+        missing = {
+            capability: value
+            for capability, value in tool.requiredClientCapabilities.items()
+            if capability not in context.clientCapabilities
+        }
+        if missing:
+            if context.modern:
+                raise ProtocolError(
+                    MISSING_CLIENT_CAPABILITY,
+                    "Missing required client capability",
+                    data={"requiredCapabilities": missing},
+                    httpStatus=400,
+                )
+            return errorResult(
+                f"The tool {name} needs client capabilities the client did not "
+                f"declare: {', '.join(sorted(missing))}"
+            )
+
+        progress: Optional[_Progress] = None
+        token = progressToken(params)
+        if token is not None and context.send is not None:
+            progress = _Progress(token, context.send)
+        logSender: Optional[_LogSender] = None
+        if context.logLevel is not None and context.send is not None:
+            logSender = _LogSender(context.logLevel, name, context.send)
+
+        sent: List[Tuple[str, RequestID]] = []
+        extra: Dict[str, Any] = {}
+        if context.send is not None and not context.modern:
+            # 2026-07-28 forbids independent requests on a response stream.
+            extra["clientRequest"] = self._clientRequester(context, sent)
+        toolContext = ToolContext(
+            clock=self.clock,
+            subject=context.principal.subject,
+            clientID=context.principal.clientID,
+            scopes=context.principal.scopes,
+            requestID=request.id,
+            httpClient=self.httpClient,
+            runInThread=self.runInThread,
+            clientCapabilities=context.clientCapabilities,
+            progress=progress if progress is not None else _noProgress,
+            logMessage=logSender if logSender is not None else _noLog,
+            log=Logger(namespace=f"mcpsvc.tools.{name}"),
+            **extra,
+        )
+        key = (context.scope, request.id)
+        started = self.clock.seconds()
+        d = self.registry.callTool(tool, arguments, toolContext)
+        if key in self._inFlight:
+            # A reused id: the newer call wins the cancellation slot.
+            self.log.warn("Request id {requestID} reused while in flight", requestID=request.id)
+        call = _InFlight(d)
+        self._inFlight[key] = call
+        try:
+            result = await d
+        except CancelledError:
+            raise RequestCancelled() from None
+        finally:
+            if self._inFlight.get(key) is call:
+                del self._inFlight[key]
+            if progress is not None:
+                progress.active = False
+            if logSender is not None:
+                logSender.active = False
+            for pending in sent:
+                # Unanswered requests of a finished call are forgotten.
+                self._outgoing.pop(pending, None)
+        if call.cancelled:
+            # The tool turned its cancellation into a result: still no
+            # response is due.
+            raise RequestCancelled()
+        self.log.info(
+            "Tool {tool} called by client {clientID}: {outcome} in {durationMs}ms",
+            tool=name, clientID=context.principal.clientID, subject=context.principal.subject,
+            outcome="error" if result.get("isError") else "ok",
+            durationMs=int((self.clock.seconds() - started) * 1000),
+        )
+        return result

@@ -1,0 +1,374 @@
+# -*- test-case-name: mcpsvc.tools.test.test_conformance -*-
+"""
+The C{conformance} tool pack: the fixture tools that the official MCP
+conformance suite (C{@modelcontextprotocol/conformance}, server scenarios,
+C{src/scenarios/server/tools.ts} and C{server-stateless}) calls by fixed
+names. For test runs only: enable it by listing C{conformance} in
+C{TOOL_PACKS}; never in production.
+
+The sampling and elicitation fixtures ask the client on the call's SSE
+stream (handshake era). The pack also offers the suite's
+resources (C{test://static-text}, C{test://static-binary},
+C{test://watched-resource}, template C{test://template/{id}/data}),
+prompts and completions, through L{mcpsvc.tools.features}: with the pack
+enabled, and only then, mcpsvc declares those capabilities. Not provided:
+C{test_reconnection} (SSE resumption, which mcpsvc does not implement).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from typing import Any, Dict, List, Mapping
+
+from twisted.internet.task import deferLater
+
+from mcpsvc.tools.features import Features, Prompt, PromptArgument, Resource, ResourceTemplate
+from mcpsvc.tools.interfaces import Tool, ToolContext, ToolError, ToolPackContext, ToolResult, textContent
+
+__all__ = ["conformanceTools", "conformanceFeatures", "RED_PIXEL_PNG", "SILENT_WAV"]
+
+#: A 1x1 PNG.
+RED_PIXEL_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+)
+
+
+def _silentWav(samples: int = 8) -> str:
+    rate = 8000
+    data = b"\x00\x00" * samples
+    header = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE"
+    fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+    return base64.b64encode(header + fmt + b"data" + struct.pack("<I", len(data)) + data).decode("ascii")
+
+
+#: A few samples of silence, 16-bit mono PCM WAV.
+SILENT_WAV = _silentWav()
+
+_NO_ARGS = {"type": "object", "properties": {}, "additionalProperties": False}
+
+#: The schema of C{json_schema_2020_12_tool}, kept verbatim in C{tools/list}.
+_SCHEMA_2020_12 = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "$defs": {
+        "address": {
+            "type": "object",
+            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+        }
+    },
+    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+    "additionalProperties": False,
+}
+
+
+def _simpleText(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    return "This is a simple text response for testing."
+
+
+def _image(arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
+    return ToolResult(content=[{"type": "image", "data": RED_PIXEL_PNG, "mimeType": "image/png"}])
+
+
+def _audio(arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
+    return ToolResult(content=[{"type": "audio", "data": SILENT_WAV, "mimeType": "audio/wav"}])
+
+
+def _embedded(arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
+    return ToolResult(
+        content=[
+            {
+                "type": "resource",
+                "resource": {
+                    "uri": "test://embedded-resource",
+                    "mimeType": "text/plain",
+                    "text": "This is an embedded resource content.",
+                },
+            }
+        ]
+    )
+
+
+def _mixed(arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
+    return ToolResult(
+        content=[
+            textContent("Multiple content types test:"),
+            {"type": "image", "data": RED_PIXEL_PNG, "mimeType": "image/png"},
+            {
+                "type": "resource",
+                "resource": {
+                    "uri": "test://mixed-content-resource",
+                    "mimeType": "application/json",
+                    "text": '{"test":"data","value":123}',
+                },
+            },
+        ]
+    )
+
+
+async def _withLogging(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    context.logMessage("info", "Tool execution started")
+    await deferLater(context.clock, 0.05, lambda: None)
+    context.logMessage("info", "Tool processing data")
+    await deferLater(context.clock, 0.05, lambda: None)
+    context.logMessage("info", "Tool execution completed")
+    return "Tool with logging executed successfully"
+
+
+async def _withProgress(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    context.reportProgress(0, 100)
+    await deferLater(context.clock, 0.05, lambda: None)
+    context.reportProgress(50, 100)
+    await deferLater(context.clock, 0.05, lambda: None)
+    context.reportProgress(100, 100)
+    return "Tool with progress executed successfully"
+
+
+def _error(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    raise ToolError("This tool intentionally returns an error for testing")
+
+
+def _capabilityUser(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    return "The client declared the capability this tool needs."
+
+
+def _loggingTool(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    context.logMessage("info", "test_logging_tool ran")
+    return "Logged one message (if the client asked for logging)."
+
+
+async def _sampling(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    result = await context.clientRequest(
+        "sampling/createMessage",
+        {
+            "messages": [
+                {"role": "user", "content": {"type": "text", "text": arguments["prompt"]}}
+            ],
+            "maxTokens": 100,
+        },
+    )
+    content = result.get("content") if isinstance(result, dict) else None
+    text = content.get("text") if isinstance(content, dict) else None
+    return f"LLM response: {text if text is not None else json.dumps(content)}"
+
+
+async def _elicit(context: ToolContext, message: str, schema: Mapping[str, Any], prefix: str) -> str:
+    result = await context.clientRequest(
+        "elicitation/create", {"message": message, "requestedSchema": dict(schema)}
+    )
+    result = result if isinstance(result, dict) else {}
+    return (
+        f"{prefix}action={result.get('action')}, "
+        f"content={json.dumps(result.get('content'), sort_keys=True)}"
+    )
+
+
+async def _elicitation(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    text = await _elicit(
+        context,
+        arguments["message"],
+        {
+            "type": "object",
+            "properties": {
+                "username": {"type": "string", "description": "User's response"},
+                "email": {"type": "string", "description": "User's email address"},
+            },
+            "required": ["username", "email"],
+        },
+        "User response: ",
+    )
+    return text
+
+
+async def _elicitationDefaults(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    return await _elicit(
+        context,
+        "Please review and update the form fields with defaults",
+        {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "description": "User name", "default": "John Doe"},
+                "age": {"type": "integer", "description": "User age", "default": 30},
+                "score": {"type": "number", "description": "User score", "default": 95.5},
+                "status": {"type": "string", "description": "User status",
+                           "enum": ["active", "inactive", "pending"], "default": "active"},
+                "verified": {"type": "boolean", "description": "Verification status",
+                             "default": True},
+            },
+        },
+        "Elicitation completed: ",
+    )
+
+
+async def _elicitationEnums(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    return await _elicit(
+        context,
+        "Please select options from the enum fields",
+        {
+            "type": "object",
+            "properties": {
+                "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
+                "titledSingle": {"type": "string", "oneOf": [
+                    {"const": "value1", "title": "First Option"},
+                    {"const": "value2", "title": "Second Option"},
+                    {"const": "value3", "title": "Third Option"}]},
+                "legacyEnum": {"type": "string", "enum": ["opt1", "opt2", "opt3"],
+                               "enumNames": ["Option One", "Option Two", "Option Three"]},
+                "untitledMulti": {"type": "array", "items": {
+                    "type": "string", "enum": ["option1", "option2", "option3"]}},
+                "titledMulti": {"type": "array", "items": {"anyOf": [
+                    {"const": "value1", "title": "First Choice"},
+                    {"const": "value2", "title": "Second Choice"},
+                    {"const": "value3", "title": "Third Choice"}]}},
+            },
+        },
+        "Elicitation completed: ",
+    )
+
+
+def _stringArgument(name: str) -> Mapping[str, Any]:
+    return {"type": "object", "properties": {name: {"type": "string"}}, "required": [name]}
+
+
+def conformanceTools(context: ToolPackContext) -> List[Tool]:
+    """
+    Return the conformance fixture tools.
+    """
+
+    def tool(name: str, description: str, call: Any, **kw: Any) -> Tool:
+        return Tool(name=name, description=description, inputSchema=_NO_ARGS, call=call, **kw)
+
+    return [
+        tool("test_simple_text", "Returns a simple text response.", _simpleText),
+        tool("test_image_content", "Returns a 1x1 PNG image.", _image),
+        tool("test_audio_content", "Returns a short WAV audio clip.", _audio),
+        tool("test_embedded_resource", "Returns an embedded text resource.", _embedded),
+        tool("test_multiple_content_types", "Returns text, image and resource content.", _mixed),
+        tool("test_tool_with_logging", "Sends three info log messages while running.", _withLogging),
+        tool("test_tool_with_progress", "Reports progress 0, 50 and 100 of 100.", _withProgress),
+        tool("test_error_handling", "Always fails with isError.", _error),
+        tool(
+            "test_missing_capability",
+            "Needs the client's sampling capability (2026-07-28: -32021 without it).",
+            _capabilityUser,
+            requiredClientCapabilities={"sampling": {}},
+        ),
+        tool(
+            "test_streaming_elicitation",
+            "Needs the client's elicitation capability; returns text.",
+            _capabilityUser,
+            requiredClientCapabilities={"elicitation": {}},
+        ),
+        tool("test_logging_tool", "Logs one message when the request asks for logging.", _loggingTool),
+        Tool(
+            name="test_sampling",
+            description="Asks the client's model to answer a prompt (sampling).",
+            inputSchema=_stringArgument("prompt"),
+            call=_sampling,
+            requiredClientCapabilities={"sampling": {}},
+        ),
+        Tool(
+            name="test_elicitation",
+            description="Asks the user for a username and an email (elicitation).",
+            inputSchema=_stringArgument("message"),
+            call=_elicitation,
+            requiredClientCapabilities={"elicitation": {}},
+        ),
+        tool("test_elicitation_sep1034_defaults", "Elicitation with default values (SEP-1034).",
+             _elicitationDefaults, requiredClientCapabilities={"elicitation": {}}),
+        tool("test_elicitation_sep1330_enums", "Elicitation with every enum form (SEP-1330).",
+             _elicitationEnums, requiredClientCapabilities={"elicitation": {}}),
+        Tool(
+            name="json_schema_2020_12_tool",
+            description="Tool with JSON Schema 2020-12 features",
+            inputSchema=_SCHEMA_2020_12,
+            call=lambda arguments, context: f"Received: {sorted(arguments)}",
+        ),
+    ]
+
+
+def _text(text: str) -> Dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+def _completeArgument(ref: Mapping[str, Any], name: str, value: str) -> List[str]:
+    if ref.get("type") == "ref/prompt" and ref.get("name") == "test_prompt_with_arguments":
+        return [v for v in ("paris", "park", "party") if v.startswith(value)]
+    return []
+
+
+def conformanceFeatures(context: ToolPackContext) -> Features:
+    """
+    Return the conformance resources, resource template, prompts and
+    completions.
+    """
+
+    def staticText(uri: str) -> List[Dict[str, Any]]:
+        return [{"uri": uri, "mimeType": "text/plain",
+                 "text": "This is the content of the static text resource."}]
+
+    def staticBinary(uri: str) -> List[Dict[str, Any]]:
+        return [{"uri": uri, "mimeType": "image/png", "blob": RED_PIXEL_PNG}]
+
+    def watched(uri: str) -> List[Dict[str, Any]]:
+        return [{"uri": uri, "mimeType": "text/plain", "text": "Watched resource content."}]
+
+    def templateData(uri: str, variables: Mapping[str, str]) -> List[Dict[str, Any]]:
+        id = variables["id"]
+        body = {"id": id, "templateTest": True, "data": f"Data for ID: {id}"}
+        return [{"uri": uri, "mimeType": "application/json",
+                 "text": json.dumps(body, separators=(",", ":"))}]
+
+    return Features(
+        resources=[
+            Resource(uri="test://static-text", name="static-text", mimeType="text/plain",
+                     description="A static text resource.", read=staticText),
+            Resource(uri="test://static-binary", name="static-binary", mimeType="image/png",
+                     description="A static binary resource (a PNG).", read=staticBinary),
+            Resource(uri="test://watched-resource", name="watched-resource",
+                     mimeType="text/plain", description="A resource one may subscribe to.",
+                     read=watched),
+        ],
+        templates=[
+            ResourceTemplate(uriTemplate="test://template/{id}/data", name="template-data",
+                             mimeType="application/json",
+                             description="Data for an id, from a template.", read=templateData),
+        ],
+        prompts=[
+            Prompt(name="test_simple_prompt", description="A simple prompt without arguments.",
+                   get=lambda a: [{"role": "user",
+                                   "content": _text("This is a simple prompt for testing.")}]),
+            Prompt(
+                name="test_prompt_with_arguments",
+                description="A prompt with two required arguments.",
+                arguments=[PromptArgument(name="arg1", description="First test argument", required=True),
+                           PromptArgument(name="arg2", description="Second test argument", required=True)],
+                get=lambda a: [{"role": "user", "content": _text(
+                    f"Prompt with arguments: arg1='{a['arg1']}', arg2='{a['arg2']}'")}],
+            ),
+            Prompt(
+                name="test_prompt_with_embedded_resource",
+                description="A prompt embedding a resource.",
+                arguments=[PromptArgument(name="resourceUri", description="URI of the resource to embed",
+                                          required=True)],
+                get=lambda a: [
+                    {"role": "user", "content": {"type": "resource", "resource": {
+                        "uri": a["resourceUri"], "mimeType": "text/plain",
+                        "text": "Embedded resource content for testing."}}},
+                    {"role": "user", "content": _text("Please process the embedded resource above.")},
+                ],
+            ),
+            Prompt(
+                name="test_prompt_with_image",
+                description="A prompt with an image.",
+                get=lambda a: [
+                    {"role": "user", "content": {"type": "image", "data": RED_PIXEL_PNG,
+                                                 "mimeType": "image/png"}},
+                    {"role": "user", "content": _text("Please analyze the image above.")},
+                ],
+            ),
+        ],
+        complete=_completeArgument,
+        subscribable=True,
+    )

@@ -1,0 +1,234 @@
+# -*- test-case-name: mcpsvc.tools.test.test_features -*-
+"""
+Resources, resource templates, prompts and completions that a pack may
+offer besides tools.
+
+mcpsvc is a tools server: none of its production packs offers these, so by
+default the C{resources}, C{prompts} and C{completions} capabilities are not
+declared and their methods answer C{-32601}. A pack that provides
+L{IFeatureProvider} as well as L{IToolProvider} (the test-only
+C{conformance} pack does) adds them, and the capabilities are declared
+only then.
+
+Everything here is static and synchronous: the values are computed from the
+request alone.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, List, Mapping, Optional, Pattern, Sequence, Tuple
+
+from attrs import field, frozen
+from zope.interface import Attribute, Interface
+
+__all__ = [
+    "IFeatureProvider",
+    "Resource",
+    "ResourceTemplate",
+    "Prompt",
+    "PromptArgument",
+    "Features",
+    "FeatureSet",
+]
+
+
+class IFeatureProvider(Interface):
+    """
+    A pack that offers resources, prompts or completions.
+    """
+
+    packName = Attribute("The pack's name, as listed in TOOL_PACKS (C{str}).")
+
+    def features(context: Any) -> "Features":
+        """
+        Return the pack's features for this configuration (a
+        L{mcpsvc.tools.interfaces.ToolPackContext}).
+        """
+
+
+@frozen(kw_only=True)
+class Resource:
+    """
+    A resource with a fixed URI.
+
+    @ivar read: C{read(uri) -> [contents]}, each C{{"uri", "mimeType",
+        "text" | "blob"}}.
+    """
+
+    uri: str
+    name: str
+    description: str
+    read: Callable[[str], List[Dict[str, Any]]]
+    mimeType: Optional[str] = None
+
+    def descriptor(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"uri": self.uri, "name": self.name, "description": self.description}
+        if self.mimeType is not None:
+            out["mimeType"] = self.mimeType
+        return out
+
+
+def _templatePattern(template: str) -> Pattern[str]:
+    parts = re.split(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", template)
+    regex = ""
+    for index, part in enumerate(parts):
+        regex += re.escape(part) if index % 2 == 0 else f"(?P<{part}>[^/?#]+)"
+    return re.compile(regex)
+
+
+@frozen(kw_only=True)
+class ResourceTemplate:
+    """
+    A family of resources (RFC 6570 level 1 templates: C{{name}} matches one
+    path segment).
+
+    @ivar read: C{read(uri, variables) -> [contents]}.
+    """
+
+    uriTemplate: str
+    name: str
+    description: str
+    read: Callable[[str, Mapping[str, str]], List[Dict[str, Any]]]
+    mimeType: Optional[str] = None
+    pattern: Pattern[str] = field(init=False)
+
+    @pattern.default
+    def _pattern(self) -> Pattern[str]:
+        return _templatePattern(self.uriTemplate)
+
+    def match(self, uri: str) -> Optional[Dict[str, str]]:
+        found = self.pattern.fullmatch(uri)
+        return found.groupdict() if found else None
+
+    def descriptor(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {
+            "uriTemplate": self.uriTemplate, "name": self.name, "description": self.description,
+        }
+        if self.mimeType is not None:
+            out["mimeType"] = self.mimeType
+        return out
+
+
+@frozen(kw_only=True)
+class PromptArgument:
+    name: str
+    description: str = ""
+    required: bool = False
+
+
+@frozen(kw_only=True)
+class Prompt:
+    """
+    A prompt.
+
+    @ivar get: C{get(arguments) -> [messages]}, each C{{"role",
+        "content"}}.
+    """
+
+    name: str
+    description: str
+    get: Callable[[Mapping[str, str]], List[Dict[str, Any]]]
+    arguments: Sequence[PromptArgument] = ()
+
+    def descriptor(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"name": self.name, "description": self.description}
+        if self.arguments:
+            out["arguments"] = [
+                {"name": a.name, "description": a.description, "required": a.required}
+                for a in self.arguments
+            ]
+        return out
+
+
+@frozen(kw_only=True)
+class Features:
+    """
+    What one pack offers besides tools.
+
+    @ivar complete: C{complete(ref, argumentName, value) -> [values]}.
+    @ivar subscribable: resources accept C{resources/subscribe} (they never
+        change, so no update is ever sent).
+    """
+
+    resources: Sequence[Resource] = ()
+    templates: Sequence[ResourceTemplate] = ()
+    prompts: Sequence[Prompt] = ()
+    complete: Optional[Callable[[Mapping[str, Any], str, str], List[str]]] = None
+    subscribable: bool = False
+
+
+class FeatureSet:
+    """
+    The features of every enabled pack, merged.
+    """
+
+    def __init__(self, features: Sequence[Features] = ()) -> None:
+        self.resources: Dict[str, Resource] = {}
+        self.templates: List[ResourceTemplate] = []
+        self.prompts: Dict[str, Prompt] = {}
+        self.completers: List[Callable[[Mapping[str, Any], str, str], List[str]]] = []
+        self.subscribable = False
+        for f in features:
+            for resource in f.resources:
+                if resource.uri in self.resources:
+                    raise ValueError(f"resource {resource.uri!r} is defined twice")
+                self.resources[resource.uri] = resource
+            self.templates.extend(f.templates)
+            for prompt in f.prompts:
+                if prompt.name in self.prompts:
+                    raise ValueError(f"prompt {prompt.name!r} is defined twice")
+                self.prompts[prompt.name] = prompt
+            if f.complete is not None:
+                self.completers.append(f.complete)
+            self.subscribable = self.subscribable or f.subscribable
+
+    @property
+    def hasResources(self) -> bool:
+        return bool(self.resources or self.templates)
+
+    @property
+    def hasPrompts(self) -> bool:
+        return bool(self.prompts)
+
+    @property
+    def hasCompletions(self) -> bool:
+        return bool(self.completers)
+
+    def capabilities(self, modern: bool) -> Dict[str, Any]:
+        """
+        The capabilities these features declare.
+        """
+        capabilities: Dict[str, Any] = {}
+        if self.hasResources:
+            resources: Dict[str, Any] = {"listChanged": False}
+            if self.subscribable and not modern:
+                resources["subscribe"] = True
+            capabilities["resources"] = resources
+        if self.hasPrompts:
+            capabilities["prompts"] = {"listChanged": False}
+        if self.hasCompletions:
+            capabilities["completions"] = {}
+        return capabilities
+
+    def read(self, uri: str) -> Optional[List[Dict[str, Any]]]:
+        """
+        Return the contents of C{uri}, or C{None} when no resource has it.
+        """
+        resource = self.resources.get(uri)
+        if resource is not None:
+            return resource.read(uri)
+        for template in self.templates:
+            variables = template.match(uri)
+            if variables is not None:
+                return template.read(uri, variables)
+        return None
+
+    def complete(self, ref: Mapping[str, Any], name: str, value: str) -> Tuple[List[str], int]:
+        """
+        Return up to 100 completion values and the total found.
+        """
+        values: List[str] = []
+        for completer in self.completers:
+            values.extend(completer(ref, name, value))
+        return values[:100], len(values)

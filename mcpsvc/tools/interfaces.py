@@ -1,0 +1,257 @@
+# -*- test-case-name: mcpsvc.tools.test.test_registry -*-
+"""
+What a tool pack provides, and what a tool receives when it is called.
+
+A tool pack is a Twisted plugin: a module in the L{mcpsvc.plugins} package
+with a module-level object that provides L{IToolProvider}::
+
+    from zope.interface import provider
+    from twisted.plugin import IPlugin
+    from mcpsvc.tools.interfaces import IToolProvider, Tool
+
+    @provider(IPlugin, IToolProvider)
+    class WeatherPack:
+        packName = "weather"
+
+        @staticmethod
+        def tools(context):
+            return [Tool(name="weather_now", description="...",
+                         inputSchema={"type": "object"}, call=weatherNow)]
+
+A tool's C{call(arguments, context)} may return a value, a L{Deferred} or
+a coroutine; it is cancelled (its Deferred is cancelled) on timeout and on
+C{notifications/cancelled}.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    FrozenSet,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Union,
+)
+
+from attrs import Factory, field, frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface
+
+__all__ = [
+    "IToolProvider",
+    "ToolPackContext",
+    "Tool",
+    "ToolContext",
+    "ToolResult",
+    "ToolError",
+    "ClientRequestError",
+    "TOOL_NAME",
+    "textContent",
+]
+
+#: Valid tool names: 1-64 of C{A-Z a-z 0-9 _ . -}.
+TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class IToolProvider(Interface):
+    """
+    A tool pack, found with C{getPlugins(IToolProvider, mcpsvc.plugins)}.
+    """
+
+    packName = Attribute(
+        "The pack's name, as listed in TOOL_PACKS (C{str})."
+    )
+
+    def tools(context: "ToolPackContext") -> Sequence["Tool"]:
+        """
+        Return the pack's tools for this configuration (possibly none, for
+        example when a setting the pack needs is missing). Called once, when
+        the registry is built; performs no I/O.
+        """
+
+
+@frozen(kw_only=True)
+class ToolPackContext:
+    """
+    What a pack may use to build its tools.
+
+    @ivar config: the L{mcpsvc.config.Config}.
+    @ivar clock: the time source.
+    @ivar runInThread: C{runInThread(f, *a, **kw) -> Deferred}: run a
+        blocking callable off the reactor thread.
+    @ivar httpClient: a treq-compatible client (C{treq}, L{treq.client.HTTPClient}
+        or C{StubTreq}); C{None} when the service provides none.
+    """
+
+    config: Any
+    clock: IReactorTime
+    runInThread: Callable[..., "Deferred[Any]"]
+    httpClient: Any = None
+
+
+CallResult = Union[Any, "Deferred[Any]", Awaitable[Any]]
+
+
+@frozen(kw_only=True)
+class Tool:
+    """
+    One tool.
+
+    @ivar name: unique, matching L{TOOL_NAME}.
+    @ivar description: what it does, for the model (required).
+    @ivar inputSchema: JSON Schema 2020-12 of the arguments; root
+        C{"type": "object"}.
+    @ivar call: C{call(arguments, context)}; returns a L{ToolResult}, a
+        string (one text block) or any JSON value (structured content when
+        C{outputSchema} is set, else a text block of its JSON).
+    @ivar title: display name.
+    @ivar outputSchema: JSON Schema 2020-12 of the structured result (root
+        C{"type": "object"}).
+    @ivar annotations: MCP tool annotations (hints).
+    @ivar timeout: seconds before the call is cancelled (default: the
+        configured C{TOOL_TIMEOUT}).
+    @ivar requiredScope: an OAuth scope the caller's token must carry.
+    @ivar requiredClientCapabilities: client capabilities the tool relies
+        on, e.g. C{{"sampling": {}}} (2026-07-28: checked per request).
+    """
+
+    name: str
+    description: str
+    inputSchema: Mapping[str, Any]
+    call: Callable[[Mapping[str, Any], "ToolContext"], CallResult]
+    title: Optional[str] = None
+    outputSchema: Optional[Mapping[str, Any]] = None
+    annotations: Optional[Mapping[str, Any]] = None
+    timeout: Optional[float] = None
+    requiredScope: Optional[str] = None
+    requiredClientCapabilities: Mapping[str, Any] = field(factory=dict)
+
+    def descriptor(self) -> dict:
+        """
+        Return the C{Tool} object of C{tools/list}.
+        """
+        out: dict = {"name": self.name}
+        if self.title is not None:
+            out["title"] = self.title
+        out["description"] = self.description
+        out["inputSchema"] = dict(self.inputSchema)
+        if self.outputSchema is not None:
+            out["outputSchema"] = dict(self.outputSchema)
+        if self.annotations is not None:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+
+@frozen(kw_only=True)
+class ToolContext:
+    """
+    What a running tool call receives.
+
+    @ivar clock: the time source.
+    @ivar subject: the caller's token subject.
+    @ivar clientID: the caller's OAuth client.
+    @ivar scopes: the caller's scopes.
+    @ivar requestID: the JSON-RPC id of the C{tools/call}.
+    @ivar httpClient: as in L{ToolPackContext}.
+    @ivar runInThread: as in L{ToolPackContext}.
+    @ivar clientCapabilities: the capabilities the client declared.
+    @ivar progress: C{progress(progress, total, message)}; sends
+        C{notifications/progress} when the client asked for it, else does
+        nothing. Values that do not increase are dropped.
+    @ivar logMessage: C{logMessage(level, data)}; sends
+        C{notifications/message} when the client enabled logging at that
+        level and the response is a stream, else does nothing.
+    @ivar log: a server-side L{Logger} for the tool (namespace
+        C{mcpsvc.tools.<name>}); never log the caller's secrets.
+    @ivar clientRequest: C{clientRequest(method, params) -> Deferred}: ask
+        the client (C{sampling/createMessage}, C{elicitation/create}) on
+        the call's SSE stream and get its result; fails with
+        L{ClientRequestError} when the client answers with an error, or
+        when no stream can carry the request (a JSON-only client, or the
+        2026-07-28 era). Declare the capability in
+        C{Tool.requiredClientCapabilities}.
+    """
+
+    clock: IReactorTime
+    subject: str
+    clientID: str
+    scopes: FrozenSet[str] = frozenset()
+    requestID: Any = None
+    httpClient: Any = None
+    runInThread: Optional[Callable[..., "Deferred[Any]"]] = None
+    clientCapabilities: Mapping[str, Any] = field(factory=dict)
+    progress: Callable[[float, Optional[float], Optional[str]], None] = (
+        lambda progress, total=None, message=None: None
+    )
+    logMessage: Callable[[str, Any], None] = lambda level, data: None
+    log: Logger = field(factory=lambda: Logger(namespace="mcpsvc.tools"))
+    clientRequest: Callable[[str, Mapping[str, Any]], "Deferred[Any]"] = field(
+        default=Factory(lambda: _noClientRequests)
+    )
+
+    def reportProgress(
+        self, progress: float, total: Optional[float] = None, message: Optional[str] = None
+    ) -> None:
+        """
+        Report progress (see L{progress}).
+        """
+        self.progress(progress, total, message)
+
+
+@frozen(kw_only=True)
+class ToolResult:
+    """
+    A tool's full result.
+
+    @ivar content: content blocks (C{{"type": "text", "text": ...}}, image,
+        audio, resource, resource_link).
+    @ivar structuredContent: the structured result (required when the tool
+        declares an C{outputSchema}).
+    @ivar isError: the tool failed; C{content} explains why.
+    """
+
+    content: List[Mapping[str, Any]] = field(factory=list)
+    structuredContent: Any = None
+    isError: bool = False
+
+
+class ToolError(Exception):
+    """
+    An expected tool failure: its message is shown to the client in an
+    C{isError} result, and no traceback is logged.
+    """
+
+
+class ClientRequestError(ToolError):
+    """
+    A request to the client failed: it answered with a JSON-RPC error, or
+    it cannot be asked on this connection.
+
+    @ivar code: the client's JSON-RPC error code (C{None}: not sent).
+    """
+
+    def __init__(self, message: str, code: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _noClientRequests(method: str, params: Mapping[str, Any]) -> "Deferred[Any]":
+    from twisted.internet.defer import fail
+
+    return fail(ClientRequestError(
+        "The client cannot be asked for input on this connection"
+    ))
+
+
+def textContent(text: str) -> dict:
+    """
+    Return a text content block.
+    """
+    return {"type": "text", "text": text}

@@ -1,0 +1,277 @@
+# -*- test-case-name: mcpsvc.tools.test.test_registry -*-
+"""
+The set of enabled tools: listing (ordered, paginated) and calling
+(argument validation, timeout, error reporting, structured output).
+
+Schemas are checked and their validators compiled once, when the registry
+is built; the C{tools/list} descriptors are built once too.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mcpsvc.mcp.protocol import INVALID_PARAMS, ProtocolError
+from mcpsvc.tools.features import FeatureSet
+from mcpsvc.tools.interfaces import (
+    TOOL_NAME,
+    Tool,
+    ToolContext,
+    ToolError,
+    ToolResult,
+    textContent,
+)
+
+__all__ = ["ToolRegistry", "InvalidTool", "DEFAULT_PAGE_SIZE"]
+
+DEFAULT_PAGE_SIZE = 100
+#: Longest validation message returned to a client.
+_MAX_MESSAGE = 2000
+
+
+class InvalidTool(ValueError):
+    """
+    A tool definition is unusable (bad name, duplicate, invalid schema).
+    """
+
+
+def _checkSchema(tool: Tool, which: str, schema: Any) -> Draft202012Validator:
+    if not isinstance(schema, Mapping):
+        raise InvalidTool(f"tool {tool.name!r}: {which} must be a JSON object")
+    if schema.get("type") != "object":
+        raise InvalidTool(f'tool {tool.name!r}: {which} root must be "type": "object"')
+    dialect = schema.get("$schema")
+    if dialect is not None and dialect != Draft202012Validator.META_SCHEMA["$id"]:
+        raise InvalidTool(f"tool {tool.name!r}: {which} uses unsupported dialect {dialect!r}")
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as e:
+        raise InvalidTool(f"tool {tool.name!r}: invalid {which}: {e.message}") from None
+    return Draft202012Validator(schema)
+
+
+def _describeErrors(validator: Draft202012Validator, instance: Any) -> Optional[str]:
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return None
+    parts = []
+    for error in errors[:5]:
+        where = "/".join(str(p) for p in error.absolute_path)
+        parts.append(f"{where or '(root)'}: {error.message}")
+    text = "; ".join(parts)
+    if len(text) > _MAX_MESSAGE:
+        text = text[: _MAX_MESSAGE - 3] + "..."
+    return text
+
+
+def _timedOut(result: Any, timeout: float) -> Failure:
+    # Whatever the cancelled tool produced (some code turns the
+    # cancellation into another error), the call timed out.
+    return Failure(TimeoutError(f"timed out after {timeout} seconds"))
+
+
+def errorResult(message: str) -> Dict[str, Any]:
+    """
+    Return a C{CallToolResult} reporting a failure.
+    """
+    return {"content": [textContent(message)], "isError": True}
+
+
+class ToolRegistry:
+    """
+    The enabled tools, in name order.
+
+    @ivar defaultTimeout: seconds allowed to a call whose tool sets none.
+    @ivar pageSize: tools per C{tools/list} page.
+    @ivar features: resources, prompts and completions of the enabled
+        packs (usually none).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        tools: Sequence[Tool],
+        *,
+        clock: IReactorTime,
+        defaultTimeout: float = 30.0,
+        pageSize: int = DEFAULT_PAGE_SIZE,
+        features: Optional[FeatureSet] = None,
+    ) -> None:
+        self._clock = clock
+        self.features = features if features is not None else FeatureSet()
+        self.defaultTimeout = defaultTimeout
+        self.pageSize = max(1, pageSize)
+        byName: Dict[str, Tool] = {}
+        self._inputValidators: Dict[str, Draft202012Validator] = {}
+        self._outputValidators: Dict[str, Draft202012Validator] = {}
+        for tool in tools:
+            if not isinstance(tool.name, str) or not TOOL_NAME.fullmatch(tool.name):
+                raise InvalidTool(
+                    f"tool name {tool.name!r} must be 1-64 characters of A-Z a-z 0-9 _ . -"
+                )
+            if tool.name in byName:
+                raise InvalidTool(f"tool {tool.name!r} is defined twice")
+            if not isinstance(tool.description, str) or not tool.description.strip():
+                raise InvalidTool(f"tool {tool.name!r} has no description")
+            self._inputValidators[tool.name] = _checkSchema(tool, "inputSchema", tool.inputSchema)
+            if tool.outputSchema is not None:
+                self._outputValidators[tool.name] = _checkSchema(
+                    tool, "outputSchema", tool.outputSchema
+                )
+            byName[tool.name] = tool
+        self._tools: Dict[str, Tool] = {name: byName[name] for name in sorted(byName)}
+        self._descriptors: List[Dict[str, Any]] = [t.descriptor() for t in self._tools.values()]
+        self._fingerprint = hashlib.sha256(
+            json.dumps(self._descriptors, sort_keys=True).encode("utf-8")
+        ).hexdigest()[:12]
+
+    # -- listing -------------------------------------------------------------
+
+    @property
+    def names(self) -> List[str]:
+        return list(self._tools)
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def get(self, name: str) -> Optional[Tool]:
+        """
+        Return the tool called C{name}, or C{None}.
+        """
+        return self._tools.get(name)
+
+    def _cursor(self, offset: int) -> str:
+        raw = f"{self._fingerprint}:{offset}".encode("ascii")
+        return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+    def _offset(self, cursor: Any) -> int:
+        invalid = ProtocolError(INVALID_PARAMS, "Invalid cursor")
+        if not isinstance(cursor, str) or not cursor or len(cursor) > 100:
+            raise invalid
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+            fingerprint, _, number = raw.partition(":")
+            offset = int(number)
+        except (ValueError, UnicodeDecodeError):
+            raise invalid from None
+        if fingerprint != self._fingerprint or not 0 < offset < len(self._descriptors):
+            raise invalid
+        return offset
+
+    def listTools(
+        self, cursor: Any = None, allowed: Optional[Sequence[str]] = None
+    ) -> Tuple[List[Dict[str, Any]], Optional[str]]:
+        """
+        Return one page of tool descriptors and the cursor of the next page
+        (C{None} on the last page).
+
+        @param cursor: the C{cursor} param (C{None}: first page).
+        @param allowed: when given, only these tool names are listed (the
+            caller's scopes); pagination runs over the full list so cursors
+            stay stable.
+        @raise ProtocolError: C{-32602} for an invalid or stale cursor.
+        """
+        offset = 0 if cursor is None else self._offset(cursor)
+        end = offset + self.pageSize
+        page = self._descriptors[offset:end]
+        if allowed is not None:
+            allowedSet = set(allowed)
+            page = [d for d in page if d["name"] in allowedSet]
+        nextCursor = self._cursor(end) if end < len(self._descriptors) else None
+        return page, nextCursor
+
+    # -- calling -------------------------------------------------------------
+
+    def validateArguments(self, name: str, arguments: Any) -> Optional[str]:
+        """
+        Return a readable description of what is wrong with C{arguments} for
+        tool C{name}, or C{None} when they are valid.
+        """
+        return _describeErrors(self._inputValidators[name], arguments)
+
+    def callTool(self, tool: Tool, arguments: Mapping[str, Any], context: ToolContext) -> "Deferred[Dict[str, Any]]":
+        """
+        Validate C{arguments}, run C{tool} with a timeout, and return a
+        Deferred firing with the C{CallToolResult}. Failures of the tool
+        (invalid arguments, timeout, exceptions) are C{isError} results;
+        the Deferred fails only with L{CancelledError} when it is cancelled.
+        """
+        try:
+            problem = self.validateArguments(tool.name, arguments)
+        except RecursionError:
+            problem = "the arguments are too deeply nested"
+        if problem is not None:
+            return Deferred.fromCoroutine(self._immediate(errorResult(f"Invalid arguments: {problem}")))
+        running: Deferred[Any] = maybeDeferred(tool.call, arguments, context)
+        timeout = tool.timeout if tool.timeout is not None else self.defaultTimeout
+        running.addTimeout(timeout, self._clock, onTimeoutCancel=_timedOut)
+        return Deferred.fromCoroutine(self._finish(tool, running, timeout, context))
+
+    async def _immediate(self, result: Dict[str, Any]) -> Dict[str, Any]:
+        return result
+
+    async def _finish(
+        self, tool: Tool, running: "Deferred[Any]", timeout: float, context: ToolContext
+    ) -> Dict[str, Any]:
+        try:
+            value = await running
+        except TimeoutError:
+            self.log.warn(
+                "Tool {tool} timed out after {timeout}s", tool=tool.name, timeout=timeout
+            )
+            return errorResult(f"The tool {tool.name} timed out after {timeout:g} seconds")
+        except CancelledError:
+            raise
+        except ToolError as e:
+            return errorResult(str(e) or f"The tool {tool.name} failed")
+        except Exception:
+            self.log.failure(
+                "Tool {tool} raised an exception", tool=tool.name,
+                requestID=context.requestID,
+            )
+            return errorResult(f"The tool {tool.name} failed with an internal error")
+        return self._shape(tool, value)
+
+    def _shape(self, tool: Tool, value: Any) -> Dict[str, Any]:
+        outputValidator = self._outputValidators.get(tool.name)
+        explicit = False
+        if isinstance(value, ToolResult):
+            content = [dict(c) for c in value.content]
+            structured = value.structuredContent
+            explicit = structured is not None
+            if value.isError:
+                result: Dict[str, Any] = {"content": content, "isError": True}
+                if structured is not None:
+                    result["structuredContent"] = structured
+                return result
+        elif isinstance(value, str):
+            content = [textContent(value)]
+            structured = None
+        else:
+            content = []
+            structured = value
+        if outputValidator is not None:
+            problem = _describeErrors(outputValidator, structured)
+            if problem is not None:
+                self.log.error(
+                    "Tool {tool} returned output not matching its outputSchema: {problem}",
+                    tool=tool.name, problem=problem,
+                )
+                return errorResult(f"The tool {tool.name} produced invalid output")
+        if not content:
+            content = [textContent(json.dumps(structured, ensure_ascii=False))]
+        result = {"content": content}
+        if outputValidator is not None or explicit:
+            result["structuredContent"] = structured
+        return result

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -57,7 +58,7 @@ class McpsvcProcess:
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.port: Optional[int] = None
         self._lastRecord: Optional[Dict[str, Any]] = None
-        self._buffer = b""
+        self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
         self._eof = False
 
     def start(self, expectListening: bool = True, timeout: float = 30.0) -> "McpsvcProcess":
@@ -73,6 +74,7 @@ class McpsvcProcess:
             stderr=subprocess.STDOUT,
             bufsize=0,
         )
+        threading.Thread(target=self._pump, name="mcpsvc-output", daemon=True).start()
         if expectListening:
             record = self.waitFor(lambda r: "listening on" in r.get("text", ""), timeout)
             self.port = int(str(record["address"]).rsplit(":", 1)[1])
@@ -82,31 +84,48 @@ class McpsvcProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _readLine(self, deadline: float) -> Optional[str]:
+    def _pump(self) -> None:
         """
-        Return the next line of output, C{""} at end of file, or C{None}
-        at the deadline. Reads the raw pipe (a buffered reader would hide
-        lines from C{select}).
+        Read the child's output continuously (in a thread), so that a busy
+        child never blocks on a full pipe while a test is doing something
+        else.
         """
         assert self.proc is not None and self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buffer:
-            if self._eof:
-                if not self._buffer:
-                    return ""
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if not ready:
-                return None
-            chunk = os.read(fd, 65536)
+        buffer = b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
             if not chunk:
-                self._eof = True
-            self._buffer += chunk
-        raw, _, self._buffer = self._buffer.partition(b"\n")
-        line = raw.decode("utf-8", "replace")
+                if buffer:
+                    self._queue.put(buffer.decode("utf-8", "replace"))
+                self._queue.put(None)
+                return
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for raw in lines:
+                self._queue.put(raw.decode("utf-8", "replace"))
+
+    def _readLine(self, deadline: float) -> Optional[str]:
+        """
+        Return the next line of output, C{""} at end of file, or C{None}
+        at the deadline.
+        """
+        if self._eof:
+            return ""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        try:
+            item = self._queue.get(timeout=remaining)
+        except queue.Empty:
+            return None
+        if item is None:
+            self._eof = True
+            return ""
+        line = item
         self.lines.append(line)
         try:
             record = json.loads(line)

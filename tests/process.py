@@ -55,7 +55,7 @@ class McpsvcProcess:
         self.args = list(args)
         self.lines: List[str] = []
         self.records: List[Dict[str, Any]] = []
-        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self._proc: Optional[subprocess.Popen[bytes]] = None
         self.port: Optional[int] = None
         self._lastRecord: Optional[Dict[str, Any]] = None
         self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
@@ -74,11 +74,24 @@ class McpsvcProcess:
             stderr=subprocess.STDOUT,
             bufsize=0,
         )
-        threading.Thread(target=self._pump, name="mcpsvc-output", daemon=True).start()
         if expectListening:
             record = self.waitFor(lambda r: "listening on" in r.get("text", ""), timeout)
             self.port = int(str(record["address"]).rsplit(":", 1)[1])
         return self
+
+    @property
+    def proc(self) -> Optional["subprocess.Popen[bytes]"]:
+        return self._proc
+
+    @proc.setter
+    def proc(self, proc: Optional["subprocess.Popen[bytes]"]) -> None:
+        """
+        Attach a started child (subclasses start theirs differently) and
+        begin reading its output.
+        """
+        self._proc = proc
+        if proc is not None and proc.stdout is not None:
+            threading.Thread(target=self._pump, name="mcpsvc-output", daemon=True).start()
 
     @property
     def url(self) -> str:

@@ -17,45 +17,14 @@ import httpx2
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import (
-    AuthorizationCodeResult,
-    OAuthClientInformationFull,
-    OAuthClientMetadata,
-    OAuthToken,
-)
+from mcp.shared.auth import AuthorizationCodeResult
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpsvc.testing.redis import freePort
+from mcpsvc.testing.sdk import ClientMetadataWithIAT, MemoryStorage
 from tests.process import SECRET, McpsvcProcess
 
 IAT = "initial-access-token-" + "i" * 24
-
-
-class ClientMetadataWithIAT(OAuthClientMetadata):
-    """
-    RFC 7591 has no initial access token field and the SDK sends none;
-    mcpsvc also accepts it as C{token_value} in the body.
-    """
-
-    token_value: Optional[str] = None
-
-
-class MemoryStorage:
-    def __init__(self) -> None:
-        self.tokens: Optional[OAuthToken] = None
-        self.clientInfo: Optional[OAuthClientInformationFull] = None
-
-    async def get_tokens(self) -> Optional[OAuthToken]:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> Optional[OAuthClientInformationFull]:
-        return self.clientInfo
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.clientInfo = client_info
 
 
 class BrowserStandIn:

@@ -20,41 +20,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 from mcp.client.auth import OAuthClientProvider
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import AuthorizationCodeResult
 from treq.testing import StubTreq
+
+from mcpsvc.testing.sdk import ClientMetadataWithIAT as _ClientMetadataWithIAT
+from mcpsvc.testing.sdk import MemoryStorage as _MemoryStorage
 
 from mcpsvc.oauth.test.helpers import IAT, SERVER, OAuthTestCase
 from mcpsvc.oauth.test.test_bearer import _ProtectedApp
 
 REDIRECT = "http://127.0.0.1:33418/callback"
-
-
-class _ClientMetadataWithIAT(OAuthClientMetadata):
-    """
-    The SDK sends no initial access token; RFC 7591 has none either. Our
-    server accepts it as C{token_value} in the body, which a metadata
-    subclass adds.
-    """
-
-    token_value: Optional[str] = None
-
-
-class _MemoryStorage:
-    def __init__(self) -> None:
-        self.tokens: Optional[OAuthToken] = None
-        self.clientInfo: Optional[OAuthClientInformationFull] = None
-
-    async def get_tokens(self) -> Optional[OAuthToken]:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> Optional[OAuthClientInformationFull]:
-        return self.clientInfo
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.clientInfo = client_info
 
 
 class SDKClientTests(OAuthTestCase):

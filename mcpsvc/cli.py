@@ -17,7 +17,6 @@ configured) and close it when done.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
@@ -104,8 +103,9 @@ def checkConfig(options: Any, out: TextIO, err: TextIO) -> int:
         return 1
     for notice in config.notices:
         err.write(f"warning: {notice}\n")
-    if config.deploymentType == "multi-server" and not (
-        os.environ.get("JWT_SECRET") or config.jwtPrivateKeyFile or config.jwtKeysDir
+    generatedSecret = any(n.startswith("JWT_SECRET was not set") for n in config.notices)
+    if config.deploymentType == "multi-server" and generatedSecret and not (
+        config.jwtPrivateKeyFile or config.jwtKeysDir
     ):
         err.write(
             "warning: multi-server deployment without a fixed signing key: "

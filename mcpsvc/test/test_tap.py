@@ -35,7 +35,7 @@ class OptionsTests(SynchronousTestCase):
                 "deployment-type": None, "log-level": None, "log-format": None,
                 "auth-mode": None, "authorize-mode": None, "sessions": None,
                 "tool-packs": None, "shutdown-timeout": None, "var-dir": None,
-                "listen": [], "metrics-listen": [],
+                "workers": 1, "listen": [], "metrics-listen": [],
             },
         )
 
@@ -143,3 +143,18 @@ class CLITests(SynchronousTestCase):
         status, _, err = self.runCLI()
         self.assertEqual(status, 2)
         self.assertIn("a command is required", err)
+
+    def test_warnsOnlyForGeneratedSecret(self) -> None:
+        """
+        C{check-config} warns about a multi-server deployment only when the
+        signing secret is a generated development one, wherever a configured
+        one came from (environment or C{.env}).
+        """
+        envFile = self.mktemp()
+        with open(envFile, "w") as f:
+            f.write(f"JWT_SECRET={SECRET}\n")
+        base = dict(STORE="redis", DEPLOYMENT_TYPE="multi-server", VAR_DIR=self.mktemp())
+        _, _, err = self.runCLI("check-config", "--env-file", envFile, **base)
+        self.assertNotIn("without a fixed signing key", err)
+        _, _, err = self.runCLI("check-config", "--env-file", self.mktemp(), **base)
+        self.assertIn("without a fixed signing key", err)

@@ -95,6 +95,7 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "SESSION_IDLE_TIMEOUT": ("3600", "seconds an idle MCP session lives"),
     "TOOL_PACKS": ("core", "comma list of enabled tool packs"),
     "TOOL_TIMEOUT": ("30", "default per-tool-call timeout, seconds"),
+    "TOOL_RATE_LIMIT": ("600/60", "tool calls per user and client, per instance: count/seconds, or off"),
     "FILES_ROOT": (None, "root directory of the files tool pack"),
     "LLM_URL": (None, "Ollama-compatible base URL of the llm tool pack"),
     "METRICS_TOKEN": (None, "bearer token required on /metrics"),
@@ -181,6 +182,8 @@ class Config:
     sessionIdleTimeout: int = 3600
     toolPacks: Tuple[str, ...] = ("core",)
     toolTimeout: float = 30.0
+    #: C{None}: tool calls are not rate limited (TOOL_RATE_LIMIT=off).
+    toolRateLimit: Optional[RateLimit] = RateLimit(count=600, seconds=60)
     filesRoot: Optional[str] = None
     llmURL: Optional[str] = None
     metricsToken: Optional[str] = field(default=None, repr=False)
@@ -518,6 +521,9 @@ def loadConfig(
     idle = c.integer("SESSION_IDLE_TIMEOUT")
     packs = _split(c.get("TOOL_PACKS"))
     toolTimeout = c.number("TOOL_TIMEOUT")
+    toolRateLimit: Optional[RateLimit] = None
+    if (c.get("TOOL_RATE_LIMIT") or "").strip().lower() not in ("off", "false"):
+        toolRateLimit = c.rate("TOOL_RATE_LIMIT")
     filesRoot = c.get("FILES_ROOT")
     if filesRoot is not None and not os.path.isdir(filesRoot):
         c.errors.append(f"FILES_ROOT {filesRoot!r} is not a directory")
@@ -593,6 +599,7 @@ def loadConfig(
         sessionIdleTimeout=idle,
         toolPacks=packs,
         toolTimeout=toolTimeout,
+        toolRateLimit=toolRateLimit,
         filesRoot=filesRoot,
         llmURL=llmURL,
         metricsToken=metricsToken,

@@ -601,3 +601,146 @@ class NginxTests(WorkdirMixin, SynchronousTestCase):
         self.assertRegex(headers["x-request-id"], r"^[0-9a-f]{32}$")
         self.assertNotIn("connection", headers)  # keep-alive to the upstream
         self.assertEqual(headers["accept"], "application/json, text/event-stream")
+
+
+class NginxFullFlowTests(WorkdirMixin, SynchronousTestCase):
+    """
+    The whole OAuth + MCP flow through nginx (issue 7, item 5): the
+    official MCP SDK client, knowing only nginx's public HTTPS URL, does
+    discovery, registration (with the initial access token), PKCE
+    authorization (C{AUTHORIZE_MODE=auto}), token exchange, tools/list and
+    tools/call, and later a refresh; a tool call with a C{progressToken}
+    answers C{text/event-stream}, and its events arrive through nginx as
+    they are sent, not buffered to the end. (Two defences give that:
+    C{proxy_buffering off} in the shipped configuration and mcpsvc's
+    C{X-Accel-Buffering: no}; with both removed this test fails, the
+    events all arriving with the result.)
+    """
+
+    def setUp(self) -> None:
+        if nginxBinary() is None:
+            self.fail("nginx is not installed: scripts/test.sh installs the Debian package nginx")
+
+    def test_sdkThroughNginx(self) -> None:
+        import asyncio
+        import http.client
+        import time
+
+        import httpx2
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
+        from tests.test_sdk_e2e import IAT, BrowserStandIn, MemoryStorage, SDKEndToEndTests
+
+        proxy = NginxProxy(self.workdir())
+        self.addCleanup(proxy.stop)
+        process = McpsvcProcess(self.workdir(), env={
+            "ENVIRONMENT": "production",
+            "JWT_SECRET": SECRET,
+            "SERVER_URL": proxy.url,
+            "TRUSTED_PROXIES": "127.0.0.1",
+            "DCR_AUTH_TOKEN": IAT,
+            "AUTHORIZE_MODE": "auto",
+            "TOOL_PACKS": "core,conformance",
+        })
+        self.addCleanup(process.kill)
+        process.start()
+        proxy.upstreamPort = process.port
+        proxy.start()
+        context = proxy.sslContext()
+        url = proxy.url
+
+        class TLSBrowser(BrowserStandIn):
+            async def redirectHandler(self, authorizationURL: str) -> None:
+                assert authorizationURL.startswith(url + "/"), authorizationURL
+                async with httpx2.AsyncClient(verify=context) as browser:
+                    response = await browser.get(authorizationURL, follow_redirects=False)
+                assert response.status_code in (302, 303), response.text
+                self.location = response.headers["location"]
+
+        storage = MemoryStorage()
+        provider = SDKEndToEndTests.provider(self, url, storage, TLSBrowser())  # type: ignore[arg-type]
+
+        async def session() -> Dict[str, object]:
+            async with httpx2.AsyncClient(auth=provider, verify=context) as client:
+                async with Client(streamable_http_client(url + "/mcp", http_client=client), mode="legacy") as mcp:
+                    tools = await mcp.list_tools()
+                    echoed = await mcp.call_tool("echo_message", {"message": "through nginx"})
+                    return {"tools": [t.name for t in tools.tools], "echo": echoed}
+
+        result = asyncio.run(session())
+        self.assertIn("echo_message", result["tools"])
+        echo = result["echo"]
+        self.assertFalse(echo.is_error)  # type: ignore[attr-defined]
+        self.assertIn("through nginx", json.dumps(echo.model_dump(mode="json")))  # type: ignore[attr-defined]
+        assert storage.tokens is not None and storage.clientInfo is not None
+        first = storage.tokens
+        # Every step reached mcpsvc through nginx (from nginx's address).
+        for method, path, status in (
+            ("GET", "/.well-known/oauth-protected-resource/mcp", 200),
+            ("GET", "/.well-known/oauth-authorization-server", 200),
+            ("POST", "/oauth/register", 201),
+            ("GET", "/oauth/authorize", 302),
+            ("POST", "/oauth/token", 200),
+            ("POST", "/mcp", 200),
+        ):
+            process.waitFor(
+                lambda r: (r.get("eventType"), r.get("method"), r.get("path"), r.get("status"))
+                == ("request", method, path, status), 10
+            )
+
+        # Refresh, through nginx too.
+        provider.context.token_expiry_time = 1.0
+        result = asyncio.run(session())
+        self.assertFalse(result["echo"].is_error)  # type: ignore[attr-defined]
+        assert storage.tokens is not None
+        self.assertNotEqual(storage.tokens.refresh_token, first.refresh_token)
+        self.assertNotEqual(storage.tokens.access_token, first.access_token)
+
+        # SSE through nginx, unbuffered: the tool reports progress at once
+        # and answers 100 ms later; the first event must arrive well before
+        # the result (a buffering proxy delivers them together).
+        from tests.flow import Flow
+
+        flow = Flow(url, IAT, context=context)
+        flow.tokens = {"access_token": storage.tokens.access_token}
+        status, _, body = flow.initialize(url)
+        self.assertEqual(status, 200, body)
+        assert flow.sessionID is not None
+        conn = http.client.HTTPSConnection("127.0.0.1", proxy.httpsPort, timeout=10, context=context)
+        self.addCleanup(conn.close)
+        conn.request("POST", "/mcp", body=json.dumps({
+            "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": "p-1"}},
+        }).encode(), headers={
+            "Authorization": "Bearer " + storage.tokens.access_token,
+            "Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2025-06-18", "Mcp-Session-Id": flow.sessionID,
+        })
+        sent = time.monotonic()
+        response = conn.getresponse()
+        self.assertEqual(response.status, 200)
+        self.assertTrue(response.getheader("Content-Type", "").startswith("text/event-stream"))
+        arrivals: List[Tuple[float, dict]] = []
+        buffer = b""
+        while not any(m.get("id") == 7 for _, m in arrivals):
+            chunk = response.read1(65536)
+            self.assertTrue(chunk, f"stream ended before the result: {arrivals}")
+            at = time.monotonic() - sent
+            buffer += chunk
+            while b"\n\n" in buffer:
+                event, buffer = buffer.split(b"\n\n", 1)
+                data = "\n".join(line[5:].strip() for line in event.decode().splitlines()
+                                 if line.startswith("data:"))
+                if data:
+                    arrivals.append((at, json.loads(data)))
+        progress = [(at, m) for at, m in arrivals if m.get("method") == "notifications/progress"]
+        self.assertEqual([m["params"]["progress"] for _, m in progress], [0, 50, 100])
+        self.assertEqual({m["params"]["progressToken"] for _, m in progress}, {"p-1"})
+        resultAt = arrivals[-1][0]
+        self.assertFalse(arrivals[-1][1]["result"].get("isError"))
+        self.assertGreater(resultAt - progress[0][0], 0.05, arrivals)
+        print(f"\n[nginx sse] first progress at {progress[0][0]:.3f}s, result at {resultAt:.3f}s",
+              file=sys.stderr)
+        conn.close()
+        self.assertEqual(process.stop(), 0)

@@ -2,8 +2,9 @@
 High availability and several instances on Redis (issue 7, items 1 and 2).
 
 Everything runs on loopback, started by the tests themselves in temporary
-directories: a master, a replica (C{REPLICAOF}) and one Sentinel (quorum 1,
-C{down-after-milliseconds} 500) for the failover tests; one plain
+directories: a master, a replica (C{REPLICAOF}) and Sentinels
+(C{down-after-milliseconds} 500) for the failover tests: one (quorum 1)
+for the store-level test, three (quorum 2) for the process-level ones; one plain
 C{redis-server} shared by two C{twistd -n mcpsvc} processes for the
 several-instances test.
 
@@ -148,20 +149,29 @@ def fields(flat: List[Any]) -> Dict[str, Any]:
 
 class SentinelGroup:
     """
-    A master, one replica and one Sentinel (quorum 1), on loopback, in a
-    temporary directory of C{testCase}, whose cleanup kills them.
+    A master, one replica and C{count} Sentinels (C{quorum} of them must
+    agree the master is down), on loopback, in a temporary directory of
+    C{testCase}, whose cleanup kills them.
 
+    @ivar sentinel: the first Sentinel, whose events are recorded.
+    @ivar allSentinels: every Sentinel.
     @ivar events: C{(time.monotonic(), channel, message)} of every
-        Sentinel event seen (C{+sdown}, C{+odown}, C{+switch-master}, ...).
+        Sentinel event the first Sentinel published (C{+sdown}, C{+odown},
+        C{+switch-master}, ...).
     """
 
-    def __init__(self, testCase: SynchronousTestCase) -> None:
+    def __init__(self, testCase: SynchronousTestCase, count: int = 1, quorum: int = 1) -> None:
         base = os.path.abspath(testCase.mktemp())
         self.master = RedisServer(os.path.join(base, "master"))
         self.replica = RedisServer(os.path.join(base, "replica"))
-        self.sentinel = RedisServer(
-            os.path.join(base, "sentinel"), sentinelFor=(MASTER_NAME, self.master.port)
-        )
+        self.allSentinels = [
+            RedisServer(
+                os.path.join(base, f"sentinel{i}"), sentinelFor=(MASTER_NAME, self.master.port),
+                quorum=quorum,
+            )
+            for i in range(count)
+        ]
+        self.sentinel = self.allSentinels[0]
         self.events: List[Tuple[float, str, str]] = []
         for server in (self.master, self.replica):
             server.start()
@@ -170,13 +180,14 @@ class SentinelGroup:
         self.master.command("CONFIG", "SET", "repl-diskless-sync-delay", "0")
         self.replica.command("REPLICAOF", self.master.host, self.master.port)
         self.waitReplicated()
-        self.sentinel.start()
-        testCase.addCleanup(self.sentinel.kill)
-        self.sentinel.command(
-            "SENTINEL", "SET", MASTER_NAME,
-            "down-after-milliseconds", DOWN_AFTER_MS,
-            "failover-timeout", FAILOVER_TIMEOUT_MS,
-        )
+        for sentinel in self.allSentinels:
+            sentinel.start()
+            testCase.addCleanup(sentinel.kill)
+            sentinel.command(
+                "SENTINEL", "SET", MASTER_NAME,
+                "down-after-milliseconds", DOWN_AFTER_MS,
+                "failover-timeout", FAILOVER_TIMEOUT_MS,
+            )
         # The Sentinel's events, read and timestamped as they arrive by a
         # thread (the tests block, or run the reactor, meanwhile).
         self._events = RedisLine(self.sentinel.port)
@@ -194,12 +205,16 @@ class SentinelGroup:
         testCase.addCleanup(stopReading)
         # The Sentinel learns about the replica from the master's INFO and
         # then connects to it; a failover needs both.
-        for attempt in range(100):
-            if self.replicaKnown():
+        # With several Sentinels, each must also know the others (they
+        # find each other through hello messages on the master, every 2 s):
+        # electing the leader of a failover takes a majority of them.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.replicaKnown() and self.sentinelsKnown():
                 break
-            self.waitEvent(lambda channel: True, 0.1)
+            self._stopEvents.wait(0.05)  # a pause between polls, bounded by the deadline
         else:
-            raise AssertionError(f"the Sentinel never saw the replica: {self.events}")
+            raise AssertionError(f"the Sentinels never saw the replica or each other: {self.events}")
 
     def _readEvents(self) -> None:
         while not self._stopEvents.is_set():
@@ -229,15 +244,28 @@ class SentinelGroup:
         """
         C{REDIS_SENTINELS} for this group.
         """
-        return f"{self.sentinel.host}:{self.sentinel.port}"
+        return ",".join(f"{s.host}:{s.port}" for s in self.allSentinels)
 
     def replicaKnown(self) -> bool:
-        replicas = [fields(r) for r in self.sentinel.command("SENTINEL", "replicas", MASTER_NAME)]
-        return any(
-            int(r["port"]) == self.replica.port
-            and r["flags"] == "slave"
-            and r.get("master-link-status") == "ok"
-            for r in replicas
+        for sentinel in self.allSentinels:
+            replicas = [fields(r) for r in sentinel.command("SENTINEL", "replicas", MASTER_NAME)]
+            if not any(
+                int(r["port"]) == self.replica.port
+                and r["flags"] == "slave"
+                and r.get("master-link-status") == "ok"
+                for r in replicas
+            ):
+                return False
+        return True
+
+    def sentinelsKnown(self) -> bool:
+        """
+        Whether every Sentinel knows every other one.
+        """
+        others = len(self.allSentinels) - 1
+        return all(
+            int(fields(s.command("SENTINEL", "master", MASTER_NAME))["num-other-sentinels"]) >= others
+            for s in self.allSentinels
         )
 
     def masterPort(self) -> int:
@@ -672,19 +700,26 @@ class ProcessTestsMixin:
 
 class ProcessFailoverTests(ProcessTestsMixin, SynchronousTestCase):
     """
-    A real mcpsvc behind Sentinel keeps serving through a failover: a
-    short window of 503s (with C{Retry-After}), never a 2xx for something
-    not done and never a revoked token accepted; then 200s again without
-    a restart.
+    A real mcpsvc behind three Sentinels (quorum 2) keeps serving through
+    a failover: a short window of 503s (with C{Retry-After}), never a 2xx
+    for something not done and never a revoked token accepted; then 200s
+    again without a restart.
     """
 
     #: seconds after the kill by which the process must serve again
     bound = 15.0
     #: STORE_TIMEOUT for the process (None: the default, 5 s)
     storeTimeout: Optional[str] = None
+    #: Sentinels, and how many must agree the master is down
+    sentinelCount = 3
+    quorum = 2
 
     def test_failover(self) -> None:
-        group = SentinelGroup(self)
+        group = SentinelGroup(self, self.sentinelCount, self.quorum)
+        for sentinel in group.allSentinels:
+            state = fields(sentinel.command("SENTINEL", "master", MASTER_NAME))
+            self.assertEqual((int(state["quorum"]), int(state["num-other-sentinels"])),
+                             (self.quorum, self.sentinelCount - 1))
         env = processEnv(REDIS_SENTINELS=group.sentinels, REDIS_SENTINEL_MASTER=MASTER_NAME)
         if self.storeTimeout:
             env["STORE_TIMEOUT"] = self.storeTimeout
@@ -766,6 +801,7 @@ class ProcessFailoverTests(ProcessTestsMixin, SynchronousTestCase):
             "serving_again_s": round(max(p.summary()["serving_again_s"] for p in probes), 3),
             "probes": [p.summary() for p in probes],
             "registrations_checked": len(registered) if registering else "endpoint missing",
+            "sentinels": f"{self.sentinelCount} (quorum {self.quorum})",
             "sentinel_events_s": {
                 k: v for k, v in group.eventTimes(killedAt).items()
                 if k in ("+sdown", "+odown", "+promoted-slave", "+switch-master")

@@ -582,6 +582,8 @@ class LoginApprover(_PageApprover):
         wait = await self._throttle(request, account or "?invalid")
         if wait is not None:
             audit("authorize.login", "denied", request=request, reason="throttled")
+            audit("rate_limit.hit", "denied", request=request, clientID=authz.client.clientID,
+                  endpoint="login")
             self.log.warn("Sign-in throttled for {account} from {address}",
                           account=account, address=requestAddress(request))
             seconds = max(1, int(wait + 0.999))

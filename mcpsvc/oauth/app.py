@@ -448,17 +448,26 @@ class OAuthApp:
         header = request.getHeader("authorization") or ""
         basic: Optional[Tuple[str, str]] = None
         triedBasic = header[:6].lower() == "basic "
+        bodyID = form.get("client_id")
+        bodySecret = form.get("client_secret")
+
+        def malformed(reason: str, description: str, method: str,
+                      clientID: Optional[str] = None) -> OAuthError:
+            audit("client.auth_failed", "denied", request=request,
+                  clientID=clientID[:100] if clientID else None, reason=reason, method=method)
+            return _invalidClient(description, triedBasic)
+
         if triedBasic:
             try:
                 decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
             except (binascii.Error, ValueError):
-                raise _invalidClient("Malformed Basic credentials", True)
+                raise malformed("malformed Basic credentials", "Malformed Basic credentials",
+                                "client_secret_basic")
             user, sep, password = decoded.partition(":")
             if not sep or not user:
-                raise _invalidClient("Malformed Basic credentials", True)
+                raise malformed("malformed Basic credentials", "Malformed Basic credentials",
+                                "client_secret_basic")
             basic = (unquote_plus(user), unquote_plus(password))
-        bodyID = form.get("client_id")
-        bodySecret = form.get("client_secret")
         secret: Optional[str]
         if basic is not None:
             if bodySecret is not None:
@@ -466,19 +475,21 @@ class OAuthApp:
                     "invalid_request", "Use only one client authentication method"
                 )
             if bodyID is not None and bodyID != basic[0]:
-                raise _invalidClient("client_id does not match the Basic credentials", True)
+                raise malformed("client_id does not match the Basic credentials",
+                                "client_id does not match the Basic credentials",
+                                "client_secret_basic", basic[0])
             used = "client_secret_basic"
             clientID, secret = basic
         elif bodySecret is not None:
             if not bodyID:
-                raise _invalidClient("client_id is required", False)
+                raise malformed("no client_id", "client_id is required", "client_secret_post")
             used = "client_secret_post"
             clientID, secret = bodyID, bodySecret
         elif bodyID:
             used = "none"
             clientID, secret = bodyID, None
         else:
-            raise _invalidClient("Client authentication is required", False)
+            raise malformed("no credentials", "Client authentication is required", "none")
 
         def failed(reason: str, description: str) -> OAuthError:
             audit("client.auth_failed", "denied", request=request, clientID=clientID,
@@ -670,9 +681,9 @@ class OAuthApp:
         state = params.get("state")
         iss = self.config.issuer
 
-        def fail(error: str, description: str) -> bytes:
+        def fail(error: str, description: str, action: str = "authorize.error") -> bytes:
             assert redirectURI is not None
-            audit("authorize.error", "denied", request=request, clientID=clientID, error=error)
+            audit(action, "denied", request=request, clientID=clientID, error=error)
             return self._redirect(
                 request,
                 redirectURI,
@@ -715,7 +726,7 @@ class OAuthApp:
         if isinstance(decision, bytes):
             return decision
         if isinstance(decision, Denial):
-            return fail(decision.error, decision.description)
+            return fail(decision.error, decision.description, "authorize.deny")
         grantedScope = scope
         if decision.scope is not None:
             try:
@@ -764,19 +775,27 @@ class OAuthApp:
         client = await self._authenticateClient(request, form)
         await self._rateLimit(request, "token", self.config.rateLimitToken, client.clientID)
         grant = form.get("grant_type")
-        if not grant:
-            raise OAuthError("invalid_request", "grant_type is required")
-        handlers = {
-            "authorization_code": self._authorizationCodeGrant,
-            "refresh_token": self._refreshTokenGrant,
-            "client_credentials": self._clientCredentialsGrant,
-        }
-        handler = handlers.get(grant)
-        if handler is None:
-            raise OAuthError("unsupported_grant_type", f"Grant type {grant[:50]!r} is not supported")
-        if grant not in grantTypes(client.metadata):
-            raise OAuthError("unauthorized_client", f"This client may not use the {grant} grant")
-        return await handler(request, form, client)
+        try:
+            if not grant:
+                raise OAuthError("invalid_request", "grant_type is required")
+            handlers = {
+                "authorization_code": self._authorizationCodeGrant,
+                "refresh_token": self._refreshTokenGrant,
+                "client_credentials": self._clientCredentialsGrant,
+            }
+            handler = handlers.get(grant)
+            if handler is None:
+                raise OAuthError("unsupported_grant_type", f"Grant type {grant[:50]!r} is not supported")
+            if grant not in grantTypes(client.metadata):
+                raise OAuthError("unauthorized_client", f"This client may not use the {grant} grant")
+            return await handler(request, form, client)
+        except OAuthError as e:
+            # Every refused token request of an authenticated client is on
+            # the trail (detections such as reuse add their own event).
+            audit("token.refresh" if grant == "refresh_token" else "token.issue", "failure",
+                  request=request, clientID=client.clientID,
+                  grantType=(grant or "")[:50] or None, error=e.error)
+            raise
 
     async def _authorizationCodeGrant(
         self, request: IRequest, form: Mapping[str, str], client: ClientRecord
@@ -1003,21 +1022,30 @@ class OAuthApp:
         if not token:
             raise OAuthError("invalid_request", "token is required")
         now = self._now()
+        revoked = False
         if splitRefreshToken(token) is not None:
+            kind = "refresh"
             family = await self._liveRefreshFamily(token, client)
             if family is not None:
                 await self.store.revokeFamily(family.familyID, now)
+                revoked = True
                 audit("token.revoke", "success", request=request, clientID=client.clientID,
-                      subject=family.subject, familyID=family.familyID, kind="refresh")
+                      subject=family.subject, familyID=family.familyID, kind=kind)
         else:
+            kind = "access"
             try:
                 claims = self.tokens.verify(token, now=now)
             except InvalidToken:
                 claims = None
             if claims is not None and claims.clientID == client.clientID:
                 await self.store.revokeJTI(claims.jti, claims.expiresAt)
+                revoked = True
                 audit("token.revoke", "success", request=request, clientID=client.clientID,
-                      subject=claims.subject, jti=claims.jti, kind="access")
+                      subject=claims.subject, jti=claims.jti, kind=kind)
+        if not revoked:
+            # RFC 7009 answers 200 all the same; the trail says nothing
+            # was revoked (unknown, expired, or another client's token).
+            audit("token.revoke", "ignored", request=request, clientID=client.clientID, kind=kind)
         request.setResponseCode(200)
         for name, value in NO_STORE.items():
             request.setHeader(name, value)

@@ -16,7 +16,8 @@ from mcpsvc.storage.interfaces import StoreUnavailable, SweepReport
 
 class PingStore:
     """
-    A store that only answers L{ping} and L{sweep}, as scripted.
+    A store that only answers L{ping}, L{sweep} (as scripted) and
+    L{countSessions} (always 0).
     """
 
     backendName = "fake"
@@ -30,6 +31,9 @@ class PingStore:
         if self.up:
             return succeed(None)
         return fail(StoreUnavailable("connection refused"))
+
+    def countSessions(self, now: float) -> "Deferred[int]":
+        return succeed(0) if self.up else fail(StoreUnavailable("connection refused"))
 
     def sweep(self, now: float) -> "Deferred[SweepReport]":
         self.sweeps.append(now)

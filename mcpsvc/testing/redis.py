@@ -15,7 +15,8 @@ The server binds 127.0.0.1 only, on a free port picked at construction (or
 the one given), writes everything under its directory (config, log, AOF),
 never saves RDB snapshots, and is stopped with bounded waits. With
 C{sentinelFor=(name, masterPort)} it runs as a Sentinel monitoring that
-master (quorum 1) instead. C{appendonly}
+master instead, with C{quorum} (default 1) Sentinels needed to agree that
+the master is down: with three Sentinels, give each C{quorum=2}. C{appendonly}
 turns on the AOF with C{appendfsync} (default C{always}: every acknowledged
 write is on disk).
 
@@ -74,6 +75,7 @@ class RedisServer:
         executable: Optional[str] = None,
         startTimeout: float = 10.0,
         sentinelFor: Optional[Tuple[str, int]] = None,
+        quorum: int = 1,
     ) -> None:
         self.directory = os.path.abspath(directory)
         self.port = port if port is not None else freePort(self.host)
@@ -83,6 +85,7 @@ class RedisServer:
         self.executable = executable or shutil.which("redis-server") or "/usr/bin/redis-server"
         self.startTimeout = startTimeout
         self.sentinelFor = sentinelFor
+        self.quorum = quorum
         self.process: Optional[subprocess.Popen[bytes]] = None
 
     @property
@@ -110,7 +113,7 @@ class RedisServer:
                 f"bind {self.host}",
                 f"dir {self.directory}",
                 f"logfile {self.logPath}",
-                f"sentinel monitor {name} {self.host} {masterPort} 1",
+                f"sentinel monitor {name} {self.host} {masterPort} {self.quorum}",
                 f"sentinel down-after-milliseconds {name} 5000",
             ]
             path = os.path.join(self.directory, "sentinel.conf")

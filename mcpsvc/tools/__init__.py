@@ -82,6 +82,7 @@ def buildToolRegistry(
     runInThread: Optional[Callable[..., Any]] = None,
     httpClient: Any = None,
     providers: Optional[Iterable[Any]] = None,
+    metrics: Any = None,
 ) -> ToolRegistry:
     """
     Build the registry of the tools C{config} enables.
@@ -92,6 +93,8 @@ def buildToolRegistry(
         (default: the C{treq} module).
     @param providers: the tool providers to choose from (default: the
         plugins found by L{discoverProviders}).
+    @param metrics: a L{mcpsvc.metrics.Metrics} fed the outcome of every
+        tool call (C{mcpsvc_tool_calls}), or C{None}.
     @raise InvalidTool: a tool is misdefined (bad name, duplicate, invalid
         schema): a configuration error, reported at startup.
     """
@@ -121,5 +124,6 @@ def buildToolRegistry(
     for missing in sorted(packs - found):
         log.warn("Tool pack {pack} is enabled but no plugin provides it", pack=missing)
     return ToolRegistry(
-        tools, clock=clock, defaultTimeout=config.toolTimeout, features=FeatureSet(features)
+        tools, clock=clock, defaultTimeout=config.toolTimeout, features=FeatureSet(features),
+        rateLimit=getattr(config, "toolRateLimit", None), metrics=metrics,
     )

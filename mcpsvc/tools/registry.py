@@ -1,7 +1,19 @@
 # -*- test-case-name: mcpsvc.tools.test.test_registry -*-
 """
 The set of enabled tools: listing (ordered, paginated) and calling
-(argument validation, timeout, error reporting, structured output).
+(rate limiting, argument validation, timeout, error reporting, structured
+output, metrics).
+
+Rate limiting (L{mcpsvc.tools.ratelimit}): every call takes a token from
+the caller's bucket (subject and client), in process, before anything
+else. A refused call is a C{tools/call} result with C{isError: true}, not
+a JSON-RPC error: the specification reserves protocol errors for
+malformed requests, unknown tools and server faults, and says errors
+that come from running a tool belong in the result, where the model sees
+them and can wait or tell the user. The request itself is valid; the
+tool just cannot run now. (It is not an HTTP 429 either: that would be
+an error of the transport, which clients treat as a failed connection.)
+The result carries C{_meta["io.mcpsvc/retryAfter"]}, whole seconds.
 
 Schemas are checked and their validators compiled once, when the registry
 is built; the C{tools/list} descriptors are built once too.
@@ -23,6 +35,7 @@ from twisted.python.failure import Failure
 
 from mcpsvc.mcp.protocol import INVALID_PARAMS, ProtocolError
 from mcpsvc.tools.features import FeatureSet
+from mcpsvc.tools.ratelimit import TokenBuckets, retryAfter
 from mcpsvc.tools.interfaces import (
     TOOL_NAME,
     Tool,
@@ -32,7 +45,15 @@ from mcpsvc.tools.interfaces import (
     textContent,
 )
 
-__all__ = ["ToolRegistry", "InvalidTool", "DEFAULT_PAGE_SIZE"]
+__all__ = ["ToolRegistry", "InvalidTool", "DEFAULT_PAGE_SIZE", "OUTCOMES"]
+
+#: The C{outcome} label values of the tool-call metric.
+OUTCOMES = (
+    "ok", "error", "invalid_arguments", "timeout", "cancelled", "rate_limited", "unknown_tool",
+)
+#: The C{tool} label of calls to unknown tools (never the requested
+#: name: clients must not be able to create label values).
+UNKNOWN_TOOL_LABEL = "(unknown)"
 
 DEFAULT_PAGE_SIZE = 100
 #: Longest validation message returned to a client.
@@ -95,6 +116,10 @@ class ToolRegistry:
     @ivar pageSize: tools per C{tools/list} page.
     @ivar features: resources, prompts and completions of the enabled
         packs (usually none).
+    @ivar rateLimit: the per-principal L{TokenBuckets}, or C{None} when
+        calls are not limited.
+    @ivar metrics: a L{mcpsvc.metrics.Metrics} fed one
+        C{toolCall(tool, outcome)} per call, or C{None}.
     """
 
     log = Logger()
@@ -107,8 +132,21 @@ class ToolRegistry:
         defaultTimeout: float = 30.0,
         pageSize: int = DEFAULT_PAGE_SIZE,
         features: Optional[FeatureSet] = None,
+        rateLimit: Any = None,
+        metrics: Any = None,
     ) -> None:
+        """
+        @param rateLimit: C{None} (no limit), or anything with C{count}
+            and C{seconds} (a L{mcpsvc.config.RateLimit}): at most
+            C{count} calls per C{seconds} per subject and client, with
+            bursts up to C{count}.
+        @param metrics: see L{metrics}.
+        """
         self._clock = clock
+        self.rateLimit: Optional[TokenBuckets] = (
+            TokenBuckets(rateLimit.count, rateLimit.seconds, clock) if rateLimit is not None else None
+        )
+        self.metrics = metrics
         self.features = features if features is not None else FeatureSet()
         self.defaultTimeout = defaultTimeout
         self.pageSize = max(1, pageSize)
@@ -148,8 +186,21 @@ class ToolRegistry:
     def get(self, name: str) -> Optional[Tool]:
         """
         Return the tool called C{name}, or C{None}.
+
+        This is the lookup of C{tools/call}: a miss counts as an
+        C{unknown_tool} outcome (labelled L{UNKNOWN_TOOL_LABEL}).
         """
-        return self._tools.get(name)
+        tool = self._tools.get(name)
+        if tool is None:
+            self._count(UNKNOWN_TOOL_LABEL, "unknown_tool")
+        return tool
+
+    def _count(self, tool: str, outcome: str) -> None:
+        if self.metrics is not None:
+            try:
+                self.metrics.toolCall(tool, outcome)
+            except Exception:
+                self.log.failure("Recording the tool-call metric failed")
 
     def _cursor(self, offset: int) -> str:
         raw = f"{self._fingerprint}:{offset}".encode("ascii")
@@ -202,16 +253,23 @@ class ToolRegistry:
 
     def callTool(self, tool: Tool, arguments: Mapping[str, Any], context: ToolContext) -> "Deferred[Dict[str, Any]]":
         """
-        Validate C{arguments}, run C{tool} with a timeout, and return a
-        Deferred firing with the C{CallToolResult}. Failures of the tool
-        (invalid arguments, timeout, exceptions) are C{isError} results;
-        the Deferred fails only with L{CancelledError} when it is cancelled.
+        Check the caller's rate limit, validate C{arguments}, run C{tool}
+        with a timeout, and return a Deferred firing with the
+        C{CallToolResult}. A refusal by the rate limit and failures of the
+        tool (invalid arguments, timeout, exceptions) are C{isError}
+        results; the Deferred fails only with L{CancelledError} when it is
+        cancelled.
         """
+        if self.rateLimit is not None:
+            wait = self.rateLimit.take((context.subject, context.clientID))
+            if wait is not None:
+                return Deferred.fromCoroutine(self._immediate(self._limited(tool, context, wait)))
         try:
             problem = self.validateArguments(tool.name, arguments)
         except RecursionError:
             problem = "the arguments are too deeply nested"
         if problem is not None:
+            self._count(tool.name, "invalid_arguments")
             return Deferred.fromCoroutine(self._immediate(errorResult(f"Invalid arguments: {problem}")))
         running: Deferred[Any] = maybeDeferred(tool.call, arguments, context)
         timeout = tool.timeout if tool.timeout is not None else self.defaultTimeout
@@ -221,27 +279,50 @@ class ToolRegistry:
     async def _immediate(self, result: Dict[str, Any]) -> Dict[str, Any]:
         return result
 
+    def _limited(self, tool: Tool, context: ToolContext, wait: float) -> Dict[str, Any]:
+        assert self.rateLimit is not None
+        seconds = retryAfter(wait)
+        self._count(tool.name, "rate_limited")
+        self.log.info(
+            "Tool call {tool} refused by the rate limit for client {clientID}",
+            tool=tool.name, clientID=context.clientID, subject=context.subject,
+            requestID=context.requestID,
+        )
+        result = errorResult(
+            f"Rate limit exceeded: at most {self.rateLimit.count} tool calls per "
+            f"{self.rateLimit.seconds:g} seconds. Try again in {seconds} second"
+            f"{'' if seconds == 1 else 's'}."
+        )
+        result["_meta"] = {"io.mcpsvc/retryAfter": seconds}
+        return result
+
     async def _finish(
         self, tool: Tool, running: "Deferred[Any]", timeout: float, context: ToolContext
     ) -> Dict[str, Any]:
         try:
             value = await running
         except TimeoutError:
+            self._count(tool.name, "timeout")
             self.log.warn(
                 "Tool {tool} timed out after {timeout}s", tool=tool.name, timeout=timeout
             )
             return errorResult(f"The tool {tool.name} timed out after {timeout:g} seconds")
         except CancelledError:
+            self._count(tool.name, "cancelled")
             raise
         except ToolError as e:
+            self._count(tool.name, "error")
             return errorResult(str(e) or f"The tool {tool.name} failed")
         except Exception:
+            self._count(tool.name, "error")
             self.log.failure(
                 "Tool {tool} raised an exception", tool=tool.name,
                 requestID=context.requestID,
             )
             return errorResult(f"The tool {tool.name} failed with an internal error")
-        return self._shape(tool, value)
+        result = self._shape(tool, value)
+        self._count(tool.name, "error" if result.get("isError") else "ok")
+        return result
 
     def _shape(self, tool: Tool, value: Any) -> Dict[str, Any]:
         outputValidator = self._outputValidators.get(tool.name)

@@ -1080,6 +1080,15 @@ class OAuthApp:
                 claims = self.tokens.verify(token, now=now)
             except InvalidToken:
                 claims = None
+            if (
+                claims is not None
+                and client.secretHash is None
+                and claims.clientID != client.clientID
+            ):
+                # A public client proves nothing but its id: it may inspect
+                # only its own tokens. Confidential clients (resource servers,
+                # operators) may inspect any.
+                claims = None
             if claims is not None and not await self.store.isRevoked(claims.jti, now):
                 body = {
                     "active": True,

@@ -863,6 +863,18 @@ class IntrospectionTests(OAuthTestCase):
         _, body = self.introspect(fresh["access_token"])
         self.assertEqual(body, {"active": False})
 
+    def test_publicClientOnlyOwnTokens(self) -> None:
+        """
+        A public client, which proves nothing but its id, sees another
+        client's access token as inactive; a confidential client sees it.
+        """
+        public = self.registerPublic()
+        _, body = self.introspect(self.tokens["access_token"], public)
+        self.assertEqual(body, {"active": False})
+        other = self.registerConfidential()
+        _, body = self.introspect(self.tokens["access_token"], other)
+        self.assertTrue(body["active"])
+
     def test_requiresClientAuth(self) -> None:
         """
         Introspection needs client authentication.

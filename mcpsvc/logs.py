@@ -48,6 +48,33 @@ def levelFromName(name: Optional[str]) -> LogLevel:
     return _LEVELS.get((name or "info").strip().lower(), LogLevel.info)
 
 
+def infoEnabled() -> bool:
+    """
+    Whether info events (the request log) are kept at the configured level
+    (C{configuredLevel}, else C{LOG_LEVEL}, else info).
+    """
+    level = levelFromName(configuredLevel or os.environ.get("LOG_LEVEL"))
+    return level <= LogLevel.info
+
+
+_lastSecond: list = [None, ""]
+
+
+def _isoTime(when: float) -> str:
+    """
+    C{when} as C{2026-01-02T03:04:05.678Z} (the formatted second is
+    cached: request events come many per second).
+    """
+    second = int(when)
+    if _lastSecond[0] != second:
+        _lastSecond[0] = second
+        _lastSecond[1] = datetime.fromtimestamp(second, tz=timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%S"
+        )
+    millis = int((when - second) * 1000)
+    return f"{_lastSecond[1]}.{millis:03d}Z"
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
@@ -58,25 +85,42 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def _text(event: Dict[str, Any]) -> str:
+    """
+    L{formatEvent}, with a fast path: a format without Twisted's call
+    syntax (C{{name()}}) is C{str.format_map} over the event, which gives
+    the same text; anything else (or any error) takes L{formatEvent}.
+    """
+    fmt = event.get("log_format")
+    if type(fmt) is str and "()" not in fmt:
+        try:
+            return fmt.format_map(event)
+        except Exception:
+            pass
+    return formatEvent(event)
+
+
+_SKIPPED = frozenset(("format", "message", "isError", "system", "time"))
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+
+
 def eventAsRecord(event: Dict[str, Any]) -> Dict[str, Any]:
     """
     Turn a Twisted log event into the flat record we write.
     """
     level = event.get("log_level")
     record: Dict[str, Any] = {
-        "time": datetime.fromtimestamp(event.get("log_time", 0), tz=timezone.utc)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z"),
+        "time": _isoTime(event.get("log_time", 0)),
         "level": level.name if level is not None else "info",
         "namespace": event.get("log_namespace", ""),
-        "text": formatEvent(event),
+        "text": _text(event),
     }
     for key, value in event.items():
-        if key.startswith("log_") or key in ("format", "message", "isError", "system", "time"):
+        if key.startswith("log_") or key in _SKIPPED:
             continue
         if key in record:
             key = "field_" + key
-        record[key] = _jsonable(value)
+        record[key] = value if type(value) in _PLAIN else _jsonable(value)
     failure = event.get("log_failure")
     if failure is not None:
         record["traceback"] = failure.getTraceback()

@@ -77,6 +77,9 @@ class Options(usage.Options):
         ["tool-packs", None, None, "Comma list of tool packs (TOOL_PACKS)."],
         ["shutdown-timeout", None, None, "Seconds to drain on stop."],
         ["var-dir", None, None, "Directory for generated development state."],
+        ["workers", None, 1,
+         "Worker processes sharing the listening socket(s) (tcp: listeners; "
+         "SQLite or Redis store).", int],
     ]
 
     compData = usage.Completions(
@@ -163,6 +166,29 @@ def makeService(options: Options) -> IService:
     except ConfigError as e:
         _printErrors(e.errors)
         raise SystemExit(1)
+    from mcpsvc import workers
+
+    count = options.get("workers")
+    count = 1 if count is None else int(count)
+    if count < 1:
+        _printErrors(["--workers must be at least 1"])
+        raise SystemExit(1)
+    if workers.workerIndex() is not None:
+        # A worker of --workers N (the parent's child): serve the sockets
+        # the parent bound and passed down.
+        config = config.replace(listen=workers.workerListen())
+    elif count > 1:
+        # The parent: a supervisor, no application (the dev secrets above
+        # are in VAR_DIR files, which the workers read).
+        try:
+            workers.checkWorkers(config, count)
+        except workers.WorkerError as e:
+            _printErrors([str(e)])
+            raise SystemExit(1)
+        return workers.WorkerSupervisor(
+            count, config.listen, reactor=reactor, argv=sys.argv,
+            drainTimeout=float(config.shutdownTimeout),
+        )
     from mcpsvc.service import buildService
 
     return buildService(config, reactor=reactor, handleSignals=True)

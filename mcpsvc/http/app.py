@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence, Tuple
 
 from attrs import field, frozen
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -84,6 +84,9 @@ class RootApp:
             await d
         except StoreError as e:
             reasons["store"] = f"unavailable: {e}" if str(e) else "unavailable"
+        except CancelledError:
+            # The prober went away (our own deadline is a TimeoutError).
+            raise
         except Exception as e:  # noqa: BLE001 - any failure means not ready
             reasons["store"] = f"unavailable: {e.__class__.__name__}"
         for name, check in self.readinessChecks:

@@ -7,14 +7,17 @@ L{McpsvcRequest} does, for every request, what no route should have to:
   - refuses a body larger than the largest limit I{while reading it} (a
     client that announces or sends 2 GB is answered 413 and cut off at the
     limit, never buffered);
-  - gives the request an id (a sane C{X-Request-ID}, else a new UUID),
-    echoed in the response;
+  - gives the request an id (a sane C{X-Request-ID}, else a new one from a
+    random per-process prefix and a counter), echoed in the response;
   - adds C{X-Content-Type-Options: nosniff} and C{Referrer-Policy:
     no-referrer} to every response, and CORS headers for allowed origins;
     answers CORS preflights with 204;
   - logs one structured event per request (id, method, path, status,
     duration, client address), with the C{Authorization} header reduced to
-    its scheme and a short prefix.
+    its scheme and a short prefix; none is built when the configured level
+    drops info events. A request the client abandoned is logged with
+    C{aborted: true} and the status actually sent, or L{CLIENT_CLOSED}
+    (499) when no response had started.
 
 L{McpsvcSite} counts in-flight requests so that shutdown can drain them.
 """
@@ -22,9 +25,10 @@ L{McpsvcSite} counts in-flight requests so that shutdown can drain them.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import re
-import uuid
+import secrets
 from typing import Any, Callable, Dict, Iterable, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, succeed
@@ -58,6 +62,23 @@ CORS_ALLOW_HEADERS = (
 CORS_EXPOSE_HEADERS = "Mcp-Session-Id, WWW-Authenticate, X-Request-ID"
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+#: Request ids we make: a random per-process prefix and a counter. Unique
+#: (the prefix has 64 random bits, the counter never repeats in a process)
+#: and cheap; they are identifiers, not secrets.
+_ID_PREFIX = secrets.token_hex(8)
+_idCounter = itertools.count(1)
+
+#: Logged as the status of a request the client abandoned before any
+#: response was sent (nginx's "client closed request").
+CLIENT_CLOSED = 499
+
+
+def newRequestID() -> str:
+    """
+    A new request id, e.g. C{"5f0c3a9e2b7d4c61-1a"}.
+    """
+    return f"{_ID_PREFIX}-{next(_idCounter):x}"
 
 
 def redactAuthorization(value: Optional[str]) -> Optional[str]:
@@ -169,6 +190,13 @@ class McpsvcRequest(Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._rejected:
             return
+        # twisted.web parses the Content-Type of every POST with
+        # email.headerregistry (slow) only to find form bodies. Let it do so
+        # only when the header could name a form type; for JSON and the
+        # rest, the outcome (no form arguments) is the same without it.
+        ctype = self.requestHeaders.getRawHeaders(b"content-type")
+        if not ctype or b"form" not in ctype[0].lower():
+            self._parsePOSTFormSubmission = False
         super().requestReceived(command, path, version)
 
     def _reject(self, limit: int) -> None:
@@ -226,14 +254,16 @@ class McpsvcRequest(Request):
         if given and _SANE_REQUEST_ID.fullmatch(given):
             self.requestID = given
         else:
-            self.requestID = str(uuid.uuid4())
+            self.requestID = newRequestID()
 
     def process(self) -> None:
         self._assignRequestID()
         self.setHeader(b"X-Request-ID", self.requestID.encode("ascii"))
+        site = self._site()
+        if site is not None and site.worker is not None:
+            self.setHeader(b"X-Mcpsvc-Worker", site.worker)
         self.setHeader(b"X-Content-Type-Options", b"nosniff")
         self.setHeader(b"Referrer-Policy", b"no-referrer")
-        site = self._site()
         if site is not None and self._cors(site):
             return
         super().process()
@@ -273,11 +303,16 @@ class McpsvcRequest(Request):
             site.requestDone()
         if self._rejected:
             return
+        aborted = not self.finished
+        status = self.code
+        if aborted and not self.startedWriting:
+            # Nothing was sent: do not log the default 200.
+            status = CLIENT_CLOSED
         self._logRequest(
             method=self.method.decode("latin-1"),
             path=self.path.decode("latin-1", "replace"),
-            status=self.code,
-            aborted=not self.finished,
+            status=status,
+            aborted=aborted,
         )
 
     def _logRequest(self, method: str, path: str, status: int, aborted: bool = False) -> None:
@@ -287,6 +322,10 @@ class McpsvcRequest(Request):
         self._assignRequestID()
         site = self._site()
         now = site.clock.seconds() if site is not None else self.receivedAt
+        if site is not None and site.metrics is not None:
+            site.metrics.observeRequest(path, method, status, now - self.receivedAt)
+        if site is not None and not site.logRequests:
+            return
         trusted = site.trustedProxies if site is not None else ()
         try:
             address = clientAddress(self, trusted)
@@ -301,8 +340,6 @@ class McpsvcRequest(Request):
             clientAddress=address,
             aborted=aborted,
         )
-        if site is not None and site.metrics is not None:
-            site.metrics.observeRequest(path, method, status, now - self.receivedAt)
         if site is not None and site.verbose:
             fields["userAgent"] = self.getHeader("user-agent")
             fields["authorization"] = redactAuthorization(self.getHeader("authorization"))
@@ -344,14 +381,27 @@ class McpsvcSite(Site):
         verbose: bool = False,
         bodyLimit: int = BODY_LIMIT,
         metrics: Any = None,
+        logRequests: Optional[bool] = None,
     ) -> None:
         super().__init__(resource)
+        if logRequests is None:
+            from mcpsvc.logs import infoEnabled
+
+            logRequests = infoEnabled()
         self.metrics = metrics
         self.clock = clock
         self.allowedOrigins = frozenset(allowedOrigins)
         self.trustedProxies = _parseNetworks(trustedProxies)
         self.verbose = verbose
+        #: Request events are info events: build none when the configured
+        #: level drops them.
+        self.logRequests = logRequests
         self.bodyLimit = bodyLimit
+        from mcpsvc.workers import workerIndex
+
+        index = workerIndex()
+        #: C{X-Mcpsvc-Worker} (the worker index) under C{--workers N}.
+        self.worker: Optional[bytes] = None if index is None else str(index).encode()
         self.inFlight: Set[McpsvcRequest] = set()
         self._idleWaiters: list[Deferred[None]] = []
         self.streamClosers: Set[Callable[[], None]] = set()

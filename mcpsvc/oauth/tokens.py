@@ -19,6 +19,11 @@ never is (a token signed with C{JWT_SECRET} is refused: no algorithm
 confusion); C{none} is never accepted. It checks C{typ}, C{iss}, C{aud}
 (must contain the resource), C{exp}, C{nbf} and C{iat} (with L{LEEWAY}),
 and that C{sub}, C{jti}, C{client_id} and C{scope} are present.
+The token is parsed once (strict base64url segments, JSON objects; a
+C{crit} header is refused: no JWS extension is understood) and its
+signature checked with a verifier built once per key (HMAC-SHA256 for the
+secret, pyjwt's ES256/RS256 for public keys), on the hot path of every
+C{/mcp} request.
 The revocation list is checked by the caller (it needs the store).
 """
 
@@ -26,12 +31,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import re
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jwt
-from attrs import field, frozen
+from attrs import Factory, field, frozen
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
@@ -225,6 +232,53 @@ def loadKeyRing(
     return KeyRing.forKeys(keys)
 
 
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+\Z")
+
+
+def _b64decode(segment: str) -> bytes:
+    """
+    Decode one base64url JWS segment (already checked against
+    L{_SEGMENT}); raises C{ValueError} for an impossible length.
+    """
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _hmacVerifier(secret: bytes) -> Callable[[bytes, bytes], bool]:
+    def verify(message: bytes, signature: bytes) -> bool:
+        expected = hmac.new(secret, message, hashlib.sha256).digest()
+        return hmac.compare_digest(expected, signature)
+
+    return verify
+
+
+def _asymmetricVerifier(key: "SigningKey") -> Callable[[bytes, bytes], bool]:
+    algorithm: Any
+    if key.alg == "ES256":
+        algorithm = ECAlgorithm(ECAlgorithm.SHA256)
+    else:
+        algorithm = RSAAlgorithm(RSAAlgorithm.SHA256)
+    publicKey = key.publicKey
+
+    def verify(message: bytes, signature: bytes) -> bool:
+        return bool(algorithm.verify(message, publicKey, signature))
+
+    return verify
+
+
+def _verifiersFor(keys: "KeyRing") -> Dict[Optional[str], Callable[[bytes, bytes], bool]]:
+    """
+    One signature checker per verifying key, each bound to its own
+    algorithm (HS256 only for the secret, never for a public key).
+    """
+    result: Dict[Optional[str], Callable[[bytes, bytes], bool]] = {}
+    for kid, key in keys.verifying.items():
+        if key.alg == "HS256":
+            result[kid] = _hmacVerifier(key.publicKey)
+        elif key.alg in ("ES256", "RS256"):
+            result[kid] = _asymmetricVerifier(key)
+    return result
+
+
 @frozen(kw_only=True)
 class IssuedToken:
     """
@@ -293,6 +347,11 @@ class AccessTokens:
     audience: str
     lifetime: int = 3600
     leeway: float = LEEWAY
+    #: Signature checkers by C{kid}, built once from L{keys}.
+    _verifiers: Mapping[Optional[str], Callable[[bytes, bytes], bool]] = field(
+        init=False, repr=False,
+        default=Factory(lambda self: _verifiersFor(self.keys), takes_self=True),
+    )
 
     def issue(
         self,
@@ -345,6 +404,48 @@ class AccessTokens:
             raise InvalidToken("token algorithm does not match its key")
         return key
 
+    def _decode(self, token: str) -> Tuple[Mapping[str, Any], Dict[str, Any]]:
+        """
+        Parse C{token} once: decode its header, pick the key its C{alg} and
+        C{kid} name (pinned: see L{_keyFor}), check the signature with that
+        key's cached verifier, then decode the claims.
+
+        @raise InvalidToken: malformed, unknown key, bad signature.
+        """
+        headerPart, payloadPart, signaturePart = token.split(".")
+        if not (
+            _SEGMENT.match(headerPart) and _SEGMENT.match(payloadPart)
+            and (not signaturePart or _SEGMENT.match(signaturePart))
+        ):
+            raise InvalidToken("malformed token")
+        try:
+            header = json.loads(_b64decode(headerPart))
+        except (ValueError, TypeError):
+            raise InvalidToken("malformed token")
+        if not isinstance(header, dict):
+            raise InvalidToken("malformed token")
+        if "crit" in header or header.get("b64", True) is not True:
+            # No JWS extension is understood here (RFC 7515 section 4.1.11).
+            raise InvalidToken("token uses an unsupported extension")
+        key = self._keyFor(header)
+        verifier = self._verifiers.get(key.kid)
+        try:
+            signature = _b64decode(signaturePart)
+            valid = verifier is not None and verifier(
+                (headerPart + "." + payloadPart).encode("ascii"), signature
+            )
+        except (ValueError, TypeError):
+            valid = False
+        if not valid:
+            raise InvalidToken("token signature is invalid")
+        try:
+            claims = json.loads(_b64decode(payloadPart))
+        except (ValueError, TypeError):
+            raise InvalidToken("token signature is invalid")
+        if not isinstance(claims, dict):
+            raise InvalidToken("token signature is invalid")
+        return header, claims
+
     def verify(self, token: str, *, now: float, audience: Optional[str] = None) -> AccessClaims:
         """
         Verify C{token} at time C{now}.
@@ -357,30 +458,7 @@ class AccessTokens:
             raise InvalidToken("malformed token")
         if token.count(".") != 2:
             raise InvalidToken("malformed token")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise InvalidToken("malformed token")
-        key = self._keyFor(header)
-        try:
-            claims = jwt.decode(
-                token,
-                key.publicKey,
-                algorithms=[key.alg],
-                options={
-                    "verify_signature": True,
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                    "verify_aud": False,
-                    "verify_iss": False,
-                    "verify_sub": False,
-                    "verify_jti": False,
-                    "require": [],
-                },
-            )
-        except jwt.PyJWTError:
-            raise InvalidToken("token signature is invalid")
+        header, claims = self._decode(token)
         if claims.get("iss") != self.issuer:
             raise InvalidToken("token issuer is wrong")
         expected = audience or self.audience

@@ -25,7 +25,8 @@ attacker's value matches. Scripts derive some key names from record contents
 behind Sentinel, not on Redis Cluster.
 
 Every call is bounded by C{timeout} on the injected clock; a connection
-error, a timeout or an error reply fails it with L{StoreUnavailable}. The
+error, a timeout or an error reply fails it with L{StoreUnavailable}; a
+call its caller cancels fails with C{CancelledError}, quietly. The
 connection (L{RedisConnection}) is a lazy txredisapi pool that reconnects by
 itself, so the store works again when Redis comes back.
 """
@@ -607,13 +608,17 @@ class RedisStore:
     def _unavailable(self, failure: Failure) -> Failure:
         if failure.check(StoreError):
             return failure
+        if failure.check(CancelledError):
+            # Our own deadline arrives as TimeoutError (addTimeout converts
+            # it before this errback); a bare CancelledError is the caller
+            # giving up (e.g. the HTTP client went away): not an outage.
+            return failure
         import txredisapi
 
         if failure.check(
             txredisapi.ConnectionError,
             txredisapi.ResponseError,
             DeferredTimeoutError,
-            CancelledError,
             ConnectError,
             ConnectionClosed,
             ConnectionError,

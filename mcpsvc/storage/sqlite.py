@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from typing import Any, Callable, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -184,6 +184,9 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._connection: Optional[sqlite3.Connection] = None
         self._closed = False
+        #: Revocation checks waiting for the one in flight (see isRevoked).
+        self._revocationQueue: List[Tuple[str, float, "Deferred[bool]"]] = []
+        self._revocationBusy = False
 
     # -- plumbing (these run in the thread)
 
@@ -447,13 +450,46 @@ class SQLiteStore:
         return self._run(lambda c: self._denyList(c, jti, expiresAt))
 
     def isRevoked(self, jti: str, now: float) -> "Deferred[bool]":
-        def check(c: sqlite3.Connection) -> bool:
-            row = c.execute(
-                "SELECT 1 FROM revocations WHERE jti = ? AND expiresAt > ?", (jti, now)
-            ).fetchone()
-            return row is not None
+        """
+        Coalesced: checks that arrive while one is in the thread wait for it
+        and then go together, in one transaction. Each check still reads
+        the database after it was asked (never an earlier answer), so a
+        revocation committed before a request arrives is always seen.
+        """
+        d: Deferred[bool] = Deferred()
+        self._revocationQueue.append((jti, now, d))
+        if not self._revocationBusy:
+            self._checkRevocations()
+        return d
 
-        return self._run(check, write=False)
+    def _checkRevocations(self) -> None:
+        batch, self._revocationQueue = self._revocationQueue, []
+        if not batch:
+            self._revocationBusy = False
+            return
+        self._revocationBusy = True
+
+        def check(c: sqlite3.Connection) -> List[bool]:
+            return [
+                c.execute(
+                    "SELECT 1 FROM revocations WHERE jti = ? AND expiresAt > ?", (jti, now)
+                ).fetchone() is not None
+                for jti, now, _ in batch
+            ]
+
+        def answered(results: List[bool]) -> None:
+            for (_, _, d), revoked in zip(batch, results):
+                if not d.called:  # the caller may have cancelled it
+                    d.callback(revoked)
+
+        def failed(failure: Any) -> None:
+            for _, _, d in batch:
+                if not d.called:
+                    d.errback(failure)
+
+        running = self._run(check, write=False)
+        running.addCallbacks(answered, failed)
+        running.addBoth(lambda _: self._checkRevocations())
 
     # -- sessions
 

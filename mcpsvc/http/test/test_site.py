@@ -114,6 +114,33 @@ class HealthTests(SynchronousTestCase):
         self.assertIn("unavailable", json.loads(body)["reasons"]["store"])
 
 
+class ReadyAbortTests(SynchronousTestCase):
+    def test_proberGoneIsNotUnready(self) -> None:
+        """
+        A readiness probe whose client disconnects while the store is
+        being pinged logs no "Not ready" warning (the store is not down).
+        """
+        from twisted.internet.defer import Deferred
+        from twisted.internet.error import ConnectionLost
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+        from twisted.web.http import HTTPChannel
+
+        store = PingStore()
+        store.ping = lambda: Deferred()  # type: ignore[method-assign]
+        site = makeSite(store)
+        channel = HTTPChannel()
+        channel.site = site
+        channel.requestFactory = site.requestFactory
+        channel.makeConnection(StringTransport())
+        with capturedLogs() as events:
+            channel.dataReceived(get("/ready"))
+            channel.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual([e for e in events if e.get("log_level") == LogLevel.warn], [])
+        (event,) = [e for e in events if e.get("eventType") == "request"]
+        self.assertEqual(event["status"], 499)
+
+
 class BodyLimitTests(SynchronousTestCase):
     """
     Bodies beyond the limit are refused while reading.
@@ -275,12 +302,16 @@ class HeaderTests(SynchronousTestCase):
 
     def test_requestIDGenerated(self) -> None:
         """
-        Without a sane X-Request-ID a UUID is generated and echoed.
+        Without a sane X-Request-ID an id (random process prefix, counter)
+        is generated and echoed; no two requests share one.
         """
+        seen = set()
         for extra in ("", "X-Request-ID: <script>\r\n", "X-Request-ID: " + "a" * 200 + "\r\n"):
             _, headers, _, _ = rawRequest(makeSite(), get("/health", extra))
             (rid,) = headers["x-request-id"]
-            self.assertRegex(rid, r"^[0-9a-f-]{36}$")
+            self.assertRegex(rid, r"^[0-9a-f]{16}-[0-9a-f]+$")
+            seen.add(rid)
+        self.assertEqual(len(seen), 3)
 
     def test_requestIDEchoed(self) -> None:
         """
@@ -364,6 +395,77 @@ class RequestLogTests(SynchronousTestCase):
         self.assertNotIn("payload", text)
         (event,) = [e for e in events if e.get("eventType") == "request"]
         self.assertEqual(event["authorization"], "Bearer eyJh...")
+
+    def test_levelOff(self) -> None:
+        """
+        When info events are dropped by the configured level, no request
+        event is built at all.
+        """
+        with capturedLogs() as events:
+            rawRequest(makeSite(logRequests=False), get("/health"))
+        self.assertEqual([e for e in events if e.get("eventType") == "request"], [])
+
+    def test_levelFromConfiguration(self) -> None:
+        """
+        By default the site asks L{mcpsvc.logs.infoEnabled}, which follows
+        the configured level.
+        """
+        from mcpsvc import logs
+
+        self.patch(logs, "configuredLevel", "warn")
+        self.assertFalse(makeSite().logRequests)
+        self.patch(logs, "configuredLevel", "debug")
+        self.assertTrue(makeSite().logRequests)
+
+    def test_abortedBeforeResponse(self) -> None:
+        """
+        A request the client abandons before any response was written is
+        logged as aborted with status 499, not the default 200.
+        """
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+        from twisted.web.server import NOT_DONE_YET
+
+        from mcpsvc.http.site import CLIENT_CLOSED
+
+        class Hanging:
+            isLeaf = True
+
+            def render(self, request: Any) -> Any:
+                return NOT_DONE_YET
+
+        site = McpsvcSite(Hanging(), clock=Clock())  # type: ignore[arg-type]
+        from twisted.internet.testing import StringTransport
+        from twisted.web.http import HTTPChannel
+
+        channel = HTTPChannel()
+        channel.site = site
+        channel.requestFactory = site.requestFactory
+        channel.makeConnection(StringTransport())
+        with capturedLogs() as events:
+            channel.dataReceived(get("/slow"))
+            channel.connectionLost(Failure(ConnectionLost()))
+        (event,) = [e for e in events if e.get("eventType") == "request"]
+        self.assertEqual((event["status"], event["aborted"]), (CLIENT_CLOSED, True))
+
+    def test_formStillParsed(self) -> None:
+        """
+        Skipping Twisted's slow Content-Type parse for non-form bodies keeps
+        form bodies parsed into C{request.args}, and JSON bodies out of it.
+        """
+        seen: List[Any] = []
+
+        class Capture:
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                seen.append(dict(request.args))
+                return b"ok"
+
+        site = McpsvcSite(Capture(), clock=Clock())  # type: ignore[arg-type]
+        rawRequest(site, post("/x", b"a=1", "Application/X-WWW-Form-Urlencoded; charset=utf-8"))
+        rawRequest(site, post("/x", b"a=1", "application/json"))
+        self.assertEqual(seen, [{b"a": [b"1"]}, {}])
 
     def test_redaction(self) -> None:
         self.assertEqual(redactAuthorization("Basic dXNlcjpwYXNz"), "Basic dXNl...")

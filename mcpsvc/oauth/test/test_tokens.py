@@ -155,6 +155,34 @@ class HS256Tests(SynchronousTestCase):
         for token in ("", "abc", "a.b.c", "a.b", "x" * 9000):
             self.assertRaises(InvalidToken, self.tokens.verify, token, now=EPOCH)
 
+    def test_critHeaderRefused(self) -> None:
+        """
+        A correctly signed token whose header asks for a JWS extension
+        (C{crit}) is refused: none is understood.
+        """
+        self.assertInvalid(self.sign(claims(), crit=["exp"], exp=1), "extension")
+
+    def test_nonBase64Segments(self) -> None:
+        """
+        Characters outside base64url in any segment make the token
+        malformed, even when the rest would verify (no lenient decoding).
+        """
+        header, body, sig = self.sign(claims()).split(".")
+        for token in (f"{header}!.{body}.{sig}", f"{header}.{body}+.{sig}", f"{header}.{body}.{sig}="):
+            self.assertRaises(InvalidToken, self.tokens.verify, token, now=EPOCH + 1)
+
+    def test_nonObjectParts(self) -> None:
+        """
+        A header or claims set that is JSON but not an object is refused.
+        """
+        header = _b64(json.dumps(["HS256"]).encode())
+        self.assertRaises(InvalidToken, self.tokens.verify, f"{header}.e30.c2ln", now=EPOCH)
+        good = _b64(json.dumps({"alg": "HS256", "typ": "at+jwt"}).encode())
+        body = _b64(b"[1]")
+        import hashlib, hmac
+        sig = _b64(hmac.new(SECRET.encode(), f"{good}.{body}".encode(), hashlib.sha256).digest())
+        self.assertInvalid(f"{good}.{body}.{sig}", "invalid")
+
     def test_shortSecretRefused(self) -> None:
         """
         An HS256 secret under 32 bytes is refused.

@@ -264,3 +264,59 @@ class RedisServerHelperTests(SynchronousTestCase):
         server.start()
         self.assertEqual((server.port, server.command("GET", "k")), (port, "v"))
         self.assertEqual(server.url, f"redis://127.0.0.1:{port}/0")
+
+
+class _HangingHandler:
+    """
+    A txredisapi stand-in whose commands never answer (until cancelled).
+    """
+
+    def __init__(self) -> None:
+        self.pending: list = []
+
+    def execute_command(self, *args: Any) -> "Deferred[Any]":
+        d: Deferred[Any] = Deferred()
+        self.pending.append(d)
+        return d
+
+    def disconnect(self) -> "Deferred[None]":
+        return Deferred.fromCoroutine(_noop())
+
+
+async def _noop() -> None:
+    return None
+
+
+class CancellationTests(SynchronousTestCase):
+    """
+    A call cancelled by its caller fails with C{CancelledError}, not
+    L{StoreUnavailable}, and logs nothing; the store's own deadline is
+    still an outage.
+    """
+
+    def makeStore(self) -> "tuple[RedisStore, Any]":
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        connection = RedisConnection(_HangingHandler)
+        connection.open()
+        return RedisStore(connection, clock, "t:", timeout=5.0), clock
+
+    def test_callerCancels(self) -> None:
+        from twisted.internet.defer import CancelledError
+        from twisted.logger import capturedLogs
+
+        store, _ = self.makeStore()
+        d = store.isRevoked("j", EPOCH)
+        with capturedLogs() as events:
+            d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual([e for e in events if e.get("log_level") is not None and
+                          e["log_level"].name in ("error", "critical")], [])
+
+    def test_deadlineIsUnavailable(self) -> None:
+        store, clock = self.makeStore()
+        d = store.isRevoked("j", EPOCH)
+        clock.advance(5.0)
+        self.failureResultOf(d, StoreUnavailable)
+        self.flushLoggedErrors()

@@ -192,3 +192,46 @@ class SQLiteSpecificTests(SynchronousTestCase):
         self.successResultOf(first.close())
         got: List[Any] = [self.successResultOf(self.store().getFamily("fam-1", EPOCH))]
         self.assertEqual(got, [family()])
+
+
+class RevocationCoalescingTests(SynchronousTestCase):
+    """
+    Revocation checks asked while one is in the thread go together in the
+    next thread call, and each reads the database after it was asked.
+    """
+
+    def test_coalesced(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        calls: List[Any] = []
+
+        def manual(f: Any) -> Any:
+            d: Deferred[Any] = Deferred()
+            calls.append((f, d))
+            return d
+
+        def runNext() -> None:
+            f, d = calls.pop(0)
+            d.callback(f())
+
+        path = os.path.join(self.mktemp(), "store.sqlite3")
+        store = SQLiteStore(path, Clock(), manual, timeout=1.0)
+        self.addCleanup(lambda: (calls.clear(), store.close()))
+        first = store.isRevoked("a", EPOCH)
+        self.assertEqual(len(calls), 1)
+        # Asked while the first is in flight: they wait, revoked meanwhile.
+        store.revokeJTI("b", EPOCH + 100)
+        second = store.isRevoked("b", EPOCH)
+        third = store.isRevoked("c", EPOCH)
+        cancelled = store.isRevoked("d", EPOCH)
+        cancelled.cancel()
+        self.failureResultOf(cancelled)
+        runNext()  # the first check
+        self.assertIs(self.successResultOf(first), False)
+        # one call for the revocation write, one for both waiting checks
+        self.assertEqual(len(calls), 2)
+        runNext()  # revokeJTI
+        runNext()  # b, c (and d, whose answer is dropped)
+        self.assertEqual(calls, [])
+        self.assertIs(self.successResultOf(second), True)
+        self.assertIs(self.successResultOf(third), False)

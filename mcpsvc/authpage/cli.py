@@ -22,7 +22,6 @@ import getpass
 import json
 import os
 import sys
-import time
 from typing import Any, Dict, List, Optional, TextIO
 
 from twisted.python import usage
@@ -30,6 +29,15 @@ from twisted.python import usage
 from mcpsvc.cli import subcommand
 
 __all__: List[str] = []
+
+
+def _now() -> float:
+    """
+    The current time, from the reactor (as everywhere else in mcpsvc).
+    """
+    from twisted.internet import reactor
+
+    return float(reactor.seconds())  # type: ignore[attr-defined]
 
 
 class _UsersOptions(usage.Options):
@@ -119,10 +127,10 @@ def usersCommand(options: Any, out: TextIO, err: TextIO) -> int:
         if password is None:
             return 1
         if sub == "add":
-            added = users.addUser(path, name, password, time.time())
+            added = users.addUser(path, name, password, _now())
             out.write(f"Added account {added} to {path}\n")
         else:
-            changed = users.setPassword(path, name, password, time.time())
+            changed = users.setPassword(path, name, password, _now())
             out.write(f"Changed the password of {changed}; its sign-ins have ended\n")
         return 0
     except users.UsersError as e:

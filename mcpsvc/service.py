@@ -242,46 +242,27 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
     from mcpsvc.http.app import Dispatcher, RootApp
     from mcpsvc.http.metrics import buildMetrics
 
-    routes: List[Any] = []
-    oauthResource: Optional[IResource] = None
-    mcpResource: Optional[IResource] = None
+    from mcpsvc.authpage import buildApprover
+    from mcpsvc.mcp.app import McpApp
+    from mcpsvc.oauth import buildOAuth
+    from mcpsvc.tools import buildToolRegistry
 
-    try:
-        from mcpsvc.oauth import buildOAuth  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - during bring-up
-        buildOAuth = None
-    authenticate = None
-    if buildOAuth is not None:
-        from mcpsvc.authpage import buildApprover
-
-        approver = buildApprover(config, store=store, clock=clock, runInThread=runInThread)
-        oauthApp, bearer = buildOAuth(config, store=store, clock=clock, runInThread=runInThread,
-                                      approver=approver)
-        oauthResource = oauthApp.resource()
-        authenticate = bearer.authenticate
-
-    try:
-        from mcpsvc.mcp.app import McpApp
-        from mcpsvc.tools import buildToolRegistry
-    except ImportError:  # pragma: no cover - during bring-up
-        McpApp = None  # type: ignore[assignment,misc]
-    if McpApp is not None and authenticate is not None:
-        registry = buildToolRegistry(
-            config, clock=clock, runInThread=runInThread, httpClient=httpClient,
-            metrics=metrics,
-        )
-        mcpApp = McpApp(
-            config=config, store=store, clock=clock, authenticate=authenticate,
-            registry=registry,
-        )
-        mcpResource = mcpApp.resource()
-
+    approver = buildApprover(config, store=store, clock=clock, runInThread=runInThread)
+    oauthApp, bearer = buildOAuth(
+        config, store=store, clock=clock, runInThread=runInThread, approver=approver
+    )
+    oauthResource = oauthApp.resource()
+    registry = buildToolRegistry(
+        config, clock=clock, runInThread=runInThread, httpClient=httpClient, metrics=metrics,
+    )
+    mcpApp = McpApp(
+        config=config, store=store, clock=clock, authenticate=bearer.authenticate,
+        registry=registry,
+    )
     root = RootApp(clock=clock, ping=store.ping, metrics=buildMetrics(config, metrics.registry))
-    if mcpResource is not None:
-        routes.append(("/mcp", mcpResource))
-    if oauthResource is not None:
-        for path in ("/oauth/", "/.well-known/", "/authorize", "/token", "/register", "/revoke"):
-            routes.append((path, oauthResource))
+    routes: List[Any] = [("/mcp", mcpApp.resource())]
+    for path in ("/oauth/", "/.well-known/", "/authorize", "/token", "/register", "/revoke"):
+        routes.append((path, oauthResource))
     return Dispatcher(routes, root.resource())
 
 
@@ -306,14 +287,11 @@ def buildService(
     """
     clock: IReactorTime = reactor
     if runInThread is None:
-        from functools import partial
-
         from twisted.internet.threads import deferToThreadPool
 
         def runInThread(f: Callable[..., Any], *a: Any, **kw: Any) -> Any:
             return deferToThreadPool(reactor, reactor.getThreadPool(), f, *a, **kw)
 
-        del partial
     if storeService is None:
         from mcpsvc.storage import buildStoreService
 

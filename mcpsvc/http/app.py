@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Callable, ClassVar, Optional, Sequence, Tuple
 
-from attrs import field, frozen
+from attrs import frozen
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime

@@ -355,6 +355,25 @@ class Server:
             raise BenchError(f"{self.name} exited with {self.proc.returncode}; log:\n{tail(self.logPath)}")
 
 
+def openSession(base: str, access: str, note: Callable[[str], None] = say) -> str:
+    """
+    C{initialize} (with a session) and C{notifications/initialized}; the
+    session id.
+    """
+    status, headers, answer = request(base, "POST", "/mcp", mcpHeaders(access), json.dumps(
+        {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+         "params": {"protocolVersion": PROTOCOL, "capabilities": {},
+                    "clientInfo": {"name": "bench", "version": "1"}}}).encode())
+    session = headers.get("mcp-session-id")
+    if status != 200 or not session:
+        raise BenchError(f"initialize answered {status} without a session: {answer[:300]!r}")
+    status, _, answer = request(base, "POST", "/mcp", mcpHeaders(access, session),
+                                b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+    if status != 202:
+        note(f"notifications/initialized answered {status}: {answer[:200]!r}")
+    return session
+
+
 class Bench:
     def __init__(self, options: argparse.Namespace) -> None:
         self.o = options
@@ -384,6 +403,7 @@ class Bench:
             "STORE": store,
         }
         env.update(RATE_LIMITS)
+        env.update(self.o.server_env)
         if store == "sqlite":
             env["STORE_PATH"] = os.path.join(self.tmp, "mcpsvc.sqlite3")
         elif store == "redis":
@@ -547,17 +567,7 @@ class Bench:
             if self.wanted("initialize") or self.wanted("tools/call+session"):
                 # SESSIONS=on (the default): initialize, and tools/call inside a session.
                 server = self.startMcpsvc(store, port, sessions=True)
-                status, headers, answer = request(server.base, "POST", "/mcp", mcpHeaders(access), json.dumps(
-                    {"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                     "params": {"protocolVersion": PROTOCOL, "capabilities": {},
-                                "clientInfo": {"name": "bench", "version": "1"}}}).encode())
-                session = headers.get("mcp-session-id")
-                if status != 200 or not session:
-                    raise BenchError(f"initialize answered {status} without a session: {answer[:300]!r}")
-                status, _, answer = request(server.base, "POST", "/mcp", mcpHeaders(access, session),
-                                            b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
-                if status != 202:
-                    self.note(f"{target}: notifications/initialized answered {status}: {answer[:200]!r}")
+                session = openSession(server.base, access, self.note)
                 sessionEnv = {"MCP_TOKEN": access, "MCP_SESSION": session}
                 if self.wanted("tools/call+session"):
                     self.warmup(server, CALL_LUA, "/mcp", sessionEnv)
@@ -648,7 +658,33 @@ def table(bench: Bench) -> str:
                 f"{'n/a' if not cs else ', '.join(f'{c:.0f} ms' for c in cs)}"
                 f"{'' if not cs or len(cs) < 2 else f' (median {statistics.median(cs):.0f} ms)'};"
                 f"  idle RSS {fmtMiB(idles.get(name))}\n")
+    floor = bench.extras.get("stack_rss_kib")
+    if floor:
+        out += ("idle RSS of the fixed stack alone (a python that only imports the libraries mcpsvc "
+                f"serves with, see STACK): {fmtMiB(floor)}\n")
     return out
+
+
+#: What mcpsvc cannot serve without: twistd and its reactor (with TLS),
+#: twisted.web and its templates, Klein, pyjwt and cryptography, jsonschema,
+#: prometheus_client, sqlite3. Importing only these gives the RSS floor
+#: under mcpsvc's own code and state.
+STACK = ("twisted.scripts.twistd", "twisted.internet.reactor", "twisted.web.server", "twisted.web.template",
+         "klein", "jwt", "cryptography.hazmat.primitives.ciphers.aead", "jsonschema", "prometheus_client",
+         "sqlite3")
+
+
+def stackRSS() -> Optional[int]:
+    """
+    VmRSS (KiB) of a fresh interpreter of the venv that imported L{STACK}.
+    """
+    code = ("import sys\nfor m in sys.argv[1:]: __import__(m)\n"
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS:')][0])")
+    try:
+        out = subprocess.run([sys.executable, "-c", code, *STACK], capture_output=True, text=True, timeout=60)
+        return int(out.stdout.strip())
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
 
 
 # -- profile -------------------------------------------------------------------
@@ -807,16 +843,27 @@ def flamegraphSVG(stacks: List[Tuple[List[str], int]], title: str, width: int = 
 
 def profile(bench: Bench, stamp: str) -> Dict[str, Any]:
     pyspy = ensurePySpy()
-    bench.redis = None
+    store = [s for s in bench.o.stores.split(",") if s][0]
     port = freePort()
-    server = bench.startMcpsvc("sqlite", port, sessions=False)
+    bench.redis = None
+    if store == "redis":
+        ensureTool("redis-server", "redis-server")
+        from mcpsvc.testing.redis import RedisServer
+
+        bench.redis = RedisServer(os.path.join(bench.tmp, "redis"), appendonly=False).start()
+        PROCS.extra.append(bench.redis)
+        bench.pin.pinPid(bench.redis.process.pid)
+    sessions = bench.o.profile_flow == "tools/call+session"
+    server = bench.startMcpsvc(store, port, sessions=sessions)
     try:
         client = register(server.base, bench.iat)
         access = authorize(server.base, client)["access_token"]
         env = {"MCP_TOKEN": access}
+        if sessions:
+            env["MCP_SESSION"] = openSession(server.base, access)
         bench.warmup(server, CALL_LUA, "/mcp", env)
-        raw = os.path.join(RESULTS, f"{stamp}-profile-sqlite.txt")
-        svg = os.path.join(RESULTS, f"{stamp}-profile-sqlite.svg")
+        raw = os.path.join(RESULTS, f"{stamp}-profile-{store}.txt")
+        svg = os.path.join(RESULTS, f"{stamp}-profile-{store}.svg")
         duration = bench.o.profile_duration
         argv = bench.pin.prefix("client") + [
             pyspy, "record", "--pid", str(server.proc.pid), "--rate", str(bench.o.profile_rate),
@@ -840,7 +887,7 @@ def profile(bench: Bench, stamp: str) -> Dict[str, Any]:
         PROCS.stop(spy)
         stacks = readCollapsed(raw)
         with open(svg, "w") as f:
-            f.write(flamegraphSVG(stacks, f"mcpsvc (SQLite) tools/call, 64 connections, {duration:.0f} s"))
+            f.write(flamegraphSVG(stacks, f"mcpsvc ({store}) {bench.o.profile_flow}, 64 connections, {duration:.0f} s"))
         summary = profileSummary(stacks, bench.o.profile_rate, duration)
         say(f"\nprofile: {svg}\n         {raw} (collapsed stacks: open it in https://www.speedscope.app)\n")
         say(summary)
@@ -869,6 +916,9 @@ def main() -> int:
     parser.add_argument("--only", help="comma list of flows: tools/call, tools/call+session, initialize, "
                                        "refresh, refresh_grace, register (default: all)")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the mcpsvc processes (repeatable), for experiments: "
+                             "e.g. --server-env LOG_LEVEL=warn")
     parser.add_argument("--workers", type=int, help="mcpsvc worker processes (when twistd mcpsvc supports it)")
     parser.add_argument("--log-level", default="info",
                         help="mcpsvc LOG_LEVEL (default info, the production default: every request is logged, "
@@ -877,7 +927,10 @@ def main() -> int:
                                                             "'none': no pinning)")
     parser.add_argument("--client-cpus", default="1", help="taskset CPU list for wrk (default 1)")
     parser.add_argument("--profile", action="store_true",
-                        help="instead of the benchmark: py-spy the SQLite mcpsvc during one 64-connection run")
+                        help="instead of the benchmark: py-spy mcpsvc (the first of --stores) during one "
+                             "64-connection run")
+    parser.add_argument("--profile-flow", default="tools/call", choices=["tools/call", "tools/call+session"],
+                        help="what --profile drives (default tools/call)")
     parser.add_argument("--profile-duration", type=float, default=10.0)
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second (default 100)")
     o = parser.parse_args()
@@ -887,6 +940,11 @@ def main() -> int:
     o.cold_starts = o.cold_starts or (1 if o.quick else 3)
     o.connections = [int(c) for c in o.connections.split(",")]
     o.only = None if not o.only else set(o.only.split(","))
+    pairs = [item.partition("=") for item in o.server_env]
+    bad = [name for name, eq, _ in pairs if not eq or not name]
+    if bad:
+        parser.error(f"--server-env takes NAME=VALUE, not {bad[0]!r}")
+    o.server_env = {name: value for name, _, value in pairs}
 
     signal.signal(signal.SIGTERM, _onSignal)
     os.makedirs(RESULTS, exist_ok=True)
@@ -916,6 +974,7 @@ def main() -> int:
             f"LOG_LEVEL={o.log_level}; rate limits raised for the bench: "
             + ", ".join(f"{k}={v}" for k, v in RATE_LIMITS.items()))
         say(f"scratch directory (logs, SQLite file): {bench.tmp}")
+        bench.extras["stack_rss_kib"] = stackRSS()
         if not o.no_baseline:
             bench.baseline()
         for store in stores:

@@ -191,7 +191,11 @@ def makeService(options: Options) -> IService:
         )
     from mcpsvc.service import buildService
 
-    return buildService(config, reactor=reactor, handleSignals=True)
+    service = buildService(config, reactor=reactor, handleSignals=True)
+    watch = workers.lifeline(reactor)
+    if watch is not None:
+        watch.setServiceParent(service)
+    return service
 
 
 def _printErrors(errors: List[str]) -> None:

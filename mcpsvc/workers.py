@@ -26,6 +26,13 @@ children have (killing stragglers after the drain timeout plus 10 s).
 
 A worker answers with C{X-Mcpsvc-Worker: <index>} (1..N), so tests and
 operators can see which one served a request (an index, not a pid).
+
+Each worker also inherits the read end of a pipe whose write end only the
+parent holds (its I{lifeline}, L{ParentLifeline}): if the parent dies
+without stopping them (C{SIGKILL}, an OOM kill), the pipe reports end of
+file and every worker stops gracefully, draining in-flight requests and
+closing the inherited sockets, instead of serving on as orphans that no
+supervisor manages.
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ log = Logger()
 WORKER_ENV = "MCPSVC_WORKER"
 #: Set in a worker's environment: how many sockets it inherits.
 _COUNT_ENV = "MCPSVC_WORKER_FDS"
+#: Set in a worker's environment: the descriptor of its lifeline.
+_LIFELINE_ENV = "MCPSVC_WORKER_LIFELINE"
 #: First inherited socket (as systemd's SD_LISTEN_FDS_START).
 _FIRST_FD = 3
 MAX_RESTARTS = 5
@@ -250,6 +259,12 @@ class WorkerSupervisor(Service):
         childFDs: Dict[int, Any] = {0: 0, 1: 1, 2: 2}
         for i, sock in enumerate(self.sockets):
             childFDs[_FIRST_FD + i] = sock.fileno()
+        # A pipe the worker reads and only this process holds the write
+        # end of (never written): its end of file tells the worker that
+        # this process is gone.
+        lifeline = _FIRST_FD + len(self.sockets)
+        childFDs[lifeline] = "r"
+        env[_LIFELINE_ENV] = str(lifeline)
         worker = _Worker(self, index)
         code = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
         self.reactor.spawnProcess(
@@ -319,6 +334,79 @@ class WorkerSupervisor(Service):
         for sock in self.sockets:
             sock.close()
         self.sockets = []
+
+
+class ParentLifeline(Service):
+    """
+    In a worker: watch the lifeline pipe from the parent and stop the
+    reactor (a graceful stop: the tree drains as on SIGTERM) when it ends,
+    i.e. when the parent has exited, however it died.
+
+    @param fd: the inherited read end of the pipe.
+    @param reactor: the reactor to watch it with and to stop.
+    """
+
+    name = "lifeline"
+
+    def __init__(self, fd: int, reactor: Any) -> None:
+        self.fd = fd
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        os.set_blocking(self.fd, False)
+        self.reactor.addReader(self)
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._close()
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            self.reactor.removeReader(self)
+            os.close(self.fd)
+            self.fd = -1
+
+    # IReadDescriptor
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "lifeline"
+
+    def doRead(self) -> Any:
+        try:
+            data = os.read(self.fd, 512)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if data:
+            return None  # the parent never writes; ignore it
+        from twisted.internet.main import CONNECTION_DONE
+
+        return CONNECTION_DONE
+
+    def connectionLost(self, reason: Any) -> None:
+        self._close()
+        if not self.running:
+            return
+        log.warn("The --workers parent process is gone: stopping this worker")
+        from twisted.internet.error import ReactorNotRunning
+
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass  # already stopping
+
+
+def lifeline(reactor: Any, environ: Any = None) -> Optional[ParentLifeline]:
+    """
+    In a worker: the L{ParentLifeline} for its inherited pipe (C{None}
+    elsewhere).
+    """
+    value = (os.environ if environ is None else environ).get(_LIFELINE_ENV, "")
+    return ParentLifeline(int(value), reactor) if value.isdigit() else None
 
 
 def checkWorkers(config: Any, count: int) -> None:

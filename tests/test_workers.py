@@ -18,6 +18,17 @@ from tests.process import SECRET, McpsvcProcess
 IAT = "initial-access-token-" + "8" * 24
 
 
+def gone(pid: int) -> bool:
+    """
+    Whether C{pid} has exited (a zombie left to a non-reaping init counts).
+    """
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return True
+
+
 class WorkersTests(SynchronousTestCase):
     def startWorkers(self, count: int = 2, **extra: str) -> McpsvcProcess:
         port = freePort()
@@ -136,6 +147,29 @@ class WorkersTests(SynchronousTestCase):
         self.served(lambda: http(self.serverURL + "/health"), {"1", "2"})
         self.assertEqual(process.stop(), 0)
 
+    def test_orphanedWorkersStop(self) -> None:
+        """
+        When the parent dies without stopping its workers (C{SIGKILL}),
+        each worker sees its lifeline end, stops gracefully and exits:
+        nothing keeps serving the address unsupervised.
+        """
+        process = self.startWorkers(2)
+        process.start()
+        self.waitForWorkers(process, 2)
+        pids = self.workerPIDs(process)
+        self.served(lambda: http(self.serverURL + "/health"), {"1", "2"})
+        process.signal(signal.SIGKILL)
+        # The workers hold the same output pipe: it ends once both exited.
+        self.assertEqual(process.wait(60), -signal.SIGKILL)
+        texts = [str(r.get("text", "")) for r in process.records]
+        self.assertEqual(
+            texts.count("The --workers parent process is gone: stopping this worker"), 2, texts[-20:]
+        )
+        self.assertEqual(texts.count("mcpsvc stopped"), 2)
+        for pid in pids:
+            self.assertTrue(gone(pid), f"worker {pid} still running")
+        self.assertRaises(OSError, http, self.serverURL + "/health")
+
     def test_memoryStoreRefused(self) -> None:
         """
         C{--workers 2} with C{STORE=memory} is refused before anything
@@ -168,6 +202,48 @@ class WorkerOptionTests(SynchronousTestCase):
         self.assertEqual(tcpAddress("tcp:3000:interface=127.0.0.1:backlog=9"), ("127.0.0.1", 3000, 9))
         for description in ("ssl:443:privateKey=k.pem", "unix:/tmp/s", "systemd:domain=INET:index=0"):
             self.assertRaises(WorkerError, tcpAddress, description)
+
+    def test_lifeline(self) -> None:
+        """
+        L{ParentLifeline} reads its pipe without blocking, ignores data,
+        and stops the reactor (once) when the write end closes; stopped
+        first (a normal shutdown), it just lets go of the pipe.
+        """
+        from twisted.internet.main import CONNECTION_DONE
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.logger import capturedLogs
+
+        from mcpsvc.workers import ParentLifeline, lifeline
+
+        self.assertIsNone(lifeline(MemoryReactorClock(), environ={}))
+        r, w = os.pipe()
+        reactor = MemoryReactorClock()
+        reactor.running = True
+        watch = lifeline(reactor, environ={"MCPSVC_WORKER_LIFELINE": str(r)})
+        assert isinstance(watch, ParentLifeline)
+        watch.startService()
+        self.assertIn(watch, reactor.getReaders())
+        self.assertIsNone(watch.doRead())  # nothing to read: not the end
+        os.write(w, b"x")
+        self.assertIsNone(watch.doRead())
+        os.close(w)
+        self.assertIs(watch.doRead(), CONNECTION_DONE)
+        with capturedLogs() as events:
+            watch.connectionLost(CONNECTION_DONE)
+        self.assertTrue(reactor.hasStopped)
+        self.assertNotIn(watch, reactor.getReaders())
+        self.assertIn("parent process is gone", " ".join(str(e.get("log_format")) for e in events))
+        self.assertRaises(OSError, os.fstat, r)  # closed
+
+        r, w = os.pipe()
+        self.addCleanup(os.close, w)
+        reactor = MemoryReactorClock()
+        watch = ParentLifeline(r, reactor)
+        watch.startService()
+        watch.stopService()
+        self.assertNotIn(watch, reactor.getReaders())
+        self.assertFalse(reactor.hasStopped)
+        self.assertRaises(OSError, os.fstat, r)
 
     def test_refused(self) -> None:
         from mcpsvc.workers import WorkerError, checkWorkers

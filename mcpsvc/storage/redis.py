@@ -588,6 +588,9 @@ class RedisStore:
         self._clock = clock
         self._prefix = prefix
         self._timeout = timeout
+        #: Revocation checks waiting for the one in flight (see isRevoked).
+        self._revocationQueue: List[Tuple[str, float, "Deferred[bool]"]] = []
+        self._revocationBusy = False
 
     # -- plumbing
 
@@ -828,11 +831,53 @@ class RedisStore:
         return self._call(revoke())
 
     def isRevoked(self, jti: str, now: float) -> "Deferred[bool]":
-        async def check() -> bool:
-            value = await self._command("GET", self._key("revoked", jti))
-            return value is not None and now < float(value)
+        """
+        Coalesced: a check asked while none is in flight goes to Redis at
+        once (one C{GET}); checks asked while one is in flight wait for it
+        and then go together in one C{MGET}. Each check still reads Redis
+        after it was asked (never an earlier answer), so a revocation
+        written by any instance before a request arrives is always seen.
+        Under load this turns N commands, N replies to parse and N reactor
+        wake-ups into one of each.
+        """
+        d: Deferred[bool] = Deferred()
+        self._revocationQueue.append((jti, now, d))
+        if not self._revocationBusy:
+            self._checkRevocations()
+        return d
 
-        return self._call(check())
+    def _checkRevocations(self) -> None:
+        batch, self._revocationQueue = self._revocationQueue, []
+        if not batch:
+            self._revocationBusy = False
+            return
+        self._revocationBusy = True
+        keys = [self._key("revoked", jti) for jti, _, _ in batch]
+
+        async def check() -> List[Any]:
+            if len(keys) == 1:
+                return [await self._command("GET", keys[0])]
+            return list(await self._command("MGET", *keys))
+
+        def answered(values: List[Any]) -> None:
+            for (jti, now, d), value in zip(batch, values):
+                if d.called:  # the caller may have cancelled it
+                    continue
+                try:
+                    revoked = value is not None and now < float(value)
+                except (TypeError, ValueError):
+                    log.error("Unreadable revocation entry for {jti}: treated as revoked", jti=jti)
+                    revoked = True  # fail closed
+                d.callback(revoked)
+
+        def failed(failure: Failure) -> None:
+            for _, _, d in batch:
+                if not d.called:
+                    d.errback(failure)
+
+        running = self._call(check())
+        running.addCallbacks(answered, failed)
+        running.addBoth(lambda _: self._checkRevocations())
 
     # -- sessions
 

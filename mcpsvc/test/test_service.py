@@ -87,6 +87,35 @@ class OrderedMultiServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
+    def test_processFreezesStartupHeap(self) -> None:
+        """
+        Started as the process's tree (C{handleSignals}), the service moves
+        the start-up heap out of the cyclic GC once the reactor runs (so a
+        full collection under load does not walk every module and class),
+        after the children started; a tree built for tests or embedding
+        leaves the GC of its host alone.
+        """
+        from mcpsvc import service
+
+        events: List[str] = []
+        self.patch(service.gc, "freeze", lambda: events.append("freeze"))
+        self.patch(service.signal, "signal", lambda *a: None)
+        reactor = MemoryReactorClock()
+        parent = OrderedMultiService(reactor=reactor, handleSignals=True)
+        Recording("http", events).setServiceParent(parent)
+        parent.startService()
+        self.assertEqual(events, ["start http"])
+        with capturedLogs():
+            reactor.run()
+        self.assertEqual(events, ["start http", "freeze"])
+
+        del events[:]
+        embedded = OrderedMultiService(reactor=MemoryReactorClock())
+        embedded.startService()
+        embedded._reactor.run()
+        self.assertEqual(events, [])
+
+
 class SweeperTests(SynchronousTestCase):
     def test_survivesFailingSweep(self) -> None:
         """

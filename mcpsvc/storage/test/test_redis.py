@@ -104,6 +104,31 @@ class RedisStoreTests(StoreTestsMixin, TestCase):
         self.assertEqual(self.server.command("ZCARD", self.prefix + "families"), 0)
         await self.assertFails(self.store.getFamily("fam-1", self.now()), NoSuchFamily)
 
+    async def test_revocationChecksCoalesced(self) -> None:
+        """
+        Revocation checks asked together reach Redis as one C{GET} (the
+        first, at once) and one C{MGET} (the rest, when it answers), and
+        each gets its own answer.
+        """
+        from twisted.internet.defer import gatherResults
+
+        for i in range(0, 40, 2):
+            await self.store.revokeJTI(f"j{i}", self.now() + 60)
+        await self.store.revokeJTI("old", self.now() + 1)
+
+        def calls(name: str) -> int:
+            for line in self.server.command("INFO", "commandstats").splitlines():
+                if line.startswith(f"cmdstat_{name}:"):
+                    return int(line.split("calls=")[1].split(",")[0])
+            return 0
+
+        before = (calls("get"), calls("mget"))
+        checks = [self.store.isRevoked(f"j{i}", self.now()) for i in range(40)]
+        checks.append(self.store.isRevoked("old", self.now() + 2))
+        results = await gatherResults(checks)
+        self.assertEqual(results, [i % 2 == 0 for i in range(40)] + [False])
+        self.assertEqual((calls("get") - before[0], calls("mget") - before[1]), (1, 1))
+
     async def test_notOpen(self) -> None:
         store = RedisStore(RedisConnection(lambda: None), self.clock, "x:", 1.0)
         await self.assertFails(store.ping(), StoreUnavailable)
@@ -285,6 +310,83 @@ class _HangingHandler:
 
 async def _noop() -> None:
     return None
+
+
+class _RecordingHandler(_HangingHandler):
+    """
+    A txredisapi stand-in that records each command with its Deferred.
+    """
+
+    def execute_command(self, *args: Any) -> "Deferred[Any]":
+        d = super().execute_command(*args)
+        self.commands.append(args)
+        return d
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commands: list = []
+
+
+class RevocationCoalescingTests(SynchronousTestCase):
+    """
+    L{RedisStore.isRevoked} batches the checks asked while one is in
+    flight; each check is sent to Redis only after it was asked.
+    """
+
+    def makeStore(self) -> "tuple[RedisStore, _RecordingHandler]":
+        from twisted.internet.task import Clock
+
+        handler = _RecordingHandler()
+        connection = RedisConnection(lambda: handler)
+        connection.open()
+        return RedisStore(connection, Clock(), "t:", timeout=5.0), handler
+
+    def test_batches(self) -> None:
+        store, handler = self.makeStore()
+        first = store.isRevoked("a", EPOCH)
+        self.assertEqual(handler.commands, [("GET", "t:revoked:a")])
+        second = store.isRevoked("b", EPOCH)
+        third = store.isRevoked("c", EPOCH)
+        gone = store.isRevoked("d", EPOCH)
+        gone.cancel()
+        self.failureResultOf(gone)
+        self.assertEqual(len(handler.commands), 1)  # they wait for the first
+        handler.pending[0].callback(None)
+        self.assertIs(self.successResultOf(first), False)
+        self.assertEqual(handler.commands[1], ("MGET", "t:revoked:b", "t:revoked:c", "t:revoked:d"))
+        handler.pending[1].callback([str(EPOCH + 10), str(EPOCH - 1), None])
+        self.assertIs(self.successResultOf(second), True)
+        self.assertIs(self.successResultOf(third), False)  # that entry had expired
+        # Idle again: the next check goes at once, alone.
+        store.isRevoked("e", EPOCH)
+        self.assertEqual(handler.commands[2], ("GET", "t:revoked:e"))
+
+    def test_failureReachesEveryWaiter(self) -> None:
+        """
+        A batch that fails fails each of its checks with
+        L{StoreUnavailable} (fail closed), and the next batch still goes.
+        """
+        store, handler = self.makeStore()
+        store.isRevoked("a", EPOCH)
+        waiting = [store.isRevoked(j, EPOCH) for j in ("b", "c")]
+        handler.pending[0].callback(None)
+        handler.pending[1].errback(ConnectionError("gone"))
+        for d in waiting:
+            self.failureResultOf(d, StoreUnavailable)
+        self.flushLoggedErrors()
+        later = store.isRevoked("z", EPOCH)
+        handler.pending[2].callback(str(EPOCH + 5))
+        self.assertIs(self.successResultOf(later), True)
+
+    def test_unreadableEntryIsRevoked(self) -> None:
+        from twisted.logger import capturedLogs
+
+        store, handler = self.makeStore()
+        d = store.isRevoked("a", EPOCH)
+        with capturedLogs() as events:
+            handler.pending[0].callback("garbage")
+        self.assertIs(self.successResultOf(d), True)
+        self.assertIn("Unreadable revocation entry", " ".join(str(e.get("log_format")) for e in events))
 
 
 class CancellationTests(SynchronousTestCase):

@@ -20,6 +20,10 @@ setup(
         "treq>=24.9",
         "pyjwt[crypto]>=2.10",
         "txredisapi>=1.4.10",
+        # txredisapi parses replies with hiredis (Redis's C parser) when it
+        # is installed; its pure-Python parser spends a reactor iteration
+        # and two epoll_ctl calls on every element of a reply.
+        "hiredis>=3.0",
         "python-dotenv>=1.0",
         "attrs>=23.1",
         "cryptography>=42",

@@ -8,7 +8,8 @@ for Redis), on the real reactor.
 
   - consumeCode: storeCode + consumeCode of a fresh code (one op = both);
   - rotateRefresh: one rotation of a family's current token;
-  - isRevoked: a deny-list lookup.
+  - isRevoked: a deny-list lookup;
+  - getSession: an MCP session read (every request inside a session).
 
 Each figure is measured sequentially (one call in flight: latency-bound)
 and with C concurrent callers. Redis runs on a throwaway redis-server
@@ -32,7 +33,7 @@ from twisted.internet.task import react  # noqa: E402
 
 from mcpsvc.config import Config  # noqa: E402
 from mcpsvc.storage import buildStoreService  # noqa: E402
-from mcpsvc.storage.interfaces import CodeRecord, RefreshFamily  # noqa: E402
+from mcpsvc.storage.interfaces import CodeRecord, RefreshFamily, SessionRecord  # noqa: E402
 from mcpsvc.testing.redis import RedisServer  # noqa: E402
 
 
@@ -90,7 +91,19 @@ async def benchStore(store: Any, now: float, count: int, concurrency: int, tag: 
     async def check(i: int) -> None:
         await store.isRevoked(f"j-{tag}-{i % 2 and 'revoked' or i}", now)
 
-    for name, op in (("consumeCode", consume), ("rotateRefresh", rotate), ("isRevoked", check)):
+    await store.createSession(
+        SessionRecord(
+            sessionID=f"sess-{tag}", subject="s", clientID="c", protocolVersion="2025-06-18",
+            createdAt=now, expiresAt=now + 3600,
+            data={"clientInfo": {"name": "ServiceNow", "version": "1.0"}, "capabilities": {}},
+        )
+    )
+
+    async def session(i: int) -> None:
+        await store.getSession(f"sess-{tag}", now)
+
+    for name, op in (("consumeCode", consume), ("rotateRefresh", rotate), ("isRevoked", check),
+                     ("getSession", session)):
         results[name] = await measure(count, concurrency, op)
     return results
 
@@ -115,13 +128,14 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                     tag = f"{backend}-{concurrency}"
                     figures = await benchStore(service.store, reactor.seconds(), args.count, concurrency, tag)
                     table.append([backend, str(concurrency)] + [f"{figures[k]:,.0f}" for k in
-                                                                 ("consumeCode", "rotateRefresh", "isRevoked")])
+                                                                 ("consumeCode", "rotateRefresh", "isRevoked",
+                                                                  "getSession")])
             finally:
                 await service.stopService()
     finally:
         if server is not None:
             server.stop()
-    header = ["backend", "in flight", "consumeCode/s", "rotateRefresh/s", "isRevoked/s"]
+    header = ["backend", "in flight", "consumeCode/s", "rotateRefresh/s", "isRevoked/s", "getSession/s"]
     widths = [max(len(row[i]) for row in table + [header]) for i in range(len(header))]
     for row in [header] + table:
         sys.stdout.write("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) + "\n")

@@ -18,15 +18,23 @@ from tests.process import SECRET, McpsvcProcess
 IAT = "initial-access-token-" + "8" * 24
 
 
-def gone(pid: int) -> bool:
+def gone(pid: int, timeout: float = 10.0) -> bool:
     """
-    Whether C{pid} has exited (a zombie left to a non-reaping init counts).
+    Whether C{pid} exits within C{timeout} seconds (waiting on a pidfd,
+    which becomes readable when the process terminates, zombie or not).
     """
+    import select
+
     try:
-        with open(f"/proc/{pid}/status") as f:
-            return any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
-    except FileNotFoundError:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
         return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
+    finally:
+        os.close(fd)
 
 
 class WorkersTests(SynchronousTestCase):

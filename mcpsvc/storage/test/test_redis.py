@@ -267,6 +267,19 @@ class SentinelTests(TestCase):
         self.assertIn("db2:keys=", master.command("INFO", "keyspace"))
 
 
+class ParserTests(SynchronousTestCase):
+    def test_hiredis(self) -> None:
+        """
+        txredisapi parses replies with hiredis (a dependency): its
+        pure-Python parser pauses the transport and waits a reactor
+        iteration for every element of a reply (a session read or an
+        C{MGET} of revocations would cost one iteration per field).
+        """
+        import txredisapi
+
+        self.assertIs(txredisapi.RedisProtocol, txredisapi.HiredisProtocol)
+
+
 class RedisServerHelperTests(SynchronousTestCase):
     """
     L{RedisServer} itself.

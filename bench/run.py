@@ -386,6 +386,8 @@ class Bench:
         self.notes: List[str] = []
         self.workersArgs: List[str] = []
         self.redis: Any = None
+        self.baselineServer: Optional[Server] = None
+        self.baselineEnv: Dict[str, str] = {}
 
     # ----- mcpsvc
     def mcpsvcEnv(self, store: str, port: int, sessions: bool) -> Dict[str, str]:
@@ -453,17 +455,34 @@ class Bench:
 
     # ----- measuring
     def measure(self, server: Server, target: str, flow: str, connections: int, script: str,
-                path: str, env: Callable[[], Dict[str, str]], args: Sequence[str] = ()) -> Dict[str, Any]:
+                path: str, env: Callable[[], Dict[str, str]], args: Sequence[str] = (),
+                paired: bool = False) -> Dict[str, Any]:
+        """
+        C{repeat} wrk runs of one point. With C{paired} (mcpsvc's
+        C{tools/call} points) each run follows a baseline run of the same
+        length and connections, so the ratio compares runs seconds apart:
+        this machine's speed drifts over a 15-minute bench by more than
+        the differences being measured.
+        """
         runs = []
         for i in range(self.o.repeat):
+            pair = None
+            if paired and self.baselineServer is not None:
+                self.baselineServer.alive()
+                pair = runWrk(self.pin, self.baselineServer.base + "/mcp", CALL_LUA, connections,
+                              self.o.duration, self.baselineEnv)
             server.alive()
             result = runWrk(self.pin, server.base + path, script, connections, self.o.duration, env(), args)
             server.alive()
             result["rss_kib"] = server.rss
+            if pair is not None:
+                result["baseline_rps"] = pair["rps"]
+                result["baseline_failed"] = pair["failed"]
             runs.append(result)
             say(f"  {target:<15} {flow:<17} c={connections:<3} run {i + 1}: {result['rps']:9.1f} req/s  "
                 f"p50 {result['p50_us'] / 1000:7.2f} ms  p99 {result['p99_us'] / 1000:7.2f} ms  "
-                f"failed {result['failed']}  rss {fmtMiB(result['rss_kib'])}")
+                f"failed {result['failed']}  rss {fmtMiB(result['rss_kib'])}"
+                + ("" if pair is None else f"  (baseline just before: {pair['rps']:.1f} req/s)"))
         point = {
             "target": target, "flow": flow, "connections": connections, "runs": runs,
             "rps": statistics.median(r["rps"] for r in runs),
@@ -473,6 +492,9 @@ class Bench:
             "failed": sum(r["failed"] for r in runs),
             "rss_kib": runs[-1]["rss_kib"],
         }
+        ratios = [r["rps"] / r["baseline_rps"] for r in runs if r.get("baseline_rps")]
+        if ratios:
+            point["paired_ratio"] = statistics.median(ratios)
         self.points.append(point)
         return point
 
@@ -486,6 +508,11 @@ class Bench:
 
     # ----- the phases
     def baseline(self) -> None:
+        """
+        Start the baseline, measure its own rows, and leave it running
+        (stopped by L{stopBaseline}): each mcpsvc C{tools/call} run is
+        paired with a baseline run just before it (see L{measure}).
+        """
         from baseline import mint
         port = freePort()
         issuer = f"http://127.0.0.1:{port}"
@@ -496,20 +523,22 @@ class Bench:
                "JWT_SECRET": self.secret, "PYTHONPATH": ROOT}
         proc = PROCS.start(argv, env, self.tmp, logPath)
         server = Server("baseline", proc, issuer, logPath, time.perf_counter())
-        try:
-            waitReady(server.base, proc, logPath)
-            token = mint(self.secret, issuer, issuer + "/mcp")
-            status, _, answer = request(server.base, "POST", "/mcp", mcpHeaders(token), json.dumps(TOOL_CALL).encode())
-            if not toolCallOK(status, answer):
-                raise BenchError(f"baseline answered {status}: {answer[:200]!r}")
-            self.extras.setdefault("idle_rss_kib", {})["baseline"] = server.rss
-            say(f"baseline: pid {proc.pid}, idle RSS {fmtMiB(server.rss)}")
-            env = {"MCP_TOKEN": token}
-            self.warmup(server, CALL_LUA, "/mcp", env)
-            for c in self.o.connections:
-                self.measure(server, "baseline", "tools/call", c, CALL_LUA, "/mcp", lambda: env)
-        finally:
-            self.stopServer(server)
+        self.baselineServer = server
+        waitReady(server.base, proc, logPath)
+        token = mint(self.secret, issuer, issuer + "/mcp")
+        status, _, answer = request(server.base, "POST", "/mcp", mcpHeaders(token), json.dumps(TOOL_CALL).encode())
+        if not toolCallOK(status, answer):
+            raise BenchError(f"baseline answered {status}: {answer[:200]!r}")
+        self.extras.setdefault("idle_rss_kib", {})["baseline"] = server.rss
+        say(f"baseline: pid {proc.pid}, idle RSS {fmtMiB(server.rss)}")
+        self.baselineEnv = {"MCP_TOKEN": token}
+        self.warmup(server, CALL_LUA, "/mcp", self.baselineEnv)
+        for c in self.o.connections:
+            self.measure(server, "baseline", "tools/call", c, CALL_LUA, "/mcp", lambda: self.baselineEnv)
+
+    def stopBaseline(self) -> None:
+        server, self.baselineServer = self.baselineServer, None
+        self.stopServer(server)
 
     def mcpsvc(self, store: str) -> None:
         target = f"mcpsvc-{store}"
@@ -540,7 +569,8 @@ class Bench:
             self.warmup(server, CALL_LUA, "/mcp", callEnv)
             if self.wanted("tools/call"):
                 for c in self.o.connections:
-                    self.measure(server, target, "tools/call", c, CALL_LUA, "/mcp", lambda: callEnv)
+                    self.measure(server, target, "tools/call", c, CALL_LUA, "/mcp", lambda: callEnv,
+                                 paired=True)
             if self.wanted("refresh"):
                 for c in self.o.connections:
                     def chained(c: int = c) -> Dict[str, str]:
@@ -572,7 +602,8 @@ class Bench:
                 if self.wanted("tools/call+session"):
                     self.warmup(server, CALL_LUA, "/mcp", sessionEnv)
                     for c in self.o.connections:
-                        self.measure(server, target, "tools/call+session", c, CALL_LUA, "/mcp", lambda: sessionEnv)
+                        self.measure(server, target, "tools/call+session", c, CALL_LUA, "/mcp",
+                                     lambda: sessionEnv, paired=True)
                 if self.wanted("initialize"):
                     for c in self.o.connections:
                         self.measure(server, target, "initialize", c, FLOWS_LUA, "/mcp",
@@ -638,10 +669,13 @@ def table(bench: Bench) -> str:
     rows = []
     for p in bench.points:
         ratio = ""
-        if p["flow"] == "tools/call" and p["target"] != "baseline" and base.get(p["connections"]):
-            ratio = f"{100 * p['rps'] / base[p['connections']]:.0f} %"
-        elif p["flow"] == "tools/call+session" and base.get(p["connections"]):
-            ratio = f"({100 * p['rps'] / base[p['connections']]:.0f} %)"
+        share = p.get("paired_ratio")
+        if share is None and p["target"] != "baseline" and base.get(p["connections"]):
+            share = p["rps"] / base[p["connections"]]
+        if share is not None and p["flow"] == "tools/call" and p["target"] != "baseline":
+            ratio = f"{100 * share:.0f} %"
+        elif share is not None and p["flow"] == "tools/call+session":
+            ratio = f"({100 * share:.0f} %)"
         rows.append([p["target"], p["flow"], str(p["connections"]), f"{p['rps']:,.0f}",
                      f"{p['rps_min']:,.0f}-{p['rps_max']:,.0f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}",
                      str(p["failed"]), "?" if p["rss_kib"] is None else f"{p['rss_kib'] / 1024:.1f}", ratio])
@@ -990,6 +1024,7 @@ def main() -> int:
                     bench.redis.stop()
                     PROCS.extra.remove(bench.redis)
                     bench.redis = None
+        bench.stopBaseline()
         out = table(bench)
         say("\n" + out)
         say("refresh (rotate): every request uses a never-used refresh token (chained in Lua, one family per "

@@ -37,7 +37,7 @@ import math
 from typing import Any, Callable, Coroutine, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.internet.interfaces import IReactorTime
@@ -509,8 +509,28 @@ def redisConnector(
         # this, a failed AUTH or SELECT is an "Unhandled error in Deferred".
         if factory.deferred is not None:
             factory.deferred.addErrback(_connectFailed, host, port)
+        _keepTrying(factory)
 
     return connect
+
+
+def _keepTrying(factory: Any) -> None:
+    """
+    When AUTH or SELECT fails on one new connection (a wrong password, a
+    connection dropped in the middle of the handshake, a Redis restarting),
+    txredisapi calls C{factory.stopTrying()}: the whole pool then never
+    reconnects, and every later call fails until mcpsvc is restarted, even
+    once Redis is fine (or the password fixed). Keep reconnecting instead,
+    with the pool's usual back-off: a refused handshake is an outage like
+    any other. (We close the pool with C{disconnect()}, which does not go
+    through C{stopTrying}.)
+    """
+
+    def stopTrying() -> "Deferred[None]":
+        log.warn("Redis refused or dropped a new connection during AUTH/SELECT; reconnecting")
+        return succeed(None)
+
+    factory.stopTrying = stopTrying
 
 
 def _connectFailed(failure: Failure, host: str, port: int) -> None:

@@ -155,6 +155,30 @@ class RedisAuthTests(TestCase):
         await store.createClient(client())
         self.assertEqual((await store.getClient("client-1")).clientID, "client-1")
 
+    async def test_passwordFixedRecovers(self) -> None:
+        """
+        A refused AUTH does not stop the pool for good (txredisapi would
+        stop reconnecting): once Redis accepts the password, the same
+        store works again without a restart.
+        """
+        store = openStore(self, f"redis://:later@127.0.0.1:{self.server.port}/0", reactor,
+                          timeout=0.3, maxRetryDelay=0.2)
+        with self.assertRaises(StoreUnavailable):
+            await store.ping()
+        self.server.command("CONFIG", "SET", "requirepass", "later")
+        self.server.password = "later"
+        for attempt in range(100):  # bounded: each attempt waits at most the 0.3 s timeout
+            try:
+                await store.ping()
+                break
+            except StoreUnavailable:
+                continue
+        else:
+            self.fail("the store never reconnected after the password was fixed")
+        await store.createClient(client())
+        self.assertEqual((await store.getClient("client-1")).clientID, "client-1")
+        self.flushLoggedErrors()
+
     async def test_wrongPassword(self) -> None:
         store = openStore(self, f"redis://:wrong@127.0.0.1:{self.server.port}/0", reactor, timeout=0.5)
         try:

@@ -31,6 +31,7 @@ from mcpsvc.storage.interfaces import StoreUnavailable
 
 __all__ = [
     "HTTPError",
+    "renderFailure",
     "BadRequest",
     "Unauthorized",
     "Forbidden",
@@ -301,6 +302,25 @@ def installErrorHandlers(app: Any) -> None:
 
     @app.handle_errors(StoreUnavailable)
     def _storeDown(instance: Any, request: IRequest, failure: Failure) -> bytes:
+        return renderFailure(request, failure)
+
+    @app.handle_errors(Exception)
+    def _unexpected(instance: Any, request: IRequest, failure: Failure) -> bytes:
+        return renderFailure(request, failure)
+
+
+def renderFailure(request: IRequest, failure: Failure) -> bytes:
+    """
+    Answer C{request} for C{failure} (what L{installErrorHandlers} does
+    for a Klein app, for the resources that are not Klein's): an
+    L{HTTPError} as itself; L{StoreUnavailable} logged and answered 503
+    with C{Retry-After} (fail closed); anything else logged with its
+    traceback and answered with a generic 500 (no traceback reaches the
+    client).
+    """
+    if failure.check(HTTPError):
+        return renderError(request, failure.value)
+    if failure.check(StoreUnavailable):
         log.error(
             "Store unavailable for {method} {path}: {why}",
             method=request.method.decode("latin-1"),
@@ -311,22 +331,19 @@ def installErrorHandlers(app: Any) -> None:
         return renderError(
             request, ServiceUnavailable("The service is temporarily unavailable")
         )
-
-    @app.handle_errors(Exception)
-    def _unexpected(instance: Any, request: IRequest, failure: Failure) -> bytes:
-        log.failure(
-            "Unhandled error for {method} {path}",
-            failure,
-            method=request.method.decode("latin-1"),
-            path=request.path.decode("latin-1"),
-            requestID=getattr(request, "requestID", None),
-        )
-        return renderError(
-            request,
-            HTTPError(
-                "An internal error occurred",
-                code=500,
-                error="server_error",
-                jsonrpcCode=-32603,
-            ),
-        )
+    log.failure(
+        "Unhandled error for {method} {path}",
+        failure,
+        method=request.method.decode("latin-1"),
+        path=request.path.decode("latin-1"),
+        requestID=getattr(request, "requestID", None),
+    )
+    return renderError(
+        request,
+        HTTPError(
+            "An internal error occurred",
+            code=500,
+            error="server_error",
+            jsonrpcCode=-32603,
+        ),
+    )

@@ -37,21 +37,24 @@ from urllib.parse import urlsplit
 
 import attrs
 from attrs import Factory, field, frozen
-from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
 
 from mcpsvc.http.errors import (
     Forbidden,
     HTTPError,
     JSONRPCHTTPError,
     MethodNotAllowed,
+    NotFoundError,
     UnsupportedMediaType,
-    installErrorHandlers,
+    renderError,
+    renderFailure,
 )
 from mcpsvc.http.jsonio import JSON_LIMIT, mediaType, readBody
 from mcpsvc.mcp.dispatcher import (
@@ -356,7 +359,6 @@ class McpApp:
     @ivar makeSessionID: returns a new session id (visible ASCII).
     """
 
-    app: ClassVar[Klein] = Klein()
     log: ClassVar[Logger] = Logger()
 
     config: Any
@@ -390,17 +392,18 @@ class McpApp:
 
     def resource(self) -> IResource:
         """
-        The Klein resource serving C{/mcp} and C{/mcp/}.
+        The resource serving C{/mcp} and C{/mcp/} (see L{McpResource}).
         """
-        return self.app.resource()  # type: ignore[no-any-return]
-
-    installErrorHandlers(app)
+        return McpResource(self)
 
     # -- routing --------------------------------------------------------------
 
-    @app.route("/mcp", methods=["POST", "GET", "DELETE"])
-    @app.route("/mcp/", methods=["POST", "GET", "DELETE"])
     async def endpoint(self, request: IRequest) -> Any:
+        """
+        Answer one request to C{/mcp} (C{POST}, C{GET} or C{DELETE}):
+        the response body, or an L{HTTPError} (or L{StoreUnavailable})
+        raised for L{McpResource} to render.
+        """
         self._checkOrigin(request)
         self._checkHost(request)
         principal = await self.authenticate(request)
@@ -889,3 +892,58 @@ class McpApp:
     @property
     def openStreams(self) -> int:
         return len(self._streams)
+
+
+class McpResource(Resource):
+    """
+    C{/mcp} and C{/mcp/} as a plain C{twisted.web} leaf: the hot path of
+    every tool call, so it skips Klein (route matching, a per-request
+    adapter and callback closures that keep each request alive in
+    reference cycles until the garbage collector's next full pass).
+
+    Only C{POST}, C{GET} and C{DELETE} reach L{McpApp.endpoint}; anything
+    else (C{HEAD} included) is 405 with C{Allow}. Errors are rendered
+    like the Klein apps' (L{renderFailure}). When the client goes away
+    first, the endpoint's work is cancelled and nothing is written.
+    """
+
+    isLeaf = True
+    _methods = (b"DELETE", b"GET", b"POST")
+    _paths = (b"/mcp", b"/mcp/")
+
+    def __init__(self, app: McpApp) -> None:
+        super().__init__()
+        self.app = app
+
+    def render(self, request: IRequest) -> Any:
+        if request.path not in self._paths:
+            return renderError(request, NotFoundError("No such resource"))
+        if request.method not in self._methods:
+            return renderError(request, MethodNotAllowed([m.decode() for m in self._methods]))
+        d = Deferred.fromCoroutine(self.app.endpoint(request))
+        d.addCallbacks(_respond, _failed, callbackArgs=(request,), errbackArgs=(request,))
+        if not d.called:
+            request.notifyFinish().addErrback(_abandoned, d)
+        return NOT_DONE_YET
+
+
+def _respond(body: bytes, request: IRequest) -> None:
+    if request.finished or getattr(request, "_disconnected", False):
+        return
+    if body:
+        request.write(body)
+    request.finish()
+
+
+def _failed(failure: Failure, request: IRequest) -> None:
+    if getattr(request, "_disconnected", False) or request.finished:
+        if not failure.check(CancelledError):
+            McpApp.log.failure("Error after the client went away", failure,
+                               requestID=getattr(request, "requestID", None))
+        return
+    _respond(renderFailure(request, failure), request)
+
+
+def _abandoned(reason: Failure, d: "Deferred[Any]") -> None:
+    # The connection closed before the response was finished.
+    d.cancel()

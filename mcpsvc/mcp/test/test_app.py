@@ -3,8 +3,10 @@ Tests for L{mcpsvc.mcp.app}: the Streamable HTTP transport, sessions,
 both protocol eras, and tool calls over HTTP.
 """
 
+import gc
 import json
-from typing import Any, Dict
+import weakref
+from typing import Any, Dict, List, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -283,6 +285,16 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(response.code, 404)
         response, _ = self.h.request("DELETE")
         self.assertEqual(response.code, 400)
+
+    def test_headIsNotDelete(self) -> None:
+        """
+        C{HEAD} is not one of the endpoint's methods: 405 with C{Allow},
+        and the session lives on (it was once routed like C{DELETE}).
+        """
+        response, _ = self.h.request("HEAD", headers={"Mcp-Session-Id": self.sid})
+        self.assertEqual(response.code, 405)
+        self.assertEqual(header(response, "allow"), b"DELETE, GET, POST")
+        self.assertEqual(self.ping(**{"Mcp-Session-Id": self.sid})[0], 200)
 
     def test_survivesRestart(self) -> None:
         """
@@ -828,6 +840,86 @@ class DisconnectTests(SynchronousTestCase):
         self.assertEqual(h.cancelled, 1)
         self.assertEqual(h.app.dispatcher.inFlight, 0)
         self.assertEqual(channel.transport.written.getvalue(), written)
+
+
+class ResourceTests(SynchronousTestCase):
+    """
+    L{McpResource}: the plain resource in front of L{McpApp.endpoint}.
+    """
+
+    def raw(self, h: Harness, head: bytes, body: bytes = b"", requests: Optional[List[Any]] = None) -> bytes:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+        from twisted.web.http import HTTPChannel
+        from twisted.web.server import Request, Site
+
+        site = Site(h.app.resource())
+        if requests is not None:
+            class Recorded(Request):
+                def __init__(self, *a: Any, **kw: Any) -> None:
+                    super().__init__(*a, **kw)
+                    requests.append(weakref.ref(self))
+
+            site.requestFactory = Recorded
+        channel = site.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        channel.makeConnection(transport)
+        channel.dataReceived(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        out = transport.value()
+        channel.connectionLost(None)
+        return out
+
+    def test_subPathNotFound(self) -> None:
+        """
+        Only C{/mcp} and C{/mcp/} are the endpoint: anything below is a
+        JSON-RPC 404.
+        """
+        h = Harness(self)
+        out = self.raw(h, b"POST /mcp/extra HTTP/1.1\r\nHost: 127.0.0.1:3000\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 404 "), out[:80])
+        self.assertIn(b'"jsonrpc": "2.0"', out.replace(b'":"', b'": "'))
+
+    def test_unexpectedError(self) -> None:
+        """
+        An exception escaping the endpoint is logged with its traceback and
+        answered with a generic JSON-RPC 500, nothing of the exception in
+        it.
+        """
+        h = Harness(self)
+
+        async def broken(request: Any) -> Any:
+            raise ZeroDivisionError("secret detail")
+
+        h.authenticate = broken  # type: ignore[method-assign]
+        h.app = McpApp(config=h.config, store=h.store, clock=h.clock,
+                       authenticate=broken, registry=h.registry)
+        out = self.raw(h, b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:3000\r\nContent-Type: application/json\r\n",
+                       b"{}")
+        self.assertTrue(out.startswith(b"HTTP/1.1 500 "), out[:80])
+        self.assertIn(b"-32603", out)
+        self.assertNotIn(b"secret detail", out)
+        self.assertNotIn(b"ZeroDivisionError", out)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_freedWithoutCollector(self) -> None:
+        """
+        A finished request is freed by reference counting alone: nothing in
+        the path keeps it in a reference cycle for the cyclic garbage
+        collector to find (under load those cycles made every request
+        survive into the oldest generation, and full collections stalled
+        the reactor).
+        """
+        h = Harness(self, Config(sessions=False))
+        requests: List[Any] = []
+        body = json.dumps(h.call(1, "tools/call", {"name": "echo", "arguments": {"text": "hi"}})).encode()
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        out = self.raw(h, b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:3000\r\nContent-Type: application/json\r\n"
+                          b"Accept: application/json, text/event-stream\r\n", body, requests)
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out[:300])
+        self.assertEqual(len(requests), 1)
+        self.assertIsNone(requests[0](), "the request is only reachable through a reference cycle")
 
 
 class ClientRequestTests(SynchronousTestCase):

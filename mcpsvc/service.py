@@ -369,4 +369,8 @@ def buildService(
     log.info("Configuration: {summary}", summary=summary(config))
     for notice in config.notices:
         log.warn("{notice}", notice=notice)
+    from mcpsvc.authpage import startupWarnings
+
+    for warning in startupWarnings(config):
+        log.warn("{warning}", warning=warning)
     return root

@@ -8,7 +8,7 @@ Importing this package imports neither Klein nor the reactor.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
     from twisted.internet.interfaces import IReactorTime
@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mcpsvc.config import Config
     from mcpsvc.oauth.app import IApprover
 
-__all__ = ["buildApprover"]
+__all__ = ["buildApprover", "startupWarnings"]
 
 
 def buildApprover(
@@ -48,3 +48,26 @@ def buildApprover(
 
         runInThread = maybeDeferred
     return ConsentApprover(config=config, store=store, clock=clock, runInThread=runInThread)
+
+
+def startupWarnings(config: "Config") -> List[str]:
+    """
+    What an operator should hear at start-up about the authorization page:
+    in login mode, an accounts file that is missing, unreadable or empty
+    (nobody could sign in, so every authorization would fail).
+    """
+    if config.authorizeMode != "login":
+        return []
+    from mcpsvc.authpage.users import UsersError, loadUsers
+
+    path = config.loginUsersFile
+    try:
+        users = loadUsers(path)
+    except UsersError as e:
+        return [f"AUTHORIZE_MODE=login, but the accounts file is unusable ({e}): nobody can sign in"]
+    if not users:
+        return [
+            f"AUTHORIZE_MODE=login, but {path} holds no accounts: nobody can sign in until one is "
+            f"added with `mcpsvc users add NAME`"
+        ]
+    return []

@@ -148,3 +148,44 @@ class UsersCommandTests(SynchronousTestCase):
         out, err = io.StringIO(), io.StringIO()
         self.assertEqual(run(["users", "add", "--env-file", "", "bob"], out, err), 0, err.getvalue())
         self.assertEqual(users.listUsers(self.path), ["bob"])
+
+
+class StartupWarningTests(SynchronousTestCase):
+    """
+    L{mcpsvc.authpage.startupWarnings}: login mode with nobody to sign in
+    is said at start-up, by L{mcpsvc.service.buildService} too.
+    """
+
+    def config(self, mode: str, path: str):  # type: ignore[no-untyped-def]
+        from mcpsvc.config import loadConfig
+
+        return loadConfig({"JWT_SECRET": "x" * 32, "STORE": "memory", "AUTHORIZE_MODE": mode,
+                           "LOGIN_USERS_FILE": path})
+
+    def test_warnings(self) -> None:
+        from mcpsvc.authpage import startupWarnings
+
+        path = os.path.join(self.mktemp(), "users.json")
+        [missing] = startupWarnings(self.config("login", path))
+        self.assertIn("holds no accounts", missing)
+        self.assertIn("mcpsvc users add", missing)
+        self.assertEqual(startupWarnings(self.config("consent", path)), [])
+        users.addUser(path, "alice", "correct horse battery", 0.0)
+        self.assertEqual(startupWarnings(self.config("login", path)), [])
+        with open(path, "w") as f:
+            f.write("[]")
+        [unusable] = startupWarnings(self.config("login", path))
+        self.assertIn("unusable", unusable)
+
+    def test_loggedByBuildService(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.logger import capturedLogs
+
+        from mcpsvc.service import buildService
+
+        path = os.path.join(self.mktemp(), "users.json")
+        with capturedLogs() as events:
+            buildService(self.config("login", path), reactor=MemoryReactorClock())
+        texts = [e.get("warning", "") for e in events if e.get("log_level") is not None
+                 and e["log_level"].name == "warn"]
+        self.assertTrue(any("holds no accounts" in t for t in texts), texts)

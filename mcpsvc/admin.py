@@ -195,7 +195,13 @@ def clientsCommand(options: Any, out: TextIO, err: TextIO) -> int:
                     out.write(json.dumps(_describe(await store.getClient(clientID)), indent=2) + "\n")
                 else:
                     await store.deleteClient(clientID)
-                    out.write(f"Removed client {clientID}\n")
+                    # Its access tokens are refused from now on (they would
+                    # otherwise live until they expire).
+                    from mcpsvc.storage.interfaces import clientRevocationID
+
+                    await store.revokeJTI(clientRevocationID(clientID),
+                                          reactor.seconds() + config.accessTokenLifetime)
+                    out.write(f"Removed client {clientID}; its access tokens are refused from now on\n")
             except NoSuchClient:
                 err.write(f"No such client: {clientID}\n")
                 return 1

@@ -86,7 +86,17 @@ class ClientsCommandTests(SynchronousTestCase):
         with open(path, "w") as f:
             json.dump({"x1": {"clientName": "X", "redirectUris": ["http://127.0.0.1/cb"]}}, f)
         self.assertEqual(self.mcpsvc("clients", "import", path).returncode, 0)
-        self.assertEqual(self.mcpsvc("clients", "remove", "x1").returncode, 0)
+        removed = self.mcpsvc("clients", "remove", "x1")
+        self.assertEqual(removed.returncode, 0, removed.stderr)
+        self.assertIn("its access tokens are refused from now on", removed.stdout)
+        # Its access tokens are deny-listed for an access token's lifetime.
+        import sqlite3
+        import time
+
+        with sqlite3.connect(self.env["STORE_PATH"]) as db:
+            [(expiresAt,)] = db.execute(
+                "SELECT expiresAt FROM revocations WHERE jti = 'client:x1'").fetchall()
+        self.assertTrue(time.time() + 3000 < expiresAt <= time.time() + 3600, expiresAt)
         result = self.mcpsvc("clients", "show", "x1")
         self.assertEqual(result.returncode, 1)
         self.assertIn("No such client: x1", result.stderr)

@@ -128,7 +128,7 @@ class MetricsEndToEndTests(SynchronousTestCase):
             ("rotateRefresh", 1), ("revokeJTI", 1), ("createSession", 1),
         ):
             self.assertEqual(samples.get((latency, label(operation=operation))), float(count), operation)
-        for operation in ("takeToken", "getClient", "isRevoked", "getSession", "sweep", "countSessions"):
+        for operation in ("takeToken", "getClient", "isAnyRevoked", "getSession", "sweep", "countSessions"):
             self.assertGreaterEqual(samples.get((latency, label(operation=operation)), 0.0), 1.0, operation)
         self.assertGreater(samples[("mcpsvc_store_operation_seconds_sum", label(operation="createClient"))], 0.0)
         self.assertNotIn(True, [k[0] == "mcpsvc_store_errors_total" and v > 0 for k, v in samples.items()])

@@ -37,6 +37,7 @@ from mcpsvc.config import Config, RateLimit
 from mcpsvc.http.errors import OAuthError, TooManyRequests, installErrorHandlers
 from mcpsvc.http.jsonio import readForm, readJSON, writeJSON
 from mcpsvc.oauth import pkce
+from mcpsvc.oauth.bearer import revocationIDs
 from mcpsvc.oauth.clients import (
     ClientMetadataError,
     authMethod,
@@ -835,7 +836,7 @@ class OAuthApp:
 
         access = self.tokens.issue(
             now=now, subject=record.subject, clientID=client.clientID,
-            scope=record.scope, audience=record.resource,
+            scope=record.scope, audience=record.resource, familyID=record.familyID,
         )
         refresh: Optional[str] = None
         if "refresh_token" in grantTypes(client.metadata):
@@ -929,7 +930,7 @@ class OAuthApp:
                 raise OAuthError("invalid_target", "resource does not match the grant")
         access = self.tokens.issue(
             now=now, subject=family.subject, clientID=client.clientID,
-            scope=scope, audience=family.resource,
+            scope=scope, audience=family.resource, familyID=familyID,
         )
         successor = newRefreshToken(familyID)
         try:
@@ -1089,7 +1090,7 @@ class OAuthApp:
                 # only its own tokens. Confidential clients (resource servers,
                 # operators) may inspect any.
                 claims = None
-            if claims is not None and not await self.store.isRevoked(claims.jti, now):
+            if claims is not None and not await self.store.isAnyRevoked(revocationIDs(claims), now):
                 body = {
                     "active": True,
                     "token_type": "Bearer",

@@ -13,7 +13,7 @@ L{StoreUnavailable} (503): never an accept.
 from __future__ import annotations
 
 import hmac
-from typing import Any, ClassVar, Iterable, Optional
+from typing import Any, ClassVar, Iterable, List, Optional
 
 from attrs import field, frozen
 from twisted.internet.interfaces import IReactorTime
@@ -23,8 +23,9 @@ from twisted.web.iweb import IRequest
 from mcpsvc.config import Config
 from mcpsvc.http.errors import BadRequest, Forbidden, Unauthorized
 from mcpsvc.oauth.scopes import RESOURCE_SCOPES, formatScope
-from mcpsvc.oauth.tokens import AccessTokens, InvalidToken
+from mcpsvc.oauth.tokens import AccessClaims, AccessTokens, InvalidToken
 from mcpsvc.principal import Principal
+from mcpsvc.storage.interfaces import clientRevocationID, familyRevocationID
 
 __all__ = ["BearerAuthenticator", "challenge", "requireScopes"]
 
@@ -174,7 +175,7 @@ class BearerAuthenticator:
         except InvalidToken as e:
             self.log.info("Refused an access token: {reason}", reason=str(e))
             raise self._unauthorized(str(e), True)
-        if await self.store.isRevoked(claims.jti, now):
+        if await self.store.isAnyRevoked(revocationIDs(claims), now):
             self.log.info("Refused a revoked access token {jti}", jti=claims.jti)
             raise self._unauthorized("token has been revoked", True)
         return Principal(
@@ -185,3 +186,17 @@ class BearerAuthenticator:
             expiresAt=claims.expiresAt,
             method="bearer",
         )
+
+
+def revocationIDs(claims: AccessClaims) -> List[str]:
+    """
+    The deny-list ids that refuse an access token: its own C{jti}, its
+    client's (removed with C{mcpsvc clients remove}) and, when it was
+    issued from a refresh family (claim C{fid}), the family's (revoked as
+    a whole: at C{/oauth/revoke}, on reuse of a stale refresh token, by
+    C{mcpsvc tokens revoke} or C{mcpsvc grants revoke}).
+    """
+    ids = [claims.jti, clientRevocationID(claims.clientID)]
+    if claims.familyID:
+        ids.append(familyRevocationID(claims.familyID))
+    return ids

@@ -306,6 +306,8 @@ class AccessClaims:
     issuedAt: float
     expiresAt: float
     claims: Mapping[str, Any] = field(repr=False, factory=dict)
+    #: The refresh family the token was issued from (claim C{fid}), if any.
+    familyID: Optional[str] = None
 
     @property
     def scopes(self) -> frozenset[str]:
@@ -362,9 +364,13 @@ class AccessTokens:
         scope: str,
         audience: Optional[str] = None,
         jti: Optional[str] = None,
+        familyID: Optional[str] = None,
     ) -> IssuedToken:
         """
         Sign a new access token valid from C{now} for L{lifetime} seconds.
+
+        @param familyID: the refresh family (grant) it is issued from, put
+            in the C{fid} claim so that revoking the family refuses it.
         """
         issuedAt = int(now)
         expiresAt = issuedAt + int(self.lifetime)
@@ -380,6 +386,8 @@ class AccessTokens:
             "client_id": clientID,
             "scope": scope,
         }
+        if familyID is not None:
+            claims["fid"] = familyID
         headers: Dict[str, Any] = {"typ": TOKEN_TYPE}
         key = self.keys.signing
         if key.kid is not None:
@@ -493,4 +501,5 @@ class AccessTokens:
             issuedAt=iat,
             expiresAt=exp,
             claims=claims,
+            familyID=_string(claims, "fid") if "fid" in claims else None,
         )

@@ -22,7 +22,7 @@ Conventions:
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from attrs import field, frozen
 from zope.interface import Attribute, Interface
@@ -52,7 +52,25 @@ __all__ = [
     "ISessionStore",
     "IRateLimitStore",
     "IStore",
+    "familyRevocationID",
+    "clientRevocationID",
 ]
+
+
+def familyRevocationID(familyID: str) -> str:
+    """
+    The deny-list id under which a revoked refresh family's access tokens
+    (claim C{fid}) are refused, all of them, not only the newest.
+    """
+    return "family:" + familyID
+
+
+def clientRevocationID(clientID: str) -> str:
+    """
+    The deny-list id under which a removed client's access tokens are
+    refused.
+    """
+    return "client:" + clientID
 
 
 # --------------------------------------------------------------------------
@@ -372,8 +390,11 @@ class IRefreshStore(Interface):
     def revokeFamily(familyID: str, now: float) -> Any:
         """
         Revoke the whole family, and deny-list its C{lastAccessJTI} until
-        C{lastAccessExpiresAt}. Fires with the revoked L{RefreshFamily}, or
-        C{None} if there was no live family (revocation is idempotent).
+        C{lastAccessExpiresAt} and L{familyRevocationID} until the later of
+        the family's C{expiresAt} and C{lastAccessExpiresAt} (every access
+        token issued from the family carries its id). Fires with the
+        revoked L{RefreshFamily}, or C{None} if there was no live family
+        (revocation is idempotent).
         """
 
     def listFamilies(clientID: Optional[str], now: float) -> Any:
@@ -394,6 +415,13 @@ class IRevocationStore(Interface):
         Fires with C{True} if C{jti} is deny-listed and C{now <
         expiresAt}. Fails with L{StoreUnavailable}, never with C{False},
         when the store cannot answer.
+        """
+
+    def isAnyRevoked(ids: Sequence[str], now: float) -> Any:
+        """
+        L{isRevoked} of several ids in one store round trip (an access
+        token's C{jti}, its family's and its client's deny-list ids):
+        C{True} if any is deny-listed.
         """
 
 

@@ -9,7 +9,7 @@ so tests driving it need neither a reactor nor C{flush()}.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -34,6 +34,7 @@ from mcpsvc.storage.interfaces import (
     RotationResult,
     SessionRecord,
     SweepReport,
+    familyRevocationID,
 )
 
 __all__ = ["MemoryStore"]
@@ -188,6 +189,9 @@ class MemoryStore:
         self._families[family.familyID] = (family, True)
         if family.lastAccessJTI and now < family.lastAccessExpiresAt:
             self._denyList(family.lastAccessJTI, family.lastAccessExpiresAt)
+        until = max(family.expiresAt, family.lastAccessExpiresAt)
+        if now < until:
+            self._denyList(familyRevocationID(family.familyID), until)
 
     def revokeFamily(self, familyID: str, now: float) -> "Deferred[Optional[RefreshFamily]]":
         def revoke() -> Optional[RefreshFamily]:
@@ -220,8 +224,14 @@ class MemoryStore:
         return _answer(lambda: self._denyList(jti, expiresAt))
 
     def isRevoked(self, jti: str, now: float) -> "Deferred[bool]":
-        expiresAt = self._revoked.get(jti)
-        return succeed(expiresAt is not None and now < expiresAt)
+        return self.isAnyRevoked((jti,), now)
+
+    def isAnyRevoked(self, ids: Sequence[str], now: float) -> "Deferred[bool]":
+        for jti in ids:
+            expiresAt = self._revoked.get(jti)
+            if expiresAt is not None and now < expiresAt:
+                return succeed(True)
+        return succeed(False)
 
     # -- sessions
 

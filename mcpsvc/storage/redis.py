@@ -101,6 +101,11 @@ local function revoke(key, index, h, prefix, now)
   if h['lastAccessJTI'] and tonumber(h['lastAccessExpiresAt']) > tonumber(now) then
     denyList(prefix .. 'revoked:' .. h['lastAccessJTI'], h['lastAccessExpiresAt'], now)
   end
+  local untilAt = h['expiresAt']
+  if h['lastAccessExpiresAt'] and tonumber(h['lastAccessExpiresAt']) > tonumber(untilAt) then
+    untilAt = h['lastAccessExpiresAt']
+  end
+  denyList(prefix .. 'revoked:family:' .. h['familyID'], untilAt, now)
 end
 """
 
@@ -609,7 +614,7 @@ class RedisStore:
         self._prefix = prefix
         self._timeout = timeout
         #: Revocation checks waiting for the one in flight (see isRevoked).
-        self._revocationQueue: List[Tuple[str, float, "Deferred[bool]"]] = []
+        self._revocationQueue: List[Tuple[Sequence[str], float, "Deferred[bool]"]] = []
         self._revocationBusy = False
 
     # -- plumbing
@@ -860,8 +865,11 @@ class RedisStore:
         Under load this turns N commands, N replies to parse and N reactor
         wake-ups into one of each.
         """
+        return self.isAnyRevoked((jti,), now)
+
+    def isAnyRevoked(self, ids: Sequence[str], now: float) -> "Deferred[bool]":
         d: Deferred[bool] = Deferred()
-        self._revocationQueue.append((jti, now, d))
+        self._revocationQueue.append((tuple(ids), now, d))
         if not self._revocationBusy:
             self._checkRevocations()
         return d
@@ -872,7 +880,7 @@ class RedisStore:
             self._revocationBusy = False
             return
         self._revocationBusy = True
-        keys = [self._key("revoked", jti) for jti, _, _ in batch]
+        keys = [self._key("revoked", jti) for ids, _, _ in batch for jti in ids]
 
         async def check() -> List[Any]:
             if len(keys) == 1:
@@ -880,15 +888,18 @@ class RedisStore:
             return list(await self._command("MGET", *keys))
 
         def answered(values: List[Any]) -> None:
-            for (jti, now, d), value in zip(batch, values):
-                if d.called:  # the caller may have cancelled it
-                    continue
-                try:
-                    revoked = value is not None and now < float(value)
-                except (TypeError, ValueError):
-                    log.error("Unreadable revocation entry for {jti}: treated as revoked", jti=jti)
-                    revoked = True  # fail closed
-                d.callback(revoked)
+            answers = iter(values)
+            for ids, now, d in batch:
+                revoked = False
+                for jti in ids:
+                    value = next(answers)
+                    try:
+                        revoked = revoked or (value is not None and now < float(value))
+                    except (TypeError, ValueError):
+                        log.error("Unreadable revocation entry for {jti}: treated as revoked", jti=jti)
+                        revoked = True  # fail closed
+                if not d.called:  # the caller may have cancelled it
+                    d.callback(revoked)
 
         def failed(failure: Failure) -> None:
             for _, _, d in batch:

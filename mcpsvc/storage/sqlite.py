@@ -56,6 +56,7 @@ from mcpsvc.storage.interfaces import (
     StoreError,
     StoreUnavailable,
     SweepReport,
+    familyRevocationID,
 )
 
 __all__ = ["SQLiteStore", "MIGRATIONS", "RunInThread"]
@@ -185,7 +186,7 @@ class SQLiteStore:
         self._connection: Optional[sqlite3.Connection] = None
         self._closed = False
         #: Revocation checks waiting for the one in flight (see isRevoked).
-        self._revocationQueue: List[Tuple[str, float, "Deferred[bool]"]] = []
+        self._revocationQueue: List[Tuple[Sequence[str], float, "Deferred[bool]"]] = []
         self._revocationBusy = False
 
     # -- plumbing (these run in the thread)
@@ -369,6 +370,9 @@ class SQLiteStore:
         c.execute("UPDATE families SET revoked = 1 WHERE familyID = ?", (family.familyID,))
         if family.lastAccessJTI and now < family.lastAccessExpiresAt:
             SQLiteStore._denyList(c, family.lastAccessJTI, family.lastAccessExpiresAt)
+        until = max(family.expiresAt, family.lastAccessExpiresAt)
+        if now < until:
+            SQLiteStore._denyList(c, familyRevocationID(family.familyID), until)
 
     @staticmethod
     def _denyList(c: sqlite3.Connection, jti: str, expiresAt: float) -> None:
@@ -456,8 +460,11 @@ class SQLiteStore:
         the database after it was asked (never an earlier answer), so a
         revocation committed before a request arrives is always seen.
         """
+        return self.isAnyRevoked((jti,), now)
+
+    def isAnyRevoked(self, ids: Sequence[str], now: float) -> "Deferred[bool]":
         d: Deferred[bool] = Deferred()
-        self._revocationQueue.append((jti, now, d))
+        self._revocationQueue.append((tuple(ids), now, d))
         if not self._revocationBusy:
             self._checkRevocations()
         return d
@@ -471,10 +478,13 @@ class SQLiteStore:
 
         def check(c: sqlite3.Connection) -> List[bool]:
             return [
-                c.execute(
-                    "SELECT 1 FROM revocations WHERE jti = ? AND expiresAt > ?", (jti, now)
-                ).fetchone() is not None
-                for jti, now, _ in batch
+                any(
+                    c.execute(
+                        "SELECT 1 FROM revocations WHERE jti = ? AND expiresAt > ?", (jti, now)
+                    ).fetchone() is not None
+                    for jti in ids
+                )
+                for ids, now, _ in batch
             ]
 
         def answered(results: List[bool]) -> None:

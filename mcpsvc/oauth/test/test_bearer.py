@@ -151,6 +151,53 @@ class BearerTests(OAuthTestCase):
         err = self.assertRefused(self.bearerRequest(tokens["access_token"]))
         self.assertIn("revoked", err.description)
 
+    def test_familyRevokedRefusesEveryAccessToken(self) -> None:
+        """
+        Revoking a refresh token revokes its whole grant: every access
+        token issued from the family is refused at once, the older ones
+        too (not only the newest), and introspection calls them inactive;
+        another grant of the same client is untouched.
+        """
+        first = self.obtainTokens(self.client)
+        other = self.obtainTokens(self.client)
+        response, second = self.refresh(self.client, first["refresh_token"])
+        self.assertEqual(response.code, 200, second)
+        for token in (first["access_token"], second["access_token"]):
+            self.successResultOf(self.authenticate(self.bearerRequest(token)))
+        self.request("POST", "/oauth/revoke",
+                     **self.clientAuth(self.client, {"token": second["refresh_token"]}))
+        for token in (first["access_token"], second["access_token"]):
+            self.assertRefused(self.bearerRequest(token))
+            response, body = self.request(
+                "POST", "/oauth/introspect", **self.clientAuth(self.client, {"token": token}))
+            self.assertEqual(body, {"active": False})
+        self.successResultOf(self.authenticate(self.bearerRequest(other["access_token"])))
+
+    def test_reuseRefusesEveryAccessToken(self) -> None:
+        """
+        A stale refresh token presented after the grace window revokes the
+        family, and with it the access tokens already handed out.
+        """
+        first = self.obtainTokens(self.client)
+        response, second = self.refresh(self.client, first["refresh_token"])
+        self.assertEqual(response.code, 200, second)
+        self.clock.advance(self.config.refreshGraceSeconds + 1)
+        response, body = self.refresh(self.client, first["refresh_token"])
+        self.assertEqual((response.code, body["error"]), (400, "invalid_grant"))
+        for token in (first["access_token"], second["access_token"]):
+            self.assertRefused(self.bearerRequest(token))
+
+    def test_removedClientRefused(self) -> None:
+        """
+        A client's deny-list entry (written by C{mcpsvc clients remove})
+        refuses all its access tokens, client credentials ones included.
+        """
+        from mcpsvc.storage.interfaces import clientRevocationID
+
+        tokens = self.obtainTokens(self.client)
+        self.successResultOf(self.store.revokeJTI(clientRevocationID(self.client["client_id"]), EPOCH + 7200))
+        self.assertRefused(self.bearerRequest(tokens["access_token"]))
+
     def test_tokenInQueryString(self) -> None:
         """
         A token in the query string is refused (400), even a valid one
@@ -168,7 +215,7 @@ class BearerTests(OAuthTestCase):
         propagates: never an accept.
         """
         tokens = self.obtainTokens(self.client)
-        self.patch(self.store, "isRevoked", lambda jti, now: fail(StoreUnavailable("down")))
+        self.patch(self.store, "isAnyRevoked", lambda ids, now: fail(StoreUnavailable("down")))
         self.failureResultOf(self.authenticate(self.bearerRequest(tokens["access_token"])), StoreUnavailable)
 
     def test_apiKey(self) -> None:

@@ -404,6 +404,40 @@ class StoreTestsMixin:
         self.assertIsNone(await self.store.revokeFamily("fam-unknown", now))
         await self.assertFails(self.rotate("sha256:r0", "sha256:r1", now), NoSuchFamily)
 
+    async def test_isAnyRevoked(self) -> None:
+        now = self.now()
+        await self.store.revokeJTI("a", now + 10)
+        await self.store.revokeJTI("b", now + 1)
+        self.assertTrue(await self.store.isAnyRevoked(["x", "a"], now))
+        self.assertTrue(await self.store.isAnyRevoked(("b",), now))
+        self.assertFalse(await self.store.isAnyRevoked(["x", "y"], now))
+        self.assertFalse(await self.store.isAnyRevoked(["b", "x"], now + 1))
+        checks = [self.store.isAnyRevoked([f"n{i}", "a" if i % 3 == 0 else "z"], now) for i in range(9)]
+        self.assertEqual([await d for d in checks], [i % 3 == 0 for i in range(9)])
+
+    async def test_revokeFamilyDenyListsTheFamily(self) -> None:
+        """
+        Revoking a family (directly, or on reuse of a stale token) also
+        deny-lists the family's id, for the family's lifetime: every access
+        token issued from it is refused, not only the newest.
+        """
+        from mcpsvc.storage.interfaces import familyRevocationID
+
+        now = self.now()
+        await self.store.createFamily(family())
+        await self.store.createFamily(family("fam-2", lastAccessJTI="jti-2"))
+        self.assertFalse(await self.store.isRevoked(familyRevocationID("fam-1"), now))
+        await self.store.revokeFamily("fam-1", now)
+        self.assertTrue(await self.store.isRevoked(familyRevocationID("fam-1"), now))
+        self.assertTrue(await self.store.isRevoked(familyRevocationID("fam-1"), EPOCH + 86399))
+        self.assertFalse(await self.store.isRevoked(familyRevocationID("fam-1"), EPOCH + 86400))
+        self.assertFalse(await self.store.isRevoked(familyRevocationID("fam-2"), now))
+        # Reuse detection revokes the family the same way.
+        await self.rotate("sha256:r0", "sha256:r1", now, familyID="fam-2")
+        result = await self.rotate("sha256:r0", "sha256:r2", now + 3600, familyID="fam-2")
+        self.assertEqual(result.outcome, RotationOutcome.REUSED)
+        self.assertTrue(await self.store.isRevoked(familyRevocationID("fam-2"), now + 3600))
+
     async def test_revokedFamilyIdNotReused(self) -> None:
         await self.store.createFamily(family())
         await self.store.revokeFamily("fam-1", self.now())

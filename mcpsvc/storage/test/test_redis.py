@@ -86,7 +86,7 @@ class RedisStoreTests(StoreTestsMixin, TestCase):
         keys = self.server.command("KEYS", self.prefix + "*")
         self.assertEqual(
             sorted(k[len(self.prefix):] for k in keys),
-            ["client:client-1", "clients", "family:fam-1", "revoked:jti-0"],
+            ["client:client-1", "clients", "family:fam-1", "revoked:family:fam-1", "revoked:jti-0"],
         )
 
     async def test_sweepTrimsIndexes(self) -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hmac
 import math
-from typing import Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import attrs
+from twisted.internet.defer import Deferred
 
 from mcpsvc.storage.interfaces import RateDecision, RefreshFamily, RotationOutcome
 
-__all__ = ["hashEquals", "rotation", "takeFromBucket", "bucketFullAt"]
+__all__ = ["hashEquals", "rotation", "takeFromBucket", "bucketFullAt", "RevocationBatches"]
 
 
 def hashEquals(a: Optional[str], b: Optional[str]) -> bool:
@@ -100,3 +101,54 @@ def bucketFullAt(tokens: float, updated: float, capacity: int, refillPerSecond: 
     When a bucket left alone is full again (and may be forgotten).
     """
     return updated + max(0.0, capacity - tokens) / refillPerSecond
+
+
+#: A batch of revocation checks: each entry is the ids of one check and its
+#: time.
+RevocationBatch = List[Tuple[Tuple[str, ...], float]]
+
+
+class RevocationBatches:
+    """
+    Coalesced revocation checks, for the stores that pay a round trip per
+    call: a check asked while none is in flight goes at once, alone;
+    checks asked while one is in flight wait for it and then go together.
+    Each check is still read after it was asked (never an earlier
+    answer), so a revocation made before a request arrives is always seen.
+
+    @param check: reads one batch; fires with one C{bool} per entry (any of
+        its ids deny-listed), or fails (every check of the batch fails).
+    """
+
+    def __init__(self, check: Callable[[RevocationBatch], "Deferred[List[bool]]"]) -> None:
+        self._check = check
+        self._queue: List[Tuple[Tuple[str, ...], float, "Deferred[bool]"]] = []
+        self._busy = False
+
+    def ask(self, ids: Sequence[str], now: float) -> "Deferred[bool]":
+        d: Deferred[bool] = Deferred()
+        self._queue.append((tuple(ids), now, d))
+        if not self._busy:
+            self._next()
+        return d
+
+    def _next(self) -> None:
+        batch, self._queue = self._queue, []
+        if not batch:
+            self._busy = False
+            return
+        self._busy = True
+
+        def answered(results: List[bool]) -> None:
+            for (_, _, d), revoked in zip(batch, results):
+                if not d.called:  # the caller may have cancelled it
+                    d.callback(revoked)
+
+        def failed(failure: Any) -> None:
+            for _, _, d in batch:
+                if not d.called:
+                    d.errback(failure)
+
+        running = self._check([(ids, now) for ids, now, _ in batch])
+        running.addCallbacks(answered, failed)
+        running.addBoth(lambda _: self._next())

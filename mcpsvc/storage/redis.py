@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mcpsvc.storage._codec import fromStrings, toStrings
-from mcpsvc.storage._logic import takeFromBucket
+from mcpsvc.storage._logic import RevocationBatch, RevocationBatches, takeFromBucket
 from mcpsvc.storage.interfaces import (
     AlreadyUsed,
     ClientRecord,
@@ -613,9 +613,8 @@ class RedisStore:
         self._clock = clock
         self._prefix = prefix
         self._timeout = timeout
-        #: Revocation checks waiting for the one in flight (see isRevoked).
-        self._revocationQueue: List[Tuple[Sequence[str], float, "Deferred[bool]"]] = []
-        self._revocationBusy = False
+        #: Revocation checks, coalesced (see isRevoked).
+        self._revocations = RevocationBatches(self._checkRevocations)
 
     # -- plumbing
 
@@ -868,28 +867,19 @@ class RedisStore:
         return self.isAnyRevoked((jti,), now)
 
     def isAnyRevoked(self, ids: Sequence[str], now: float) -> "Deferred[bool]":
-        d: Deferred[bool] = Deferred()
-        self._revocationQueue.append((tuple(ids), now, d))
-        if not self._revocationBusy:
-            self._checkRevocations()
-        return d
+        return self._revocations.ask(ids, now)
 
-    def _checkRevocations(self) -> None:
-        batch, self._revocationQueue = self._revocationQueue, []
-        if not batch:
-            self._revocationBusy = False
-            return
-        self._revocationBusy = True
-        keys = [self._key("revoked", jti) for ids, _, _ in batch for jti in ids]
+    def _checkRevocations(self, batch: RevocationBatch) -> "Deferred[List[bool]]":
+        keys = [self._key("revoked", jti) for ids, _ in batch for jti in ids]
 
-        async def check() -> List[Any]:
+        async def check() -> List[bool]:
             if len(keys) == 1:
-                return [await self._command("GET", keys[0])]
-            return list(await self._command("MGET", *keys))
-
-        def answered(values: List[Any]) -> None:
+                values = [await self._command("GET", keys[0])]
+            else:
+                values = list(await self._command("MGET", *keys))
             answers = iter(values)
-            for ids, now, d in batch:
+            results = []
+            for ids, now in batch:
                 revoked = False
                 for jti in ids:
                     value = next(answers)
@@ -898,17 +888,10 @@ class RedisStore:
                     except (TypeError, ValueError):
                         log.error("Unreadable revocation entry for {jti}: treated as revoked", jti=jti)
                         revoked = True  # fail closed
-                if not d.called:  # the caller may have cancelled it
-                    d.callback(revoked)
+                results.append(revoked)
+            return results
 
-        def failed(failure: Failure) -> None:
-            for _, _, d in batch:
-                if not d.called:
-                    d.errback(failure)
-
-        running = self._call(check())
-        running.addCallbacks(answered, failed)
-        running.addBoth(lambda _: self._checkRevocations())
+        return self._call(check())
 
     # -- sessions
 

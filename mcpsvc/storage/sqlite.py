@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, List, Optional, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -37,7 +37,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mcpsvc.storage._codec import fieldKinds, fromRow, toRow
-from mcpsvc.storage._logic import bucketFullAt, rotation, takeFromBucket
+from mcpsvc.storage._logic import (
+    RevocationBatch,
+    RevocationBatches,
+    bucketFullAt,
+    rotation,
+    takeFromBucket,
+)
 from mcpsvc.storage.interfaces import (
     AlreadyUsed,
     ClientRecord,
@@ -185,9 +191,8 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._connection: Optional[sqlite3.Connection] = None
         self._closed = False
-        #: Revocation checks waiting for the one in flight (see isRevoked).
-        self._revocationQueue: List[Tuple[Sequence[str], float, "Deferred[bool]"]] = []
-        self._revocationBusy = False
+        #: Revocation checks, coalesced (see isRevoked).
+        self._revocations = RevocationBatches(self._checkRevocations)
 
     # -- plumbing (these run in the thread)
 
@@ -463,19 +468,9 @@ class SQLiteStore:
         return self.isAnyRevoked((jti,), now)
 
     def isAnyRevoked(self, ids: Sequence[str], now: float) -> "Deferred[bool]":
-        d: Deferred[bool] = Deferred()
-        self._revocationQueue.append((tuple(ids), now, d))
-        if not self._revocationBusy:
-            self._checkRevocations()
-        return d
+        return self._revocations.ask(ids, now)
 
-    def _checkRevocations(self) -> None:
-        batch, self._revocationQueue = self._revocationQueue, []
-        if not batch:
-            self._revocationBusy = False
-            return
-        self._revocationBusy = True
-
+    def _checkRevocations(self, batch: RevocationBatch) -> "Deferred[List[bool]]":
         def check(c: sqlite3.Connection) -> List[bool]:
             return [
                 any(
@@ -484,22 +479,10 @@ class SQLiteStore:
                     ).fetchone() is not None
                     for jti in ids
                 )
-                for ids, now, _ in batch
+                for ids, now in batch
             ]
 
-        def answered(results: List[bool]) -> None:
-            for (_, _, d), revoked in zip(batch, results):
-                if not d.called:  # the caller may have cancelled it
-                    d.callback(revoked)
-
-        def failed(failure: Any) -> None:
-            for _, _, d in batch:
-                if not d.called:
-                    d.errback(failure)
-
-        running = self._run(check, write=False)
-        running.addCallbacks(answered, failed)
-        running.addBoth(lambda _: self._checkRevocations())
+        return self._run(check, write=False)
 
     # -- sessions
 

@@ -58,6 +58,33 @@ RATE_LIMITS = {
 }
 TOOL_CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
              "params": {"name": "echo_message", "arguments": {"message": "hi"}}}
+#: The tools/call requests the bench drives, each with a text that must be
+#: in every response (wrk's Lua checks it): C{calculate} (a real tool:
+#: schema-validated argument, the safe evaluator, an output schema, so
+#: structuredContent and a text block) is the headline; C{word_count}, the
+#: worked example of docs/tool-plugins.md, loaded as a third-party plugin
+#: (PYTHONPATH=docs/examples, TOOL_PACKS=core,textstats), has a larger
+#: input schema (a bounded string, an integer with bounds and a default)
+#: and a nested output schema; C{echo_message} is the cheapest tool.
+TOOLS: Dict[str, Tuple[Dict[str, Any], str]] = {
+    "calculate": ({"expression": "2+3"}, '"result":5,'),
+    "word_count": ({"text": "the quick brown fox jumps over the lazy dog and the cat", "top": 3},
+                   '"words":12,'),
+    "echo_message": ({"message": "hi"}, '"text":"hi"'),
+}
+EXAMPLES = os.path.join(ROOT, "docs", "examples")
+
+
+def toolEnv(token: str, tool: str, session: Optional[str] = None) -> Dict[str, str]:
+    """
+    The environment of mcp_call.lua for a tools/call of C{tool}.
+    """
+    arguments, expect = TOOLS[tool]
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+    env = {"MCP_TOKEN": token, "MCP_BODY": json.dumps(body, separators=(",", ":")), "MCP_EXPECT": expect}
+    if session:
+        env["MCP_SESSION"] = session
+    return env
 
 
 def say(text: str = "") -> None:
@@ -404,6 +431,9 @@ class Bench:
             "SESSIONS": "on" if sessions else "off",
             "STORE": store,
         }
+        if "word_count" in self.o.tools:
+            env["PYTHONPATH"] = EXAMPLES
+            env["TOOL_PACKS"] = "core,textstats"
         env.update(RATE_LIMITS)
         env.update(self.o.server_env)
         if store == "sqlite":
@@ -565,12 +595,14 @@ class Bench:
             self.extras.setdefault("idle_rss_kib", {})[target] = idle
             say(f"{target}: pid {server.proc.pid}, cold start {', '.join(f'{s * 1000:.0f} ms' for s in colds)}, "
                 f"idle RSS {fmtMiB(idle)}")
-            callEnv = {"MCP_TOKEN": access}
-            self.warmup(server, CALL_LUA, "/mcp", callEnv)
             if self.wanted("tools/call"):
-                for c in self.o.connections:
-                    self.measure(server, target, "tools/call", c, CALL_LUA, "/mcp", lambda: callEnv,
-                                 paired=True)
+                for tool in self.o.tools:
+                    callEnv = toolEnv(access, tool)
+                    self.checkCall(server, callEnv)
+                    self.warmup(server, CALL_LUA, "/mcp", callEnv)
+                    for c in self.o.connections:
+                        self.measure(server, target, f"tools/call {tool}", c, CALL_LUA, "/mcp",
+                                     lambda callEnv=callEnv: callEnv, paired=True)
             if self.wanted("refresh"):
                 for c in self.o.connections:
                     def chained(c: int = c) -> Dict[str, str]:
@@ -598,17 +630,59 @@ class Bench:
                 # SESSIONS=on (the default): initialize, and tools/call inside a session.
                 server = self.startMcpsvc(store, port, sessions=True)
                 session = openSession(server.base, access, self.note)
-                sessionEnv = {"MCP_TOKEN": access, "MCP_SESSION": session}
+                headline = self.o.tools[0]
+                sessionEnv = toolEnv(access, headline, session)
                 if self.wanted("tools/call+session"):
+                    self.checkCall(server, sessionEnv)
                     self.warmup(server, CALL_LUA, "/mcp", sessionEnv)
                     for c in self.o.connections:
-                        self.measure(server, target, "tools/call+session", c, CALL_LUA, "/mcp",
+                        self.measure(server, target, f"tools/call+session {headline}", c, CALL_LUA, "/mcp",
                                      lambda: sessionEnv, paired=True)
                 if self.wanted("initialize"):
                     for c in self.o.connections:
                         self.measure(server, target, "initialize", c, FLOWS_LUA, "/mcp",
                                      lambda: {"BENCH_FLOW": "initialize", "MCP_TOKEN": access})
             self.scanLog(target, server.logPath if server else os.path.join(self.tmp, f"mcpsvc-{store}.log"))
+        finally:
+            self.stopServer(server)
+
+    def checkCall(self, server: Server, env: Dict[str, str]) -> None:
+        """
+        One request as wrk will send it: a tool result with the expected text.
+        """
+        status, _, answer = request(server.base, "POST", "/mcp", mcpHeaders(env["MCP_TOKEN"], env.get("MCP_SESSION")),
+                                    env["MCP_BODY"].encode())
+        if not toolCallOK(status, answer) or env["MCP_EXPECT"].encode() not in answer:
+            raise BenchError(f"{server.name} answered {status} without {env['MCP_EXPECT']!r}: {answer[:300]!r}")
+
+    def sdk(self) -> None:
+        """
+        The official MCP Python SDK (bench/sdk_server.py) on the headline
+        request, C{tools/call calculate}, paired with the baseline like
+        mcpsvc, so the two are compared through runs seconds apart.
+        """
+        from baseline import mint
+        port = freePort()
+        issuer = f"http://127.0.0.1:{port}"
+        logPath = os.path.join(self.tmp, "sdk.log")
+        argv = self.pin.prefix("server") + [sys.executable, os.path.join(HERE, "sdk_server.py"), "--port", str(port),
+                                            "--issuer", issuer]
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
+               "JWT_SECRET": self.secret, "PYTHONPATH": ROOT}
+        proc = PROCS.start(argv, env, self.tmp, logPath)
+        server = Server("mcp-sdk", proc, issuer, logPath, time.perf_counter())
+        try:
+            waitReady(server.base, proc, logPath)
+            import mcp
+            callEnv = toolEnv(mint(self.secret, issuer, issuer + "/mcp"), "calculate")
+            self.checkCall(server, callEnv)
+            self.extras.setdefault("idle_rss_kib", {})["mcp-sdk"] = server.rss
+            self.extras["sdk_version"] = getattr(mcp, "__version__", None) or _distVersion("mcp")
+            say(f"official MCP Python SDK {self.extras['sdk_version']}: pid {proc.pid}, idle RSS {fmtMiB(server.rss)}")
+            self.warmup(server, CALL_LUA, "/mcp", callEnv)
+            for c in self.o.connections:
+                self.measure(server, "mcp-sdk", "tools/call calculate", c, CALL_LUA, "/mcp", lambda: callEnv,
+                             paired=True)
         finally:
             self.stopServer(server)
 
@@ -657,6 +731,14 @@ class Bench:
                       "(logged 499 aborted; wrk stopping with requests in flight)")
 
 
+def _distVersion(name: str) -> Optional[str]:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def fmtMiB(kib: Optional[int]) -> str:
     return "?" if kib is None else f"{kib / 1024:.1f} MiB"
 
@@ -672,10 +754,8 @@ def table(bench: Bench) -> str:
         share = p.get("paired_ratio")
         if share is None and p["target"] != "baseline" and base.get(p["connections"]):
             share = p["rps"] / base[p["connections"]]
-        if share is not None and p["flow"] == "tools/call" and p["target"] != "baseline":
+        if share is not None and p["flow"].startswith("tools/call") and p["target"] != "baseline":
             ratio = f"{100 * share:.0f} %"
-        elif share is not None and p["flow"] == "tools/call+session":
-            ratio = f"({100 * share:.0f} %)"
         rows.append([p["target"], p["flow"], str(p["connections"]), f"{p['rps']:,.0f}",
                      f"{p['rps_min']:,.0f}-{p['rps_max']:,.0f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}",
                      str(p["failed"]), "?" if p["rss_kib"] is None else f"{p['rss_kib'] / 1024:.1f}", ratio])
@@ -692,6 +772,16 @@ def table(bench: Bench) -> str:
                 f"{'n/a' if not cs else ', '.join(f'{c:.0f} ms' for c in cs)}"
                 f"{'' if not cs or len(cs) < 2 else f' (median {statistics.median(cs):.0f} ms)'};"
                 f"  idle RSS {fmtMiB(idles.get(name))}\n")
+    sdk = {p["connections"]: p for p in bench.points if p["target"] == "mcp-sdk"}
+    for p in bench.points:
+        other = sdk.get(p["connections"])
+        if other is None or p["target"] == "mcp-sdk" or p["flow"] != other["flow"]:
+            continue
+        line = (f"{p['target']} / official SDK, {p['flow']}, {p['connections']} connections: "
+                f"{p['rps'] / other['rps']:.2f}x req/s")
+        if p.get("paired_ratio") and other.get("paired_ratio"):
+            line += f" ({p['paired_ratio'] / other['paired_ratio']:.2f}x through their baseline pairs)"
+        out += line + "\n"
     floor = bench.extras.get("stack_rss_kib")
     if floor:
         out += ("idle RSS of the fixed stack alone (a python that only imports the libraries mcpsvc "
@@ -892,9 +982,8 @@ def profile(bench: Bench, stamp: str) -> Dict[str, Any]:
     try:
         client = register(server.base, bench.iat)
         access = authorize(server.base, client)["access_token"]
-        env = {"MCP_TOKEN": access}
-        if sessions:
-            env["MCP_SESSION"] = openSession(server.base, access)
+        env = toolEnv(access, bench.o.tools[0], openSession(server.base, access) if sessions else None)
+        bench.checkCall(server, env)
         bench.warmup(server, CALL_LUA, "/mcp", env)
         raw = os.path.join(RESULTS, f"{stamp}-profile-{store}.txt")
         svg = os.path.join(RESULTS, f"{stamp}-profile-{store}.svg")
@@ -950,6 +1039,11 @@ def main() -> int:
     parser.add_argument("--only", help="comma list of flows: tools/call, tools/call+session, initialize, "
                                        "refresh, refresh_grace, register (default: all)")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--tools", default=",".join(TOOLS),
+                        help="tools for the tools/call flows, the first is the headline (also used for "
+                             f"tools/call+session); default {','.join(TOOLS)}")
+    parser.add_argument("--no-sdk", action="store_true",
+                        help="skip the official MCP Python SDK's row (bench/sdk_server.py)")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the mcpsvc processes (repeatable), for experiments: "
                              "e.g. --server-env LOG_LEVEL=warn")
@@ -964,7 +1058,7 @@ def main() -> int:
                         help="instead of the benchmark: py-spy mcpsvc (the first of --stores) during one "
                              "64-connection run")
     parser.add_argument("--profile-flow", default="tools/call", choices=["tools/call", "tools/call+session"],
-                        help="what --profile drives (default tools/call)")
+                        help="what --profile drives (default tools/call), with the first of --tools")
     parser.add_argument("--profile-duration", type=float, default=10.0)
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second (default 100)")
     o = parser.parse_args()
@@ -974,6 +1068,10 @@ def main() -> int:
     o.cold_starts = o.cold_starts or (1 if o.quick else 3)
     o.connections = [int(c) for c in o.connections.split(",")]
     o.only = None if not o.only else set(o.only.split(","))
+    o.tools = [t for t in o.tools.split(",") if t]
+    unknown = [t for t in o.tools if t not in TOOLS]
+    if unknown or not o.tools:
+        parser.error(f"--tools takes a comma list of {', '.join(TOOLS)}")
     pairs = [item.partition("=") for item in o.server_env]
     bad = [name for name, eq, _ in pairs if not eq or not name]
     if bad:
@@ -1011,6 +1109,8 @@ def main() -> int:
         bench.extras["stack_rss_kib"] = stackRSS()
         if not o.no_baseline:
             bench.baseline()
+        if not o.no_sdk and (o.only is None or "tools/call" in o.only):
+            bench.sdk()
         for store in stores:
             if store == "redis":
                 from mcpsvc.testing.redis import RedisServer

@@ -39,6 +39,7 @@ setup(
             "mcp>=1.20",
             "httpx",
             "selenium>=4.20",
+            "hypothesis>=6.100",
         ],
     },
     entry_points={"console_scripts": ["mcpsvc = mcpsvc.cli:main"]},

@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from mcpsvc.mcp.protocol import INVALID_PARAMS, ProtocolError
 from mcpsvc.tools.features import FeatureSet
 from mcpsvc.tools.ratelimit import TokenBuckets, retryAfter
+from mcpsvc.tools.schemacheck import SchemaChecker
 from mcpsvc.tools.interfaces import (
     TOOL_NAME,
     Tool,
@@ -66,7 +67,7 @@ class InvalidTool(ValueError):
     """
 
 
-def _checkSchema(tool: Tool, which: str, schema: Any) -> Draft202012Validator:
+def _checkSchema(tool: Tool, which: str, schema: Any) -> SchemaChecker:
     if not isinstance(schema, Mapping):
         raise InvalidTool(f"tool {tool.name!r}: {which} must be a JSON object")
     if schema.get("type") != "object":
@@ -78,21 +79,7 @@ def _checkSchema(tool: Tool, which: str, schema: Any) -> Draft202012Validator:
         Draft202012Validator.check_schema(schema)
     except SchemaError as e:
         raise InvalidTool(f"tool {tool.name!r}: invalid {which}: {e.message}") from None
-    return Draft202012Validator(schema)
-
-
-def _describeErrors(validator: Draft202012Validator, instance: Any) -> Optional[str]:
-    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
-    if not errors:
-        return None
-    parts = []
-    for error in errors[:5]:
-        where = "/".join(str(p) for p in error.absolute_path)
-        parts.append(f"{where or '(root)'}: {error.message}")
-    text = "; ".join(parts)
-    if len(text) > _MAX_MESSAGE:
-        text = text[: _MAX_MESSAGE - 3] + "..."
-    return text
+    return SchemaChecker(schema, _MAX_MESSAGE)
 
 
 def _timedOut(result: Any, timeout: float) -> Failure:
@@ -151,8 +138,8 @@ class ToolRegistry:
         self.defaultTimeout = defaultTimeout
         self.pageSize = max(1, pageSize)
         byName: Dict[str, Tool] = {}
-        self._inputValidators: Dict[str, Draft202012Validator] = {}
-        self._outputValidators: Dict[str, Draft202012Validator] = {}
+        self._inputValidators: Dict[str, SchemaChecker] = {}
+        self._outputValidators: Dict[str, SchemaChecker] = {}
         for tool in tools:
             if not isinstance(tool.name, str) or not TOOL_NAME.fullmatch(tool.name):
                 raise InvalidTool(
@@ -249,7 +236,7 @@ class ToolRegistry:
         Return a readable description of what is wrong with C{arguments} for
         tool C{name}, or C{None} when they are valid.
         """
-        return _describeErrors(self._inputValidators[name], arguments)
+        return self._inputValidators[name].problems(arguments)
 
     def callTool(self, tool: Tool, arguments: Mapping[str, Any], context: ToolContext) -> "Deferred[Dict[str, Any]]":
         """
@@ -343,7 +330,7 @@ class ToolRegistry:
             content = []
             structured = value
         if outputValidator is not None:
-            problem = _describeErrors(outputValidator, structured)
+            problem = outputValidator.problems(structured)
             if problem is not None:
                 self.log.error(
                     "Tool {tool} returned output not matching its outputSchema: {problem}",

@@ -426,7 +426,7 @@ class Bench:
             "DCR_AUTH_TOKEN": self.iat,
             "AUTHORIZE_MODE": "auto",
             "SERVER_URL": f"http://127.0.0.1:{port}",
-            "LOG_FORMAT": "json",
+            "LOG_FORMAT": self.o.log_format,
             "LOG_LEVEL": self.o.log_level,
             "SESSIONS": "on" if sessions else "off",
             "STORE": store,
@@ -697,6 +697,9 @@ class Bench:
         try:
             with open(path, errors="replace") as f:
                 for line in f:
+                    if not line.startswith("{"):
+                        closed += _scanTextLine(line, levels, statuses, texts)
+                        continue
                     if '"level": "info"' in line and '"status": 4' not in line and '"status": 5' not in line:
                         continue  # the request log of a successful request: most lines
                     try:
@@ -729,6 +732,33 @@ class Bench:
         if closed:
             self.note(f"{target}: {closed} requests closed by the client before a response "
                       "(logged 499 aborted; wrk stopping with requests in flight)")
+
+
+_TEXT_LINE = re.compile(r"^\S+ \[(?P<namespace>[^\]#]*)#(?P<level>\w+)\] (?P<text>.*)$")
+_TEXT_REQUEST = re.compile(r"^(?P<method>\S+) (?P<path>\S+) (?P<status>\d{3}) ")
+
+
+def _scanTextLine(line: str, levels: Dict[str, int], statuses: Dict[str, int], texts: Dict[str, int]) -> int:
+    """
+    L{Bench.scanLog} for one line of the text format (twistd's): count
+    warnings and worse, and 4xx/5xx request lines; return 1 for a request
+    the client closed before any response (status 499), else 0.
+    """
+    match = _TEXT_LINE.match(line.rstrip("\n"))
+    if match is None:
+        return 0
+    level, text = match.group("level"), match.group("text")
+    if level in ("warn", "error", "critical"):
+        levels[level] = levels.get(level, 0) + 1
+        texts[text[:120]] = texts.get(text[:120], 0) + 1
+    request = _TEXT_REQUEST.match(text) if match.group("namespace").endswith("McpsvcRequest") else None
+    if request is None or int(request.group("status")) < 400:
+        return 0
+    if request.group("status") == "499":
+        return 1
+    key = f"{request.group('method')} {request.group('path')} {request.group('status')}"
+    statuses[key] = statuses.get(key, 0) + 1
+    return 0
 
 
 def _distVersion(name: str) -> Optional[str]:
@@ -1048,6 +1078,9 @@ def main() -> int:
                         help="extra environment for the mcpsvc processes (repeatable), for experiments: "
                              "e.g. --server-env LOG_LEVEL=warn")
     parser.add_argument("--workers", type=int, help="mcpsvc worker processes (when twistd mcpsvc supports it)")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="mcpsvc LOG_FORMAT (default text, the default: twistd's format on standard output, "
+                             "to a file)")
     parser.add_argument("--log-level", default="info",
                         help="mcpsvc LOG_LEVEL (default info, the production default: every request is logged, "
                              "to a file)")
@@ -1103,7 +1136,7 @@ def main() -> int:
             stores.remove("redis")
         say(f"mcpsvc bench: {o.duration:g} s per point x {o.repeat}, connections {o.connections}, "
             f"warm-up {o.warmup:g} s; server CPUs {o.server_cpus}, wrk CPUs {o.client_cpus}; "
-            f"LOG_LEVEL={o.log_level}; rate limits raised for the bench: "
+            f"LOG_FORMAT={o.log_format}, LOG_LEVEL={o.log_level}; rate limits raised for the bench: "
             + ", ".join(f"{k}={v}" for k, v in RATE_LIMITS.items()))
         say(f"scratch directory (logs, SQLite file): {bench.tmp}")
         bench.extras["stack_rss_kib"] = stackRSS()

@@ -124,13 +124,17 @@ class Options(usage.Options):
         raw = readEnvironment(os.environ, self["env-file"])
         raw.update(self.overrides())
         parent = getattr(self, "parent", None)
-        if (raw.get("LOG_FORMAT") or "text").strip().lower() == "json" and parent is not None:
-            if not parent.get("logger"):
-                from mcpsvc import logs
+        if parent is not None and not parent.get("logger"):
+            from mcpsvc import logs
 
-                # twistd resolves this name itself, after our postOptions.
-                logs.configuredLevel = raw.get("LOG_LEVEL") or None
+            logs.configuredLevel = raw.get("LOG_LEVEL") or None
+            # twistd resolves these names itself, after our postOptions.
+            if (raw.get("LOG_FORMAT") or "text").strip().lower() == "json":
                 parent["logger"] = "mcpsvc.logs.jsonObserver"
+            elif parent.get("logfile") in (None, "-") and parent.get("nodaemon"):
+                # twistd's text format on standard output, buffered per
+                # reactor turn; --logfile keeps twistd's own file handling.
+                parent["logger"] = "mcpsvc.logs.textObserver"
 
 
 def configFromOptions(

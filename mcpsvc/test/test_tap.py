@@ -14,7 +14,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from mcpsvc import cli
+from mcpsvc import cli, logs
 from mcpsvc.tap import Options, configFromOptions
 
 SECRET = "y" * 32
@@ -158,3 +158,56 @@ class CLITests(SynchronousTestCase):
         self.assertNotIn("without a fixed signing key", err)
         _, _, err = self.runCLI("check-config", "--env-file", self.mktemp(), **base)
         self.assertIn("without a fixed signing key", err)
+
+
+class LoggerChoiceTests(SynchronousTestCase):
+    """
+    C{twistd mcpsvc} picks its log observer from C{LOG_FORMAT} while
+    twistd parses the command line.
+    """
+
+    def parse(self, argv: list, environ: dict) -> dict:
+        from twisted.scripts.twistd import ServerOptions
+
+        saved = {k: os.environ.get(k) for k in ("LOG_FORMAT", "LOG_LEVEL")}
+
+        def restore() -> None:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+        self.addCleanup(restore)
+        for k in saved:
+            os.environ.pop(k, None)
+        os.environ.update(environ)
+        config = ServerOptions()
+        config.parseOptions(argv + ["mcpsvc", "--env-file", os.devnull])
+        return config
+
+    def test_json(self) -> None:
+        config = self.parse(["-n"], {"LOG_FORMAT": "json"})
+        self.assertIs(config["logger"], logs.jsonObserver)
+
+    def test_textOnStandardOutput(self) -> None:
+        """
+        The default text format on standard output is twistd's format
+        through mcpsvc's buffered, level-filtered observer.
+        """
+        config = self.parse(["-n"], {})
+        self.assertIs(config["logger"], logs.textObserver)
+
+    def test_textToLogfile(self) -> None:
+        """
+        With C{--logfile}, or daemonized, twistd keeps its own log file
+        handling.
+        """
+        self.assertFalse(self.parse(["-n", "--logfile", "x.log"], {}).get("logger"))
+        self.assertFalse(self.parse([], {}).get("logger"))
+
+    def test_explicitLogger(self) -> None:
+        config = self.parse(["-n", "--logger", "twisted.logger.jsonFileLogObserver"], {"LOG_FORMAT": "json"})
+        from twisted.logger import jsonFileLogObserver
+
+        self.assertIs(config["logger"], jsonFileLogObserver)

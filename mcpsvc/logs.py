@@ -38,6 +38,7 @@ from twisted.logger import (
     LogLevelFilterPredicate,
     formatEvent,
     formatEventAsClassicLogText,
+    formatTime,
 )
 from zope.interface import provider
 
@@ -236,6 +237,53 @@ def jsonObserver(
     return FilteringLogObserver(write, [LogLevelFilterPredicate(defaultLogLevel=_minimum(level))])
 
 
+_lastLocalSecond: list = [None, ""]
+
+
+def _localTime(when: Optional[float]) -> str:
+    """
+    L{twisted.logger.formatTime} (local time, RFC 3339 to the second),
+    cached per second: the text has no fraction of a second, and a time
+    zone offset changes only on a whole second.
+    """
+    if when is None:
+        return "-"
+    second = int(when // 1)
+    if _lastLocalSecond[0] != second:
+        _lastLocalSecond[0] = second
+        _lastLocalSecond[1] = formatTime(when)
+    return _lastLocalSecond[1]
+
+
+def classicLine(event: Dict[str, Any]) -> Optional[str]:
+    """
+    L{formatEventAsClassicLogText}, with the fast paths of L{_text} and
+    L{_localTime}; an event with a failure takes Twisted's own formatter
+    (for its traceback).
+    """
+    if "log_failure" in event:
+        return formatEventAsClassicLogText(event, formatTime=_localTime)
+    try:
+        text = _text(event)
+    except Exception:
+        return formatEventAsClassicLogText(event, formatTime=_localTime)
+    if not text:
+        return None
+    system = event.get("log_system")
+    if system is None:
+        level = event.get("log_level")
+        system = f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
+    else:
+        try:
+            system = str(system)
+        except Exception:
+            system = "UNFORMATTABLE"
+    line = f"{_localTime(event.get('log_time'))} [{system}] {text}"
+    if "\n" in line:
+        line = line.replace("\n", "\n\t")
+    return line + "\n"
+
+
 def textObserver(
     stream: Optional[IO[str]] = None, level: Optional[str] = None, reactor: Any = _runningReactor
 ) -> ILogObserver:
@@ -248,7 +296,7 @@ def textObserver(
 
     @provider(ILogObserver)
     def write(event: Dict[str, Any]) -> None:
-        text = formatEventAsClassicLogText(event)
+        text = classicLine(event)
         if text:
             level = event.get("log_level")
             out.write(text, urgent=level is not None and level >= LogLevel.warn)

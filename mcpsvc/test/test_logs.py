@@ -140,7 +140,18 @@ class TextObserverTests(SynchronousTestCase):
         ours, theirs = io.StringIO(), io.StringIO()
         observer = textObserver(ours, level="info", reactor=lambda: None)
         reference = textFileLogObserver(theirs)
-        for e in (event(LogLevel.info), event(LogLevel.error, log_format="bad {who}")):
+        from twisted.python.failure import Failure
+
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            failure = Failure()
+        for e in (event(LogLevel.info), event(LogLevel.error, log_format="bad {who}"),
+                  event(log_format="two\nlines {who!r} {n:05d} {d[k]}", n=7, d={"k": "v"}),
+                  event(log_system="sys"),
+                  event(log_format="{missing}"), event(log_format=None), event(log_time=None),
+                  event(LogLevel.critical, log_failure=failure, log_format="boom"),
+                  event(log_format="call {f()}", f=lambda: "x")):
             observer(e)
             reference(e)
         self.assertEqual(ours.getvalue(), theirs.getvalue())

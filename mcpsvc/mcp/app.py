@@ -93,6 +93,7 @@ from mcpsvc.mcp.protocol import (
     progressToken,
     resultMessage,
 )
+from mcpsvc.mcp.mrtr import deriveStateKey
 from mcpsvc.principal import Principal
 from mcpsvc.storage.interfaces import NoSuchSession, SessionRecord
 from mcpsvc.tools.registry import ToolRegistry
@@ -380,6 +381,10 @@ class McpApp:
                 logging=bool(self.config.sessions),
                 httpClient=self.httpClient,
                 runInThread=self.runInThread,
+                stateKey=(
+                    deriveStateKey(self.config.jwtSecret)
+                    if getattr(self.config, "jwtSecret", "") else None
+                ),
             ),
             takes_self=True,
         )

@@ -52,18 +52,42 @@ SILENT_WAV = _silentWav()
 
 _NO_ARGS = {"type": "object", "properties": {}, "additionalProperties": False}
 
-#: The schema of C{json_schema_2020_12_tool}, kept verbatim in C{tools/list}.
+#: The schema of C{json_schema_2020_12_tool}, kept verbatim in C{tools/list}
+#: (SEP-1613, and the wider 2020-12 vocabulary of SEP-2106: C{$anchor},
+#: C{allOf}/C{anyOf}, C{if}/C{then}/C{else}); calls are validated with it.
 _SCHEMA_2020_12 = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "$defs": {
         "address": {
+            "$anchor": "addressDef",
             "type": "object",
             "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
         }
     },
-    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+    "properties": {
+        "name": {"type": "string"},
+        "address": {"$ref": "#/$defs/address"},
+        "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+        "phone": {"type": "string"},
+        "email": {"type": "string"},
+    },
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
     "additionalProperties": False,
+}
+
+#: The schema of C{test_custom_header}: C{region} is mirrored into the
+#: C{Mcp-Param-Region} header (SEP-2243).
+_CUSTOM_HEADER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "region": {"type": "string", "description": "Where to run", "x-mcp-header": "Region"},
+        "query": {"type": "string"},
+    },
+    "required": ["region"],
 }
 
 
@@ -407,6 +431,12 @@ def conformanceTools(context: ToolPackContext) -> List[Tool]:
              _mrtrMultiRound),
         tool("test_input_required_result_capabilities",
              "Asks only what the client declared it can answer (MRTR).", _mrtrCapabilities),
+        Tool(
+            name="test_custom_header",
+            description="Echoes its region, which clients mirror into Mcp-Param-Region.",
+            inputSchema=_CUSTOM_HEADER_SCHEMA,
+            call=lambda arguments, context: f"Region: {arguments['region']}",
+        ),
         Tool(
             name="json_schema_2020_12_tool",
             description="Tool with JSON Schema 2020-12 features",

@@ -31,8 +31,9 @@ import hmac
 import json
 from typing import Any, Dict, List, Mapping, Optional
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from mcpsvc.http.jsonio import strictLoads
 from mcpsvc.mcp.protocol import INVALID_PARAMS, ProtocolError
@@ -263,5 +264,13 @@ class InputRound:
         for d in waiting:
             if not d.called:
                 d.cancel()
+            # The cancellation reached the handler; whatever chain it left
+            # unhandled (gatherResults without consumeErrors) ends here.
+            d.addErrback(_ignoreCancelled)
         if not self.needed.called:
             self.needed.cancel()
+            self.needed.addErrback(_ignoreCancelled)
+
+
+def _ignoreCancelled(failure: Failure) -> None:
+    failure.trap(CancelledError)

@@ -31,7 +31,13 @@ from attrs import frozen
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    FirstError,
+    TimeoutError,
+    maybeDeferred,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -388,6 +394,20 @@ class ToolRegistry:
         except CancelledError:
             self._count(tool.name, "cancelled")
             raise
+        except FirstError as e:
+            if e.subFailure.check(ToolError) is not None:
+                self._count(tool.name, "error")
+                return errorResult(str(e.subFailure.value) or f"The tool {tool.name} failed")
+            if e.subFailure.check(CancelledError) is None:
+                self._count(tool.name, "error")
+                self.log.failure(
+                    "Tool {tool} raised an exception", e.subFailure, tool=tool.name,
+                    requestID=context.requestID,
+                )
+                return errorResult(f"The tool {tool.name} failed with an internal error")
+            # Cancelled while awaiting gatherResults([...]): still cancelled.
+            self._count(tool.name, "cancelled")
+            raise CancelledError() from None
         except ToolError as e:
             self._count(tool.name, "error")
             return errorResult(str(e) or f"The tool {tool.name} failed")

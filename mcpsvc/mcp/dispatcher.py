@@ -48,6 +48,7 @@ from mcpsvc.mcp.mrtr import (
     DEFAULT_STATE_TTL,
     InputRound,
     InvalidRequestState,
+    MAX_STATE_LENGTH,
     RequestStateSigner,
     parseInputResponses,
 )
@@ -607,7 +608,10 @@ class Dispatcher:
         inputRound.needed.addBoth(first, "input")
         which, value = await outcome
         if which == "input":
-            d.cancel()
+            inputRound.interrupt()
+            if not d.called:
+                # Still busy elsewhere (not only waiting for answers).
+                d.cancel()
             return None
         if isinstance(value, Failure):
             value.raiseException()
@@ -620,6 +624,17 @@ class Dispatcher:
         state = self.requestStates.seal(
             context.principal, method, name, arguments, inputRound.asked
         )
+        if len(state) > MAX_STATE_LENGTH:
+            # The next round would refuse it: fail now, and say why.
+            self.log.warn(
+                "{method} {name}: the answers of client {clientID} are too large to carry "
+                "in a requestState ({length} characters)",
+                method=method, name=name, clientID=context.principal.clientID,
+                length=len(state),
+            )
+            raise ProtocolError(
+                INVALID_PARAMS, "The answers given are too large to carry to the next round"
+            )
         self.log.info(
             "{method} {name} asks client {clientID} for input: {keys}",
             method=method, name=name, clientID=context.principal.clientID,

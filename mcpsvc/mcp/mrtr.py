@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from mcpsvc.http.jsonio import strictLoads
 from mcpsvc.mcp.protocol import INVALID_PARAMS, ProtocolError
 from mcpsvc.principal import Principal
-from mcpsvc.tools.interfaces import ClientRequestError
+from mcpsvc.tools.interfaces import ClientRequestError, InputNeeded
 
 __all__ = [
     "CAPABILITY_OF",
@@ -255,6 +255,17 @@ class InputRound:
     def _signal(self) -> None:
         if not self.needed.called:
             self.needed.callback(None)
+
+    def interrupt(self) -> None:
+        """
+        End the round: the requests still waiting fail with
+        L{InputNeeded}, which unwinds the handler.
+        """
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if not d.called:
+                d.errback(InputNeeded())
+            d.addErrback(_ignoreCancelled)
 
     def close(self) -> None:
         """

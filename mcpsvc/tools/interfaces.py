@@ -39,7 +39,7 @@ from typing import (
 )
 
 from attrs import Factory, field, frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
@@ -52,6 +52,7 @@ __all__ = [
     "ToolResult",
     "ToolError",
     "ClientRequestError",
+    "InputNeeded",
     "TOOL_NAME",
     "textContent",
 ]
@@ -248,6 +249,15 @@ class ClientRequestError(ToolError):
     def __init__(self, message: str, code: Optional[int] = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class InputNeeded(CancelledError):
+    """
+    Raised into a tool at a C{clientRequest} the client has not answered
+    yet, when a 2026-07-28 call ends to ask for input (C{input_required}).
+    The tool runs again from the start with the answer; like any
+    cancellation, let it propagate (C{finally} blocks run).
+    """
 
 
 def _noClientRequests(

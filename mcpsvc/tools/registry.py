@@ -47,6 +47,7 @@ from mcpsvc.tools.features import FeatureSet
 from mcpsvc.tools.ratelimit import TokenBuckets, retryAfter
 from mcpsvc.tools.schemacheck import SchemaChecker
 from mcpsvc.tools.interfaces import (
+    InputNeeded,
     TOOL_NAME,
     Tool,
     ToolContext,
@@ -60,6 +61,7 @@ __all__ = ["ToolRegistry", "InvalidTool", "HeaderParameter", "DEFAULT_PAGE_SIZE"
 #: The C{outcome} label values of the tool-call metric.
 OUTCOMES = (
     "ok", "error", "invalid_arguments", "timeout", "cancelled", "rate_limited", "unknown_tool",
+    "input_required",
 )
 #: The C{tool} label of calls to unknown tools (never the requested
 #: name: clients must not be able to create label values).
@@ -391,6 +393,10 @@ class ToolRegistry:
                 "Tool {tool} timed out after {timeout}s", tool=tool.name, timeout=timeout
             )
             return errorResult(f"The tool {tool.name} timed out after {timeout:g} seconds")
+        except InputNeeded:
+            # A 2026-07-28 round ended to ask the client (MRTR).
+            self._count(tool.name, "input_required")
+            raise
         except CancelledError:
             self._count(tool.name, "cancelled")
             raise
@@ -406,6 +412,9 @@ class ToolRegistry:
                 )
                 return errorResult(f"The tool {tool.name} failed with an internal error")
             # Cancelled while awaiting gatherResults([...]): still cancelled.
+            if e.subFailure.check(InputNeeded) is not None:
+                self._count(tool.name, "input_required")
+                raise InputNeeded() from None
             self._count(tool.name, "cancelled")
             raise CancelledError() from None
         except ToolError as e:

@@ -157,12 +157,16 @@ class DispatcherMRTRTests(SynchronousTestCase):
         registry = ToolRegistry(
             [tool("greet", greet), tool("two", twoRounds), tool("together", together),
              tool("careful", careful)],
-            clock=self.clock, features=features,
+            clock=self.clock, features=features, metrics=self,
         )
+        self.outcomes: List[Any] = []
         self.dispatcher = Dispatcher(registry, clock=self.clock, stateKey=b"k" * 32, stateTTL=60)
         self.events: List[Dict[str, Any]] = []
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def toolCall(self, tool: str, outcome: str) -> None:
+        self.outcomes.append((tool, outcome))
 
     def context(self, capabilities: Any = None, principal: Principal = ALICE) -> RequestContext:
         return RequestContext(
@@ -200,6 +204,8 @@ class DispatcherMRTRTests(SynchronousTestCase):
         self.assertEqual(second["resultType"], "complete")
         self.assertEqual(second["content"], [{"type": "text", "text": "Hello, Ada!"}])
         self.assertEqual(self.runs, ["greet", "greet"])
+        # The tool-call metric tells an input round from a cancellation.
+        self.assertEqual(self.outcomes, [("greet", "input_required"), ("greet", "ok")])
         self.assertEqual(self.dispatcher.inFlight, 0)
 
     def test_multiRound(self) -> None:
@@ -243,6 +249,7 @@ class DispatcherMRTRTests(SynchronousTestCase):
             {k: v["method"] for k, v in r1["inputRequests"].items()},
             {"a": "elicitation/create", "b": "roots/list"},
         )
+        self.assertEqual(self.outcomes, [("together", "input_required")])
 
     def test_missingAnswerAsksAgain(self) -> None:
         """
@@ -279,6 +286,17 @@ class DispatcherMRTRTests(SynchronousTestCase):
         refused = [e for e in self.events if "Refused the requestState" in e.get("log_format", "")]
         self.assertEqual(len(refused), 4)
         self.assertEqual(refused[0]["log_level"], LogLevel.warn)
+
+    def test_answersTooLarge(self) -> None:
+        """
+        Answers too large to carry in a C{requestState} fail the round with
+        -32602 rather than minting a state the next round would refuse.
+        """
+        r1 = self.successResultOf(self.call({"name": "two"}))
+        failure = self.failureResultOf(self.call({
+            "name": "two", "inputResponses": {"input-1": {"n": 1, "pad": "x" * 300_000}},
+            "requestState": r1["requestState"]}), ProtocolError)
+        self.assertEqual(failure.value.code, -32602)
 
     def test_invalidResponses(self) -> None:
         failure = self.failureResultOf(

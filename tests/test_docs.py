@@ -601,6 +601,45 @@ class ToolPluginExampleTests(SynchronousTestCase):
         self.assertEqual(len(pending), 1)
         self.assertEqual(cancelled, pending)
 
+    def test_asksInEveryEra(self) -> None:
+        """
+        C{count_word} asks its question once in the code: as a multi
+        round-trip request for a 2026-07-28 client, on the response stream
+        for a 2025-06-18 one; both get the same answer.
+        """
+        from mcpsvc.mcp.dispatcher import Dispatcher, RequestContext
+        from mcpsvc.mcp.protocol import Request, Response
+        from mcpsvc.principal import Principal
+
+        dispatcher = Dispatcher(self.registry(), clock=self.clock, stateKey=b"k" * 32)
+        principal = Principal(subject="s", clientID="c")
+        arguments = {"text": "the cat and the hat"}
+        answer = {"action": "accept", "content": {"word": "The"}}
+
+        def handle(params: Dict[str, Any], context: Any) -> Any:
+            d = Deferred.fromCoroutine(dispatcher.handleRequest(
+                Request(id=1, method="tools/call", params=params), context))
+            self.clock.advance(0)
+            return d
+
+        modern = RequestContext(principal=principal, protocolVersion="2026-07-28", modern=True,
+                                clientCapabilities={"elicitation": {}})
+        first = self.successResultOf(handle({"name": "count_word", "arguments": arguments}, modern))
+        self.assertEqual(first["resultType"], "input_required")
+        self.assertEqual(first["inputRequests"]["word"]["method"], "elicitation/create")
+        second = self.successResultOf(handle({
+            "name": "count_word", "arguments": arguments, "inputResponses": {"word": answer},
+            "requestState": first["requestState"]}, modern))
+        self.assertEqual(second["content"], [{"type": "text", "text": "'the' appears 2 times."}])
+
+        sent: List[Dict[str, Any]] = []
+        legacy = RequestContext(principal=principal, protocolVersion="2025-06-18", scope="s:1",
+                                clientCapabilities={"elicitation": {}}, send=sent.append)
+        d = handle({"name": "count_word", "arguments": arguments}, legacy)
+        self.assertEqual([m["method"] for m in sent], ["elicitation/create"])
+        dispatcher.handleResponse(Response(id=sent[0]["id"], result=answer), legacy)
+        self.assertEqual(self.successResultOf(d)["content"], second["content"])
+
     def test_printedInFull(self) -> None:
         """
         docs/tool-plugins.md shows the example module exactly as it is.

@@ -93,6 +93,7 @@ from mcpsvc.mcp.protocol import (
     progressToken,
     resultMessage,
 )
+from mcpsvc.mcp.mrtr import deriveStateKey
 from mcpsvc.principal import Principal
 from mcpsvc.storage.interfaces import NoSuchSession, SessionRecord
 from mcpsvc.tools.registry import ToolRegistry
@@ -169,6 +170,24 @@ def _decodeHeaderValue(value: str) -> Optional[str]:
         except (binascii.Error, UnicodeDecodeError, ValueError):
             return None
     return value
+
+
+def _headerMatches(header: str, value: Any, kind: str) -> bool:
+    """
+    Whether an C{Mcp-Param-*} header value (decoded) stands for the body
+    value C{value} of a parameter of type C{kind}.
+    """
+    if kind == "boolean":
+        return isinstance(value, bool) and header == ("true" if value else "false")
+    if kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        try:
+            # Compared numerically ("42.0" and 42 are equal).
+            return float(header) == float(value)
+        except (ValueError, OverflowError):
+            return False
+    return isinstance(value, str) and header == value
 
 
 class _Responder:
@@ -380,6 +399,10 @@ class McpApp:
                 logging=bool(self.config.sessions),
                 httpClient=self.httpClient,
                 runInThread=self.runInThread,
+                stateKey=(
+                    deriveStateKey(self.config.jwtSecret)
+                    if getattr(self.config, "jwtSecret", "") else None
+                ),
             ),
             takes_self=True,
         )
@@ -838,6 +861,30 @@ class McpApp:
                 raise JSONRPCHTTPError(
                     400, HEADER_MISMATCH,
                     "The Mcp-Name header is missing or does not match the body", id=id,
+                )
+        if message.method == "tools/call" and isinstance(message.params.get("name"), str):
+            self._checkParamHeaders(request, message, id)
+
+    def _checkParamHeaders(self, request: IRequest, message: Any, id: Any) -> None:
+        """
+        Every C{x-mcp-header} parameter present in the arguments has its
+        C{Mcp-Param-*} header, and the header (decoded) matches (SEP-2243).
+        """
+        arguments = message.params.get("arguments")
+        for parameter in self.registry.headerParameters(message.params["name"]):
+            value: Any = arguments
+            for step in parameter.path:
+                value = value.get(step) if isinstance(value, dict) else None
+            raw = request.getHeader("mcp-param-" + parameter.header.lower())
+            if value is None:
+                # Absent or null: no header is expected.
+                continue
+            decoded = _decodeHeaderValue(raw.strip(" \t")) if raw is not None else None
+            if decoded is None or not _headerMatches(decoded, value, parameter.type):
+                raise JSONRPCHTTPError(
+                    400, HEADER_MISMATCH,
+                    f"The Mcp-Param-{parameter.header} header is missing, malformed or does "
+                    "not match the arguments", id=id,
                 )
 
     # -- GET and DELETE -------------------------------------------------------

@@ -19,12 +19,14 @@ import secrets
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
 
 from attrs import field, frozen
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mcpsvc._version import __version__
 from mcpsvc.mcp.protocol import (
+    INTERNAL_ERROR,
     INVALID_PARAMS,
     LOG_LEVELS,
     METHOD_NOT_FOUND,
@@ -41,8 +43,17 @@ from mcpsvc.mcp.protocol import (
     notificationMessage,
     progressToken,
 )
+from mcpsvc.mcp.mrtr import (
+    CAPABILITY_OF,
+    DEFAULT_STATE_TTL,
+    InputRound,
+    InvalidRequestState,
+    MAX_STATE_LENGTH,
+    RequestStateSigner,
+    parseInputResponses,
+)
 from mcpsvc.principal import Principal
-from mcpsvc.tools.interfaces import ClientRequestError, ToolContext
+from mcpsvc.tools.interfaces import ClientRequestError, ToolContext, _noClientRequests
 from mcpsvc.tools.registry import ToolRegistry, errorResult
 
 __all__ = [
@@ -214,8 +225,19 @@ class Dispatcher:
         logging: bool = True,
         httpClient: Any = None,
         runInThread: Optional[Callable[..., Any]] = None,
+        stateKey: Optional[bytes] = None,
+        stateTTL: float = DEFAULT_STATE_TTL,
     ) -> None:
+        """
+        @param stateKey: the MAC key of 2026-07-28 C{requestState} values
+            (L{mcpsvc.mcp.mrtr.deriveStateKey}); every instance behind one
+            endpoint needs the same. C{None}: a random key (one process).
+        @param stateTTL: seconds a C{requestState} stays valid.
+        """
         self.registry = registry
+        self.requestStates = RequestStateSigner(
+            stateKey if stateKey is not None else secrets.token_bytes(32), clock, stateTTL
+        )
         self.clock = clock
         self.serverInfo = serverInfo
         self.instructions = instructions
@@ -315,7 +337,8 @@ class Dispatcher:
             raise e.withID(request.id)
         if context.modern:
             result = dict(result)
-            result["resultType"] = "complete"
+            # An InputRequiredResult (MRTR) already carries its type.
+            result.setdefault("resultType", "complete")
             meta = dict(result.get("_meta") or {})
             meta[META_SERVER_INFO] = self.serverInfo.asDict()
             result["_meta"] = meta
@@ -364,7 +387,15 @@ class Dispatcher:
         send = context.send
         assert send is not None
 
-        def clientRequest(method: str, params: Mapping[str, Any]) -> "Deferred[Any]":
+        def clientRequest(
+            method: str, params: Mapping[str, Any], key: Optional[str] = None
+        ) -> "Deferred[Any]":
+            # key names the request in the 2026-07-28 era only.
+            capability = CAPABILITY_OF.get(method)
+            if capability is not None and capability not in context.clientCapabilities:
+                return fail(ClientRequestError(
+                    f"The client did not declare the {capability} capability"
+                ))
             id = "mcpsvc-" + secrets.token_hex(8)
             key = (context.scope, id)
             d: Deferred[Any] = Deferred(lambda d: self._outgoing.pop(key, None))
@@ -485,7 +516,135 @@ class Dispatcher:
         missing = [a.name for a in prompt.arguments if a.required and a.name not in arguments]
         if missing:
             raise ProtocolError(INVALID_PARAMS, f"Missing prompt arguments: {', '.join(missing)}")
+        if prompt.asksForInput:
+            return await self._promptWithInput(request, context, prompt, arguments)
         return {"description": prompt.description, "messages": prompt.get(arguments)}
+
+    async def _promptWithInput(
+        self, request: Request, context: RequestContext, prompt: Any, arguments: Dict[str, Any]
+    ) -> Dict[str, Any]:
+        """
+        C{prompts/get} of a prompt that may ask the client for input: MRTR
+        in 2026-07-28, a request on the response stream before.
+        """
+        inputRound: Optional[InputRound] = None
+        sent: List[Tuple[str, RequestID]] = []
+        clientRequest: Callable[..., Deferred[Any]]
+        if context.modern:
+            inputRound = self._inputRound(request, context, "prompts/get", prompt.name, arguments)
+            clientRequest = inputRound.clientRequest
+        elif context.send is not None:
+            clientRequest = self._clientRequester(context, sent)
+        else:
+            clientRequest = _noClientRequests
+        d = maybeDeferred(prompt.get, arguments, clientRequest)
+        d.addTimeout(self.registry.defaultTimeout, self.clock)
+        try:
+            if inputRound is None:
+                messages = await d
+            else:
+                messages = await self._untilInputNeeded(d, inputRound)
+        except ClientRequestError as e:
+            raise ProtocolError(INVALID_PARAMS, str(e)) from None
+        except CancelledError:
+            raise RequestCancelled() from None
+        except Exception:
+            self.log.failure("Prompt {prompt} failed", prompt=prompt.name)
+            raise ProtocolError(INTERNAL_ERROR, f"The prompt {prompt.name} failed") from None
+        finally:
+            if inputRound is not None:
+                inputRound.close()
+            for pending in sent:
+                self._outgoing.pop(pending, None)
+        if inputRound is not None and inputRound.pending:
+            return self._inputRequired(context, "prompts/get", prompt.name, arguments, inputRound)
+        return {"description": prompt.description, "messages": messages}
+
+    # -- multi round-trip requests (2026-07-28) -------------------------------
+
+    def _inputRound(
+        self, request: Request, context: RequestContext, method: str, name: str, arguments: Any
+    ) -> InputRound:
+        """
+        The answers a retried request carries: its C{inputResponses}, and
+        the answers of earlier rounds in its verified C{requestState}.
+
+        @raise ProtocolError: C{-32602} for malformed C{inputResponses} or
+            a C{requestState} that fails verification.
+        """
+        params = request.params
+        known = parseInputResponses(params)
+        if "requestState" in params:
+            try:
+                earlier = self.requestStates.open(
+                    params["requestState"], context.principal, method, name, arguments
+                )
+            except InvalidRequestState as e:
+                self.log.warn(
+                    "Refused the requestState of {method} {name} from client {clientID}: {reason}",
+                    method=method, name=name, clientID=context.principal.clientID,
+                    subject=context.principal.subject, reason=str(e),
+                )
+                raise ProtocolError(
+                    INVALID_PARAMS,
+                    "Invalid requestState: altered, expired, or issued for another request",
+                ) from None
+            # Answers of earlier rounds are the signed ones.
+            known.update(earlier)
+        return InputRound(known, context.clientCapabilities, self.clock)
+
+    async def _untilInputNeeded(self, d: "Deferred[Any]", inputRound: InputRound) -> Any:
+        """
+        The result of C{d}, or C{None} (and C{d} cancelled) as soon as the
+        handler waits for an answer the client has not given yet.
+        """
+        outcome: Deferred[Tuple[str, Any]] = Deferred(lambda _: d.cancel())
+
+        def first(value: Any, which: str) -> None:
+            if not outcome.called:
+                outcome.callback((which, value))
+
+        d.addBoth(first, "done")
+        inputRound.needed.addBoth(first, "input")
+        which, value = await outcome
+        if which == "input":
+            inputRound.interrupt()
+            if not d.called:
+                # Still busy elsewhere (not only waiting for answers).
+                d.cancel()
+            return None
+        if isinstance(value, Failure):
+            value.raiseException()
+        return value
+
+    def _inputRequired(
+        self, context: RequestContext, method: str, name: str, arguments: Any,
+        inputRound: InputRound,
+    ) -> Dict[str, Any]:
+        state = self.requestStates.seal(
+            context.principal, method, name, arguments, inputRound.asked
+        )
+        if len(state) > MAX_STATE_LENGTH:
+            # The next round would refuse it: fail now, and say why.
+            self.log.warn(
+                "{method} {name}: the answers of client {clientID} are too large to carry "
+                "in a requestState ({length} characters)",
+                method=method, name=name, clientID=context.principal.clientID,
+                length=len(state),
+            )
+            raise ProtocolError(
+                INVALID_PARAMS, "The answers given are too large to carry to the next round"
+            )
+        self.log.info(
+            "{method} {name} asks client {clientID} for input: {keys}",
+            method=method, name=name, clientID=context.principal.clientID,
+            subject=context.principal.subject, keys=sorted(inputRound.pending),
+        )
+        return {
+            "resultType": "input_required",
+            "inputRequests": dict(inputRound.pending),
+            "requestState": state,
+        }
 
     async def _complete(self, request: Request, context: RequestContext) -> Dict[str, Any]:
         ref = request.params.get("ref")
@@ -541,10 +700,15 @@ class Dispatcher:
         if context.logLevel is not None and context.send is not None:
             logSender = _LogSender(context.logLevel, name, context.send)
 
+        inputRound: Optional[InputRound] = None
         sent: List[Tuple[str, RequestID]] = []
         extra: Dict[str, Any] = {}
-        if context.send is not None and not context.modern:
-            # 2026-07-28 forbids independent requests on a response stream.
+        if context.modern:
+            # 2026-07-28 forbids independent requests on a response stream:
+            # the tool asks through multi round-trip requests.
+            inputRound = self._inputRound(request, context, "tools/call", name, arguments)
+            extra["clientRequest"] = inputRound.clientRequest
+        elif context.send is not None:
             extra["clientRequest"] = self._clientRequester(context, sent)
         toolContext = ToolContext(
             clock=self.clock,
@@ -569,10 +733,15 @@ class Dispatcher:
         call = _InFlight(d)
         self._inFlight[key] = call
         try:
-            result = await d
+            if inputRound is None:
+                result = await d
+            else:
+                result = await self._untilInputNeeded(d, inputRound)
         except CancelledError:
             raise RequestCancelled() from None
         finally:
+            if inputRound is not None:
+                inputRound.close()
             if self._inFlight.get(key) is call:
                 del self._inFlight[key]
             if progress is not None:
@@ -586,6 +755,8 @@ class Dispatcher:
             # The tool turned its cancellation into a result: still no
             # response is due.
             raise RequestCancelled()
+        if inputRound is not None and result is None:
+            return self._inputRequired(context, "tools/call", name, arguments, inputRound)
         self.log.info(
             "Tool {tool} called by client {clientID}: {outcome} in {durationMs}ms",
             tool=name, clientID=context.principal.clientID, subject=context.principal.subject,

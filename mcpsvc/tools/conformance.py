@@ -6,8 +6,11 @@ C{src/scenarios/server/tools.ts} and C{server-stateless}) calls by fixed
 names. For test runs only: enable it by listing C{conformance} in
 C{TOOL_PACKS}; never in production.
 
-The sampling and elicitation fixtures ask the client on the call's SSE
-stream (handshake era). The pack also offers the suite's
+The sampling and elicitation fixtures ask the client with
+C{context.clientRequest}: on the call's SSE stream in the handshake eras,
+through multi round-trip requests (C{input_required}) in 2026-07-28; the
+C{test_input_required_result_*} tools and prompt are the suite's MRTR
+fixtures (SEP-2322). The pack also offers the suite's
 resources (C{test://static-text}, C{test://static-binary},
 C{test://watched-resource}, template C{test://template/{id}/data}),
 prompts and completions, through L{mcpsvc.tools.features}: with the pack
@@ -22,6 +25,7 @@ import json
 import struct
 from typing import Any, Dict, List, Mapping
 
+from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 
 from mcpsvc.tools.features import Features, Prompt, PromptArgument, Resource, ResourceTemplate
@@ -48,18 +52,42 @@ SILENT_WAV = _silentWav()
 
 _NO_ARGS = {"type": "object", "properties": {}, "additionalProperties": False}
 
-#: The schema of C{json_schema_2020_12_tool}, kept verbatim in C{tools/list}.
+#: The schema of C{json_schema_2020_12_tool}, kept verbatim in C{tools/list}
+#: (SEP-1613, and the wider 2020-12 vocabulary of SEP-2106: C{$anchor},
+#: C{allOf}/C{anyOf}, C{if}/C{then}/C{else}); calls are validated with it.
 _SCHEMA_2020_12 = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "$defs": {
         "address": {
+            "$anchor": "addressDef",
             "type": "object",
             "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
         }
     },
-    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+    "properties": {
+        "name": {"type": "string"},
+        "address": {"$ref": "#/$defs/address"},
+        "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+        "phone": {"type": "string"},
+        "email": {"type": "string"},
+    },
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
     "additionalProperties": False,
+}
+
+#: The schema of C{test_custom_header}: C{region} is mirrored into the
+#: C{Mcp-Param-Region} header (SEP-2243).
+_CUSTOM_HEADER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "region": {"type": "string", "description": "Where to run", "x-mcp-header": "Region"},
+        "query": {"type": "string"},
+    },
+    "required": ["region"],
 }
 
 
@@ -227,6 +255,114 @@ async def _elicitationEnums(arguments: Mapping[str, Any], context: ToolContext) 
     )
 
 
+def _form(message: str, **properties: str) -> Dict[str, Any]:
+    return {
+        "message": message,
+        "requestedSchema": {
+            "type": "object",
+            "properties": {name: {"type": kind} for name, kind in properties.items()},
+            "required": sorted(properties),
+        },
+    }
+
+
+def _answer(result: Any, field: str) -> Any:
+    content = result.get("content") if isinstance(result, dict) else None
+    return content.get(field) if isinstance(content, dict) else None
+
+
+def _sampled(result: Any) -> Any:
+    content = result.get("content") if isinstance(result, dict) else None
+    return content.get("text") if isinstance(content, dict) else None
+
+
+def _question(text: str, maxTokens: int) -> Dict[str, Any]:
+    return {
+        "messages": [{"role": "user", "content": {"type": "text", "text": text}}],
+        "maxTokens": maxTokens,
+    }
+
+
+async def _mrtrElicitation(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    result = await context.clientRequest(
+        "elicitation/create", _form("What is your name?", name="string"), key="user_name"
+    )
+    return f"Hello, {_answer(result, 'name')}!"
+
+
+async def _mrtrSampling(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    result = await context.clientRequest(
+        "sampling/createMessage", _question("What is the capital of France?", 100),
+        key="capital_question",
+    )
+    return f"The model answered: {_sampled(result)}"
+
+
+async def _mrtrRoots(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    result = await context.clientRequest("roots/list", {}, key="client_roots")
+    roots = result.get("roots") if isinstance(result, dict) else None
+    uris = [r.get("uri") for r in roots if isinstance(r, dict)] if isinstance(roots, list) else []
+    return f"The client's roots: {', '.join(str(u) for u in uris) or '(none)'}"
+
+
+async def _mrtrConfirm(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    result = await context.clientRequest(
+        "elicitation/create", _form("Please confirm", ok="boolean"), key="confirm"
+    )
+    return f"state-ok: confirmed={_answer(result, 'ok')}"
+
+
+async def _mrtrMultiple(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    name, greeting, roots = await gatherResults([
+        context.clientRequest(
+            "elicitation/create", _form("What is your name?", name="string"), key="user_name"
+        ),
+        context.clientRequest(
+            "sampling/createMessage", _question("Generate a greeting", 50), key="greeting"
+        ),
+        context.clientRequest("roots/list", {}, key="client_roots"),
+    ], consumeErrors=True)
+    count = len(roots.get("roots") or []) if isinstance(roots, dict) else 0
+    return f"{_sampled(greeting)} {_answer(name, 'name')} ({count} roots)"
+
+
+async def _mrtrMultiRound(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    first = await context.clientRequest(
+        "elicitation/create", _form("Step 1: What is your name?", name="string"), key="step1"
+    )
+    second = await context.clientRequest(
+        "elicitation/create", _form("Step 2: What is your favorite color?", color="string"),
+        key="step2",
+    )
+    return f"{_answer(first, 'name')} likes {_answer(second, 'color')}"
+
+
+async def _mrtrCapabilities(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    # Ask only what the client can answer (the dispatcher also refuses the
+    # rest with ClientRequestError).
+    asks = []
+    if "sampling" in context.clientCapabilities:
+        asks.append(context.clientRequest(
+            "sampling/createMessage", _question("Say hello", 20), key="sampled"
+        ))
+    if "elicitation" in context.clientCapabilities:
+        asks.append(context.clientRequest(
+            "elicitation/create", _form("What is your name?", name="string"), key="elicited"
+        ))
+    if not asks:
+        return "The client declared neither sampling nor elicitation."
+    answers = await gatherResults(asks, consumeErrors=True)
+    return f"Got {len(answers)} answer(s)."
+
+
+async def _mrtrPrompt(arguments: Mapping[str, str], clientRequest: Any) -> List[Dict[str, Any]]:
+    result = await clientRequest(
+        "elicitation/create", _form("What context should the prompt use?", context="string"),
+        key="user_context",
+    )
+    return [{"role": "user", "content": _text(f"Use this context: {_answer(result, 'context')}")}]
+
+
 def _stringArgument(name: str) -> Mapping[str, Any]:
     return {"type": "object", "properties": {name: {"type": "string"}}, "required": [name]}
 
@@ -279,6 +415,28 @@ def conformanceTools(context: ToolPackContext) -> List[Tool]:
              _elicitationDefaults, requiredClientCapabilities={"elicitation": {}}),
         tool("test_elicitation_sep1330_enums", "Elicitation with every enum form (SEP-1330).",
              _elicitationEnums, requiredClientCapabilities={"elicitation": {}}),
+        tool("test_input_required_result_elicitation", "Asks the user's name (MRTR).",
+             _mrtrElicitation),
+        tool("test_input_required_result_sampling", "Asks the client's model (MRTR).",
+             _mrtrSampling),
+        tool("test_input_required_result_list_roots", "Asks the client's roots (MRTR).",
+             _mrtrRoots),
+        tool("test_input_required_result_request_state", "Asks for a confirmation (MRTR).",
+             _mrtrConfirm),
+        tool("test_input_required_result_tampered_state", "Asks for a confirmation (MRTR).",
+             _mrtrConfirm),
+        tool("test_input_required_result_multiple_inputs",
+             "Asks for a name, a sampled greeting and the roots at once (MRTR).", _mrtrMultiple),
+        tool("test_input_required_result_multi_round", "Asks two questions in turn (MRTR).",
+             _mrtrMultiRound),
+        tool("test_input_required_result_capabilities",
+             "Asks only what the client declared it can answer (MRTR).", _mrtrCapabilities),
+        Tool(
+            name="test_custom_header",
+            description="Echoes its region, which clients mirror into Mcp-Param-Region.",
+            inputSchema=_CUSTOM_HEADER_SCHEMA,
+            call=lambda arguments, context: f"Region: {arguments['region']}",
+        ),
         Tool(
             name="json_schema_2020_12_tool",
             description="Tool with JSON Schema 2020-12 features",
@@ -358,6 +516,12 @@ def conformanceFeatures(context: ToolPackContext) -> Features:
                         "text": "Embedded resource content for testing."}}},
                     {"role": "user", "content": _text("Please process the embedded resource above.")},
                 ],
+            ),
+            Prompt(
+                name="test_input_required_result_prompt",
+                description="A prompt that asks the user for context first (MRTR).",
+                get=_mrtrPrompt,
+                asksForInput=True,
             ),
             Prompt(
                 name="test_prompt_with_image",

@@ -123,13 +123,19 @@ class Prompt:
     A prompt.
 
     @ivar get: C{get(arguments) -> [messages]}, each C{{"role",
-        "content"}}.
+        "content"}}; with C{asksForInput},
+        C{get(arguments, clientRequest)}, which may return a Deferred or a
+        coroutine and ask the client for input exactly as a tool does with
+        C{ToolContext.clientRequest} (2026-07-28: a multi round-trip
+        request).
+    @ivar asksForInput: C{get} takes C{clientRequest}.
     """
 
     name: str
     description: str
-    get: Callable[[Mapping[str, str]], List[Dict[str, Any]]]
+    get: Callable[..., Any]
     arguments: Sequence[PromptArgument] = ()
+    asksForInput: bool = False
 
     def descriptor(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"name": self.name, "description": self.description}

@@ -39,7 +39,7 @@ from typing import (
 )
 
 from attrs import Factory, field, frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
@@ -52,6 +52,7 @@ __all__ = [
     "ToolResult",
     "ToolError",
     "ClientRequestError",
+    "InputNeeded",
     "TOOL_NAME",
     "textContent",
 ]
@@ -170,13 +171,21 @@ class ToolContext:
         level and the response is a stream, else does nothing.
     @ivar log: a server-side L{Logger} for the tool (namespace
         C{mcpsvc.tools.<name>}); never log the caller's secrets.
-    @ivar clientRequest: C{clientRequest(method, params) -> Deferred}: ask
-        the client (C{sampling/createMessage}, C{elicitation/create}) on
-        the call's SSE stream and get its result; fails with
-        L{ClientRequestError} when the client answers with an error, or
-        when no stream can carry the request (a JSON-only client, or the
-        2026-07-28 era). Declare the capability in
-        C{Tool.requiredClientCapabilities}.
+    @ivar clientRequest: C{clientRequest(method, params, key=None) ->
+        Deferred}: ask the client for input (C{elicitation/create},
+        C{sampling/createMessage}, C{roots/list}) and get its result. One
+        call for every era: in the handshake eras the request goes to the
+        client on the call's SSE stream; in 2026-07-28 it becomes a
+        multi round-trip request (the call ends with C{input_required},
+        and when the client retries with the answer the tool runs again
+        from the start and this call returns the answer at once; see
+        L{mcpsvc.mcp.mrtr}). So a tool that asks must do nothing it
+        cannot repeat before its last question. C{key} names the request
+        in C{inputRequests} (default C{input-1}, C{input-2}, ... in the
+        order asked); ask for several at once with
+        C{gatherResults([...])}. Fails with L{ClientRequestError} when the
+        client did not declare the capability the method needs, answers
+        with an error, or cannot be asked (a JSON-only client).
     """
 
     clock: IReactorTime
@@ -192,7 +201,7 @@ class ToolContext:
     )
     logMessage: Callable[[str, Any], None] = lambda level, data: None
     log: Logger = field(factory=lambda: Logger(namespace="mcpsvc.tools"))
-    clientRequest: Callable[[str, Mapping[str, Any]], "Deferred[Any]"] = field(
+    clientRequest: Callable[..., "Deferred[Any]"] = field(
         default=Factory(lambda: _noClientRequests)
     )
 
@@ -242,7 +251,18 @@ class ClientRequestError(ToolError):
         self.code = code
 
 
-def _noClientRequests(method: str, params: Mapping[str, Any]) -> "Deferred[Any]":
+class InputNeeded(CancelledError):
+    """
+    Raised into a tool at a C{clientRequest} the client has not answered
+    yet, when a 2026-07-28 call ends to ask for input (C{input_required}).
+    The tool runs again from the start with the answer; like any
+    cancellation, let it propagate (C{finally} blocks run).
+    """
+
+
+def _noClientRequests(
+    method: str, params: Mapping[str, Any], key: Optional[str] = None
+) -> "Deferred[Any]":
     from twisted.internet.defer import fail
 
     return fail(ClientRequestError(

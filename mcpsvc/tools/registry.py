@@ -24,11 +24,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from attrs import frozen
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    FirstError,
+    TimeoutError,
+    maybeDeferred,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -38,6 +47,7 @@ from mcpsvc.tools.features import FeatureSet
 from mcpsvc.tools.ratelimit import TokenBuckets, retryAfter
 from mcpsvc.tools.schemacheck import SchemaChecker
 from mcpsvc.tools.interfaces import (
+    InputNeeded,
     TOOL_NAME,
     Tool,
     ToolContext,
@@ -46,11 +56,12 @@ from mcpsvc.tools.interfaces import (
     textContent,
 )
 
-__all__ = ["ToolRegistry", "InvalidTool", "DEFAULT_PAGE_SIZE", "OUTCOMES"]
+__all__ = ["ToolRegistry", "InvalidTool", "HeaderParameter", "DEFAULT_PAGE_SIZE", "OUTCOMES"]
 
 #: The C{outcome} label values of the tool-call metric.
 OUTCOMES = (
     "ok", "error", "invalid_arguments", "timeout", "cancelled", "rate_limited", "unknown_tool",
+    "input_required",
 )
 #: The C{tool} label of calls to unknown tools (never the requested
 #: name: clients must not be able to create label values).
@@ -80,6 +91,85 @@ def _checkSchema(tool: Tool, which: str, schema: Any) -> SchemaChecker:
     except SchemaError as e:
         raise InvalidTool(f"tool {tool.name!r}: invalid {which}: {e.message}") from None
     return SchemaChecker(schema, _MAX_MESSAGE)
+
+
+#: An HTTP field-name token (RFC 9110 section 5.6.2).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: The parameter types an C{x-mcp-header} may annotate.
+_HEADER_TYPES = ("string", "integer", "boolean")
+
+
+@frozen
+class HeaderParameter:
+    """
+    A tool parameter mirrored into an C{Mcp-Param-{header}} HTTP header
+    (C{x-mcp-header}, SEP-2243).
+
+    @ivar path: the chain of C{properties} keys from the schema root.
+    @ivar header: the name after C{Mcp-Param-}.
+    @ivar type: C{string}, C{integer} or C{boolean}.
+    """
+
+    path: Tuple[str, ...]
+    header: str
+    type: str
+
+
+def _headerParameters(tool: Tool) -> Tuple[HeaderParameter, ...]:
+    """
+    The C{x-mcp-header} parameters of C{tool.inputSchema}.
+
+    @raise InvalidTool: an annotation is malformed, duplicated
+        (case-insensitively), on a non-primitive or C{number} parameter, or
+        not reachable through C{properties} alone.
+    """
+    found: List[HeaderParameter] = []
+    reachable: set = set()
+
+    def walk(schema: Any, path: Tuple[str, ...]) -> None:
+        if not isinstance(schema, Mapping):
+            return
+        if path:
+            reachable.add(id(schema))
+        if "x-mcp-header" in schema and path:
+            header = schema["x-mcp-header"]
+            kind = schema.get("type")
+            if not isinstance(header, str) or not _TOKEN.fullmatch(header):
+                raise InvalidTool(
+                    f"tool {tool.name!r}: x-mcp-header of {'.'.join(path)} must be an "
+                    "HTTP token"
+                )
+            if kind not in _HEADER_TYPES:
+                raise InvalidTool(
+                    f"tool {tool.name!r}: x-mcp-header only applies to string, integer or "
+                    f"boolean parameters, not {'.'.join(path)}"
+                )
+            found.append(HeaderParameter(path=path, header=header, type=kind))
+        properties = schema.get("properties")
+        if isinstance(properties, Mapping):
+            for key, sub in properties.items():
+                walk(sub, path + (str(key),))
+
+    def stray(schema: Any, where: str) -> None:
+        # Any annotation the walk above did not reach is invalid.
+        if isinstance(schema, Mapping):
+            if "x-mcp-header" in schema and id(schema) not in reachable:
+                raise InvalidTool(
+                    f"tool {tool.name!r}: x-mcp-header at {where or '(root)'} is not reachable "
+                    "through properties alone"
+                )
+            for key, sub in schema.items():
+                stray(sub, f"{where}/{key}")
+        elif isinstance(schema, list):
+            for index, sub in enumerate(schema):
+                stray(sub, f"{where}/{index}")
+
+    walk(tool.inputSchema, ())
+    stray(tool.inputSchema, "")
+    names = [p.header.lower() for p in found]
+    if len(set(names)) != len(names):
+        raise InvalidTool(f"tool {tool.name!r}: x-mcp-header names must be unique")
+    return tuple(found)
 
 
 def _timedOut(result: Any, timeout: float) -> Failure:
@@ -140,6 +230,7 @@ class ToolRegistry:
         byName: Dict[str, Tool] = {}
         self._inputValidators: Dict[str, SchemaChecker] = {}
         self._outputValidators: Dict[str, SchemaChecker] = {}
+        self._headerParameters: Dict[str, Tuple[HeaderParameter, ...]] = {}
         for tool in tools:
             if not isinstance(tool.name, str) or not TOOL_NAME.fullmatch(tool.name):
                 raise InvalidTool(
@@ -154,6 +245,7 @@ class ToolRegistry:
                 self._outputValidators[tool.name] = _checkSchema(
                     tool, "outputSchema", tool.outputSchema
                 )
+            self._headerParameters[tool.name] = _headerParameters(tool)
             byName[tool.name] = tool
         self._tools: Dict[str, Tool] = {name: byName[name] for name in sorted(byName)}
         self._descriptors: List[Dict[str, Any]] = [t.descriptor() for t in self._tools.values()]
@@ -181,6 +273,13 @@ class ToolRegistry:
         if tool is None:
             self._count(UNKNOWN_TOOL_LABEL, "unknown_tool")
         return tool
+
+    def headerParameters(self, name: str) -> Tuple[HeaderParameter, ...]:
+        """
+        The C{x-mcp-header} parameters of tool C{name} (none for an unknown
+        tool).
+        """
+        return self._headerParameters.get(name, ())
 
     def _count(self, tool: str, outcome: str) -> None:
         if self.metrics is not None:
@@ -294,9 +393,30 @@ class ToolRegistry:
                 "Tool {tool} timed out after {timeout}s", tool=tool.name, timeout=timeout
             )
             return errorResult(f"The tool {tool.name} timed out after {timeout:g} seconds")
+        except InputNeeded:
+            # A 2026-07-28 round ended to ask the client (MRTR).
+            self._count(tool.name, "input_required")
+            raise
         except CancelledError:
             self._count(tool.name, "cancelled")
             raise
+        except FirstError as e:
+            if e.subFailure.check(ToolError) is not None:
+                self._count(tool.name, "error")
+                return errorResult(str(e.subFailure.value) or f"The tool {tool.name} failed")
+            if e.subFailure.check(CancelledError) is None:
+                self._count(tool.name, "error")
+                self.log.failure(
+                    "Tool {tool} raised an exception", e.subFailure, tool=tool.name,
+                    requestID=context.requestID,
+                )
+                return errorResult(f"The tool {tool.name} failed with an internal error")
+            # Cancelled while awaiting gatherResults([...]): still cancelled.
+            if e.subFailure.check(InputNeeded) is not None:
+                self._count(tool.name, "input_required")
+                raise InputNeeded() from None
+            self._count(tool.name, "cancelled")
+            raise CancelledError() from None
         except ToolError as e:
             self._count(tool.name, "error")
             return errorResult(str(e) or f"The tool {tool.name} failed")

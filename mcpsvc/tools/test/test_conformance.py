@@ -84,8 +84,10 @@ class ConformanceToolsTests(SynchronousTestCase):
 
     def test_schema202012(self) -> None:
         """
-        The 2020-12 fixture keeps C{$schema}, C{$defs} and
-        C{additionalProperties}, and its C{$ref} validates.
+        The 2020-12 fixture keeps C{$schema}, C{$defs},
+        C{additionalProperties} and the SEP-2106 vocabulary (C{$anchor},
+        C{allOf}/C{anyOf}, C{if}/C{then}/C{else}), and validates with all of
+        it: C{$ref}, the conditional and the composition.
         """
         tools, _ = self.registry.listTools()
         [descriptor] = [t for t in tools if t["name"] == "json_schema_2020_12_tool"]
@@ -93,7 +95,19 @@ class ConformanceToolsTests(SynchronousTestCase):
         self.assertEqual(schema["$schema"], "https://json-schema.org/draft/2020-12/schema")
         self.assertIn("address", schema["$defs"])
         self.assertIs(schema["additionalProperties"], False)
-        self.assertIsNone(self.registry.validateArguments(
-            "json_schema_2020_12_tool", {"name": "a", "address": {"city": "b"}}))
-        self.assertIsNotNone(self.registry.validateArguments(
-            "json_schema_2020_12_tool", {"address": {"city": 5}}))
+        self.assertEqual(schema["$defs"]["address"]["$anchor"], "addressDef")
+        self.assertIn("anyOf", schema["allOf"][0])
+        self.assertEqual((schema["then"], schema["else"]),
+                         ({"required": ["phone"]}, {"required": ["email"]}))
+        valid = self.registry.validateArguments
+        self.assertIsNone(valid(
+            "json_schema_2020_12_tool", {"name": "a", "address": {"city": "b"}, "email": "e"}))
+        self.assertIsNone(valid(
+            "json_schema_2020_12_tool", {"contactMethod": "phone", "phone": "1"}))
+        for bad in (
+            {"address": {"city": 5}, "email": "e"},  # $ref
+            {"name": "a"},  # anyOf: neither phone nor email
+            {"contactMethod": "phone", "email": "e"},  # if/then: phone required
+            {"email": "e", "other": 1},  # additionalProperties
+        ):
+            self.assertIsNotNone(valid("json_schema_2020_12_tool", bad), bad)

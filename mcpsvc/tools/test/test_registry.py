@@ -235,3 +235,26 @@ class CallTests(SynchronousTestCase):
         self.failureResultOf(d, CancelledError)
         self.assertEqual(cancelled, [True])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancelInsideGather(self) -> None:
+        """
+        A tool cancelled while awaiting C{gatherResults} (which fails with
+        L{FirstError} around the L{CancelledError}) is cancelled, not an
+        internal error; a L{ToolError} inside one is the tool's error.
+        """
+        from twisted.internet.defer import fail, gatherResults
+
+        async def waits(arguments: Any, context: Any) -> str:
+            await gatherResults([Deferred(), Deferred()], consumeErrors=True)
+            return "never"
+
+        async def refuses(arguments: Any, context: Any) -> str:
+            await gatherResults([fail(ToolError("no such thing")), Deferred()], consumeErrors=True)
+            return "never"
+
+        d = self.call(tool("a", waits))
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        result = self.successResultOf(self.call(tool("b", refuses)))
+        self.assertEqual(result, {"content": [{"type": "text", "text": "no such thing"}], "isError": True})

@@ -1,6 +1,6 @@
 """
-A worked example of an mcpsvc tool pack: the C{textstats} pack, with one
-tool, C{word_count}. See docs/tool-plugins.md.
+A worked example of an mcpsvc tool pack: the C{textstats} pack, with two
+tools, C{word_count} and C{count_word}. See docs/tool-plugins.md.
 
 Install it by putting this file in a C{mcpsvc/plugins} directory (one
 I{without} an C{__init__.py}) under any directory on C{sys.path}, e.g.::
@@ -23,7 +23,9 @@ mcpsvc. It shows:
   - progress notifications (C{context.progress});
   - an expected failure (L{ToolError}) that the client sees as an
     C{isError} result;
-  - a per-tool timeout.
+  - a per-tool timeout;
+  - asking the user for input (C{context.clientRequest}, in C{count_word}),
+    written once for every protocol era.
 """
 
 from __future__ import annotations
@@ -106,6 +108,42 @@ async def wordCount(
     }
 
 
+async def countWord(
+    runInThread: Callable[..., Any], arguments: Mapping[str, Any], context: ToolContext
+) -> str:
+    """
+    The C{count_word} tool: asks the user which word to count, then counts
+    it in C{text}.
+
+    C{context.clientRequest} works in every era: before 2026-07-28 the
+    question goes to the client on the call's SSE stream and the answer
+    comes back on a POST; in 2026-07-28 the call ends with C{input_required}
+    and, when the client retries with the answer, runs again from the
+    start, and the same C{clientRequest} returns the answer at once. So do
+    nothing before a question that cannot be repeated.
+    """
+    answer = await context.clientRequest(
+        "elicitation/create",
+        {
+            "message": "Which word should I count?",
+            "requestedSchema": {
+                "type": "object",
+                "properties": {"word": {"type": "string", "minLength": 1}},
+                "required": ["word"],
+            },
+        },
+        key="word",
+    )
+    if answer.get("action") != "accept":
+        raise ToolError("No word to count: the question was declined")
+    word = str((answer.get("content") or {}).get("word", "")).strip().lower()
+    if not word:
+        raise ToolError("No word to count")
+    _, counts = await runInThread(countChunk, arguments["text"].splitlines())
+    times = counts[word]
+    return f"{word!r} appears {times} time{'' if times == 1 else 's'}."
+
+
 @implementer(IPlugin, IToolProvider)
 class TextStatsPack:
     """
@@ -170,7 +208,28 @@ class TextStatsPack:
                 annotations={"readOnlyHint": True, "openWorldHint": False, "idempotentHint": True},
                 timeout=10.0,
                 call=partial(wordCount, context.runInThread),
-            )
+            ),
+            Tool(
+                name="count_word",
+                title="Count a word",
+                description="Ask the user for a word, and count it in a text.",
+                inputSchema={
+                    "type": "object",
+                    "properties": {
+                        "text": {
+                            "type": "string",
+                            "maxLength": MAX_TEXT,
+                            "description": "The text to search.",
+                        },
+                    },
+                    "required": ["text"],
+                    "additionalProperties": False,
+                },
+                # A client that cannot show a form is told so up front.
+                requiredClientCapabilities={"elicitation": {}},
+                timeout=10.0,
+                call=partial(countWord, context.runInThread),
+            ),
         ]
 
 

@@ -685,7 +685,6 @@ class OAuthApp:
                 raise AuthorizePageError(
                     "invalid_request", "redirect_uri does not match a registered redirect URI"
                 )
-        await self._rateLimit(request, "authorize", self.config.rateLimitAuthorize, clientID)
         state = params.get("state")
         iss = self.config.issuer
 
@@ -741,6 +740,11 @@ class OAuthApp:
                 grantedScope = grantScope(decision.scope, frozenset(scope.split()))
             except InvalidScope as e:
                 return fail("invalid_scope", str(e))
+        # Per client, only codes actually issued count: anyone can send
+        # authorization requests naming a client (its id is in every
+        # authorization URL), and counting those would let a bystander
+        # lock every user of the client out of authorizing.
+        await self._rateLimit(request, "authorize", self.config.rateLimitAuthorize, clientID)
         now = self._now()
         code = newSecret(32)
         record = CodeRecord(

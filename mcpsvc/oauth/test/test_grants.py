@@ -309,3 +309,29 @@ class CodeNotConsumedTests(GrantTestCase):
         self.assertEqual(self.successResultOf(first).code, 400)
         [event] = self.audits.of("token.code_replay")
         self.assertEqual((event["revoked"], event["grant"]), (False, "preempted"))
+
+
+class AuthorizeLockoutTests(GrantTestCase):
+    """
+    Requests that name a client but issue no code (anyone can send them:
+    the client id is in every authorization URL) do not use up the
+    client's authorization limit.
+    """
+
+    def test_bystanderCannotExhaustClient(self) -> None:
+        from mcpsvc.config import RateLimit
+        from mcpsvc.oauth import app as appModule
+
+        self.configure(makeConfig(rateLimitAuthorize=RateLimit(count=3, seconds=900)))
+        client = self.registerConfidential()
+        address = ["192.0.2.1"]
+        self.patch(appModule, "requestAddress", lambda request: address[0])
+        for i in range(10):
+            address[0] = f"203.0.113.{i}"
+            for _ in range(3):
+                response, _ = self.authorize(client, code_challenge_method="plain")
+                self.assertEqual(response.code, 302)  # an error redirect, no code
+        address[0] = "198.51.100.7"
+        response, query = self.authorize(client)
+        self.assertEqual(response.code, 302)
+        self.assertIn("code", query)

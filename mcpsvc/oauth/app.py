@@ -807,6 +807,17 @@ class OAuthApp:
             audit("token.refresh" if grant == "refresh_token" else "token.issue", "failure",
                   request=request, clientID=client.clientID,
                   grantType=(grant or "")[:50] or None, error=e.error)
+            if client.secretHash is None:
+                # A public client proves only its id, which anyone can read
+                # from its access tokens: its refused requests are not its
+                # own, so they do not use up its limit (a bystander could
+                # otherwise make its refreshes fail, and the MCP SDK client
+                # drops its grant when a refresh fails).
+                limit = self.config.rateLimitToken
+                await self.store.takeToken(
+                    f"token:client:{client.clientID}", limit.count, limit.refillPerSecond,
+                    self._now(), -1,
+                )
             raise
 
     async def _authorizationCodeGrant(

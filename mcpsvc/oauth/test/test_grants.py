@@ -335,3 +335,27 @@ class AuthorizeLockoutTests(GrantTestCase):
         response, query = self.authorize(client)
         self.assertEqual(response.code, 302)
         self.assertIn("code", query)
+
+    def test_bystanderCannotExhaustPublicClientsTokenLimit(self) -> None:
+        """
+        Refused token requests in a public client's name (anyone can make
+        them: the client id is in its access tokens) do not use up its
+        per-client token limit, so its real refreshes keep working.
+        """
+        from mcpsvc.config import RateLimit
+        from mcpsvc.oauth import app as appModule
+
+        self.configure(makeConfig(rateLimitToken=RateLimit(count=5, seconds=900)))
+        client = self.registerPublic()
+        tokens = self.obtainTokens(client)
+        address = ["192.0.2.1"]
+        self.patch(appModule, "requestAddress", lambda request: address[0])
+        for i in range(6):
+            address[0] = f"203.0.113.{i}"
+            for _ in range(4):
+                response, body = self.refresh(client, self.fid(tokens["access_token"]) + "." + _random())
+                self.assertOAuthError(response, body, 400, "invalid_grant")
+        address[0] = "198.51.100.7"
+        for _ in range(3):
+            response, tokens = self.refresh(client, tokens["refresh_token"])
+            self.assertEqual(response.code, 200, tokens)

@@ -1003,9 +1003,10 @@ class OAuthApp:
             )
             raise OAuthError("invalid_grant", "The refresh token is invalid, expired or revoked")
         if result.outcome is RotationOutcome.REUSED:
-            previous = hashEquals(hashSecret(presented), family.previousHash)
+            before = result.family  # as the atomic rotation saw it
+            previous = hashEquals(hashSecret(presented), before.previousHash)
             reason = "older" if not previous else (
-                "late" if now >= family.graceUntil else "replays")
+                "late" if now >= before.graceUntil else "replays")
             audit("token.reuse_detected", "denied", request=request, clientID=client.clientID,
                   subject=family.subject, familyID=familyID, revoked=True, reason=reason)
             self.log.warn(

@@ -236,6 +236,27 @@ class GrantsEndToEndSQLiteTests(GrantsEndToEndMixin, SynchronousTestCase):
         self.assertEqual(signIn("198.51.100.7", "correct horse battery staple"), 303)
 
 
+    def test_clientNotLockedOutOfAuthorizing(self) -> None:
+        """
+        Authorization requests naming a client (its id is in every
+        authorization URL) from many addresses, none issuing a code, do not
+        use up the client's limit: its users still authorize.
+        """
+        self.startServer(TRUSTED_PROXIES="127.0.0.1", RATE_LIMIT_AUTHORIZE="3/900")
+        flow = self.flow()
+        bad = urllib.parse.urlencode({
+            "response_type": "code", "client_id": flow.client["client_id"],
+            "redirect_uri": REDIRECT, "code_challenge": flow.challenge,
+            "code_challenge_method": "plain", "resource": self.url + "/mcp",
+        })
+        for i in range(5):
+            for _ in range(3):
+                status, _, _ = http(self.url + "/oauth/authorize?" + bad,
+                                    headers={"X-Forwarded-For": f"203.0.113.{i}"})
+                self.assertEqual(status, 302)
+        self.assertTrue(flow.authorize(self.url))
+
+
 class GrantsEndToEndRedisTests(GrantsEndToEndMixin, SynchronousTestCase):
     """
     The same attacks with C{STORE=redis}: the checks run in Lua.

@@ -64,6 +64,7 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "REFRESH_TOKEN_LIFETIME": ("7776000", "refresh token lifetime, seconds (90 days)"),
     "AUTHORIZATION_CODE_LIFETIME": ("600", "authorization code lifetime, seconds"),
     "REFRESH_GRACE_SECONDS": ("60", "how long a superseded refresh token still works"),
+    "REFRESH_GRACE_REPLAYS": ("3", "how many times a superseded refresh token works within the grace window"),
     "SERVICENOW_INSTANCE": (None, "https URL of the ServiceNow instance (CORS origin, redirect host)"),
     "CORS_ORIGINS": ("", "comma list of extra allowed CORS origins"),
     "STORE": ("sqlite", "sqlite, redis or memory"),
@@ -151,6 +152,7 @@ class Config:
     refreshTokenLifetime: int = 7776000
     authorizationCodeLifetime: int = 600
     refreshGraceSeconds: int = 60
+    refreshGraceReplays: int = 3
     servicenowInstance: Optional[str] = None
     corsOrigins: Tuple[str, ...] = ()
     store: str = "sqlite"
@@ -455,6 +457,7 @@ def loadConfig(
     refreshLifetime = c.integer("REFRESH_TOKEN_LIFETIME")
     codeLifetime = c.integer("AUTHORIZATION_CODE_LIFETIME")
     grace = c.integer("REFRESH_GRACE_SECONDS", 0)
+    graceReplays = c.integer("REFRESH_GRACE_REPLAYS", 0, 100)
 
     snow = c.get("SERVICENOW_INSTANCE")
     if snow is not None:
@@ -568,6 +571,7 @@ def loadConfig(
         refreshTokenLifetime=refreshLifetime,
         authorizationCodeLifetime=codeLifetime,
         refreshGraceSeconds=grace,
+        refreshGraceReplays=graceReplays,
         servicenowInstance=snow,
         corsOrigins=cors,
         store=store,

@@ -102,16 +102,28 @@ __all__ = [
     "securityHeaders",
     "LOGIN_LIMIT_ACCOUNT",
     "LOGIN_LIMIT_ADDRESS",
+    "LOGIN_LIMIT_PAIR",
+    "LOGIN_LIMIT_UNDER_ATTACK",
 ]
 
 Decision = Union[Approval, Denial, bytes]
 
 #: How long a shown form may be submitted, seconds.
 CSRF_LIFETIME = 600
-#: Sign-in attempts per account: (count, seconds) of a token bucket.
-LOGIN_LIMIT_ACCOUNT = (5, 300.0)
-#: Sign-in attempts per client address.
+# Sign-in throttling: (count, seconds) of token buckets that count failed
+# sign-ins (an attempt takes a token before the password is checked, so
+# that parallel guesses are counted too; a successful one gives its tokens
+# back). See LoginApprover._throttle and docs/security.md.
+#: Failures of one account from one address: then that pair waits.
+LOGIN_LIMIT_PAIR = (5, 900.0)
+#: Failures from one address, over all accounts (spraying): then it waits.
 LOGIN_LIMIT_ADDRESS = (20, 900.0)
+#: Failures of one account from anywhere. Soft: when they are spent the
+#: account is under attack, and each address gets LOGIN_LIMIT_UNDER_ATTACK
+#: for it; an address that has not failed is never refused.
+LOGIN_LIMIT_ACCOUNT = (10, 900.0)
+#: Attempts per (account, address) while the account is under attack.
+LOGIN_LIMIT_UNDER_ATTACK = (1, 900.0)
 #: Form fields that belong to the page, never re-posted as request params.
 _OWN_FIELDS = frozenset({"csrf_token", "decision", "username", "password"})
 #: The revocation-store namespace of ended sign-in sessions.
@@ -168,6 +180,35 @@ class FormRefused(Exception):
         super().__init__(reason)
         self.reason = reason
         self.message = message
+
+
+class _Attempt:
+    """
+    The buckets one sign-in attempt took from, so they can be refunded
+    when it is refused by a throttle or succeeds: only failures count.
+    """
+
+    def __init__(self, store: Any, now: float) -> None:
+        self.store = store
+        self.now = now
+        self.taken: List[Tuple[str, Tuple[int, float]]] = []
+        self.refusedBecause: Optional[str] = None
+        self.retryAfter = 0.0
+        self.underAttack = False
+
+    async def take(self, key: str, limit: Tuple[int, float]) -> bool:
+        count, seconds = limit
+        decision = await self.store.takeToken(key, count, count / seconds, self.now)
+        if decision.allowed:
+            self.taken.append((key, limit))
+        else:
+            self.retryAfter = max(self.retryAfter, decision.retryAfter)
+        return bool(decision.allowed)
+
+    async def refund(self) -> None:
+        taken, self.taken = self.taken, []
+        for key, (count, seconds) in taken:
+            await self.store.takeToken(key, count, count / seconds, self.now, -1)
 
 
 @define(kw_only=True)
@@ -533,21 +574,35 @@ class LoginApprover(_PageApprover):
         )
         return await self.html(request, tag)
 
-    async def _throttle(self, request: IRequest, account: str) -> Optional[float]:
+    async def _throttle(self, request: IRequest, account: str) -> "_Attempt":
         """
-        Take one attempt from the account's and the address's buckets;
-        the seconds to wait when either is empty.
+        Take this sign-in attempt from the buckets that count failures
+        (before the password is checked, so parallel guesses count too):
+          - the (account, address) pair's and the address's: when either
+            is empty the attempt waits; they only slow down the address
+            that has been failing;
+          - the account's, from anywhere, which is soft: when it is empty
+            the account is under attack, and each address gets one attempt
+            per L{LOGIN_LIMIT_UNDER_ATTACK} for it. An address that has not
+            failed since always has that attempt, so the right password
+            from it is never refused, while a distributed guesser gets one
+            guess per address and period.
         """
-        now = self.now()
-        waits = []
-        for key, (count, seconds) in (
-            ("login:account:" + account, LOGIN_LIMIT_ACCOUNT),
-            ("login:addr:" + requestAddress(request), LOGIN_LIMIT_ADDRESS),
+        address = requestAddress(request)
+        pair = bindingOf(account, address)
+        attempt = _Attempt(self.store, self.now())
+        for key, limit, reason in (
+            ("login:pair:" + pair, LOGIN_LIMIT_PAIR, "account and address"),
+            ("login:addr:" + address, LOGIN_LIMIT_ADDRESS, "address"),
         ):
-            decision = await self.store.takeToken(key, count, count / seconds, now)
-            if not decision.allowed:
-                waits.append(decision.retryAfter)
-        return max(waits) if waits else None
+            if not await attempt.take(key, limit):
+                attempt.refusedBecause = reason
+                return attempt
+        if not await attempt.take("login:account:" + account, LOGIN_LIMIT_ACCOUNT):
+            attempt.underAttack = True
+            if not await attempt.take("login:attack:" + pair, LOGIN_LIMIT_UNDER_ATTACK):
+                attempt.refusedBecause = "account under attack"
+        return attempt
 
     async def decide(self, request: IRequest, authz: AuthorizationRequest, decision: str) -> Decision:
         if decision == "login":
@@ -579,13 +634,17 @@ class LoginApprover(_PageApprover):
         typed = authz.params.get("username", "")[:64]
         password = authz.params.get("password", "")
         account = normalizeName(typed)
-        wait = await self._throttle(request, account or "?invalid")
-        if wait is not None:
-            audit("authorize.login", "denied", request=request, reason="throttled")
+        attempt = await self._throttle(request, account or "?invalid")
+        if attempt.refusedBecause is not None:
+            wait = attempt.retryAfter
+            await attempt.refund()
+            audit("authorize.login", "denied", request=request, reason="throttled",
+                  limit=attempt.refusedBecause)
             audit("rate_limit.hit", "denied", request=request, clientID=authz.client.clientID,
                   endpoint="login")
-            self.log.warn("Sign-in throttled for {account} from {address}",
-                          account=account, address=requestAddress(request))
+            self.log.warn("Sign-in throttled for {account} from {address} ({why})",
+                          account=account, address=requestAddress(request),
+                          why=attempt.refusedBecause)
             seconds = max(1, int(wait + 0.999))
             request.setHeader("Retry-After", str(seconds))
             return await self.message(
@@ -599,12 +658,14 @@ class LoginApprover(_PageApprover):
                 verifyLogin, self.config.loginUsersFile, account, password
             )
         if fingerprint is None:
-            audit("authorize.login", "failure", request=request, account=account)
+            audit("authorize.login", "failure", request=request, account=account,
+                  underAttack=attempt.underAttack)
             self.log.warn("Failed sign-in for {account} from {address}",
                           account=account, address=requestAddress(request))
             return await self.loginForm(request, authz, username=typed,
                                         error="The account name or password is not correct.")
         assert account is not None
+        await attempt.refund()
         expiresAt = self.now() + self.config.loginSessionSeconds
         value = self._signer.sign("login", {"u": account, "s": newSecret(16), "f": fingerprint},
                                   expiresAt)

@@ -25,7 +25,7 @@ import html
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Protocol, Set, Tuple, Union
 from urllib.parse import unquote_plus, urlencode, urlsplit
 
-from attrs import field, frozen
+from attrs import Factory, field, frozen
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -51,6 +51,7 @@ from mcpsvc.oauth.clients import (
 )
 from mcpsvc.oauth.redirects import findRegistered
 from mcpsvc.oauth.refresh import (
+    RefreshTokens,
     newFamilyID,
     newRefreshToken,
     sealSuccessor,
@@ -64,6 +65,7 @@ from mcpsvc.storage.hashing import hashSecret, newSecret, secretMatches
 from mcpsvc.storage.interfaces import (
     AlreadyUsed,
     ClientRecord,
+    CodeMismatch,
     CodeRecord,
     Conflict,
     NoSuchClient,
@@ -289,6 +291,11 @@ class OAuthApp:
     clock: IReactorTime
     tokens: AccessTokens
     approver: IApprover
+    #: Mints refresh tokens and recognises the ones we minted.
+    refreshTokens: RefreshTokens = field(
+        init=False, repr=False,
+        default=Factory(lambda self: RefreshTokens(self.config.jwtSecret), takes_self=True),
+    )
 
     def resource(self) -> IResource:
         return self.app.resource()  # type: ignore[no-any-return]
@@ -678,7 +685,6 @@ class OAuthApp:
                 raise AuthorizePageError(
                     "invalid_request", "redirect_uri does not match a registered redirect URI"
                 )
-        await self._rateLimit(request, "authorize", self.config.rateLimitAuthorize, clientID)
         state = params.get("state")
         iss = self.config.issuer
 
@@ -734,6 +740,11 @@ class OAuthApp:
                 grantedScope = grantScope(decision.scope, frozenset(scope.split()))
             except InvalidScope as e:
                 return fail("invalid_scope", str(e))
+        # Per client, only codes actually issued count: anyone can send
+        # authorization requests naming a client (its id is in every
+        # authorization URL), and counting those would let a bystander
+        # lock every user of the client out of authorizing.
+        await self._rateLimit(request, "authorize", self.config.rateLimitAuthorize, clientID)
         now = self._now()
         code = newSecret(32)
         record = CodeRecord(
@@ -796,6 +807,17 @@ class OAuthApp:
             audit("token.refresh" if grant == "refresh_token" else "token.issue", "failure",
                   request=request, clientID=client.clientID,
                   grantType=(grant or "")[:50] or None, error=e.error)
+            if client.secretHash is None:
+                # A public client proves only its id, which anyone can read
+                # from its access tokens: its refused requests are not its
+                # own, so they do not use up its limit (a bystander could
+                # otherwise make its refreshes fail, and the MCP SDK client
+                # drops its grant when a refresh fails).
+                limit = self.config.rateLimitToken
+                await self.store.takeToken(
+                    f"token:client:{client.clientID}", limit.count, limit.refillPerSecond,
+                    self._now(), -1,
+                )
             raise
 
     async def _authorizationCodeGrant(
@@ -807,28 +829,43 @@ class OAuthApp:
         verifier = form.get("code_verifier")
         if not verifier:
             raise OAuthError("invalid_request", "code_verifier is required (PKCE)")
+        if not pkce.isValidVerifier(verifier):
+            audit("token.pkce_failed", "denied", request=request, clientID=client.clientID)
+            raise OAuthError("invalid_grant", "code_verifier does not match the code challenge")
         now = self._now()
         try:
-            record: CodeRecord = await self.store.consumeCode(hashSecret(code), now)
+            # The store checks client, redirect URI and verifier before it
+            # consumes the code, atomically: a code presented by anyone but
+            # the client it was issued to, with its verifier, is neither
+            # used up nor treated as a replay.
+            record: CodeRecord = await self.store.consumeCode(
+                hashSecret(code), now, clientID=client.clientID,
+                codeChallenge=pkce.challengeFor(verifier), redirectURI=form.get("redirect_uri"),
+            )
         except NoSuchCode:
             raise OAuthError("invalid_grant", "The authorization code is invalid or has expired")
+        except CodeMismatch as e:
+            if e.field == "code_verifier":
+                audit("token.pkce_failed", "denied", request=request, clientID=client.clientID)
+                raise OAuthError("invalid_grant", "code_verifier does not match the code challenge")
+            audit("token.code_refused", "denied", request=request, clientID=client.clientID,
+                  mismatch=e.field)
+            if e.field == "client_id":
+                raise OAuthError("invalid_grant", "The authorization code was issued to another client")
+            raise OAuthError("invalid_grant", "redirect_uri does not match the authorization request")
         except AlreadyUsed as e:
-            revoked = await self._revokeGrant(e.record, now)
+            outcome = await self._revokeGrant(e.record, now)
             audit("token.code_replay", "denied", request=request, clientID=client.clientID,
-                  familyID=e.record.familyID, revoked=revoked is not None)
+                  familyID=e.record.familyID, revoked=outcome == "revoked", grant=outcome)
             self.log.warn(
-                "Authorization code replayed by client {clientID}: revoked family {familyID}",
+                "Authorization code replayed by client {clientID}: " + {
+                    "revoked": "revoked family {familyID}",
+                    "preempted": "family {familyID} blocked before its first use issued it",
+                    "none": "family {familyID} was already revoked",
+                }[outcome],
                 clientID=client.clientID, familyID=e.record.familyID,
             )
             raise OAuthError("invalid_grant", "The authorization code has already been used")
-        if record.clientID != client.clientID:
-            raise OAuthError("invalid_grant", "The authorization code was issued to another client")
-        redirectURI = form.get("redirect_uri")
-        if redirectURI is not None and redirectURI != record.redirectURI:
-            raise OAuthError("invalid_grant", "redirect_uri does not match the authorization request")
-        if not pkce.verifierMatches(verifier, record.codeChallenge, record.codeChallengeMethod):
-            audit("token.pkce_failed", "denied", request=request, clientID=client.clientID)
-            raise OAuthError("invalid_grant", "code_verifier does not match the code challenge")
         if "resource" in form:
             resource = self._resourceFor(form["resource"])
             if resource is None or resource != record.resource:
@@ -840,7 +877,7 @@ class OAuthApp:
         )
         refresh: Optional[str] = None
         if "refresh_token" in grantTypes(client.metadata):
-            refresh = newRefreshToken(record.familyID)
+            refresh = self.refreshTokens.new(record.familyID)
             currentHash = hashSecret(refresh)
             expiresAt = now + self.config.refreshTokenLifetime
         else:
@@ -873,17 +910,20 @@ class OAuthApp:
               familyID=record.familyID)
         return self._tokenResponse(request, access, refresh)
 
-    async def _revokeGrant(self, record: CodeRecord, now: float) -> bool:
+    async def _revokeGrant(self, record: CodeRecord, now: float) -> str:
         """
         Revoke what the first use of a replayed code issued. If the first
         use has not recorded its grant yet (the two requests raced), leave a
         revoked tombstone under the grant's family id, so that the first
         use fails instead of issuing tokens.
 
-        @return: whether a live grant was revoked.
+        @return: what happened, for the audit trail: C{"revoked"} (a live
+            grant was revoked), C{"preempted"} (the first use had not
+            recorded its grant: it will issue nothing) or C{"none"} (the
+            grant was revoked already, e.g. by an earlier replay).
         """
         if await self.store.revokeFamily(record.familyID, now) is not None:
-            return True
+            return "revoked"
         tombstone = RefreshFamily(
             familyID=record.familyID,
             clientID=record.clientID,
@@ -899,9 +939,11 @@ class OAuthApp:
         except Conflict:
             # Revoked already (an earlier replay), or the first use has just
             # recorded it: revoke again, idempotently.
-            return await self.store.revokeFamily(record.familyID, now) is not None
+            if await self.store.revokeFamily(record.familyID, now) is not None:
+                return "revoked"
+            return "none"
         await self.store.revokeFamily(record.familyID, now)
-        return False
+        return "preempted"
 
     async def _refreshTokenGrant(
         self, request: IRequest, form: Mapping[str, str], client: ClientRecord
@@ -932,7 +974,7 @@ class OAuthApp:
             now=now, subject=family.subject, clientID=client.clientID,
             scope=scope, audience=family.resource, familyID=familyID,
         )
-        successor = newRefreshToken(familyID)
+        successor = self.refreshTokens.new(familyID)
         try:
             result = await self.store.rotateRefresh(
                 familyID,
@@ -943,12 +985,30 @@ class OAuthApp:
                 access.jti,
                 float(access.expiresAt),
                 now,
+                # Only a token we minted for this family can count as
+                # reuse: a forgery (the family id from an access token's
+                # fid claim plus random bytes) revokes nothing.
+                issued=self.refreshTokens.minted(presented),
+                maxGraceReplays=self.config.refreshGraceReplays,
             )
         except NoSuchFamily:
             raise OAuthError("invalid_grant", "The refresh token is invalid, expired or revoked")
+        if result.outcome is RotationOutcome.UNKNOWN:
+            audit("token.refresh_unknown", "denied", request=request, clientID=client.clientID,
+                  familyID=familyID, revoked=False)
+            self.log.warn(
+                "Refresh token not issued by family {familyID} presented by client {clientID}: "
+                "refused, nothing revoked",
+                clientID=client.clientID, familyID=familyID,
+            )
+            raise OAuthError("invalid_grant", "The refresh token is invalid, expired or revoked")
         if result.outcome is RotationOutcome.REUSED:
+            before = result.family  # as the atomic rotation saw it
+            previous = hashEquals(hashSecret(presented), before.previousHash)
+            reason = "older" if not previous else (
+                "late" if now >= before.graceUntil else "replays")
             audit("token.reuse_detected", "denied", request=request, clientID=client.clientID,
-                  subject=family.subject, familyID=familyID)
+                  subject=family.subject, familyID=familyID, revoked=True, reason=reason)
             self.log.warn(
                 "Superseded refresh token reused by client {clientID}: revoked family {familyID}",
                 clientID=client.clientID, familyID=familyID,
@@ -1007,7 +1067,9 @@ class OAuthApp:
             return None
         presentedHash = hashSecret(presented)
         if hashEquals(presentedHash, family.currentHash) or (
-            hashEquals(presentedHash, family.previousHash) and now < family.graceUntil
+            hashEquals(presentedHash, family.previousHash)
+            and now < family.graceUntil
+            and family.graceReplays < self.config.refreshGraceReplays
         ):
             return family
         return None

@@ -102,10 +102,13 @@ def fromStrings(cls: Type[T], mapping: Mapping[str, str]) -> T:
     Build a C{cls} from a hash made by L{toStrings} (extra fields ignored).
     """
     row: Dict[str, Any] = {}
+    defaults = {a.name: a.default for a in attrs.fields(cls)}
     for name, kind in fieldKinds(cls):
         value: Any = mapping.get(name)
         if value is None:
-            row[name] = None
+            default = defaults.get(name, attrs.NOTHING)
+            # a field added after the record was written: its default
+            row[name] = None if kind == "optstr" or default is attrs.NOTHING else default
             continue
         if kind == "bool":
             value = value not in ("0", "", "false")

@@ -13,9 +13,22 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import attrs
 from twisted.internet.defer import Deferred
 
-from mcpsvc.storage.interfaces import RateDecision, RefreshFamily, RotationOutcome
+from mcpsvc.storage.interfaces import (
+    CodeMismatch,
+    CodeRecord,
+    RateDecision,
+    RefreshFamily,
+    RotationOutcome,
+)
 
-__all__ = ["hashEquals", "rotation", "takeFromBucket", "bucketFullAt", "RevocationBatches"]
+__all__ = [
+    "hashEquals",
+    "checkCode",
+    "rotation",
+    "takeFromBucket",
+    "bucketFullAt",
+    "RevocationBatches",
+]
 
 
 def hashEquals(a: Optional[str], b: Optional[str]) -> bool:
@@ -27,6 +40,25 @@ def hashEquals(a: Optional[str], b: Optional[str]) -> bool:
     return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
 
 
+def checkCode(
+    record: CodeRecord,
+    clientID: Optional[str],
+    codeChallenge: Optional[str],
+    redirectURI: Optional[str],
+) -> None:
+    """
+    Raise L{CodeMismatch} when a presented code does not belong to the
+    presenting client, verifier and redirect URI (see
+    L{mcpsvc.storage.interfaces.ICodeStore.consumeCode}).
+    """
+    if clientID is not None and clientID != record.clientID:
+        raise CodeMismatch("client_id")
+    if redirectURI is not None and redirectURI != record.redirectURI:
+        raise CodeMismatch("redirect_uri")
+    if codeChallenge is not None and not hashEquals(codeChallenge, record.codeChallenge):
+        raise CodeMismatch("code_verifier")
+
+
 def rotation(
     family: RefreshFamily,
     presentedHash: str,
@@ -36,13 +68,16 @@ def rotation(
     accessJTI: str,
     accessExpiresAt: float,
     now: float,
+    issued: bool = False,
+    maxGraceReplays: int = 1,
 ) -> Tuple[RotationOutcome, RefreshFamily]:
     """
     Decide a rotation of the live C{family} (see
     L{mcpsvc.storage.interfaces.IRefreshStore.rotateRefresh}).
 
     @return: the outcome and the family to store (for C{REUSED}, the family
-        as it was: the caller revokes it).
+        as it was: the caller revokes it; for C{UNKNOWN}, the family
+        unchanged: the caller stores nothing).
     """
     if hashEquals(presentedHash, family.currentHash):
         return RotationOutcome.ROTATED, attrs.evolve(
@@ -54,12 +89,19 @@ def rotation(
             lastAccessJTI=accessJTI,
             lastAccessExpiresAt=accessExpiresAt,
             rotations=family.rotations + 1,
+            graceReplays=0,
         )
-    if hashEquals(presentedHash, family.previousHash) and now < family.graceUntil:
+    previous = hashEquals(presentedHash, family.previousHash)
+    if previous and now < family.graceUntil and family.graceReplays < maxGraceReplays:
         return RotationOutcome.GRACE, attrs.evolve(
-            family, lastAccessJTI=accessJTI, lastAccessExpiresAt=accessExpiresAt
+            family,
+            lastAccessJTI=accessJTI,
+            lastAccessExpiresAt=accessExpiresAt,
+            graceReplays=family.graceReplays + 1,
         )
-    return RotationOutcome.REUSED, family
+    if previous or issued:
+        return RotationOutcome.REUSED, family
+    return RotationOutcome.UNKNOWN, family
 
 
 def takeFromBucket(
@@ -85,7 +127,8 @@ def takeFromBucket(
         tokens = min(float(capacity), tokens + (now - updated) * refillPerSecond)
         updated = now
     if tokens >= cost:
-        tokens -= cost
+        # a negative cost gives tokens back, never beyond the capacity
+        tokens = min(float(capacity), tokens - cost)
         decision = RateDecision(allowed=True, remaining=int(math.floor(tokens)), retryAfter=0.0)
     else:
         decision = RateDecision(

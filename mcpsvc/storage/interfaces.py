@@ -36,6 +36,7 @@ __all__ = [
     "NoSuchFamily",
     "NoSuchSession",
     "AlreadyUsed",
+    "CodeMismatch",
     "Conflict",
     "ClientRecord",
     "CodeRecord",
@@ -134,6 +135,23 @@ class AlreadyUsed(StoreError):
         self.record = record
 
 
+class CodeMismatch(StoreError):
+    """
+    An authorization code was presented by another client, or with a PKCE
+    challenge or redirect URI other than the ones it was issued with. The
+    code is left as it was (not consumed, nothing revoked): only the client
+    it was issued to, with its verifier, can use it or, by replaying it,
+    revoke what it produced.
+
+    @ivar field: what did not match: C{"client_id"}, C{"redirect_uri"} or
+        C{"code_verifier"}.
+    """
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
 class Conflict(StoreError):
     """
     A record with that key already exists.
@@ -208,6 +226,9 @@ class RefreshFamily:
     @ivar lastAccessJTI: the C{jti} of the newest access token issued from
         this family, with C{lastAccessExpiresAt}, so revoking the family also
         revokes it.
+    @ivar graceReplays: how many times C{previousHash} has been answered
+        within its grace window since the last rotation (bounded by the
+        caller's C{maxGraceReplays}).
     """
 
     familyID: str
@@ -224,6 +245,7 @@ class RefreshFamily:
     lastAccessJTI: Optional[str] = None
     lastAccessExpiresAt: float = 0
     rotations: int = 0
+    graceReplays: int = 0
 
 
 class RotationOutcome(Enum):
@@ -235,12 +257,20 @@ class RotationOutcome(Enum):
     """The presented token was current; the family now has the new one."""
 
     GRACE = "grace"
-    """The presented token was the previous one, within its grace window;
-    nothing changed; C{result.family.sealedSuccessor} holds the successor."""
+    """The presented token was the previous one, within its grace window
+    and its bound of replays; only C{graceReplays} (and the newest access
+    token) changed; C{result.family.sealedSuccessor} holds the successor."""
 
     REUSED = "reused"
-    """The presented token was superseded and its grace window is over (or
-    it matches nothing in the family): the family has been revoked."""
+    """The presented token is one this family really issued (the previous
+    one, or one the caller proved to be ours) but it is superseded and its
+    grace window, or its bound of replays, is over: the family has been
+    revoked."""
+
+    UNKNOWN = "unknown"
+    """The presented token is not one this family is known to have issued
+    (a forgery, e.g. the family id of an access token plus random bytes):
+    nothing changed, nothing was revoked."""
 
 
 @frozen(kw_only=True)
@@ -337,13 +367,28 @@ class ICodeStore(Interface):
         C{None} once durable; fails with L{Conflict} if the hash exists.
         """
 
-    def consumeCode(codeHash: str, now: float) -> Any:
+    def consumeCode(
+        codeHash: str,
+        now: float,
+        clientID: Optional[str] = None,
+        codeChallenge: Optional[str] = None,
+        redirectURI: Optional[str] = None,
+    ) -> Any:
         """
-        Atomically mark the code used and fire with its L{CodeRecord} (as it
-        was before this call, C{used=False}). Exactly one of any number of
-        concurrent consumers succeeds. Fails with L{AlreadyUsed} (carrying
-        the record) for a used code that has not expired, and with
-        L{NoSuchCode} for an unknown or expired one.
+        Atomically check the code and mark it used, and fire with its
+        L{CodeRecord} (as it was before this call, C{used=False}). Exactly
+        one of any number of concurrent consumers succeeds.
+
+        Each of C{clientID}, C{codeChallenge} (the challenge computed from
+        the presented PKCE verifier) and C{redirectURI} that is not C{None}
+        must equal the record's (constant-time for the challenge), else the
+        call fails with L{CodeMismatch} and changes nothing, used or not:
+        a code presented by another client or without its verifier is
+        neither consumed nor treated as a replay.
+
+        Fails with L{AlreadyUsed} (carrying the record) for a used code that
+        has not expired and matches, and with L{NoSuchCode} for an unknown
+        or expired one.
         """
 
 
@@ -369,22 +414,32 @@ class IRefreshStore(Interface):
         accessJTI: str,
         accessExpiresAt: float,
         now: float,
+        issued: bool = False,
+        maxGraceReplays: int = 1,
     ) -> Any:
         """
         Atomically rotate the family:
           - C{presentedHash == currentHash}: C{previousHash := presentedHash},
             C{currentHash := newHash}, C{sealedSuccessor}, C{graceUntil},
-            C{lastAccessJTI}/C{lastAccessExpiresAt} set, C{rotations + 1};
-            fires with L{RotationOutcome.ROTATED} and the new family;
-          - C{presentedHash == previousHash} and C{now < graceUntil}: nothing
-            changes except C{lastAccessJTI}/C{lastAccessExpiresAt};
+            C{lastAccessJTI}/C{lastAccessExpiresAt} set, C{rotations + 1},
+            C{graceReplays := 0}; fires with L{RotationOutcome.ROTATED} and
+            the new family;
+          - C{presentedHash == previousHash}, C{now < graceUntil} and
+            C{graceReplays < maxGraceReplays}: nothing changes except
+            C{graceReplays + 1} and C{lastAccessJTI}/C{lastAccessExpiresAt};
             fires with L{RotationOutcome.GRACE} and the family;
-          - otherwise: the family is revoked (as L{revokeFamily}); fires with
-            L{RotationOutcome.REUSED} and the family as it was.
+          - C{presentedHash == previousHash} otherwise (late, or one replay
+            too many), or C{issued} (the caller has proved that the token
+            is one this family issued, see
+            L{mcpsvc.oauth.refresh.RefreshTokens}): the family is revoked
+            (as L{revokeFamily}); fires with L{RotationOutcome.REUSED} and
+            the family as it was;
+          - otherwise: nothing changes; fires with L{RotationOutcome.UNKNOWN}
+            and the family as it is.
         Of two concurrent rotations presenting the same current token,
-        exactly one is ROTATED and the other GRACE. Fails with
-        L{NoSuchFamily} for an unknown, expired or revoked family. Hash
-        comparisons are constant-time.
+        exactly one is ROTATED and the other GRACE (with C{maxGraceReplays}
+        at least 1). Fails with L{NoSuchFamily} for an unknown, expired or
+        revoked family. Hash comparisons are constant-time.
         """
 
     def revokeFamily(familyID: str, now: float) -> Any:
@@ -461,8 +516,10 @@ class IRateLimitStore(Interface):
         """
         Atomically take C{cost} tokens from the bucket C{key} (created full
         with C{capacity} tokens, refilled continuously at C{refillPerSecond}).
-        Fires with a L{RateDecision}. A bucket left idle long enough to be
-        full again may be forgotten.
+        Fires with a L{RateDecision}. A negative C{cost} gives tokens back
+        (always allowed, never beyond C{capacity}): a take made before an
+        outcome was known, refunded when it is (a successful sign-in). A
+        bucket left idle long enough to be full again may be forgotten.
         """
 
 

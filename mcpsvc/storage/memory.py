@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mcpsvc.storage._logic import bucketFullAt, rotation, takeFromBucket
+from mcpsvc.storage._logic import bucketFullAt, checkCode, rotation, takeFromBucket
 from mcpsvc.storage.interfaces import (
     AlreadyUsed,
     ClientRecord,
@@ -128,11 +128,19 @@ class MemoryStore:
 
         return _answer(store)
 
-    def consumeCode(self, codeHash: str, now: float) -> "Deferred[CodeRecord]":
+    def consumeCode(
+        self,
+        codeHash: str,
+        now: float,
+        clientID: Optional[str] = None,
+        codeChallenge: Optional[str] = None,
+        redirectURI: Optional[str] = None,
+    ) -> "Deferred[CodeRecord]":
         def consume() -> CodeRecord:
             record = self._codes.get(codeHash)
             if record is None or now >= record.expiresAt:
                 raise NoSuchCode(codeHash)
+            checkCode(record, clientID, codeChallenge, redirectURI)
             if record.used:
                 raise AlreadyUsed(record)
             self._codes[codeHash] = attrs.evolve(record, used=True)
@@ -170,16 +178,18 @@ class MemoryStore:
         accessJTI: str,
         accessExpiresAt: float,
         now: float,
+        issued: bool = False,
+        maxGraceReplays: int = 1,
     ) -> "Deferred[RotationResult]":
         def rotate() -> RotationResult:
             family = self._liveFamily(familyID, now)
             outcome, updated = rotation(
                 family, presentedHash, newHash, sealedSuccessor, graceUntil,
-                accessJTI, accessExpiresAt, now,
+                accessJTI, accessExpiresAt, now, issued, maxGraceReplays,
             )
             if outcome is RotationOutcome.REUSED:
                 self._revoke(family, now)
-            else:
+            elif outcome is not RotationOutcome.UNKNOWN:
                 self._families[familyID] = (updated, False)
             return RotationResult(outcome=outcome, family=updated)
 

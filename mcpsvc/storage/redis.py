@@ -50,6 +50,7 @@ from mcpsvc.storage._logic import RevocationBatch, RevocationBatches, takeFromBu
 from mcpsvc.storage.interfaces import (
     AlreadyUsed,
     ClientRecord,
+    CodeMismatch,
     CodeRecord,
     Conflict,
     IStore,
@@ -142,35 +143,49 @@ redis.call('SREM', KEYS[2], ARGV[1])
 return n
 """
 
-#: KEYS: code. ARGV: now.
+#: KEYS: code. ARGV: now, then for client id, redirect URI and code
+#: challenge in turn: '1' and the value to check, or '0' and ''. Same rules
+#: as L{mcpsvc.storage._logic.checkCode}.
 _CONSUME = _PRELUDE + """
 local f = redis.call('HGETALL', KEYS[1])
 if #f == 0 then return {'missing'} end
 local h = hash(f)
 if tonumber(h['expiresAt']) <= tonumber(ARGV[1]) then return {'missing'} end
+if ARGV[2] == '1' and ARGV[3] ~= h['clientID'] then return {'mismatch', 'client_id'} end
+if ARGV[4] == '1' and ARGV[5] ~= h['redirectURI'] then return {'mismatch', 'redirect_uri'} end
+if ARGV[6] == '1' and not eq(ARGV[7], h['codeChallenge']) then
+  return {'mismatch', 'code_verifier'}
+end
 if h['used'] == '1' then return {'used', unpack(f)} end
 redis.call('HSET', KEYS[1], 'used', '1')
 return {'ok', unpack(f)}
 """
 
 #: KEYS: family, families. ARGV: now, presented, new, sealed, graceUntil,
-#: jti, jtiExpiresAt, prefix.
+#: jti, jtiExpiresAt, prefix, issued ('1' or '0'), maxGraceReplays. Same
+#: rules as L{mcpsvc.storage._logic.rotation}.
 _ROTATE = _PRELUDE + """
 local f, h = liveFamily(KEYS[1], ARGV[1])
 if not f then return {'missing'} end
 if eq(ARGV[2], h['currentHash']) then
   redis.call('HSET', KEYS[1], 'previousHash', h['currentHash'], 'currentHash', ARGV[3],
              'sealedSuccessor', ARGV[4], 'graceUntil', ARGV[5],
-             'lastAccessJTI', ARGV[6], 'lastAccessExpiresAt', ARGV[7])
+             'lastAccessJTI', ARGV[6], 'lastAccessExpiresAt', ARGV[7], 'graceReplays', '0')
   redis.call('HINCRBY', KEYS[1], 'rotations', 1)
   return {'rotated', unpack(redis.call('HGETALL', KEYS[1]))}
 end
-if eq(ARGV[2], h['previousHash']) and tonumber(ARGV[1]) < tonumber(h['graceUntil']) then
+local previous = eq(ARGV[2], h['previousHash'])
+if previous and tonumber(ARGV[1]) < tonumber(h['graceUntil'])
+    and tonumber(h['graceReplays'] or '0') < tonumber(ARGV[10]) then
   redis.call('HSET', KEYS[1], 'lastAccessJTI', ARGV[6], 'lastAccessExpiresAt', ARGV[7])
+  redis.call('HINCRBY', KEYS[1], 'graceReplays', 1)
   return {'grace', unpack(redis.call('HGETALL', KEYS[1]))}
 end
-revoke(KEYS[1], KEYS[2], h, ARGV[8], ARGV[1])
-return {'reused', unpack(f)}
+if previous or ARGV[9] == '1' then
+  revoke(KEYS[1], KEYS[2], h, ARGV[8], ARGV[1])
+  return {'reused', unpack(f)}
+end
+return {'unknown', unpack(f)}
 """
 
 #: KEYS: family, families. ARGV: now, prefix.
@@ -227,7 +242,7 @@ end
 local allowed = 0
 local retry = 0
 if tokens >= cost then
-  tokens = tokens - cost
+  tokens = math.min(cap, tokens - cost)
   allowed = 1
 else
   retry = (cost - tokens) / rate
@@ -753,12 +768,26 @@ class RedisStore:
 
         return self._call(store())
 
-    def consumeCode(self, codeHash: str, now: float) -> "Deferred[CodeRecord]":
+    def consumeCode(
+        self,
+        codeHash: str,
+        now: float,
+        clientID: Optional[str] = None,
+        codeChallenge: Optional[str] = None,
+        redirectURI: Optional[str] = None,
+    ) -> "Deferred[CodeRecord]":
+        checks: List[str] = []
+        for value in (clientID, redirectURI, codeChallenge):
+            checks += ["0", ""] if value is None else ["1", value]
+
         async def consume() -> CodeRecord:
-            reply = await self._eval(_CONSUME, [self._key("code", codeHash)], [_num(now)])
-            status, fields = reply[0], _pairs(reply[1:])
+            reply = await self._eval(_CONSUME, [self._key("code", codeHash)], [_num(now), *checks])
+            status = reply[0]
             if status == "missing":
                 raise NoSuchCode(codeHash)
+            if status == "mismatch":
+                raise CodeMismatch(reply[1])
+            fields = _pairs(reply[1:])
             record = fromStrings(CodeRecord, fields)
             if status == "used":
                 raise AlreadyUsed(record)
@@ -802,13 +831,16 @@ class RedisStore:
         accessJTI: str,
         accessExpiresAt: float,
         now: float,
+        issued: bool = False,
+        maxGraceReplays: int = 1,
     ) -> "Deferred[RotationResult]":
         async def rotate() -> RotationResult:
             reply = await self._eval(
                 _ROTATE,
                 [self._key("family", familyID), self._key("families")],
                 [_num(now), presentedHash, newHash, sealedSuccessor, _num(graceUntil),
-                 accessJTI, _num(accessExpiresAt), self._prefix],
+                 accessJTI, _num(accessExpiresAt), self._prefix, "1" if issued else "0",
+                 int(maxGraceReplays)],
             )
             if reply[0] == "missing":
                 raise NoSuchFamily(familyID)

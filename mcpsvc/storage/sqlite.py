@@ -41,6 +41,7 @@ from mcpsvc.storage._logic import (
     RevocationBatch,
     RevocationBatches,
     bucketFullAt,
+    checkCode,
     rotation,
     takeFromBucket,
 )
@@ -138,6 +139,10 @@ MIGRATIONS: List[Sequence[str]] = [
             fullAt REAL NOT NULL
         )""",
         "CREATE INDEX bucketsFull ON buckets (fullAt)",
+    ),
+    (
+        # replays answered in the grace window since the last rotation
+        "ALTER TABLE families ADD COLUMN graceReplays INTEGER NOT NULL DEFAULT 0",
     ),
 ]
 
@@ -345,12 +350,20 @@ class SQLiteStore:
 
         return self._run(store)
 
-    def consumeCode(self, codeHash: str, now: float) -> "Deferred[CodeRecord]":
+    def consumeCode(
+        self,
+        codeHash: str,
+        now: float,
+        clientID: Optional[str] = None,
+        codeChallenge: Optional[str] = None,
+        redirectURI: Optional[str] = None,
+    ) -> "Deferred[CodeRecord]":
         def consume(c: sqlite3.Connection) -> CodeRecord:
             row = c.execute("SELECT * FROM codes WHERE codeHash = ?", (codeHash,)).fetchone()
             if row is None or now >= row["expiresAt"]:
                 raise NoSuchCode(codeHash)
             record = fromRow(CodeRecord, row)
+            checkCode(record, clientID, codeChallenge, redirectURI)
             if record.used:
                 raise AlreadyUsed(record)
             c.execute("UPDATE codes SET used = 1 WHERE codeHash = ?", (codeHash,))
@@ -415,16 +428,18 @@ class SQLiteStore:
         accessJTI: str,
         accessExpiresAt: float,
         now: float,
+        issued: bool = False,
+        maxGraceReplays: int = 1,
     ) -> "Deferred[RotationResult]":
         def rotate(c: sqlite3.Connection) -> RotationResult:
             family = self._liveFamily(c, familyID, now)
             outcome, updated = rotation(
                 family, presentedHash, newHash, sealedSuccessor, graceUntil,
-                accessJTI, accessExpiresAt, now,
+                accessJTI, accessExpiresAt, now, issued, maxGraceReplays,
             )
             if outcome is RotationOutcome.REUSED:
                 self._revoke(c, family, now)
-            else:
+            elif outcome is not RotationOutcome.UNKNOWN:
                 c.execute(_UPDATE_FAMILY, toRow(updated))
             return RotationResult(outcome=outcome, family=updated)
 

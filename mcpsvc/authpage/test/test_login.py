@@ -8,8 +8,16 @@ from __future__ import annotations
 import os
 from typing import Any, Dict
 
-from mcpsvc.authpage import users
-from mcpsvc.authpage.approver import LOGIN_LIMIT_ACCOUNT, LOGIN_LIMIT_ADDRESS
+from twisted.internet.defer import Deferred
+
+from mcpsvc.config import RateLimit
+from mcpsvc.authpage import approver, users
+from mcpsvc.authpage.approver import (
+    LOGIN_LIMIT_ACCOUNT,
+    LOGIN_LIMIT_ADDRESS,
+    LOGIN_LIMIT_PAIR,
+    LOGIN_LIMIT_UNDER_ATTACK,
+)
 from mcpsvc.authpage.test.helpers import Forms, PageTestCase
 
 PASSWORD = "correct horse battery staple"
@@ -229,37 +237,130 @@ class SessionTests(LoginTestCase):
 
 
 class ThrottleTests(LoginTestCase):
-    def test_perAccount(self) -> None:
+    """
+    Failed sign-ins are counted per (account, address), per address and,
+    softly, per account; the right password from an address that has not
+    failed is never refused.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.address = "192.0.2.1"
+        self.patch(approver, "requestAddress", lambda request: self.address)
+        # the authorization endpoint's own limit is not under test here
+        self.configure(self.config.replace(rateLimitAuthorize=RateLimit(count=10000, seconds=900)))
+
+    def signInFrom(self, address: str, name: str = "alice", password: str = PASSWORD) -> Any:
+        self.address = address
+        self.cookies.clear()
+        return self.signIn(name, password)
+
+    def test_perAccountAndAddress(self) -> None:
         """
-        After LOGIN_LIMIT_ACCOUNT attempts on one account, further attempts
-        (even with the right password) get 429 with Retry-After, until the
-        bucket refills.
+        After LOGIN_LIMIT_PAIR failures of one account from one address,
+        that address waits (even with the right password), with
+        Retry-After; the same account from another address is not
+        affected.
         """
-        count, seconds = LOGIN_LIMIT_ACCOUNT
+        count, seconds = LOGIN_LIMIT_PAIR
         for _ in range(count):
-            self.assertEqual(self.signIn("alice", "wrong password")[0].code, 200)
-        response, body = self.signIn("alice", PASSWORD)
+            self.assertEqual(self.signInFrom("192.0.2.66", password="wrong password")[0].code, 200)
+        response, body = self.signInFrom("192.0.2.66")
         self.assertEqual(response.code, 429)
         retry = int(self.header(response, "retry-after"))
         self.assertEqual(retry, int(seconds / count))
         self.assertIn("Too many sign-in attempts", Forms(body).allText)
         self.assertIsNone(response.headers.getRawHeaders("set-cookie"))
-        # Another account is not affected.
-        self.assertEqual(self.signIn("bob", "bob's password!")[0].code, 303)
-        self.cookies.clear()
+        # The real user, elsewhere, signs in; so does another account.
+        self.assertEqual(self.signInFrom("198.51.100.7")[0].code, 303)
+        self.assertEqual(self.signInFrom("192.0.2.66", "bob", "bob's password!")[0].code, 303)
         self.clock.advance(retry)
-        self.assertEqual(self.signIn("alice", PASSWORD)[0].code, 303)
+        self.assertEqual(self.signInFrom("192.0.2.66")[0].code, 303)
+
+    def test_fiveWrongPasswordsFromAnywhereLockNobodyOut(self) -> None:
+        """
+        The attack of issue 12: five (or fifty) wrong passwords from
+        elsewhere do not lock the real user out.
+        """
+        for i in range(15):
+            self.signInFrom(f"203.0.113.{i}", password="wrong password")
+        self.assertEqual(self.signInFrom("198.51.100.7")[0].code, 303)
 
     def test_perAddress(self) -> None:
         """
-        Attempts from one address across many account names are limited.
+        Failures from one address across many account names are limited;
+        other addresses are not affected.
         """
         count, _ = LOGIN_LIMIT_ADDRESS
         for i in range(count):
-            self.assertEqual(self.signIn(f"user{i}", "wrong password")[0].code, 200)
-        response, _ = self.signIn("alice", PASSWORD)
+            self.assertEqual(self.signInFrom("192.0.2.66", f"user{i}", "wrong")[0].code, 200)
+        response, _ = self.signInFrom("192.0.2.66")
         self.assertEqual(response.code, 429)
         self.assertIsNotNone(self.header(response, "retry-after"))
+        self.assertEqual(self.signInFrom("198.51.100.7")[0].code, 303)
+
+    def test_successesDoNotCount(self) -> None:
+        """
+        Only failures count: many people signing in from one address (an
+        office behind NAT) are never throttled.
+        """
+        count, _ = LOGIN_LIMIT_ADDRESS
+        for _ in range(count + 5):
+            self.assertEqual(self.signInFrom("192.0.2.10")[0].code, 303)
+        pairCount, _ = LOGIN_LIMIT_PAIR
+        for _ in range(pairCount - 1):
+            self.assertEqual(self.signInFrom("192.0.2.10", password="typo")[0].code, 200)
+        self.assertEqual(self.signInFrom("192.0.2.10")[0].code, 303)
+        self.assertEqual(self.signInFrom("192.0.2.10", password="typo")[0].code, 200)
+        self.assertEqual(self.signInFrom("192.0.2.10")[0].code, 429)
+
+    def test_distributedGuessing(self) -> None:
+        """
+        Once the account has had LOGIN_LIMIT_ACCOUNT failures from
+        anywhere, every address gets one attempt per
+        LOGIN_LIMIT_UNDER_ATTACK for it: a guesser with many addresses is
+        slowed down, the right password from an address that has not
+        failed still works at once, and one that failed waits.
+        """
+        count, _ = LOGIN_LIMIT_ACCOUNT
+        for i in range(count):
+            self.assertEqual(self.signInFrom(f"203.0.113.{i}", password="guess")[0].code, 200)
+        # under attack: an attacker address that failed before gets one more
+        # attempt, then waits, although its own pair allowance is not spent
+        self.assertEqual(self.signInFrom("203.0.113.0", password="guess")[0].code, 200)
+        response, _ = self.signInFrom("203.0.113.0", password="guess")
+        self.assertEqual(response.code, 429)
+        _, seconds = LOGIN_LIMIT_UNDER_ATTACK
+        self.assertEqual(int(self.header(response, "retry-after")), int(seconds))
+        # ... even with the right password: it is the guesser's address
+        self.assertEqual(self.signInFrom("203.0.113.0")[0].code, 429)
+        # new attacker addresses get one guess each
+        self.assertEqual(self.signInFrom("203.0.113.200", password="guess")[0].code, 200)
+        self.assertEqual(self.signInFrom("203.0.113.200", password="guess")[0].code, 429)
+        # the real user, from an address that has not failed: at once
+        self.assertEqual(self.signInFrom("198.51.100.7")[0].code, 303)
+        self.assertEqual(self.signInFrom("198.51.100.7")[0].code, 303)
+        # a real user who mistypes once during the attack waits, then is in
+        self.assertEqual(self.signInFrom("198.51.100.8", password="typo")[0].code, 200)
+        self.assertEqual(self.signInFrom("198.51.100.8")[0].code, 429)
+        self.clock.advance(seconds)
+        self.assertEqual(self.signInFrom("198.51.100.8")[0].code, 303)
+
+    def test_parallelGuessesCounted(self) -> None:
+        """
+        An attempt is counted before its password is checked, so guesses
+        sent in parallel cannot all pass the throttle.
+        """
+        from twisted.web.test.requesthelper import DummyRequest
+
+        count, _ = LOGIN_LIMIT_PAIR
+        attempts = [
+            self.successResultOf(Deferred.fromCoroutine(
+                self.approver._throttle(DummyRequest([b""]), "alice")))
+            for _ in range(count + 3)
+        ]
+        self.assertEqual([a.refusedBecause for a in attempts],
+                         [None] * count + ["account and address"] * 3)
 
 
 class RememberLoginTests(LoginTestCase):

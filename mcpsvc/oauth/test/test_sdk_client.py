@@ -135,3 +135,36 @@ class SDKClientTests(OAuthTestCase):
                                        headers={"Authorization": "Bearer " + storage.tokens.access_token}))
         self.assertEqual(raw.status_code, 401)
         self.assertIn('error="invalid_token"', raw.headers["www-authenticate"])
+
+    def test_concurrentRequestsRefreshOnce(self) -> None:
+        """
+        What the SDK client needs from the refresh grace window (issue 12:
+        REFRESH_GRACE_REPLAYS): five concurrent requests with an expired
+        token make one refresh, not five; the SDK refreshes under a lock.
+        """
+        storage = _MemoryStorage()
+        provider = OAuthClientProvider(
+            server_url=SERVER + "/mcp",
+            client_metadata=_ClientMetadataWithIAT(
+                client_name="sdk-test", redirect_uris=[REDIRECT],
+                grant_types=["authorization_code", "refresh_token"],
+                response_types=["code"], token_value=IAT,
+            ),
+            storage=storage,
+            redirect_handler=self.redirectHandler,
+            callback_handler=self.callbackHandler,
+        )
+
+        async def calls(n: int) -> List[httpx2.Response]:
+            async with httpx2.AsyncClient(transport=httpx2.MockTransport(self.send), auth=provider) as client:
+                return list(await asyncio.gather(*[
+                    client.post(SERVER + "/mcp", json={"jsonrpc": "2.0", "id": i, "method": "ping"},
+                                headers={"MCP-Protocol-Version": "2025-06-18"})
+                    for i in range(n)
+                ]))
+
+        self.assertEqual([r.status_code for r in asyncio.run(calls(1))], [200])
+        provider.context.token_expiry_time = 1.0
+        self.seen.clear()
+        self.assertEqual([r.status_code for r in asyncio.run(calls(5))], [200] * 5)
+        self.assertEqual(self.seen.count("POST /oauth/token"), 1, self.seen)

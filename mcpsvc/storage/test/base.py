@@ -30,6 +30,7 @@ from mcpsvc.storage.hashing import hashSecret
 from mcpsvc.storage.interfaces import (
     AlreadyUsed,
     ClientRecord,
+    CodeMismatch,
     CodeRecord,
     Conflict,
     IStore,
@@ -280,12 +281,83 @@ class StoreTestsMixin:
         self.assertEqual((len(winners), len(losers)), (1, 4), results)
         self.assertEqual(winners[0], record)
 
+    async def test_consumeCodeMismatchKeepsIt(self) -> None:
+        """
+        A code presented by another client, with another PKCE challenge or
+        another redirect URI is refused and left unused: the client it was
+        issued to can still redeem it.
+        """
+        record = code()
+        await self.store.storeCode(record)
+        now = self.now()
+        for kw, field in (
+            ({"clientID": "mallory"}, "client_id"),
+            ({"clientID": "client-1", "codeChallenge": "A" * 43}, "code_verifier"),
+            ({"clientID": "client-1", "redirectURI": "https://evil.example/cb"}, "redirect_uri"),
+            ({"clientID": "client-1", "codeChallenge": record.codeChallenge[:-1]}, "code_verifier"),
+        ):
+            e = await self.assertFails(self.store.consumeCode(record.codeHash, now, **kw), CodeMismatch)
+            self.assertEqual(e.field, field)
+        got = await self.store.consumeCode(
+            record.codeHash, now, clientID="client-1", codeChallenge=record.codeChallenge,
+            redirectURI=record.redirectURI,
+        )
+        self.assertEqual(got, record)
+
+    async def test_consumeUsedCodeMismatch(self) -> None:
+        """
+        A used code presented by another client or without its verifier is
+        a mismatch, not a replay (no L{AlreadyUsed}: nothing gets revoked).
+        """
+        record = code()
+        await self.store.storeCode(record)
+        now = self.now()
+        await self.store.consumeCode(record.codeHash, now, clientID="client-1")
+        e = await self.assertFails(
+            self.store.consumeCode(record.codeHash, now, clientID="mallory"), CodeMismatch
+        )
+        self.assertEqual(e.field, "client_id")
+        e = await self.assertFails(
+            self.store.consumeCode(record.codeHash, now, clientID="client-1", codeChallenge="x" * 43),
+            CodeMismatch,
+        )
+        self.assertEqual(e.field, "code_verifier")
+        replay = await self.assertFails(
+            self.store.consumeCode(
+                record.codeHash, now, clientID="client-1", codeChallenge=record.codeChallenge
+            ),
+            AlreadyUsed,
+        )
+        self.assertEqual(replay.record.familyID, record.familyID)
+
+    async def test_consumeCodeConcurrentlyWithMismatches(self) -> None:
+        """
+        Concurrent consumers, some of them wrong: the wrong ones are
+        refused, exactly one right one wins, the other right ones are
+        replays.
+        """
+        record = code()
+        await self.store.storeCode(record)
+        now = self.now()
+        right = dict(clientID="client-1", codeChallenge=record.codeChallenge)
+        wrong = dict(clientID="client-1", codeChallenge="B" * 43)
+        results = await self.gather(
+            *[self.store.consumeCode(record.codeHash, now, **kw) for kw in (wrong, right) * 4]
+        )
+        self.assertEqual(
+            sorted(type(r).__name__ for r in results),
+            ["AlreadyUsed"] * 3 + ["CodeMismatch"] * 4 + ["CodeRecord"],
+            results,
+        )
+
     # -------------------------------------------------------------- families
 
     def rotate(self, presented: str, new: str, now: float, familyID: str = "fam-1",
-               grace: float = 60, jti: str = "jti-x") -> "Deferred[RotationResult]":
+               grace: float = 60, jti: str = "jti-x", issued: bool = False,
+               replays: int = 1) -> "Deferred[RotationResult]":
         return self.store.rotateRefresh(
-            familyID, presented, new, "sealed:" + new, now + grace, jti, now + 3600, now
+            familyID, presented, new, "sealed:" + new, now + grace, jti, now + 3600, now,
+            issued=issued, maxGraceReplays=replays,
         )
 
     async def test_createGetFamily(self) -> None:
@@ -342,23 +414,103 @@ class StoreTestsMixin:
         self.assertFalse(await self.store.isRevoked("jti-9", now + 60))
         await self.assertFails(self.rotate("sha256:r1", "sha256:r2", now + 61), NoSuchFamily)
 
-    async def test_rotateUnknownHashRevokes(self) -> None:
+    async def test_rotateUnknownHashRevokesNothing(self) -> None:
+        """
+        A token the family never issued (the family id plus random bytes)
+        changes nothing: the family stays live, its token still rotates.
+        """
         await self.store.createFamily(family())
-        result = await self.rotate("sha256:forged", "sha256:r1", self.now())
+        now = self.now()
+        await self.rotate("sha256:r0", "sha256:r1", now)
+        before = await self.store.getFamily("fam-1", now)
+        result = await self.rotate("sha256:forged", "sha256:r9", now + 1, jti="jti-9")
+        self.assertEqual(result.outcome, RotationOutcome.UNKNOWN)
+        self.assertEqual(result.family, before)
+        self.assertEqual(await self.store.getFamily("fam-1", now + 1), before)
+        self.assertFalse(await self.store.isAnyRevoked(["jti-x", "family:fam-1"], now + 1))
+        # also after the grace window
+        result = await self.rotate("sha256:forged", "sha256:r9", now + 100)
+        self.assertEqual(result.outcome, RotationOutcome.UNKNOWN)
+        self.assertEqual(
+            (await self.rotate("sha256:r1", "sha256:r2", now + 101)).outcome, RotationOutcome.ROTATED
+        )
+
+    async def test_rotateIssuedOlderTokenRevokes(self) -> None:
+        """
+        A token the caller proves this family issued (C{issued}) that is
+        neither current nor previous is reuse: the family is revoked.
+        """
+        await self.store.createFamily(family())
+        result = await self.rotate("sha256:older", "sha256:r1", self.now(), issued=True)
         self.assertEqual(result.outcome, RotationOutcome.REUSED)
         self.assertEqual(result.family, family())
         self.assertTrue(await self.store.isRevoked("jti-0", self.now()))
+        self.assertTrue(await self.store.isRevoked("family:fam-1", self.now()))
         self.assertIsNone(await self.store.revokeFamily("fam-1", self.now()))
+
+    async def test_rotateCurrentIsNeverReuse(self) -> None:
+        """
+        C{issued} never turns the current token into reuse.
+        """
+        await self.store.createFamily(family())
+        result = await self.rotate("sha256:r0", "sha256:r1", self.now(), issued=True)
+        self.assertEqual(result.outcome, RotationOutcome.ROTATED)
+
+    async def test_rotateGraceBounded(self) -> None:
+        """
+        The grace window answers at most C{maxGraceReplays} replays of the
+        previous token; one more is reuse. A rotation starts the count
+        again.
+        """
+        await self.store.createFamily(family())
+        now = self.now()
+        await self.rotate("sha256:r0", "sha256:r1", now)
+        for i in range(3):
+            result = await self.rotate("sha256:r0", "sha256:x", now + 1, replays=3)
+            self.assertEqual((result.outcome, result.family.graceReplays),
+                             (RotationOutcome.GRACE, i + 1))
+        self.assertEqual((await self.store.getFamily("fam-1", now + 1)).graceReplays, 3)
+        result = await self.rotate("sha256:r0", "sha256:x", now + 2, replays=3)
+        self.assertEqual(result.outcome, RotationOutcome.REUSED)
+        await self.assertFails(self.store.getFamily("fam-1", now + 2), NoSuchFamily)
+
+    async def test_rotateResetsGraceReplays(self) -> None:
+        await self.store.createFamily(family())
+        now = self.now()
+        await self.rotate("sha256:r0", "sha256:r1", now)
+        self.assertEqual((await self.rotate("sha256:r0", "sha256:x", now)).outcome, RotationOutcome.GRACE)
+        rotated = await self.rotate("sha256:r1", "sha256:r2", now + 1)
+        self.assertEqual((rotated.outcome, rotated.family.graceReplays), (RotationOutcome.ROTATED, 0))
+        self.assertEqual(
+            (await self.rotate("sha256:r1", "sha256:x", now + 2)).outcome, RotationOutcome.GRACE
+        )
+        self.assertEqual(
+            (await self.rotate("sha256:r1", "sha256:x", now + 2)).outcome, RotationOutcome.REUSED
+        )
+
+    async def test_rotateNoGraceReplays(self) -> None:
+        """
+        With C{maxGraceReplays=0} the previous token is reuse at once.
+        """
+        await self.store.createFamily(family())
+        now = self.now()
+        await self.rotate("sha256:r0", "sha256:r1", now)
+        result = await self.rotate("sha256:r0", "sha256:x", now, replays=0)
+        self.assertEqual(result.outcome, RotationOutcome.REUSED)
 
     async def test_rotateOlderTokenReused(self) -> None:
         """
-        Only the immediately previous token has a grace window.
+        Only the immediately previous token has a grace window; an older
+        one is reuse when the caller proves it was issued by the family
+        (the store keeps only the current and previous hashes).
         """
         await self.store.createFamily(family())
         now = self.now()
         await self.rotate("sha256:r0", "sha256:r1", now)
         await self.rotate("sha256:r1", "sha256:r2", now + 1)
         result = await self.rotate("sha256:r0", "sha256:r3", now + 2)
+        self.assertEqual(result.outcome, RotationOutcome.UNKNOWN)
+        result = await self.rotate("sha256:r0", "sha256:r3", now + 2, issued=True)
         self.assertEqual(result.outcome, RotationOutcome.REUSED)
 
     async def test_rotateMissingFamily(self) -> None:
@@ -388,8 +540,10 @@ class StoreTestsMixin:
         live = winner.family.currentHash
         dead = "sha256:b1" if live == "sha256:a1" else "sha256:a1"
         self.assertEqual((await self.store.getFamily("fam-1", now)).currentHash, live)
+        # the loser's own successor was never handed out: unknown, harmless
         result = await self.rotate(dead, "sha256:x", now + 1)
-        self.assertEqual(result.outcome, RotationOutcome.REUSED)
+        self.assertEqual(result.outcome, RotationOutcome.UNKNOWN)
+        self.assertEqual((await self.store.getFamily("fam-1", now + 1)).currentHash, live)
 
     async def test_revokeFamily(self) -> None:
         record = family()
@@ -530,6 +684,22 @@ class StoreTestsMixin:
         denied = await take(now + 1000, 2)
         self.assertFalse(denied.allowed)
         self.assertAlmostEqual(denied.retryAfter, 4.0)
+
+    async def test_tokenBucketRefund(self) -> None:
+        """
+        A negative cost gives tokens back, never beyond the capacity.
+        """
+        now = self.now()
+        for _ in range(3):
+            await self.store.takeToken("r", 3, 0.001, now)
+        self.assertFalse((await self.store.takeToken("r", 3, 0.001, now)).allowed)
+        refund = await self.store.takeToken("r", 3, 0.001, now, -1)
+        self.assertEqual((refund.allowed, refund.remaining), (True, 1))
+        self.assertEqual((await self.store.takeToken("r", 3, 0.001, now)).remaining, 0)
+        for _ in range(5):
+            refund = await self.store.takeToken("r", 3, 0.001, now, -1)
+        self.assertEqual(refund.remaining, 3)
+        self.assertEqual((await self.store.takeToken("r", 3, 0.001, now)).remaining, 2)
 
     async def test_tokenBucketKeys(self) -> None:
         now = self.now()

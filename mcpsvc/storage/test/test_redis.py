@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mcpsvc.storage.interfaces import NoSuchFamily, StoreUnavailable
+from mcpsvc.storage.interfaces import NoSuchFamily, RotationOutcome, StoreUnavailable
 from mcpsvc.storage.redis import RedisConnection, RedisStore, parseRedisURL, redisConnector
 from mcpsvc.storage.test.base import EPOCH, StoreTestsMixin, client, code, family, session
 from mcpsvc.testing.redis import RedisServer
@@ -55,6 +55,20 @@ class RedisStoreTests(StoreTestsMixin, TestCase):
         self.server = sharedServer()
         self.prefix = f"test:{uuid.uuid4().hex}:"
         return openStore(self, self.server.url, self.clock, prefix=self.prefix)
+
+    async def test_familyWithoutGraceReplays(self) -> None:
+        """
+        A family written before C{graceReplays} existed reads as 0 replays
+        and rotates and replays as usual.
+        """
+        await self.store.createFamily(family())
+        self.server.command("HDEL", self.prefix + "family:fam-1", "graceReplays")
+        self.assertEqual(await self.store.getFamily("fam-1", self.now()), family())
+        now = self.now()
+        await self.rotate("sha256:r0", "sha256:r1", now)
+        self.server.command("HDEL", self.prefix + "family:fam-1", "graceReplays")
+        result = await self.rotate("sha256:r0", "sha256:x", now)
+        self.assertEqual((result.outcome, result.family.graceReplays), (RotationOutcome.GRACE, 1))
 
     async def test_ttls(self) -> None:
         """

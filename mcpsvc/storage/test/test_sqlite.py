@@ -20,6 +20,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpsvc.storage.interfaces import AlreadyUsed, CodeRecord, RotationOutcome, StoreUnavailable
+from mcpsvc.storage._codec import toRow
 from mcpsvc.storage.sqlite import MIGRATIONS, SQLiteStore
 from mcpsvc.storage.test.base import EPOCH, StoreTestsMixin, SweepCountTestsMixin, client, code, family
 
@@ -92,6 +93,10 @@ class ThreadedSQLiteStoreTests(StoreTestsMixin, TestCase):
         )
 
 
+def _columnsOf(raw: sqlite3.Connection, table: str) -> List[str]:
+    return [row[1] for row in raw.execute(f"PRAGMA table_info({table})").fetchall()]
+
+
 class SQLiteSpecificTests(SynchronousTestCase):
     """
     Pragmas, migrations and failure mapping.
@@ -140,6 +145,39 @@ class SQLiteSpecificTests(SynchronousTestCase):
         self.addCleanup(raw.close)
         self.assertEqual(raw.execute("SELECT x FROM extra").fetchall(), [(7,)])
         self.assertEqual(raw.execute("SELECT version FROM schemaVersion").fetchone()[0], len(MIGRATIONS) + 2)
+
+    def test_familiesFromVersionOne(self) -> None:
+        """
+        A database written by schema version 1 (families without
+        C{graceReplays}) is migrated: its families are kept, with no replay
+        counted yet, and rotate as before.
+        """
+        self.patch(
+            __import__("mcpsvc.storage.sqlite", fromlist=["MIGRATIONS"]), "MIGRATIONS", MIGRATIONS[:1]
+        )
+        old = self.store()
+        self.successResultOf(old.ping())
+        raw = sqlite3.connect(self.path)
+        columns = [c for c in _columnsOf(raw, "families") if c not in ("graceReplays",)]
+        row = {k: v for k, v in toRow(family()).items() if k in columns}
+        raw.execute(
+            "INSERT INTO families ({}) VALUES ({})".format(
+                ", ".join(row), ", ".join(":" + k for k in row)
+            ),
+            row,
+        )
+        raw.commit()
+        raw.close()
+        self.successResultOf(old.close())
+        self.patch(
+            __import__("mcpsvc.storage.sqlite", fromlist=["MIGRATIONS"]), "MIGRATIONS", MIGRATIONS
+        )
+        store = self.store()
+        self.assertEqual(self.successResultOf(store.getFamily("fam-1", EPOCH)), family())
+        result = self.successResultOf(
+            store.rotateRefresh("fam-1", "sha256:r0", "sha256:r1", "s", EPOCH + 60, "j", EPOCH + 60, EPOCH)
+        )
+        self.assertEqual(result.outcome, RotationOutcome.ROTATED)
 
     def test_newerSchemaRefused(self) -> None:
         self.successResultOf(self.store().ping())

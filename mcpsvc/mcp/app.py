@@ -93,6 +93,8 @@ from mcpsvc.mcp.protocol import (
     progressToken,
     resultMessage,
 )
+from mcpsvc.audit import audit
+from mcpsvc.oauth.bearer import insufficientScope
 from mcpsvc.principal import Principal
 from mcpsvc.storage.interfaces import NoSuchSession, SessionRecord
 from mcpsvc.tools.registry import ToolRegistry
@@ -703,20 +705,30 @@ class McpApp:
         except RequestCancelled:
             return responder.cancelled(message.id)
         except InsufficientScope as e:
-            raise self._insufficientScope(e.scope)
+            raise self._insufficientScope(request, context.principal, e, message.id)
         return responder.final(resultMessage(message.id, result))
 
-    def _insufficientScope(self, scope: str) -> Forbidden:
-        metadata = self.config.serverURL + "/.well-known/oauth-protected-resource/mcp"
-        return Forbidden(
-            f"The token lacks the scope {scope}",
-            headers={
-                "WWW-Authenticate": (
-                    f'Bearer error="insufficient_scope", scope="{scope}", '
-                    f'resource_metadata="{metadata}"'
-                )
-            },
-            jsonrpcCode=INVALID_REQUEST,
+    def _insufficientScope(
+        self, request: IRequest, principal: Principal, e: InsufficientScope, id: Any
+    ) -> JSONRPCHTTPError:
+        """
+        The 403 for a request whose token lacks a scope: the step-up
+        challenge (C{WWW-Authenticate: Bearer error="insufficient_scope",
+        scope=<held and needed>, resource_metadata=...}), a JSON-RPC error
+        body naming the scopes, an audit event (and so a metric).
+        """
+        audit(
+            "mcp.insufficient_scope", "denied", request=request,
+            clientID=principal.clientID, subject=principal.subject,
+            method=e.method, tool=e.tool, needed=" ".join(e.needed),
+            missing=" ".join(e.missing), held=" ".join(sorted(principal.scopes)),
+        )
+        forbidden = insufficientScope(self.config, principal, e.needed, e.missing)
+        return JSONRPCHTTPError(
+            403, INVALID_REQUEST, forbidden.description, id=id,
+            data={"error": "insufficient_scope", "requiredScopes": e.needed,
+                  "missingScopes": e.missing},
+            headers=forbidden.headers,
         )
 
     async def _batch(
@@ -733,12 +745,17 @@ class McpApp:
                 400, INVALID_REQUEST,
                 "Invalid Request: batches are only accepted in protocol version 2025-03-26",
             )
-        responses: List[Dict[str, Any]] = []
+        messages: List[Any] = []
         for item in payload:
             try:
-                message = parseMessage(item)
+                messages.append(parseMessage(item))
             except ProtocolError as e:
-                responses.append(e.toMessage())
+                messages.append(e)
+        self._checkBatchScopes(request, principal, messages, context)
+        responses: List[Dict[str, Any]] = []
+        for message in messages:
+            if isinstance(message, ProtocolError):
+                responses.append(message.toMessage())
                 continue
             if isinstance(message, Notification):
                 self.dispatcher.handleNotification(message, context)
@@ -756,8 +773,8 @@ class McpApp:
                     responses.append(e.withID(message.id).toMessage())
                 except RequestCancelled:
                     continue
-                except InsufficientScope as e:
-                    raise self._insufficientScope(e.scope)
+                except InsufficientScope as e:  # pragma: no cover - checked above
+                    responses.append(errorMessage(message.id, INVALID_REQUEST, str(e)))
                 else:
                     responses.append(resultMessage(message.id, result))
         if not responses:
@@ -765,6 +782,39 @@ class McpApp:
         request.setResponseCode(200)
         request.setHeader("Content-Type", "application/json")
         return encode(responses)
+
+    def _checkBatchScopes(
+        self, request: IRequest, principal: Principal, messages: List[Any],
+        context: RequestContext,
+    ) -> None:
+        """
+        Before any element of a batch runs, check every request's scopes:
+        one element needing a scope the token lacks answers the whole batch
+        with one 403 step-up challenge naming everything the batch needs,
+        and nothing runs (no half-done batch whose results are lost).
+        """
+        needed: List[str] = []
+        missing: List[str] = []
+        methods: List[str] = []
+        tools: List[str] = []
+        for message in messages:
+            if not isinstance(message, Request) or message.method == "initialize":
+                continue
+            try:
+                self.dispatcher.checkScopes(message, context)
+            except InsufficientScope as e:
+                needed += [s for s in e.needed if s not in needed]
+                missing += [s for s in e.missing if s not in missing]
+                methods.append(e.method)
+                if e.tool:
+                    tools.append(e.tool)
+        if missing:
+            raise self._insufficientScope(
+                request, principal,
+                InsufficientScope(needed, missing, ",".join(methods)[:200],
+                                  ",".join(tools)[:200] or None),
+                None,
+            )
 
     # -- the 2026-07-28 era ---------------------------------------------------
 

@@ -38,6 +38,7 @@ from mcpsvc.tools.features import FeatureSet
 from mcpsvc.tools.ratelimit import TokenBuckets, retryAfter
 from mcpsvc.tools.schemacheck import SchemaChecker
 from mcpsvc.tools.interfaces import (
+    REQUIRED_SCOPES,
     TOOL_NAME,
     Tool,
     ToolContext,
@@ -149,6 +150,13 @@ class ToolRegistry:
                 raise InvalidTool(f"tool {tool.name!r} is defined twice")
             if not isinstance(tool.description, str) or not tool.description.strip():
                 raise InvalidTool(f"tool {tool.name!r} has no description")
+            if tool.requiredScope is not None and tool.requiredScope not in REQUIRED_SCOPES:
+                # A scope the authorization server cannot grant would make
+                # the tool uncallable; say so at start-up.
+                raise InvalidTool(
+                    f"tool {tool.name!r}: requiredScope {tool.requiredScope!r} is not one of "
+                    f"the scopes mcpsvc grants ({', '.join(REQUIRED_SCOPES)})"
+                )
             self._inputValidators[tool.name] = _checkSchema(tool, "inputSchema", tool.inputSchema)
             if tool.outputSchema is not None:
                 self._outputValidators[tool.name] = _checkSchema(

@@ -363,7 +363,7 @@ class Dispatcher:
         needed = list(METHOD_SCOPES.get(request.method, ()))
         if request.method == "tools/call":
             name = request.params.get("name")
-            tool = self.registry.get(name) if isinstance(name, str) else None
+            tool = self.registry.get(name, count=False) if isinstance(name, str) else None
             if tool is not None and tool.requiredScope and tool.requiredScope not in needed:
                 needed.append(tool.requiredScope)
         return needed

@@ -178,15 +178,16 @@ class ToolRegistry:
     def __len__(self) -> int:
         return len(self._tools)
 
-    def get(self, name: str) -> Optional[Tool]:
+    def get(self, name: str, count: bool = True) -> Optional[Tool]:
         """
         Return the tool called C{name}, or C{None}.
 
         This is the lookup of C{tools/call}: a miss counts as an
-        C{unknown_tool} outcome (labelled L{UNKNOWN_TOOL_LABEL}).
+        C{unknown_tool} outcome (labelled L{UNKNOWN_TOOL_LABEL}), unless
+        C{count} is false (a look-up before the call, for its scope).
         """
         tool = self._tools.get(name)
-        if tool is None:
+        if tool is None and count:
             self._count(UNKNOWN_TOOL_LABEL, "unknown_tool")
         return tool
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import secrets
 from typing import Any, Awaitable, Callable, ClassVar, Dict, List, Optional, Set, Tuple
@@ -96,7 +97,7 @@ from mcpsvc.mcp.protocol import (
 from mcpsvc.audit import audit
 from mcpsvc.oauth.bearer import insufficientScope
 from mcpsvc.principal import Principal
-from mcpsvc.storage.interfaces import NoSuchSession, SessionRecord
+from mcpsvc.storage.interfaces import NoSuchSession, SessionRecord, StoreUnavailable
 from mcpsvc.tools.registry import ToolRegistry
 
 __all__ = ["McpApp", "Accept", "SESSION_NOT_FOUND", "KEEPALIVE_INTERVAL"]
@@ -253,10 +254,14 @@ class _EventStream:
     A live GET stream of one session.
     """
 
-    def __init__(self, app: "McpApp", request: IRequest, sessionID: str) -> None:
+    def __init__(
+        self, app: "McpApp", request: IRequest, sessionID: str,
+        principal: Tuple[str, str] = ("", ""),
+    ) -> None:
         self.app = app
         self.request = request
         self.sessionID = sessionID
+        self.principal = principal
         self.done: Deferred[None] = Deferred(lambda d: self._cleanup())
         self._keepalive = LoopingCall(self._ping)
         self._keepalive.clock = app.clock
@@ -274,6 +279,20 @@ class _EventStream:
 
     def _ping(self) -> None:
         self.request.write(b": keep-alive\n\n")
+        # A session ended elsewhere (DELETE or SESSION_LIMIT on another
+        # instance, idle expiry) ends its stream by the next keep-alive.
+        d = self.app.store.getSession(self.sessionID, self.app.clock.seconds())
+        d.addCallbacks(lambda record: None, self._checkFailed)
+
+    def _checkFailed(self, failure: Failure) -> None:
+        if failure.check(NoSuchSession):
+            self.app.log.info("Closed the stream of an ended session", sessionID=self.sessionID)
+            self.close()
+        elif not failure.check(StoreUnavailable, CancelledError):
+            self.app.log.failure("Checking a stream's session failed", failure,
+                                 sessionID=self.sessionID)
+        # The store is unreachable: keep the stream; the next keep-alive
+        # checks again.
 
     def send(self, message: Dict[str, Any]) -> None:
         if not self._closed:
@@ -285,7 +304,11 @@ class _EventStream:
         self._closed = True
         if self._keepalive.running:
             self._keepalive.stop()
-        self.app._streams.pop(self.sessionID, None)
+        if self.app._streams.pop(self.sessionID, None) is self:
+            counts = self.app._streamCounts
+            counts[self.principal] -= 1
+            if counts[self.principal] <= 0:
+                del counts[self.principal]
         closers = getattr(getattr(self.request, "site", None), "streamClosers", None)
         if closers is not None:
             closers.discard(self.close)
@@ -387,6 +410,8 @@ class McpApp:
         )
     )
     _streams: Dict[str, _EventStream] = field(factory=dict, init=False)
+    #: Open streams by principal (subject, client), for C{STREAM_LIMIT}.
+    _streamCounts: Dict[Tuple[str, str], int] = field(factory=dict, init=False)
     _trusted: Tuple[Any, ...] = field(
         default=Factory(lambda self: _parseNetworks(self.config.trustedProxies), takes_self=True),
         init=False,
@@ -651,9 +676,11 @@ class McpApp:
         capabilities = params.get("capabilities")
         if not isinstance(capabilities, dict) or len(encode(capabilities)) > _MAX_SESSION_DATA:
             capabilities = {}
+        await self._limitInitialize(request, principal, message.id)
         sessionID = None
         if self.config.sessions:
             now = self.clock.seconds()
+            await self._makeRoom(request, principal, now)
             sessionID = self.makeSessionID()
             await self.store.createSession(
                 SessionRecord(
@@ -677,6 +704,59 @@ class McpApp:
         )
         responder = _Responder(request, accept, wantStream=False)
         return responder.final(resultMessage(message.id, result))
+
+    async def _limitInitialize(self, request: IRequest, principal: Principal, id: Any) -> None:
+        """
+        C{RATE_LIMIT_INITIALIZE}: a token bucket per principal, in the
+        store (so shared by every instance).
+
+        @raise JSONRPCHTTPError: 429 with C{Retry-After}.
+        """
+        limit = self.config.rateLimitInitialize
+        who = hashlib.sha256(
+            (principal.subject + "\0" + principal.clientID).encode("utf-8")
+        ).hexdigest()[:32]
+        decision = await self.store.takeToken(
+            "initialize:principal:" + who, limit.count, limit.refillPerSecond, self.clock.seconds()
+        )
+        if decision.allowed:
+            return
+        seconds = max(1, int(decision.retryAfter + 0.999))
+        audit("rate_limit.hit", "denied", request=request, clientID=principal.clientID,
+              subject=principal.subject, endpoint="initialize")
+        self.log.warn(
+            "Rate limit hit on initialize for client {clientID} (RATE_LIMIT_INITIALIZE)",
+            clientID=principal.clientID, subject=principal.subject,
+            requestID=getattr(request, "requestID", None),
+        )
+        raise JSONRPCHTTPError(
+            429, INVALID_REQUEST,
+            f"Too many initialize requests for this client: retry in {seconds} s",
+            id=id, data={"retryAfter": seconds}, headers={"Retry-After": str(seconds)},
+        )
+
+    async def _makeRoom(self, request: IRequest, principal: Principal, now: float) -> None:
+        """
+        C{SESSION_LIMIT}: before a principal's new session is created, end
+        its least recently used sessions beyond C{SESSION_LIMIT - 1} (and
+        their streams on this instance; those elsewhere close at their
+        next keep-alive).
+        """
+        ended = await self.store.trimSessions(
+            principal.subject, principal.clientID, self.config.sessionLimit - 1, now
+        )
+        for sessionID in ended:
+            stream = self._streams.get(sessionID)
+            if stream is not None:
+                stream.close()
+        if ended:
+            self.log.info(
+                "Ended {count} least recently used session(s) of client {clientID}: "
+                "SESSION_LIMIT is {limit}",
+                count=len(ended), clientID=principal.clientID, subject=principal.subject,
+                limit=self.config.sessionLimit, sessionIDs=ended,
+                requestID=getattr(request, "requestID", None),
+            )
 
     async def _answer(
         self, request: IRequest, message: Request, context: RequestContext, accept: Accept
@@ -903,8 +983,22 @@ class McpApp:
                 "A stream is already open for this session", code=409, error="conflict",
                 jsonrpcCode=INVALID_REQUEST,
             )
-        stream = _EventStream(self, request, record.sessionID)
+        who = (principal.subject, principal.clientID)
+        limit = self.config.streamLimit
+        if self._streamCounts.get(who, 0) >= limit:
+            self.log.warn(
+                "Refused a stream for client {clientID}: {limit} already open (STREAM_LIMIT)",
+                clientID=principal.clientID, subject=principal.subject, limit=limit,
+                requestID=getattr(request, "requestID", None),
+            )
+            raise HTTPError(
+                f"Too many open streams for this client (STREAM_LIMIT is {limit}): close one "
+                "(DELETE its session) or use the responses to POST requests",
+                code=429, error="too_many_streams", jsonrpcCode=INVALID_REQUEST,
+            )
+        stream = _EventStream(self, request, record.sessionID, who)
         self._streams[record.sessionID] = stream
+        self._streamCounts[who] = self._streamCounts.get(who, 0) + 1
         closers = getattr(getattr(request, "site", None), "streamClosers", None)
         if closers is not None:
             closers.add(stream.close)

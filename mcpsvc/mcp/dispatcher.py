@@ -53,6 +53,7 @@ __all__ = [
     "RequestCancelled",
     "InsufficientScope",
     "METHOD_SCOPES",
+    "TOKEN_ONLY_METHODS",
     "LIST_TTL_MS",
 ]
 
@@ -94,11 +95,16 @@ class InsufficientScope(Exception):
         self.tool = tool
 
 
+#: Request methods that need only a valid token (C{initialize},
+#: notifications and responses are not dispatched here and need none
+#: either).
+TOKEN_ONLY_METHODS = frozenset({"ping", "logging/setLevel"})
+
 #: The scope each request method needs (with the hierarchy: C{mcp:tools}
-#: includes C{mcp:read}, C{mcp:write} both). Methods not listed (C{ping},
-#: C{logging/setLevel}; C{initialize} and notifications are not requests
-#: of this table) need only a valid token. A tool's own
-#: C{Tool.requiredScope} is needed on top of C{mcp:tools}.
+#: includes C{mcp:read}, C{mcp:write} both). A tool's own
+#: C{Tool.requiredScope} is needed on top of C{mcp:tools}. A method in
+#: neither table (one added later and not classified) needs C{mcp:read}:
+#: failing closed.
 METHOD_SCOPES: Mapping[str, Tuple[str, ...]] = {
     "tools/call": (MCP_TOOLS,),
     "tools/list": (MCP_READ,),
@@ -360,7 +366,9 @@ class Dispatcher:
         The scopes C{request} needs: its method's (L{METHOD_SCOPES}) and,
         for C{tools/call} of a known tool, the tool's C{requiredScope}.
         """
-        needed = list(METHOD_SCOPES.get(request.method, ()))
+        if request.method in TOKEN_ONLY_METHODS:
+            return []
+        needed = list(METHOD_SCOPES.get(request.method, (MCP_READ,)))
         if request.method == "tools/call":
             name = request.params.get("name")
             tool = self.registry.get(name, count=False) if isinstance(name, str) else None

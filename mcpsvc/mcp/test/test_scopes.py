@@ -15,7 +15,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from mcpsvc.config import Config
 from mcpsvc.mcp.app import McpApp
-from mcpsvc.mcp.dispatcher import METHOD_SCOPES
+from mcpsvc.mcp.dispatcher import METHOD_SCOPES, TOKEN_ONLY_METHODS
 from mcpsvc.mcp.test.helpers import MODERN_META, Harness
 from mcpsvc.principal import Principal
 from mcpsvc.tools.conformance import conformanceFeatures
@@ -119,9 +119,24 @@ class HandshakeEraScopeTests(SynchronousTestCase):
         Every method the server offers needs a scope except C{ping} and
         C{logging/setLevel}; L{REQUESTS} exercises each of them.
         """
-        offered = set(self.h.app.dispatcher.methods(False)) | set(self.h.app.dispatcher.methods(True))
-        self.assertEqual(offered - set(METHOD_SCOPES), {"ping", "logging/setLevel"})
+        self.assertEqual(TOKEN_ONLY_METHODS, {"ping", "logging/setLevel"})
         self.assertEqual(set(REQUESTS) | {"server/discover"}, set(METHOD_SCOPES))
+        offered = set(self.h.app.dispatcher.methods(False)) | set(self.h.app.dispatcher.methods(True))
+        self.assertLessEqual(set(METHOD_SCOPES) | TOKEN_ONLY_METHODS, offered)
+
+    def test_unclassifiedMethodNeedsRead(self) -> None:
+        """
+        A method in neither table (added later, not yet classified) needs
+        C{mcp:read}: the check fails closed.
+        """
+        async def handler(request: Any, context: Any) -> Dict[str, Any]:
+            return {"ran": True}
+
+        self.h.app.dispatcher._legacy["example/new"] = handler
+        response, message = self.send(["openid"], "example/new", {})
+        self.assertInsufficient(response, message, "mcp:read", ["mcp:read"])
+        response, message = self.send(["mcp:read"], "example/new", {})
+        self.assertEqual(message["result"], {"ran": True})
 
     def test_readMethodsNeedRead(self) -> None:
         """

@@ -6,7 +6,7 @@ C{initialize} (C{RATE_LIMIT_INITIALIZE}).
 """
 
 import json
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase

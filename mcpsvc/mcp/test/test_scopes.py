@@ -6,12 +6,11 @@ need one more (C{Tool.requiredScope}), and a token without them gets the
 """
 
 import json
-from typing import Any, Dict, FrozenSet, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 from twisted.internet.defer import succeed
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.test.requesthelper import DummyRequest
 
 from mcpsvc.config import Config
 from mcpsvc.mcp.app import McpApp

@@ -142,6 +142,37 @@ class ScopeEndToEndTests(SynchronousTestCase):
         self.assertTrue(os.path.exists(os.path.join(files, "k.txt")))
         self.assertEqual(process.stop(), 0)
 
+    def test_clientCredentialsScopes(self) -> None:
+        """
+        A client_credentials token carries C{mcp:tools mcp:read} unless it
+        asks for C{mcp:write}.
+        """
+        from tests.flow import basic
+
+        process, files = self.startServer()
+        url = process.url
+        status, _, client = http(url + "/oauth/register", method="POST", body={
+            "client_name": "machine", "grant_types": ["client_credentials"],
+            "token_endpoint_auth_method": "client_secret_basic"},
+            headers={"Authorization": "Bearer " + IAT})
+        self.assertEqual(status, 201, client)
+        auth = {"Authorization": basic(client["client_id"], client["client_secret"])}
+        for scope, expected, writeStatus in ((None, "mcp:tools mcp:read", 403),
+                                             ("mcp:write", "mcp:write", 200)):
+            form = {"grant_type": "client_credentials", "resource": url + "/mcp"}
+            if scope:
+                form["scope"] = scope
+            status, _, tokens = http(url + "/oauth/token", method="POST", headers=auth, form=form)
+            self.assertEqual((status, tokens.get("scope")), (200, expected), tokens)
+            flow = Flow(url, IAT)
+            flow.tokens = tokens
+            self.assertEqual(flow.initialize(url)[0], 200)
+            self.assertEqual(flow.callTool(url, "echo_message", {"message": "m"})[0], 200)
+            status, _, body = flow.callTool(url, "file_write", {"path": "m.txt", "content": "m",
+                                                                 "overwrite": True})
+            self.assertEqual(status, writeStatus, body)
+        self.assertEqual(process.stop(), 0)
+
     def test_sdkStepsUp(self) -> None:
         """
         The official MCP SDK client authorizes with the challenge's default

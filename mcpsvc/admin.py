@@ -130,7 +130,9 @@ class ClientsAddOptions(_StoreOptions):
         ["grant-types", None, "authorization_code,refresh_token", "Comma list of grant types."],
         ["auth-method", None, "client_secret_basic",
          "client_secret_basic, client_secret_post or none (public client)."],
-        ["scope", None, None, "Space or comma list of scopes the client may ask for."],
+        ["scope", None, None,
+         "Space or comma list of scopes the client may ask for (default: mcp:tools mcp:read "
+         "mcp:write; a request naming none gets mcp:tools mcp:read)."],
     ]
 
     def __init__(self) -> None:

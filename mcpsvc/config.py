@@ -94,6 +94,9 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "REMEMBER_APPROVALS": ("off", "on: skip the page for a client the person approved before (mcpsvc grants)"),
     "SESSIONS": ("on", "on: issue Mcp-Session-Id; off: stateless"),
     "SESSION_IDLE_TIMEOUT": ("3600", "seconds an idle MCP session lives"),
+    "SESSION_LIMIT": ("100", "live MCP sessions per user and client; a new one ends the least recently used"),
+    "STREAM_LIMIT": ("10", "open GET streams per user and client, per instance; more are refused (429)"),
+    "RATE_LIMIT_INITIALIZE": ("120/60", "MCP initialize requests per user and client: count/seconds"),
     "TOOL_PACKS": ("core", "comma list of enabled tool packs"),
     "TOOL_TIMEOUT": ("30", "default per-tool-call timeout, seconds"),
     "TOOL_RATE_LIMIT": ("600/60", "tool calls per user and client, per instance: count/seconds, or off"),
@@ -182,6 +185,9 @@ class Config:
     rememberApprovals: bool = False
     sessions: bool = True
     sessionIdleTimeout: int = 3600
+    sessionLimit: int = 100
+    streamLimit: int = 10
+    rateLimitInitialize: RateLimit = RateLimit(count=120, seconds=60)
     toolPacks: Tuple[str, ...] = ("core",)
     toolTimeout: float = 30.0
     #: C{None}: tool calls are not rate limited (TOOL_RATE_LIMIT=off).
@@ -522,6 +528,8 @@ def loadConfig(
         c.errors.append(f"SESSIONS must be on or off (got {sessionsValue!r})")
     sessions = sessionsValue in ("on", "true")
     idle = c.integer("SESSION_IDLE_TIMEOUT")
+    sessionLimit = c.integer("SESSION_LIMIT", maximum=100_000)
+    streamLimit = c.integer("STREAM_LIMIT", maximum=100_000)
     packs = _split(c.get("TOOL_PACKS"))
     toolTimeout = c.number("TOOL_TIMEOUT")
     toolRateLimit: Optional[RateLimit] = None
@@ -544,6 +552,7 @@ def loadConfig(
             "RATE_LIMIT_TOKEN",
             "RATE_LIMIT_AUTHORIZE",
             "RATE_LIMIT_REVOKE",
+            "RATE_LIMIT_INITIALIZE",
         )
     }
     if not listen:
@@ -611,6 +620,9 @@ def loadConfig(
         rateLimitToken=rates["RATE_LIMIT_TOKEN"],
         rateLimitAuthorize=rates["RATE_LIMIT_AUTHORIZE"],
         rateLimitRevoke=rates["RATE_LIMIT_REVOKE"],
+        rateLimitInitialize=rates["RATE_LIMIT_INITIALIZE"],
+        sessionLimit=sessionLimit,
+        streamLimit=streamLimit,
         varDir=c.get("VAR_DIR") or "./var",
     )
 

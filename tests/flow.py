@@ -103,16 +103,20 @@ class Flow:
             self.client = result[2]
         return result
 
-    def authorize(self, base: str) -> str:
+    def authorize(self, base: str, scope: Optional[str] = None) -> str:
         """
-        An authorization request (C{AUTHORIZE_MODE=auto}); the code.
+        An authorization request (C{AUTHORIZE_MODE=auto}), for C{scope}
+        when given; the code.
         """
-        query = urllib.parse.urlencode({
+        params = {
             "response_type": "code", "client_id": self.client["client_id"],
             "redirect_uri": REDIRECT, "code_challenge": self.challenge,
             "code_challenge_method": "S256", "state": "flow-state",
             "resource": self.serverURL + "/mcp",
-        })
+        }
+        if scope is not None:
+            params["scope"] = scope
+        query = urllib.parse.urlencode(params)
         status, headers, body = self.request(base, "/oauth/authorize?" + query)
         assert status == 302, (status, body)
         params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(headers["location"]).query))

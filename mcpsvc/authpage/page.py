@@ -100,6 +100,11 @@ SCOPE_TEXT: Mapping[str, ScopeText] = {
         "See what this server offers",
         "List the available tools and read the information this server exposes.",
     ),
+    "mcp:write": ScopeText(
+        "Change and delete data",
+        "Run the tools that write, replace or delete data on this server (for example "
+        "writing files), on your behalf.",
+    ),
     "offline_access": ScopeText(
         "Stay connected",
         "Keep access while you are away, without asking you again.",

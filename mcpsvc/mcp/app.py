@@ -21,6 +21,14 @@ logging enabled for a tool call). The stream starts lazily, with the first
 notification; a call that produces none is answered with JSON when the
 client accepts JSON.
 
+Each request's method (and tool) needs its scope
+(L{mcpsvc.mcp.dispatcher.METHOD_SCOPES}); a token without it gets the 403
+C{insufficient_scope} step-up challenge. Per principal (subject and
+client), C{SESSION_LIMIT} sessions live (a new one
+ends the least recently used), C{STREAM_LIMIT} GET streams are open on an
+instance (one more is refused with 429), and C{initialize} is rate limited
+(C{RATE_LIMIT_INITIALIZE}).
+
 Only live streams and in-flight calls are kept in memory; every session
 record is in the store, so a session survives a restart and works on any
 instance.
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import secrets
 from typing import Any, Awaitable, Callable, ClassVar, Dict, List, Optional, Set, Tuple
@@ -94,8 +103,10 @@ from mcpsvc.mcp.protocol import (
     resultMessage,
 )
 from mcpsvc.mcp.mrtr import deriveStateKey
+from mcpsvc.audit import audit
+from mcpsvc.oauth.bearer import insufficientScope
 from mcpsvc.principal import Principal
-from mcpsvc.storage.interfaces import NoSuchSession, SessionRecord
+from mcpsvc.storage.interfaces import NoSuchSession, SessionRecord, StoreUnavailable
 from mcpsvc.tools.registry import ToolRegistry
 
 __all__ = ["McpApp", "Accept", "SESSION_NOT_FOUND", "KEEPALIVE_INTERVAL"]
@@ -270,10 +281,14 @@ class _EventStream:
     A live GET stream of one session.
     """
 
-    def __init__(self, app: "McpApp", request: IRequest, sessionID: str) -> None:
+    def __init__(
+        self, app: "McpApp", request: IRequest, sessionID: str,
+        principal: Tuple[str, str] = ("", ""),
+    ) -> None:
         self.app = app
         self.request = request
         self.sessionID = sessionID
+        self.principal = principal
         self.done: Deferred[None] = Deferred(lambda d: self._cleanup())
         self._keepalive = LoopingCall(self._ping)
         self._keepalive.clock = app.clock
@@ -291,6 +306,20 @@ class _EventStream:
 
     def _ping(self) -> None:
         self.request.write(b": keep-alive\n\n")
+        # A session ended elsewhere (DELETE or SESSION_LIMIT on another
+        # instance, idle expiry) ends its stream by the next keep-alive.
+        d = self.app.store.getSession(self.sessionID, self.app.clock.seconds())
+        d.addCallbacks(lambda record: None, self._checkFailed)
+
+    def _checkFailed(self, failure: Failure) -> None:
+        if failure.check(NoSuchSession):
+            self.app.log.info("Closed the stream of an ended session", sessionID=self.sessionID)
+            self.close()
+        elif not failure.check(StoreUnavailable, CancelledError):
+            self.app.log.failure("Checking a stream's session failed", failure,
+                                 sessionID=self.sessionID)
+        # The store is unreachable: keep the stream; the next keep-alive
+        # checks again.
 
     def send(self, message: Dict[str, Any]) -> None:
         if not self._closed:
@@ -302,7 +331,11 @@ class _EventStream:
         self._closed = True
         if self._keepalive.running:
             self._keepalive.stop()
-        self.app._streams.pop(self.sessionID, None)
+        if self.app._streams.pop(self.sessionID, None) is self:
+            counts = self.app._streamCounts
+            counts[self.principal] -= 1
+            if counts[self.principal] <= 0:
+                del counts[self.principal]
         closers = getattr(getattr(self.request, "site", None), "streamClosers", None)
         if closers is not None:
             closers.discard(self.close)
@@ -408,6 +441,8 @@ class McpApp:
         )
     )
     _streams: Dict[str, _EventStream] = field(factory=dict, init=False)
+    #: Open streams by principal (subject, client), for C{STREAM_LIMIT}.
+    _streamCounts: Dict[Tuple[str, str], int] = field(factory=dict, init=False)
     _trusted: Tuple[Any, ...] = field(
         default=Factory(lambda self: _parseNetworks(self.config.trustedProxies), takes_self=True),
         init=False,
@@ -672,9 +707,11 @@ class McpApp:
         capabilities = params.get("capabilities")
         if not isinstance(capabilities, dict) or len(encode(capabilities)) > _MAX_SESSION_DATA:
             capabilities = {}
+        await self._limitInitialize(request, principal, message.id)
         sessionID = None
         if self.config.sessions:
             now = self.clock.seconds()
+            await self._makeRoom(request, principal, now)
             sessionID = self.makeSessionID()
             await self.store.createSession(
                 SessionRecord(
@@ -698,6 +735,59 @@ class McpApp:
         )
         responder = _Responder(request, accept, wantStream=False)
         return responder.final(resultMessage(message.id, result))
+
+    async def _limitInitialize(self, request: IRequest, principal: Principal, id: Any) -> None:
+        """
+        C{RATE_LIMIT_INITIALIZE}: a token bucket per principal, in the
+        store (so shared by every instance).
+
+        @raise JSONRPCHTTPError: 429 with C{Retry-After}.
+        """
+        limit = self.config.rateLimitInitialize
+        who = hashlib.sha256(
+            (principal.subject + "\0" + principal.clientID).encode("utf-8")
+        ).hexdigest()[:32]
+        decision = await self.store.takeToken(
+            "initialize:principal:" + who, limit.count, limit.refillPerSecond, self.clock.seconds()
+        )
+        if decision.allowed:
+            return
+        seconds = max(1, int(decision.retryAfter + 0.999))
+        audit("rate_limit.hit", "denied", request=request, clientID=principal.clientID,
+              subject=principal.subject, endpoint="initialize")
+        self.log.warn(
+            "Rate limit hit on initialize for client {clientID} (RATE_LIMIT_INITIALIZE)",
+            clientID=principal.clientID, subject=principal.subject,
+            requestID=getattr(request, "requestID", None),
+        )
+        raise JSONRPCHTTPError(
+            429, INVALID_REQUEST,
+            f"Too many initialize requests for this client: retry in {seconds} s",
+            id=id, data={"retryAfter": seconds}, headers={"Retry-After": str(seconds)},
+        )
+
+    async def _makeRoom(self, request: IRequest, principal: Principal, now: float) -> None:
+        """
+        C{SESSION_LIMIT}: before a principal's new session is created, end
+        its least recently used sessions beyond C{SESSION_LIMIT - 1} (and
+        their streams on this instance; those elsewhere close at their
+        next keep-alive).
+        """
+        ended = await self.store.trimSessions(
+            principal.subject, principal.clientID, self.config.sessionLimit - 1, now
+        )
+        for sessionID in ended:
+            stream = self._streams.get(sessionID)
+            if stream is not None:
+                stream.close()
+        if ended:
+            self.log.info(
+                "Ended {count} least recently used session(s) of client {clientID}: "
+                "SESSION_LIMIT is {limit}",
+                count=len(ended), clientID=principal.clientID, subject=principal.subject,
+                limit=self.config.sessionLimit, sessionIDs=ended,
+                requestID=getattr(request, "requestID", None),
+            )
 
     async def _answer(
         self, request: IRequest, message: Request, context: RequestContext, accept: Accept
@@ -726,20 +816,30 @@ class McpApp:
         except RequestCancelled:
             return responder.cancelled(message.id)
         except InsufficientScope as e:
-            raise self._insufficientScope(e.scope)
+            raise self._insufficientScope(request, context.principal, e, message.id)
         return responder.final(resultMessage(message.id, result))
 
-    def _insufficientScope(self, scope: str) -> Forbidden:
-        metadata = self.config.serverURL + "/.well-known/oauth-protected-resource/mcp"
-        return Forbidden(
-            f"The token lacks the scope {scope}",
-            headers={
-                "WWW-Authenticate": (
-                    f'Bearer error="insufficient_scope", scope="{scope}", '
-                    f'resource_metadata="{metadata}"'
-                )
-            },
-            jsonrpcCode=INVALID_REQUEST,
+    def _insufficientScope(
+        self, request: IRequest, principal: Principal, e: InsufficientScope, id: Any
+    ) -> JSONRPCHTTPError:
+        """
+        The 403 for a request whose token lacks a scope: the step-up
+        challenge (C{WWW-Authenticate: Bearer error="insufficient_scope",
+        scope=<held and needed>, resource_metadata=...}), a JSON-RPC error
+        body naming the scopes, an audit event (and so a metric).
+        """
+        audit(
+            "mcp.insufficient_scope", "denied", request=request,
+            clientID=principal.clientID, subject=principal.subject,
+            method=e.method, tool=e.tool, needed=" ".join(e.needed),
+            missing=" ".join(e.missing), held=" ".join(sorted(principal.scopes)),
+        )
+        forbidden = insufficientScope(self.config, principal, e.needed, e.missing)
+        return JSONRPCHTTPError(
+            403, INVALID_REQUEST, forbidden.description, id=id,
+            data={"error": "insufficient_scope", "requiredScopes": e.needed,
+                  "missingScopes": e.missing},
+            headers=forbidden.headers,
         )
 
     async def _batch(
@@ -756,12 +856,17 @@ class McpApp:
                 400, INVALID_REQUEST,
                 "Invalid Request: batches are only accepted in protocol version 2025-03-26",
             )
-        responses: List[Dict[str, Any]] = []
+        messages: List[Any] = []
         for item in payload:
             try:
-                message = parseMessage(item)
+                messages.append(parseMessage(item))
             except ProtocolError as e:
-                responses.append(e.toMessage())
+                messages.append(e)
+        self._checkBatchScopes(request, principal, messages, context)
+        responses: List[Dict[str, Any]] = []
+        for message in messages:
+            if isinstance(message, ProtocolError):
+                responses.append(message.toMessage())
                 continue
             if isinstance(message, Notification):
                 self.dispatcher.handleNotification(message, context)
@@ -779,8 +884,8 @@ class McpApp:
                     responses.append(e.withID(message.id).toMessage())
                 except RequestCancelled:
                     continue
-                except InsufficientScope as e:
-                    raise self._insufficientScope(e.scope)
+                except InsufficientScope as e:  # pragma: no cover - checked above
+                    responses.append(errorMessage(message.id, INVALID_REQUEST, str(e)))
                 else:
                     responses.append(resultMessage(message.id, result))
         if not responses:
@@ -788,6 +893,39 @@ class McpApp:
         request.setResponseCode(200)
         request.setHeader("Content-Type", "application/json")
         return encode(responses)
+
+    def _checkBatchScopes(
+        self, request: IRequest, principal: Principal, messages: List[Any],
+        context: RequestContext,
+    ) -> None:
+        """
+        Before any element of a batch runs, check every request's scopes:
+        one element needing a scope the token lacks answers the whole batch
+        with one 403 step-up challenge naming everything the batch needs,
+        and nothing runs (no half-done batch whose results are lost).
+        """
+        needed: List[str] = []
+        missing: List[str] = []
+        methods: List[str] = []
+        tools: List[str] = []
+        for message in messages:
+            if not isinstance(message, Request) or message.method == "initialize":
+                continue
+            try:
+                self.dispatcher.checkScopes(message, context)
+            except InsufficientScope as e:
+                needed += [s for s in e.needed if s not in needed]
+                missing += [s for s in e.missing if s not in missing]
+                methods.append(e.method)
+                if e.tool:
+                    tools.append(e.tool)
+        if missing:
+            raise self._insufficientScope(
+                request, principal,
+                InsufficientScope(needed, missing, ",".join(methods)[:200],
+                                  ",".join(tools)[:200] or None),
+                None,
+            )
 
     # -- the 2026-07-28 era ---------------------------------------------------
 
@@ -900,8 +1038,22 @@ class McpApp:
                 "A stream is already open for this session", code=409, error="conflict",
                 jsonrpcCode=INVALID_REQUEST,
             )
-        stream = _EventStream(self, request, record.sessionID)
+        who = (principal.subject, principal.clientID)
+        limit = self.config.streamLimit
+        if self._streamCounts.get(who, 0) >= limit:
+            self.log.warn(
+                "Refused a stream for client {clientID}: {limit} already open (STREAM_LIMIT)",
+                clientID=principal.clientID, subject=principal.subject, limit=limit,
+                requestID=getattr(request, "requestID", None),
+            )
+            raise HTTPError(
+                f"Too many open streams for this client (STREAM_LIMIT is {limit}): close one "
+                "(DELETE its session) or use the responses to POST requests",
+                code=429, error="too_many_streams", jsonrpcCode=INVALID_REQUEST,
+            )
+        stream = _EventStream(self, request, record.sessionID, who)
         self._streams[record.sessionID] = stream
+        self._streamCounts[who] = self._streamCounts.get(who, 0) + 1
         closers = getattr(getattr(request, "site", None), "streamClosers", None)
         if closers is not None:
             closers.add(stream.close)

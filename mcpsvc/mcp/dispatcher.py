@@ -16,7 +16,7 @@ them.
 from __future__ import annotations
 
 import secrets
-from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from attrs import field, frozen
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
@@ -52,6 +52,7 @@ from mcpsvc.mcp.mrtr import (
     RequestStateSigner,
     parseInputResponses,
 )
+from mcpsvc.oauth.scopes import MCP_READ, MCP_TOOLS, missingScopes
 from mcpsvc.principal import Principal
 from mcpsvc.tools.interfaces import ClientRequestError, ToolContext, _noClientRequests
 from mcpsvc.tools.registry import ToolRegistry, errorResult
@@ -62,6 +63,8 @@ __all__ = [
     "ServerInfo",
     "RequestCancelled",
     "InsufficientScope",
+    "METHOD_SCOPES",
+    "TOKEN_ONLY_METHODS",
     "LIST_TTL_MS",
 ]
 
@@ -83,13 +86,49 @@ class RequestCancelled(Exception):
 
 class InsufficientScope(Exception):
     """
-    The caller's token lacks C{scope}, which the tool requires (HTTP 403
-    with C{insufficient_scope}).
+    The caller's token lacks scopes the request needs (HTTP 403 with
+    C{insufficient_scope}).
+
+    @ivar needed: every scope the request needs.
+    @ivar missing: those the token lacks.
+    @ivar method: the request's method.
+    @ivar tool: the tool called, if any.
     """
 
-    def __init__(self, scope: str) -> None:
-        super().__init__(scope)
-        self.scope = scope
+    def __init__(
+        self, needed: Sequence[str], missing: Sequence[str], method: str = "",
+        tool: Optional[str] = None,
+    ) -> None:
+        super().__init__(" ".join(missing))
+        self.needed = list(needed)
+        self.missing = list(missing)
+        self.method = method
+        self.tool = tool
+
+
+#: Request methods that need only a valid token (C{initialize},
+#: notifications and responses are not dispatched here and need none
+#: either).
+TOKEN_ONLY_METHODS = frozenset({"ping", "logging/setLevel"})
+
+#: The scope each request method needs (with the hierarchy: C{mcp:tools}
+#: includes C{mcp:read}, C{mcp:write} both). A tool's own
+#: C{Tool.requiredScope} is needed on top of C{mcp:tools}. A method in
+#: neither table (one added later and not classified) needs C{mcp:read}:
+#: failing closed.
+METHOD_SCOPES: Mapping[str, Tuple[str, ...]] = {
+    "tools/call": (MCP_TOOLS,),
+    "tools/list": (MCP_READ,),
+    "resources/list": (MCP_READ,),
+    "resources/templates/list": (MCP_READ,),
+    "resources/read": (MCP_READ,),
+    "resources/subscribe": (MCP_READ,),
+    "resources/unsubscribe": (MCP_READ,),
+    "prompts/list": (MCP_READ,),
+    "prompts/get": (MCP_READ,),
+    "completion/complete": (MCP_READ,),
+    "server/discover": (MCP_READ,),
+}
 
 
 @frozen(kw_only=True)
@@ -331,6 +370,7 @@ class Dispatcher:
         handler = table.get(request.method)
         if handler is None:
             raise ProtocolError(METHOD_NOT_FOUND, "Method not found", id=request.id)
+        self.checkScopes(request, context)
         try:
             result = await handler(request, context)
         except ProtocolError as e:
@@ -343,6 +383,34 @@ class Dispatcher:
             meta[META_SERVER_INFO] = self.serverInfo.asDict()
             result["_meta"] = meta
         return result
+
+    def requiredScopes(self, request: Request) -> List[str]:
+        """
+        The scopes C{request} needs: its method's (L{METHOD_SCOPES}) and,
+        for C{tools/call} of a known tool, the tool's C{requiredScope}.
+        """
+        if request.method in TOKEN_ONLY_METHODS:
+            return []
+        needed = list(METHOD_SCOPES.get(request.method, (MCP_READ,)))
+        if request.method == "tools/call":
+            name = request.params.get("name")
+            tool = self.registry.get(name, count=False) if isinstance(name, str) else None
+            if tool is not None and tool.requiredScope and tool.requiredScope not in needed:
+                needed.append(tool.requiredScope)
+        return needed
+
+    def checkScopes(self, request: Request, context: RequestContext) -> None:
+        """
+        @raise InsufficientScope: the caller's token lacks a scope
+            C{request} needs.
+        """
+        needed = self.requiredScopes(request)
+        missing = missingScopes(context.principal.scopes, needed)
+        if missing:
+            name = request.params.get("name") if request.method == "tools/call" else None
+            raise InsufficientScope(
+                needed, missing, request.method, name if isinstance(name, str) else None
+            )
 
     def handleNotification(self, notification: Notification, context: RequestContext) -> None:
         """
@@ -672,8 +740,6 @@ class Dispatcher:
             arguments = {}
         if not isinstance(arguments, dict):
             raise ProtocolError(INVALID_PARAMS, '"arguments" must be an object')
-        if tool.requiredScope and tool.requiredScope not in context.principal.scopes:
-            raise InsufficientScope(tool.requiredScope)
         missing = {
             capability: value
             for capability, value in tool.requiredClientCapabilities.items()

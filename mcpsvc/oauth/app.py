@@ -58,7 +58,13 @@ from mcpsvc.oauth.refresh import (
     splitRefreshToken,
     unsealSuccessor,
 )
-from mcpsvc.oauth.scopes import KNOWN_SCOPES, RESOURCE_SCOPES, InvalidScope, grantScope
+from mcpsvc.oauth.scopes import (
+    DEFAULT_SCOPES,
+    KNOWN_SCOPES,
+    RESOURCE_SCOPES,
+    InvalidScope,
+    grantScope,
+)
 from mcpsvc.oauth.tokens import AccessTokens, InvalidToken, IssuedToken
 from mcpsvc.storage._logic import hashEquals
 from mcpsvc.storage.hashing import hashSecret, newSecret, secretMatches
@@ -712,7 +718,7 @@ class OAuthApp:
         if problem is not None:
             return fail("invalid_request", problem)
         try:
-            scope = grantScope(params.get("scope"), clientScopes(client.metadata))
+            scope = grantScope(params.get("scope"), clientScopes(client.metadata), DEFAULT_SCOPES)
         except InvalidScope as e:
             return fail("invalid_scope", str(e))
         resource = self._resourceFor(params.get("resource"))
@@ -1031,7 +1037,7 @@ class OAuthApp:
         if not isConfidential(client.metadata):
             raise OAuthError("unauthorized_client", "client_credentials requires a confidential client")
         try:
-            scope = grantScope(form.get("scope"), clientScopes(client.metadata))
+            scope = grantScope(form.get("scope"), clientScopes(client.metadata), DEFAULT_SCOPES)
         except InvalidScope as e:
             raise OAuthError("invalid_scope", str(e))
         resource = self._resourceFor(form.get("resource"))

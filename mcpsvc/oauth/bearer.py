@@ -22,12 +22,12 @@ from twisted.web.iweb import IRequest
 
 from mcpsvc.config import Config
 from mcpsvc.http.errors import BadRequest, Forbidden, Unauthorized
-from mcpsvc.oauth.scopes import RESOURCE_SCOPES, formatScope
+from mcpsvc.oauth.scopes import DEFAULT_SCOPES, RESOURCE_SCOPES, formatScope, missingScopes
 from mcpsvc.oauth.tokens import AccessClaims, AccessTokens, InvalidToken
 from mcpsvc.principal import Principal
 from mcpsvc.storage.interfaces import clientRevocationID, familyRevocationID
 
-__all__ = ["BearerAuthenticator", "challenge", "requireScopes"]
+__all__ = ["BearerAuthenticator", "challenge", "insufficientScope", "requireScopes"]
 
 
 def _quote(value: str) -> str:
@@ -43,7 +43,9 @@ def challenge(
     """
     The C{WWW-Authenticate} value for C{/mcp}: C{Bearer} with
     C{resource_metadata} (the absolute path-inserted PRM URL), and C{error},
-    C{error_description} and C{scope} when given.
+    C{error_description} and C{scope} when given (else the default
+    scopes: what a client needs to list and call the ordinary tools; a tool
+    that needs more says so with a 403 C{insufficient_scope}).
     """
     params = [
         ("resource_metadata", config.serverURL + "/.well-known/oauth-protected-resource/mcp")
@@ -52,28 +54,45 @@ def challenge(
         params.append(("error", error))
     if description:
         params.append(("error_description", description))
-    params.append(("scope", scope if scope is not None else formatScope(RESOURCE_SCOPES)))
+    params.append(("scope", scope if scope is not None else formatScope(DEFAULT_SCOPES)))
     return "Bearer " + ", ".join(f"{name}={_quote(value)}" for name, value in params)
 
 
 def requireScopes(config: Config, principal: Principal, required: Iterable[str]) -> None:
     """
-    Check that C{principal} holds every scope in C{required}.
+    Check that C{principal} holds every scope in C{required} (with the
+    hierarchy: C{mcp:tools} includes C{mcp:read}, C{mcp:write} both).
 
     @raise Forbidden: 403 C{insufficient_scope}, whose challenge names the
         scopes needed (what the principal holds plus what is missing, so a
         client stepping up asks for all of them at once).
     """
     needed = list(required)
-    missing = [s for s in needed if s not in principal.scopes]
+    missing = missingScopes(principal.scopes, needed)
     if not missing:
         return
+    raise insufficientScope(config, principal, needed, missing)
+
+
+def insufficientScope(
+    config: Config, principal: Principal, needed: Iterable[str], missing: Iterable[str],
+    jsonrpcCode: Optional[int] = None,
+) -> Forbidden:
+    """
+    The 403 C{insufficient_scope} (RFC 6750 section 3.1, MCP 2025-11-25
+    step-up authorization): its challenge's C{scope} names what the
+    principal holds plus what is needed, so a client stepping up asks for
+    all of them at once and loses nothing it had.
+    """
+    missing = list(missing)
     scope = formatScope(set(principal.scopes) | set(needed))
     description = "This request needs scope " + " ".join(missing)
-    raise Forbidden(
+    kw = {} if jsonrpcCode is None else {"jsonrpcCode": jsonrpcCode}
+    return Forbidden(
         description,
         error="insufficient_scope",
         headers={"WWW-Authenticate": challenge(config, "insufficient_scope", description, scope)},
+        **kw,
     )
 
 
@@ -136,7 +155,9 @@ class BearerAuthenticator:
         @raise StoreUnavailable: the revocation list cannot be read.
         """
         if self.config.authMode == "none":
-            return Principal(subject="anonymous", clientID="none", method="none")
+            # No authentication at all: nothing to check scopes against.
+            return Principal(subject="anonymous", clientID="none",
+                             scopes=frozenset(RESOURCE_SCOPES), method="none")
         if b"access_token" in (request.args or {}):
             self.log.warn("Refused an access token in the query string of {path}",
                           path=request.path.decode("latin-1"))

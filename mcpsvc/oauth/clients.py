@@ -23,7 +23,7 @@ import secrets
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from mcpsvc.oauth.redirects import RedirectURIError, validateRedirectURI
-from mcpsvc.oauth.scopes import DEFAULT_SCOPES, formatScope, knownScopes, parseScope
+from mcpsvc.oauth.scopes import REGISTERED_SCOPES, formatScope, knownScopes, parseScope
 
 __all__ = [
     "AUTH_METHODS",
@@ -164,7 +164,14 @@ def normalizeMetadata(
     scopeValue = raw.get("scope")
     if scopeValue is not None and not isinstance(scopeValue, str):
         raise _bad("scope must be a string")
-    scopes = knownScopes(parseScope(scopeValue)) or list(DEFAULT_SCOPES)
+    scopes = knownScopes(parseScope(scopeValue)) or list(REGISTERED_SCOPES)
+    if patterns is not None:
+        # Dynamic registration: anyone may register again with any scope,
+        # so a narrower registered scope would protect nothing and would
+        # only stop the client from stepping up later (a client such as the
+        # MCP SDK registers with the scopes of the first challenge). Such a
+        # client may ask for every scope; consent decides.
+        scopes = knownScopes(set(scopes) | set(REGISTERED_SCOPES))
 
     metadata: Dict[str, Any] = {
         "redirect_uris": uris,
@@ -224,9 +231,10 @@ def redirectURIs(metadata: Mapping[str, Any]) -> List[str]:
 
 def clientScopes(metadata: Mapping[str, Any]) -> frozenset[str]:
     """
-    The scopes the client registered (the default scopes when none).
+    The scopes the client may ask for: those it registered (every resource
+    scope when none).
     """
-    return frozenset(knownScopes(parseScope(metadata.get("scope"))) or DEFAULT_SCOPES)
+    return frozenset(knownScopes(parseScope(metadata.get("scope"))) or REGISTERED_SCOPES)
 
 
 def registrationResponse(

@@ -508,6 +508,14 @@ class ISessionStore(Interface):
         Fires with the number of live sessions (for metrics).
         """
 
+    def trimSessions(subject: str, clientID: str, keep: int, now: float) -> Any:
+        """
+        Atomically end the live sessions of C{subject} with C{clientID}
+        beyond the C{keep} most recently used (the latest C{expiresAt}
+        first; ties: the newest C{createdAt}, then the greater id). Fires
+        with the ids of the ended sessions, least recently used first.
+        """
+
 
 class IRateLimitStore(Interface):
     def takeToken(

@@ -280,6 +280,20 @@ class MemoryStore:
     def countSessions(self, now: float) -> "Deferred[int]":
         return succeed(sum(1 for r in self._sessions.values() if now < r.expiresAt))
 
+    def trimSessions(self, subject: str, clientID: str, keep: int, now: float) -> "Deferred[List[str]]":
+        def trim() -> List[str]:
+            live = sorted(
+                (r for r in self._sessions.values()
+                 if r.subject == subject and r.clientID == clientID and now < r.expiresAt),
+                key=lambda r: (r.expiresAt, r.createdAt, r.sessionID),
+            )
+            ended = [r.sessionID for r in live[:max(0, len(live) - max(0, keep))]]
+            for sessionID in ended:
+                del self._sessions[sessionID]
+            return ended
+
+        return _answer(trim)
+
     # -- rate limits
 
     def takeToken(

@@ -9,7 +9,10 @@ Layout, under the configured key prefix C{P}:
     C{P families}: sorted set of live family ids scored by C{expiresAt};
   - C{P revoked:<jti>}: C{expiresAt}, TTL until then;
   - C{P session:<id>}: hash, TTL until C{expiresAt}; C{P sessions}: sorted
-    set scored by C{expiresAt} (for counting);
+    set scored by C{expiresAt} (for counting); C{P psessions:<sha1 of
+    subject NUL clientID>}: sorted set of that principal's session ids
+    scored by C{createdAt}, its TTL at least its longest session's (for
+    L{RedisStore.trimSessions}; stale members are dropped when trimmed);
   - C{P bucket:<key>}: hash C{tokens}, C{updated}, TTL until full again.
 
 Records carry their own C{expiresAt} and every read checks it against the
@@ -33,6 +36,7 @@ itself, so the store works again when Redis comes back.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any, Callable, Coroutine, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -202,23 +206,88 @@ denyList(KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
-#: KEYS: session, sessions. ARGV: now, expiresAt, ttl ms, sessionID.
-_TOUCH = """
+#: The principal index of a session hash: C{principalIndex(prefix, h)}.
+_PRINCIPAL_INDEX = """
+local function principalIndex(prefix, key)
+  local f = redis.call('HMGET', key, 'subject', 'clientID')
+  if not f[1] or not f[2] then return nil end
+  return prefix .. 'psessions:' .. redis.sha1hex(f[1] .. '\\0' .. f[2])
+end
+local function extend(key, ttl)
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+"""
+
+#: KEYS: session, sessions, principal index. ARGV: now, ttl ms, expiresAt,
+#: sessionID, createdAt, field, value, ...
+_CREATE_SESSION = _PRINCIPAL_INDEX + """
 local exp = redis.call('HGET', KEYS[1], 'expiresAt')
-if (not exp) or tonumber(exp) <= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'expiresAt', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(ARGV[3])))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+if redis.call('EXISTS', KEYS[1]) == 1 and ((not exp) or tonumber(exp) > tonumber(ARGV[1])) then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+extend(KEYS[3], tonumber(ARGV[2]))
 return 1
 """
 
-#: KEYS: session, sessions. ARGV: now, sessionID.
-_END_SESSION = """
+#: KEYS: session, sessions. ARGV: now, expiresAt, ttl ms, sessionID, prefix.
+_TOUCH = _PRINCIPAL_INDEX + """
 local exp = redis.call('HGET', KEYS[1], 'expiresAt')
+if (not exp) or tonumber(exp) <= tonumber(ARGV[1]) then return 0 end
+local ttl = math.max(1, tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'expiresAt', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+local index = principalIndex(ARGV[5], KEYS[1])
+if index then
+  redis.call('ZADD', index, redis.call('HGET', KEYS[1], 'createdAt') or 0, ARGV[4])
+  extend(index, ttl)
+end
+return 1
+"""
+
+#: KEYS: session, sessions. ARGV: now, sessionID, prefix.
+_END_SESSION = _PRINCIPAL_INDEX + """
+local exp = redis.call('HGET', KEYS[1], 'expiresAt')
+local index = principalIndex(ARGV[3], KEYS[1])
+if index then redis.call('ZREM', index, ARGV[2]) end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
 if exp and tonumber(exp) > tonumber(ARGV[1]) then return 1 end
 return 0
+"""
+
+#: KEYS: principal index, sessions. ARGV: now, keep, session key prefix.
+#: Same order as the other backends: least recently used first.
+_TRIM_SESSIONS = """
+local now = tonumber(ARGV[1])
+local live = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local h = redis.call('HMGET', ARGV[3] .. id, 'expiresAt', 'createdAt')
+  if h[1] and tonumber(h[1]) > now then
+    table.insert(live, {id, tonumber(h[1]), tonumber(h[2]) or 0})
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+table.sort(live, function(a, b)
+  if a[2] ~= b[2] then return a[2] < b[2] end
+  if a[3] ~= b[3] then return a[3] < b[3] end
+  return a[1] < b[1]
+end)
+local ended = {}
+for i = 1, #live - tonumber(ARGV[2]) do
+  local id = live[i][1]
+  redis.call('DEL', ARGV[3] .. id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  table.insert(ended, id)
+end
+return ended
 """
 
 #: KEYS: bucket. ARGV: capacity, refillPerSecond, now, cost. Same rules as
@@ -927,11 +996,26 @@ class RedisStore:
 
     # -- sessions
 
+    def _principalIndex(self, subject: str, clientID: str) -> str:
+        digest = hashlib.sha1(
+            (subject + "\0" + clientID).encode("utf-8"), usedforsecurity=False
+        ).hexdigest()
+        return self._key("psessions", digest)
+
     def createSession(self, record: SessionRecord) -> "Deferred[None]":
         async def create() -> None:
-            created = await self._create(
-                self._key("session", record.sessionID), record, record.expiresAt,
-                self._key("sessions"), "zset", record.expiresAt, record.sessionID,
+            ttl = self._ttl(record.expiresAt)
+            if ttl <= 0:
+                return  # already expired: nothing worth storing
+            fields: List[str] = []
+            for name, value in toStrings(record).items():
+                fields += [name, value]
+            created = await self._eval(
+                _CREATE_SESSION,
+                [self._key("session", record.sessionID), self._key("sessions"),
+                 self._principalIndex(record.subject, record.clientID)],
+                [_num(self._clock.seconds()), ttl, _num(record.expiresAt), record.sessionID,
+                 _num(record.createdAt), *fields],
             )
             if not created:
                 raise Conflict(record.sessionID)
@@ -952,7 +1036,7 @@ class RedisStore:
             touched = await self._eval(
                 _TOUCH,
                 [self._key("session", sessionID), self._key("sessions")],
-                [_num(now), _num(expiresAt), self._ttl(expiresAt, now), sessionID],
+                [_num(now), _num(expiresAt), self._ttl(expiresAt, now), sessionID, self._prefix],
             )
             if not touched:
                 raise NoSuchSession(sessionID)
@@ -964,7 +1048,7 @@ class RedisStore:
             existed = await self._eval(
                 _END_SESSION,
                 [self._key("session", sessionID), self._key("sessions")],
-                [_num(self._clock.seconds()), sessionID],
+                [_num(self._clock.seconds()), sessionID, self._prefix],
             )
             return bool(existed)
 
@@ -975,6 +1059,17 @@ class RedisStore:
             return int(await self._command("ZCOUNT", self._key("sessions"), f"({_num(now)}", "+inf"))
 
         return self._call(count())
+
+    def trimSessions(self, subject: str, clientID: str, keep: int, now: float) -> "Deferred[List[str]]":
+        async def trim() -> List[str]:
+            ended = await self._eval(
+                _TRIM_SESSIONS,
+                [self._principalIndex(subject, clientID), self._key("sessions")],
+                [_num(now), max(0, int(keep)), self._key("session", "x")[:-1]],
+            )
+            return [e.decode("utf-8") if isinstance(e, bytes) else str(e) for e in ended or []]
+
+        return self._call(trim())
 
     # -- rate limits
 

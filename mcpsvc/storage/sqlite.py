@@ -143,6 +143,8 @@ MIGRATIONS: List[Sequence[str]] = [
     (
         # replays answered in the grace window since the last rotation
         "ALTER TABLE families ADD COLUMN graceReplays INTEGER NOT NULL DEFAULT 0",
+        # trimSessions: a principal's sessions.
+        "CREATE INDEX sessionsPrincipal ON sessions (subject, clientID)",
     ),
 ]
 
@@ -554,6 +556,19 @@ class SQLiteStore:
             lambda c: c.execute("SELECT count(*) FROM sessions WHERE expiresAt > ?", (now,)).fetchone()[0],
             write=False,
         )
+
+    def trimSessions(self, subject: str, clientID: str, keep: int, now: float) -> "Deferred[List[str]]":
+        def trim(c: sqlite3.Connection) -> List[str]:
+            rows = c.execute(
+                "SELECT sessionID FROM sessions WHERE subject = ? AND clientID = ? AND expiresAt > ? "
+                "ORDER BY expiresAt DESC, createdAt DESC, sessionID DESC LIMIT -1 OFFSET ?",
+                (subject, clientID, now, max(0, keep)),
+            ).fetchall()
+            ended = [row[0] for row in reversed(rows)]
+            c.executemany("DELETE FROM sessions WHERE sessionID = ?", [(i,) for i in ended])
+            return ended
+
+        return self._run(trim)
 
     # -- rate limits
 

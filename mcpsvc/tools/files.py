@@ -212,6 +212,8 @@ def filesTools(
                 "path": {"type": "string"}, "size": {"type": "integer"}},
                 "required": ["path", "size"]},
             annotations={"readOnlyHint": False, "destructiveHint": True, "openWorldHint": False},
+            # It replaces and creates files: only for tokens granted mcp:write.
+            requiredScope="mcp:write",
             call=fileWrite,
         ),
         Tool(

@@ -44,6 +44,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
+from mcpsvc.oauth.scopes import RESOURCE_SCOPES
+
 __all__ = [
     "IToolProvider",
     "ToolPackContext",
@@ -54,11 +56,14 @@ __all__ = [
     "ClientRequestError",
     "InputNeeded",
     "TOOL_NAME",
+    "REQUIRED_SCOPES",
     "textContent",
 ]
 
 #: Valid tool names: 1-64 of C{A-Z a-z 0-9 _ . -}.
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: The values C{Tool.requiredScope} may take (see L{mcpsvc.oauth.scopes}).
+REQUIRED_SCOPES = RESOURCE_SCOPES
 
 
 class IToolProvider(Interface):
@@ -118,7 +123,12 @@ class Tool:
     @ivar annotations: MCP tool annotations (hints).
     @ivar timeout: seconds before the call is cancelled (default: the
         configured C{TOOL_TIMEOUT}).
-    @ivar requiredScope: an OAuth scope the caller's token must carry.
+    @ivar requiredScope: an OAuth scope the caller's token must carry to
+        call the tool, besides C{mcp:tools} (which every C{tools/call}
+        needs): one of the scopes mcpsvc grants (L{REQUIRED_SCOPES}), in
+        practice C{mcp:write} for a tool that changes or deletes data. The
+        registry refuses any other value. A caller without it gets HTTP 403
+        C{insufficient_scope} naming it, and can step up.
     @ivar requiredClientCapabilities: client capabilities the tool relies
         on, e.g. C{{"sampling": {}}} (2026-07-28: checked per request).
     """

@@ -48,6 +48,7 @@ from mcpsvc.tools.ratelimit import TokenBuckets, retryAfter
 from mcpsvc.tools.schemacheck import SchemaChecker
 from mcpsvc.tools.interfaces import (
     InputNeeded,
+    REQUIRED_SCOPES,
     TOOL_NAME,
     Tool,
     ToolContext,
@@ -240,6 +241,13 @@ class ToolRegistry:
                 raise InvalidTool(f"tool {tool.name!r} is defined twice")
             if not isinstance(tool.description, str) or not tool.description.strip():
                 raise InvalidTool(f"tool {tool.name!r} has no description")
+            if tool.requiredScope is not None and tool.requiredScope not in REQUIRED_SCOPES:
+                # A scope the authorization server cannot grant would make
+                # the tool uncallable; say so at start-up.
+                raise InvalidTool(
+                    f"tool {tool.name!r}: requiredScope {tool.requiredScope!r} is not one of "
+                    f"the scopes mcpsvc grants ({', '.join(REQUIRED_SCOPES)})"
+                )
             self._inputValidators[tool.name] = _checkSchema(tool, "inputSchema", tool.inputSchema)
             if tool.outputSchema is not None:
                 self._outputValidators[tool.name] = _checkSchema(
@@ -262,15 +270,16 @@ class ToolRegistry:
     def __len__(self) -> int:
         return len(self._tools)
 
-    def get(self, name: str) -> Optional[Tool]:
+    def get(self, name: str, count: bool = True) -> Optional[Tool]:
         """
         Return the tool called C{name}, or C{None}.
 
         This is the lookup of C{tools/call}: a miss counts as an
-        C{unknown_tool} outcome (labelled L{UNKNOWN_TOOL_LABEL}).
+        C{unknown_tool} outcome (labelled L{UNKNOWN_TOOL_LABEL}), unless
+        C{count} is false (a look-up before the call, for its scope).
         """
         tool = self._tools.get(name)
-        if tool is None:
+        if tool is None and count:
             self._count(UNKNOWN_TOOL_LABEL, "unknown_tool")
         return tool
 

@@ -41,6 +41,23 @@ class PageContentTests(PageTestCase):
         self.assertNotIn("not on this server's list", text)
         self.assertEqual(forms.buttons["consent"], [("decision", "deny"), ("decision", "approve")])
 
+    def test_writeScopeShownOnlyWhenAsked(self) -> None:
+        """
+        A request without scope asks for the default scopes (never
+        C{mcp:write}); a step-up request for C{mcp:write} shows it in plain
+        language, and approving grants it.
+        """
+        client = self.registerConfidential()
+        response, forms = self.showPage(client, scope=None)
+        self.assertNotIn("(mcp:write)", forms.allText)
+        response, forms = self.showPage(client, scope="mcp:tools mcp:read mcp:write")
+        self.assertEqual(response.code, 200)
+        self.assertIn("Change and delete data", forms.allText)
+        self.assertIn("(mcp:write)", forms.allText)
+        query = self.redirectQuery(self.submit(forms.forms["consent"], "approve")[0])
+        _, body = self.exchange(client, query["code"])
+        self.assertEqual(body["scope"], "mcp:tools mcp:read mcp:write")
+
     def test_structureAndAccessibility(self) -> None:
         """
         C{lang}, the viewport, a title, no script at all, and the stylesheet

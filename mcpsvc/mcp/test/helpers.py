@@ -24,8 +24,8 @@ from mcpsvc.tools.interfaces import Tool, ToolContext
 from mcpsvc.tools.registry import ToolRegistry
 
 BASE = "http://127.0.0.1:3000"
-ALICE = Principal(subject="alice", clientID="client-1", scopes=frozenset({"mcp"}))
-MALLORY = Principal(subject="mallory", clientID="client-1", scopes=frozenset({"mcp"}))
+ALICE = Principal(subject="alice", clientID="client-1", scopes=frozenset({"mcp:tools", "mcp:read"}))
+MALLORY = Principal(subject="mallory", clientID="client-1", scopes=frozenset({"mcp:tools", "mcp:read"}))
 BOTH = "application/json, text/event-stream"
 MODERN = "2026-07-28"
 MODERN_META = {
@@ -139,7 +139,7 @@ class Harness:
             Tool(name="steps", description="Reports progress.", inputSchema=obj, call=steps),
             Tool(name="boom", description="Raises.", inputSchema=obj, call=boom),
             Tool(name="admin", description="Needs a scope.", inputSchema=obj,
-                 call=lambda a, c: "ok", requiredScope="admin"),
+                 call=lambda a, c: "ok", requiredScope="mcp:write"),
             Tool(name="sampler", description="Needs sampling.", inputSchema=obj,
                  call=lambda a, c: "ok", requiredClientCapabilities={"sampling": {}}),
         ]

@@ -508,9 +508,9 @@ class ToolCallTests(SynchronousTestCase):
         self.assertEqual(response.code, 403)
         challenge = header(response, "www-authenticate").decode()
         self.assertIn('error="insufficient_scope"', challenge)
-        self.assertIn('scope="admin"', challenge)
+        self.assertIn('scope="mcp:tools mcp:read mcp:write"', challenge)
         self.assertIn("resource_metadata=", challenge)
-        self.h.principal = Principal(subject="alice", clientID="client-1", scopes=frozenset({"admin"}))
+        self.h.principal = Principal(subject="alice", clientID="client-1", scopes=frozenset({"mcp:write"}))
         self.assertEqual(self.rpc(2, "tools/call", {"name": "admin"})["result"]["content"][0]["text"], "ok")
 
     def test_missingClientCapability(self) -> None:

@@ -158,6 +158,19 @@ class OAuthTestCase(SynchronousTestCase):
         self.assertEqual(response.code, 201, body)
         return body  # type: ignore[no-any-return]
 
+    def addAdminClient(self, scope: Optional[str] = None, grantTypes: Any = None) -> Dict[str, Any]:
+        """
+        Register a confidential client as C{mcpsvc clients add} does (its
+        C{scope} caps what it may ask for); return it like L{register}.
+        """
+        from mcpsvc.oauth.admin import addClient
+
+        record, secret = self.successResultOf(Deferred.fromCoroutine(addClient(
+            self.store, self.clock.seconds(), "admin-client", [SNOW],
+            grantTypes=grantTypes or ("authorization_code", "refresh_token"), scope=scope,
+        )))
+        return dict(record.metadata, client_id=record.clientID, client_secret=secret)
+
     def registerPublic(self, redirect: str = "http://127.0.0.1/callback") -> Dict[str, Any]:
         return self.register(
             {

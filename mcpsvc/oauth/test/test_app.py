@@ -84,7 +84,7 @@ class MetadataTests(OAuthTestCase):
             self.assertEqual(body["resource"], RESOURCE)
             self.assertEqual(body["authorization_servers"], [SERVER])
             self.assertEqual(body["bearer_methods_supported"], ["header"])
-            self.assertEqual(body["scopes_supported"], ["mcp:tools", "mcp:read"])
+            self.assertEqual(body["scopes_supported"], ["mcp:tools", "mcp:read", "mcp:write"])
 
     def test_jwks(self) -> None:
         """
@@ -356,9 +356,26 @@ class AuthorizeTests(OAuthTestCase):
         Asking for a known scope the client did not register is
         invalid_scope.
         """
-        client = self.registerConfidential(scope="mcp:read")
+        client = self.addAdminClient(scope="mcp:read")
         response, query = self.authorize(client, scope="mcp:tools")
         self.assertEqual(query["error"], "invalid_scope")
+
+    def test_dynamicClientMayStepUp(self) -> None:
+        """
+        A dynamically registered client may ask for any scope, whatever it
+        named at registration (the MCP SDK registers with the first
+        challenge's scopes and must be able to step up later); without a
+        scope it gets the default scopes only, never C{mcp:write}.
+        """
+        client = self.registerConfidential(scope="mcp:read")
+        self.assertEqual(client["scope"], "mcp:tools mcp:read mcp:write")
+        code = self.getCode(client, scope="mcp:read mcp:write")
+        response, body = self.exchange(client, code)
+        self.assertEqual((response.code, body["scope"]), (200, "mcp:read mcp:write"), body)
+        response, body = self.exchange(client, self.getCode(client, scope=None))
+        self.assertEqual(body["scope"], "mcp:tools mcp:read")
+        response, body = self.exchange(client, self.getCode(client, scope="openid profile"))
+        self.assertEqual(body["scope"], "mcp:tools mcp:read")
 
     def test_repeatedParameter(self) -> None:
         """
@@ -662,9 +679,22 @@ class ClientCredentialsTests(OAuthTestCase):
         """
         Asking for an unregistered known scope is invalid_scope.
         """
-        client = self.register({"grant_types": ["client_credentials"], "scope": "mcp:read"})
+        client = self.addAdminClient(scope="mcp:read", grantTypes=["client_credentials"])
         response, body = self.tokenRequest(client, {"grant_type": "client_credentials", "scope": "mcp:tools"})
         self.assertOAuthError(response, body, 400, "invalid_scope")
+
+    def test_scopes(self) -> None:
+        """
+        A client_credentials token carries the default scopes
+        (C{mcp:tools mcp:read}) when none is named, C{mcp:write} only when
+        asked for.
+        """
+        client = self.register({"grant_types": ["client_credentials"]})
+        response, body = self.tokenRequest(client, {"grant_type": "client_credentials"})
+        self.assertEqual((response.code, body["scope"]), (200, "mcp:tools mcp:read"))
+        response, body = self.tokenRequest(
+            client, {"grant_type": "client_credentials", "scope": "mcp:tools,mcp:write,openid"})
+        self.assertEqual((response.code, body["scope"]), (200, "mcp:tools mcp:write"))
 
 
 class RefreshTests(OAuthTestCase):
@@ -719,10 +749,20 @@ class RefreshTests(OAuthTestCase):
         """
         response, body = self.refresh(self.client, self.tokens["refresh_token"], scope="mcp:read")
         self.assertEqual((response.code, body["scope"]), (200, "mcp:read"))
-        client = self.registerConfidential(scope="mcp:read")
-        tokens = self.obtainTokens(client)
-        response, body = self.refresh(client, tokens["refresh_token"], scope="mcp:read mcp:tools")
+        code = self.getCode(self.client, scope="mcp:read")
+        response, tokens = self.exchange(self.client, code)
+        response, body = self.refresh(self.client, tokens["refresh_token"], scope="mcp:read mcp:tools")
         self.assertOAuthError(response, body, 400, "invalid_scope")
+
+    def test_refreshKeepsWideScope(self) -> None:
+        """
+        A refresh that names no scope keeps the grant's whole scope,
+        C{mcp:write} included (the default scopes apply to new grants only).
+        """
+        code = self.getCode(self.client, scope="mcp:tools mcp:write")
+        response, tokens = self.exchange(self.client, code)
+        response, body = self.refresh(self.client, tokens["refresh_token"])
+        self.assertEqual((response.code, body["scope"]), (200, "mcp:tools mcp:write"))
 
     def test_otherClient(self) -> None:
         """

@@ -228,6 +228,9 @@ class BearerTests(OAuthTestCase):
         for request in (self.bearerRequest(API_KEY), mcpRequest({"X-API-Key": API_KEY})):
             principal = self.successResultOf(self.authenticate(request))
             self.assertEqual(principal.method, "api-key")
+            # The key is the operator's: every scope /mcp checks, mcp:write
+            # included (an API-key client has no way to step up).
+            self.assertEqual(principal.scopes, {"mcp:tools", "mcp:read", "mcp:write"})
         self.assertRefused(mcpRequest({"X-API-Key": API_KEY + "x"}))
         self.assertRefused(self.bearerRequest(API_KEY + "x"))
 
@@ -239,6 +242,7 @@ class BearerTests(OAuthTestCase):
         principal = self.successResultOf(self.authenticate(mcpRequest()))
         self.assertEqual((principal.subject, principal.clientID, principal.method),
                          ("anonymous", "none", "none"))
+        self.assertEqual(principal.scopes, {"mcp:tools", "mcp:read", "mcp:write"})
 
     def test_insufficientScope(self) -> None:
         """
@@ -253,6 +257,10 @@ class BearerTests(OAuthTestCase):
         self.assertIn('error="insufficient_scope"', value)
         self.assertIn('scope="mcp:tools mcp:read"', value)
         self.assertIn(f'resource_metadata="{PRM}"', value)
+        # The hierarchy: mcp:write includes mcp:tools and mcp:read.
+        self.bearer.requireScopes(
+            Principal(subject="u", clientID="c", scopes=frozenset({"mcp:write"})),
+            ["mcp:read", "mcp:tools", "mcp:write"])
 
     def test_challengeQuoting(self) -> None:
         """

@@ -12,7 +12,14 @@ from mcpsvc.oauth.clients import (
     normalizeMetadata,
     registrationResponse,
 )
-from mcpsvc.oauth.scopes import InvalidScope, grantScope, parseScope
+from mcpsvc.oauth.scopes import (
+    DEFAULT_SCOPES,
+    InvalidScope,
+    effectiveScopes,
+    grantScope,
+    missingScopes,
+    parseScope,
+)
 
 SNOW = "https://dev12345.service-now.com/oauth_redirect.do"
 
@@ -28,8 +35,8 @@ class NormalizeTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         """
         A minimal request becomes a confidential client_secret_basic client
-        with the authorization_code grant, response type code and the
-        default scopes; unknown fields are dropped.
+        with the authorization_code grant, response type code and every
+        scope it may ask for; unknown fields are dropped.
         """
         md = normalizeMetadata(
             {"redirect_uris": [SNOW], "client_name": "SN", "frobnicate": 1},
@@ -42,7 +49,7 @@ class NormalizeTests(SynchronousTestCase):
                 "token_endpoint_auth_method": "client_secret_basic",
                 "grant_types": ["authorization_code"],
                 "response_types": ["code"],
-                "scope": "mcp:tools mcp:read",
+                "scope": "mcp:tools mcp:read mcp:write",
                 "client_name": "SN",
             },
         )
@@ -126,12 +133,21 @@ class NormalizeTests(SynchronousTestCase):
         nothing known means the default scopes.
         """
         md = normalizeMetadata({"redirect_uris": [SNOW], "scope": "mcp:tools,openid, profile"},
-                               patterns=DEFAULT_REDIRECT_PATTERNS)
+                               patterns=None)
         self.assertEqual(md["scope"], "mcp:tools")
         md = normalizeMetadata({"redirect_uris": [SNOW], "scope": "openid email profile"},
+                               patterns=None)
+        self.assertEqual(md["scope"], "mcp:tools mcp:read mcp:write")
+        self.assertEqual(clientScopes(md), frozenset({"mcp:tools", "mcp:read", "mcp:write"}))
+
+    def test_dynamicRegistrationMayAskForEveryScope(self) -> None:
+        """
+        A dynamically registered client may ask for every scope, whatever it
+        named (offline_access is kept when named).
+        """
+        md = normalizeMetadata({"redirect_uris": [SNOW], "scope": "mcp:read,offline_access"},
                                patterns=DEFAULT_REDIRECT_PATTERNS)
-        self.assertEqual(md["scope"], "mcp:tools mcp:read")
-        self.assertEqual(clientScopes(md), frozenset({"mcp:tools", "mcp:read"}))
+        self.assertEqual(md["scope"], "mcp:tools mcp:read mcp:write offline_access")
 
     def test_typeErrors(self) -> None:
         """
@@ -182,3 +198,28 @@ class ScopeTests(SynchronousTestCase):
         self.assertEqual(grantScope("openid", allowed), "mcp:tools mcp:read")
         self.assertEqual(grantScope("mcp:read offline_access", allowed), "mcp:read offline_access")
         self.assertRaises(InvalidScope, grantScope, "mcp:tools", frozenset({"mcp:read"}))
+
+    def test_grantDefault(self) -> None:
+        """
+        With a default, asking for nothing (or only unknown scopes) gives
+        the default scopes the client may have; C{mcp:write} only when
+        named.
+        """
+        allowed = frozenset({"mcp:tools", "mcp:read", "mcp:write"})
+        self.assertEqual(grantScope(None, allowed, DEFAULT_SCOPES), "mcp:tools mcp:read")
+        self.assertEqual(grantScope("openid,email", allowed, DEFAULT_SCOPES), "mcp:tools mcp:read")
+        self.assertEqual(grantScope("mcp:write", allowed, DEFAULT_SCOPES), "mcp:write")
+        self.assertEqual(grantScope(None, frozenset({"mcp:read"}), DEFAULT_SCOPES), "mcp:read")
+        self.assertEqual(grantScope(None, frozenset({"mcp:write"}), DEFAULT_SCOPES), "mcp:write")
+
+    def test_hierarchy(self) -> None:
+        """
+        C{mcp:tools} includes C{mcp:read}; C{mcp:write} includes both;
+        unknown scopes include nothing.
+        """
+        self.assertEqual(effectiveScopes({"mcp:tools"}), {"mcp:tools", "mcp:read"})
+        self.assertEqual(effectiveScopes({"mcp:write"}), {"mcp:write", "mcp:tools", "mcp:read"})
+        self.assertEqual(missingScopes({"mcp:read"}, ["mcp:tools"]), ["mcp:tools"])
+        self.assertEqual(missingScopes({"mcp:tools"}, ["mcp:read"]), [])
+        self.assertEqual(missingScopes({"admin", "mcp"}, ["mcp:read"]), ["mcp:read"])
+        self.assertEqual(missingScopes({"mcp:tools"}, ["mcp:tools", "mcp:write"]), ["mcp:write"])

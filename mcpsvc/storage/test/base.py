@@ -662,6 +662,60 @@ class StoreTestsMixin:
         await self.store.touchSession("s1", now + 40, now + 5)
         self.assertEqual(await self.store.countSessions(now + 25), 1)
 
+    async def test_trimSessions(self) -> None:
+        """
+        C{trimSessions} ends a principal's live sessions beyond the C{keep}
+        most recently used, least recently used first, and nobody else's.
+        """
+        now = self.now()
+        trim = lambda keep, t=now, subject="alice", clientID="client-1": (  # noqa: E731
+            self.store.trimSessions(subject, clientID, keep, t))
+        self.assertEqual(await trim(0), [])
+        await self.store.createSession(session("s1", expiresAt=now + 10, createdAt=now))
+        await self.store.createSession(session("s2", expiresAt=now + 20, createdAt=now + 1))
+        await self.store.createSession(session("s3", expiresAt=now + 30, createdAt=now + 2))
+        await self.store.createSession(session("bob", subject="bob", expiresAt=now + 5))
+        await self.store.createSession(session("other", clientID="client-2", expiresAt=now + 5))
+        # Using s1 makes it the most recently used.
+        await self.store.touchSession("s1", now + 40, now)
+        self.assertEqual(await trim(2), ["s2"])
+        await self.assertFails(self.store.getSession("s2", now), NoSuchSession)
+        self.assertEqual((await self.store.getSession("s1", now)).sessionID, "s1")
+        self.assertEqual(await self.store.countSessions(now), 4)
+        self.assertEqual(await trim(2), [])
+        self.assertEqual(await trim(0), ["s3", "s1"])
+        self.assertEqual(await self.store.countSessions(now), 2)
+        self.assertEqual((await self.store.getSession("bob", now)).subject, "bob")
+        self.assertEqual((await self.store.getSession("other", now)).clientID, "client-2")
+
+    async def test_trimSessionsSkipsEndedAndExpired(self) -> None:
+        """
+        Deleted and expired sessions are neither counted nor reported;
+        equal expiries end the older session first.
+        """
+        now = self.now()
+        await self.store.createSession(session("gone", expiresAt=now + 50))
+        await self.store.deleteSession("gone")
+        await self.store.createSession(session("short", expiresAt=now + 5))
+        await self.store.createSession(session("old", expiresAt=now + 60, createdAt=now))
+        await self.store.createSession(session("new", expiresAt=now + 60, createdAt=now + 1))
+        self.assertEqual(await self.store.trimSessions("alice", "client-1", 1, now + 6), ["old"])
+        self.assertEqual(await self.store.trimSessions("alice", "client-1", 0, now + 6), ["new"])
+
+    async def test_trimSessionsAnySubject(self) -> None:
+        """
+        Subjects and client ids with any characters are their own
+        principals.
+        """
+        now = self.now()
+        await self.store.createSession(session("a", subject="\u00e5lice \U0001f600", expiresAt=now + 30))
+        await self.store.createSession(session("b", subject="\u00e5lice", clientID="\U0001f600 client-1",
+                                               expiresAt=now + 30))
+        await self.store.touchSession("a", now + 90, now)
+        self.assertEqual(await self.store.trimSessions("\u00e5lice \U0001f600", "client-1", 0, now), ["a"])
+        self.assertEqual(
+            await self.store.trimSessions("\u00e5lice", "\U0001f600 client-1", 0, now), ["b"])
+
     # ----------------------------------------------------------- rate limits
 
     async def test_tokenBucket(self) -> None:

@@ -89,6 +89,30 @@ class RedisStoreTests(StoreTestsMixin, TestCase):
         self.assertTrue(7_199_000 < pttl("session:sess-1") <= 7_200_000)
         self.assertEqual(self.server.command("PTTL", self.prefix + "client:none"), -2)
 
+    async def test_principalIndex(self) -> None:
+        """
+        A principal's session index lives at least as long as its longest
+        session (so a session used for long is still counted), and a
+        deleted session leaves it; nothing is left behind.
+        """
+        import hashlib
+
+        digest = hashlib.sha1(b"alice\0client-1").hexdigest()
+        index = self.prefix + "psessions:" + digest
+        await self.store.createSession(session("s1", expiresAt=self.now() + 600))
+        await self.store.createSession(session("s2", expiresAt=self.now() + 60))
+        self.assertTrue(599_000 < self.server.command("PTTL", index) <= 600_000)
+        await self.store.touchSession("s2", self.now() + 7200, self.now())
+        self.assertTrue(7_199_000 < self.server.command("PTTL", index) <= 7_200_000)
+        self.assertEqual(sorted(self.server.command("ZRANGE", index, 0, -1)), ["s1", "s2"])
+        await self.store.deleteSession("s1")
+        self.assertEqual(self.server.command("ZRANGE", index, 0, -1), ["s2"])
+        # A session from before the index existed joins it when touched.
+        self.server.command("DEL", index)
+        await self.store.touchSession("s2", self.now() + 7300, self.now())
+        self.assertEqual(await self.store.trimSessions("alice", "client-1", 0, self.now()), ["s2"])
+        self.assertEqual(self.server.command("KEYS", self.prefix + "*"), [])
+
     async def test_expiredNotStored(self) -> None:
         await self.store.storeCode(code(expiresAt=self.now() - 1))
         self.assertEqual(self.server.command("KEYS", self.prefix + "*"), [])

@@ -1,0 +1,99 @@
+"""
+Per-principal limits on C{/mcp} against a real C{twistd -n mcpsvc} process
+over loopback: C{SESSION_LIMIT} ends the least recently used session and
+C{RATE_LIMIT_INITIALIZE} refuses a burst of C{initialize}, on one instance
+and across two sharing a real Redis.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mcpsvc.testing.redis import RedisServer, freePort
+from tests.flow import Flow
+from tests.process import SECRET, McpsvcProcess
+from tests.test_sdk_e2e import IAT
+
+
+class LimitsEndToEndTests(SynchronousTestCase):
+    def test_sessionAndInitializeLimits(self) -> None:
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        port = freePort()
+        process = McpsvcProcess(workdir, env={
+            "JWT_SECRET": SECRET,
+            "DCR_AUTH_TOKEN": IAT,
+            "AUTHORIZE_MODE": "auto",
+            "SERVER_URL": f"http://127.0.0.1:{port}",
+            "SESSION_LIMIT": "2",
+            "RATE_LIMIT_INITIALIZE": "4/3600",
+        }, listen=[f"tcp:{port}:interface=127.0.0.1"])
+        self.addCleanup(process.kill)
+        url = process.start().url
+        flow = Flow(url, IAT)
+        flow.register(url)
+        flow.exchange(url, flow.authorize(url))
+
+        sessions = []
+        for _ in range(3):
+            self.assertEqual(flow.initialize(url)[0], 200)
+            sessions.append(flow.sessionID)
+        statuses = []
+        for sid in sessions:
+            flow.sessionID = sid
+            statuses.append(flow.mcp(url, "ping")[0])
+        # The least recently used of three ended when the third began.
+        self.assertEqual(statuses, [404, 200, 200])
+        process.waitFor(lambda r: r.get("limit") == 2 and r.get("count") == 1
+                        and r.get("sessionIDs") == sessions[:1])
+
+        self.assertEqual(flow.initialize(url)[0], 200)
+        status, headers, body = flow.initialize(url)
+        self.assertEqual(status, 429, body)
+        self.assertEqual((body["jsonrpc"], body["error"]["code"]), ("2.0", -32600))
+        self.assertTrue(int(headers["retry-after"]) > 0)
+        process.waitFor(lambda r: r.get("action") == "rate_limit.hit"
+                        and r.get("endpoint") == "initialize")
+        self.assertEqual(process.stop(), 0)
+
+    def test_sessionLimitAcrossInstances(self) -> None:
+        """
+        Two instances sharing one real Redis: the limit counts the sessions
+        a principal opened on both, and a session ended by one instance
+        is unknown to the other; the initialize rate is shared too.
+        """
+        redis = RedisServer(os.path.abspath(self.mktemp())).start()
+        self.addCleanup(redis.stop)
+        ports = [freePort(), freePort()]
+        serverURL = f"http://127.0.0.1:{ports[0]}"
+        processes = []
+        for port in ports:
+            workdir = os.path.abspath(self.mktemp())
+            os.makedirs(workdir)
+            process = McpsvcProcess(workdir, env={
+                "STORE": "redis", "REDIS_URL": redis.url, "DEPLOYMENT_TYPE": "multi-server",
+                "JWT_SECRET": SECRET, "DCR_AUTH_TOKEN": IAT, "AUTHORIZE_MODE": "auto",
+                "SERVER_URL": serverURL, "SESSION_LIMIT": "2",
+                "RATE_LIMIT_INITIALIZE": "4/3600",
+            }, listen=[f"tcp:{port}:interface=127.0.0.1"])
+            self.addCleanup(process.kill)
+            processes.append(process.start())
+        a, b = (p.url for p in processes)
+        flow = Flow(serverURL, IAT)
+        flow.register(a)
+        flow.exchange(a, flow.authorize(a))
+        sessions = []
+        for base in (a, b, a):
+            self.assertEqual(flow.initialize(base)[0], 200)
+            sessions.append(flow.sessionID)
+        statuses = []
+        for base in (b, a, b):
+            flow.sessionID = sessions[len(statuses)]
+            statuses.append(flow.mcp(base, "ping")[0])
+        self.assertEqual(statuses, [404, 200, 200])
+        self.assertEqual(flow.initialize(b)[0], 200)
+        self.assertEqual(flow.initialize(a)[0], 429)
+        for process in processes:
+            self.assertEqual(process.stop(), 0)

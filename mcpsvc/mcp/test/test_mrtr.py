@@ -24,8 +24,8 @@ from mcpsvc.tools.features import Features, FeatureSet, Prompt
 from mcpsvc.tools.interfaces import ClientRequestError, Tool, ToolContext
 from mcpsvc.tools.registry import ToolRegistry
 
-MALLORY = Principal(subject="mallory", clientID="client-1", scopes=frozenset({"mcp"}))
-OTHER_CLIENT = Principal(subject="alice", clientID="client-2", scopes=frozenset({"mcp"}))
+MALLORY = Principal(subject="mallory", clientID="client-1", scopes=frozenset({"mcp:tools", "mcp:read"}))
+OTHER_CLIENT = Principal(subject="alice", clientID="client-2", scopes=frozenset({"mcp:tools", "mcp:read"}))
 ALL = {"elicitation": {}, "sampling": {}, "roots": {}}
 
 

@@ -612,7 +612,7 @@ class ToolPluginExampleTests(SynchronousTestCase):
         from mcpsvc.principal import Principal
 
         dispatcher = Dispatcher(self.registry(), clock=self.clock, stateKey=b"k" * 32)
-        principal = Principal(subject="s", clientID="c")
+        principal = Principal(subject="s", clientID="c", scopes=frozenset({"mcp:tools", "mcp:read"}))
         arguments = {"text": "the cat and the hat"}
         answer = {"action": "accept", "content": {"word": "The"}}
 

@@ -313,10 +313,7 @@ class _PageApprover:
                 "Approve only if you started this application yourself just now: any "
                 "program on this computer could be listening there.",
             ))
-        patterns = tuple(self.config.dcrRedirectPatterns)
-        if self.config.servicenowInstance:
-            patterns += (self.config.servicenowInstance.rstrip("/") + "/*",)
-        if not any(matchesPattern(uri, p) for p in patterns):
+        if not any(matchesPattern(uri, p) for p in self.config.redirectPatterns):
             warnings.append((
                 "This address is not on this server's list of expected addresses.",
                 f"The operator of this server has not listed {host} as a usual destination. "

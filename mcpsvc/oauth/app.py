@@ -364,10 +364,7 @@ class OAuthApp:
         return None
 
     def _redirectPatterns(self) -> Tuple[str, ...]:
-        patterns = tuple(self.config.dcrRedirectPatterns)
-        if self.config.servicenowInstance:
-            patterns += (self.config.servicenowInstance.rstrip("/") + "/*",)
-        return patterns
+        return self.config.redirectPatterns
 
     @property
     def _registrationEnabled(self) -> bool:

@@ -67,6 +67,7 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "JWT_ISSUER": (None, "token issuer; defaults to SERVER_URL"),
     "JWT_PRIVATE_KEY_FILE": (None, "PEM EC P-256 or RSA private key: sign ES256/RS256 and publish JWKS"),
     "JWT_KEYS_DIR": (None, "directory of PEM keys for rotation (mcpsvc keys rotate)"),
+    "JWT_KEY_PUBLISH_DELAY": ("600", "seconds a rotated key is published in the JWKS before it signs"),
     "DCR_AUTH_TOKEN": (None, "initial access token guarding /oauth/register, 32+ chars"),
     "DCR_OPEN": ("false", "allow registration without DCR_AUTH_TOKEN"),
     "DCR_REDIRECT_PATTERNS": (",".join(DEFAULT_REDIRECT_PATTERNS), "comma list of redirect URI patterns allowed at registration ('*' wildcards)"),
@@ -178,6 +179,7 @@ class Config:
     jwtSecret: str = field(default="", repr=False)
     jwtPrivateKeyFile: Optional[str] = None
     jwtKeysDir: Optional[str] = None
+    jwtKeyPublishDelay: int = 600
     dcrAuthToken: Optional[str] = field(default=None, repr=False)
     dcrOpen: bool = False
     dcrRedirectPatterns: Tuple[str, ...] = DEFAULT_REDIRECT_PATTERNS
@@ -565,6 +567,7 @@ def loadConfig(
     if keyFile and not os.path.isfile(keyFile):
         c.errors.append(f"JWT_PRIVATE_KEY_FILE {keyFile!r} is not a readable file")
     keysDir = c.get("JWT_KEYS_DIR")
+    publishDelay = c.integer("JWT_KEY_PUBLISH_DELAY", 0, 30 * 86400)
     if keysDir and not os.path.isdir(keysDir):
         c.errors.append(f"JWT_KEYS_DIR {keysDir!r} is not a directory")
 
@@ -745,6 +748,7 @@ def loadConfig(
         jwtSecret=jwtSecret,
         jwtPrivateKeyFile=keyFile,
         jwtKeysDir=keysDir,
+        jwtKeyPublishDelay=publishDelay,
         dcrAuthToken=dcrToken,
         dcrOpen=dcrOpen,
         dcrRedirectPatterns=patterns,

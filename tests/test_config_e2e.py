@@ -114,3 +114,41 @@ class ConfigurationProcessTests(SynchronousTestCase):
         self.assertNotIn(str(port).encode(), body)
         record = process.waitFor(lambda r: "Not ready" in r.get("text", ""), 15)
         self.assertIn("unavailable:", record["text"])
+
+    def test_rotatedKeyPublishedBeforeItSigns(self) -> None:
+        """
+        After C{mcpsvc keys rotate} and a restart, the new key is in the
+        JWKS at once, while tokens are still signed by the previous key
+        (and work on C{/mcp}) until C{JWT_KEY_PUBLISH_DELAY} has passed.
+        """
+        import time
+
+        import jwt
+
+        from mcpsvc.oauth.admin import rotateKeys
+        from mcpsvc.oauth.tokens import loadPrivateKey
+        from tests.flow import Flow
+
+        workdir = self.workdir()
+        keys = os.path.join(workdir, "keys")
+        now = time.time()
+        old = rotateKeys(keys, "ES256", now=now - 30 * 86400)
+        new = rotateKeys(keys, "ES256", now=now)
+        oldKid = loadPrivateKey(old.getContent()).kid
+        newKid = loadPrivateKey(new.getContent()).kid
+        process = McpsvcProcess(workdir, env={
+            "JWT_SECRET": SECRET, "JWT_KEYS_DIR": keys, "STORE": "memory",
+            "DCR_AUTH_TOKEN": IAT, "AUTHORIZE_MODE": "auto",
+        })
+        self.addCleanup(process.kill)
+        process.start()
+        status, body = request(process.url + "/.well-known/jwks.json")
+        self.assertEqual(status, 200, body)
+        self.assertEqual(sorted(k["kid"] for k in json.loads(body)["keys"]), sorted([oldKid, newKid]))
+        flow = Flow("http://127.0.0.1:3000", IAT)  # the default SERVER_URL: the resource
+        self.assertEqual(flow.register(process.url)[0], 201)
+        status, _, tokens = flow.exchange(process.url, flow.authorize(process.url))
+        self.assertEqual(status, 200, tokens)
+        self.assertEqual(jwt.get_unverified_header(tokens["access_token"])["kid"], oldKid)
+        status, _, answer = flow.initialize(process.url)
+        self.assertEqual(status, 200, answer)

@@ -437,7 +437,7 @@ class OAuthApp:
 
     @app.route("/.well-known/jwks.json", methods=["GET", "HEAD"])
     def jwks(self, request: IRequest) -> bytes:
-        document = self.tokens.keys.jwks()
+        document = self.tokens.jwks(self._now())
         if document is None:
             from mcpsvc.http.errors import NotFoundError
 

@@ -596,3 +596,16 @@ class ServiceNowRedirectTests(SynchronousTestCase):
         self.assertTrue(self.accepts(config, self.OTHER))
         # A pinned ServiceNow host in the list is fine.
         loadConfig(dict(PROD, DCR_REDIRECT_PATTERNS="https://acme.service-now.com/oauth_redirect.do"))
+
+
+class KeyPublishDelayTests(SynchronousTestCase):
+    def test_delay(self) -> None:
+        """
+        C{JWT_KEY_PUBLISH_DELAY} is 600 seconds by default, 0 to 30 days.
+        """
+        self.assertEqual(loadConfig(valid()).jwtKeyPublishDelay, 600)
+        self.assertEqual(loadConfig(valid(JWT_KEY_PUBLISH_DELAY="0")).jwtKeyPublishDelay, 0)
+        for bad in ("-1", "x", str(31 * 86400)):
+            with self.assertRaises(ConfigError) as cm:
+                loadConfig(valid(JWT_KEY_PUBLISH_DELAY=bad))
+            self.assertTrue(cm.exception.errors[0].startswith("JWT_KEY_PUBLISH_DELAY"))

@@ -655,6 +655,21 @@ def loadConfig(
     master = c.get("REDIS_SENTINEL_MASTER")
     if sentinels and not master:
         c.errors.append("REDIS_SENTINELS needs REDIS_SENTINEL_MASTER")
+    if production and store == "redis":
+        plainHost = None
+        if redisURL is not None and urlsplit(redisURL).scheme == "redis":
+            parsedURL = urlsplit(redisURL)
+            if parsedURL.password or redisPassword:
+                plainHost = parsedURL.hostname or "127.0.0.1"
+        elif redisURL is None and redisPassword and not sentinels:
+            plainHost = c.get("REDIS_HOST") or "127.0.0.1"
+        if sentinels and redisPassword and (redisURL is None or urlsplit(redisURL).scheme == "redis"):
+            plainHost = plainHost or "the Sentinels' master"
+        if plainHost is not None and plainHost not in ("127.0.0.1", "::1", "localhost"):
+            notices.append(
+                f"The Redis password travels in clear to {plainHost} (redis://, not rediss://): "
+                "keep that network private, or use rediss://"
+            )
     if sentinels and redisURL is not None and urlsplit(redisURL).scheme == "rediss":
         c.errors.append(
             f"REDIS_SENTINELS with a rediss:// {c.label['REDIS_URL']} is not supported: the "
@@ -670,9 +685,17 @@ def loadConfig(
     proxies = _split(c.get("TRUSTED_PROXIES"))
     for proxy in proxies:
         try:
-            ipaddress.ip_network(proxy, strict=False)
+            network = ipaddress.ip_network(proxy, strict=False)
         except ValueError:
             c.errors.append(f"TRUSTED_PROXIES entry {proxy!r} is not an address or network")
+            continue
+        if production and network.prefixlen == 0:
+            c.errors.append(
+                f"TRUSTED_PROXIES entry {proxy!r} trusts every address, which is refused in "
+                "production: any client could claim any address in X-Forwarded-For and escape "
+                "the per-address rate limits and sign-in throttling. List your proxies' "
+                "addresses or networks"
+            )
 
     logLevel = c.choice("LOG_LEVEL", LOG_LEVELS)
     logFormat = c.choice("LOG_FORMAT", LOG_FORMATS)

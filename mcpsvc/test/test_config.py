@@ -609,3 +609,40 @@ class KeyPublishDelayTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as cm:
                 loadConfig(valid(JWT_KEY_PUBLISH_DELAY=bad))
             self.assertTrue(cm.exception.errors[0].startswith("JWT_KEY_PUBLISH_DELAY"))
+
+
+class MoreUnsafeCombinationTests(SynchronousTestCase):
+    def errorsFor(self, raw: dict) -> list:
+        with self.assertRaises(ConfigError) as cm:
+            loadConfig(raw)
+        return cm.exception.errors
+
+    def test_trustEveryProxy(self) -> None:
+        """
+        Production refuses a C{TRUSTED_PROXIES} entry that trusts every
+        address (anyone could pick their own address and escape the
+        per-address limits); development accepts it.
+        """
+        for everything in ("0.0.0.0/0", "::/0"):
+            errors = self.errorsFor(dict(PROD, TRUSTED_PROXIES="127.0.0.1," + everything))
+            self.assertEqual(len(errors), 1, errors)
+            self.assertIn("trusts every address", errors[0])
+            loadConfig(valid(TRUSTED_PROXIES=everything))
+        loadConfig(dict(PROD, TRUSTED_PROXIES="127.0.0.1,10.0.0.0/8"))
+
+    def test_redisPasswordInClear(self) -> None:
+        """
+        In production, a Redis password sent over plain TCP to another
+        machine is said at start-up; TLS or loopback says nothing.
+        """
+        def notices(**raw: str) -> list:
+            return [n for n in loadConfig(dict(PROD, STORE="redis", **raw)).notices
+                    if "travels in clear" in n]
+
+        self.assertEqual(len(notices(REDIS_URL="redis://:pw@redis.internal:6379/0")), 1)
+        self.assertEqual(len(notices(REDIS_HOST="10.0.0.5", REDIS_PASSWORD="pw")), 1)
+        self.assertEqual(len(notices(REDIS_SENTINELS="10.0.0.1:26379", REDIS_SENTINEL_MASTER="m",
+                                     REDIS_PASSWORD="pw")), 1)
+        self.assertEqual(notices(REDIS_URL="rediss://:pw@redis.internal:6380/0"), [])
+        self.assertEqual(notices(REDIS_URL="redis://:pw@127.0.0.1:6379/0"), [])
+        self.assertEqual(notices(REDIS_URL="redis://redis.internal:6379/0"), [])

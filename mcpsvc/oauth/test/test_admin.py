@@ -123,6 +123,17 @@ class RotateKeysTests(OAuthTestCase):
         """
         self.assertRaises(AdminError, rotateKeys, self.mktemp(), "HS256", now=EPOCH)
 
+    def test_newKeySortsLast(self) -> None:
+        """
+        A key that would not sort last (a second one in the same second)
+        is refused: the names order the keys.
+        """
+        keysDir = self.mktemp()
+        rotateKeys(keysDir, "ES256", now=EPOCH)
+        self.assertRaises(AdminError, rotateKeys, keysDir, "ES256", now=EPOCH)
+        self.assertEqual(len(os.listdir(keysDir)), 1)
+        rotateKeys(keysDir, "ES256", now=EPOCH + 1)
+
     def test_keyStates(self) -> None:
         """
         C{mcpsvc keys list}'s view: a rotated key waits (published) until

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Awaitable, Callable, Dict, List, Optional, TextIO
+from typing import Any, Awaitable, Callable, Dict, List, Optional, TextIO, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.python import usage
@@ -318,13 +318,57 @@ class KeysRotateOptions(_StoreOptions):
     ]
 
 
+class KeysListOptions(_StoreOptions):
+    pass
+
+
 class KeysOptions(usage.Options):
-    synopsis = "rotate"
-    subCommands = [["rotate", None, KeysRotateOptions, "Start signing with a new key in JWT_KEYS_DIR."]]
+    synopsis = "rotate|list"
+    subCommands = [
+        ["rotate", None, KeysRotateOptions, "Publish a new key in JWT_KEYS_DIR; it signs after JWT_KEY_PUBLISH_DELAY."],
+        ["list", None, KeysListOptions, "Show each key in JWT_KEYS_DIR: signing, waiting, retired or removable."],
+    ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError("a keys command is required")
+
+
+def _iso(when: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(when, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def keyStates(config: Config, now: float) -> List[Tuple[Any, str, str]]:
+    """
+    Each key of C{config}'s ring, with its state at C{now} (C{signing},
+    C{waiting}, C{retired}, C{removable}) and what happens next.
+
+    @raise mcpsvc.oauth.tokens.KeyLoadError: a key file is unusable.
+    """
+    from mcpsvc.oauth.tokens import LEEWAY, loadKeyRing
+
+    ring = loadKeyRing(config.jwtSecret, config.jwtPrivateKeyFile, config.jwtKeysDir,
+                       publishDelay=config.jwtKeyPublishDelay)
+    signer = ring.signingAt(now)
+    published = ring.publishedAt(now, config.accessTokenLifetime)
+    states = []
+    for key in ring.ordered:
+        retired = ring.retiredAt(key)
+        until = None if retired is None else retired + config.accessTokenLifetime + LEEWAY
+        if key is signer:
+            state = "signing"
+            note = "until " + _iso(retired) if retired is not None and retired > now else "now"
+        elif key.activatesAt > now and ring.ordered.index(key) > ring.ordered.index(signer):
+            state, note = "waiting", "published; signs from " + _iso(key.activatesAt)
+        elif key in published:
+            state = "retired"
+            note = "published until " + _iso(until) if until is not None else ""
+        else:
+            state, note = "removable", "every token it signed has expired"
+        states.append((key, state, note))
+    return states
 
 
 @subcommand("keys", KeysOptions, "Manage signing keys.")
@@ -339,13 +383,30 @@ def keysCommand(options: Any, out: TextIO, err: TextIO) -> int:
     from twisted.internet import reactor
 
     from mcpsvc.oauth import admin as oauthAdmin
+    from mcpsvc.oauth.tokens import KeyLoadError
 
+    now = reactor.seconds()
+    if options.subCommand == "list":
+        try:
+            states = keyStates(config, now)
+        except KeyLoadError as e:
+            err.write(f"Cannot read the keys: {e}\n")
+            return 1
+        for key, state, note in states:
+            out.write(f"{state:9}  {key.alg}  {key.kid}  {key.path}  {note}\n")
+        return 0
     try:
-        # The time only names the key file.
-        path = oauthAdmin.rotateKeys(config.jwtKeysDir, subOptions["algorithm"], now=reactor.seconds())
+        path = oauthAdmin.rotateKeys(config.jwtKeysDir, subOptions["algorithm"], now=now)
     except oauthAdmin.AdminError as e:
         err.write(f"Cannot rotate keys: {e}\n")
         return 1
+    delay = config.jwtKeyPublishDelay
     out.write(f"New signing key: {path.path}\n")
-    out.write("Restart (or reload) every instance; old keys keep verifying until their tokens expire.\n")
+    out.write(
+        f"Restart (or reload) every instance now: they publish it in the JWKS at once and sign "
+        f"with it from {_iso(now + delay)} (JWT_KEY_PUBLISH_DELAY={delay}). The previous key "
+        f"stays published until every token it signed has expired "
+        f"(ACCESS_TOKEN_LIFETIME={config.accessTokenLifetime} seconds later); "
+        f"'mcpsvc keys list' says when its file can be removed.\n"
+    )
     return 0

@@ -6,7 +6,7 @@ The C{mcpsvc} admin command.
     mcpsvc gen-secret [--bytes N]  print a fresh random secret
     mcpsvc clients ...             manage OAuth clients (see --help)
     mcpsvc tokens revoke TOKEN     revoke an access or refresh token
-    mcpsvc keys rotate             start signing with a new asymmetric key
+    mcpsvc keys rotate|list        publish a new signing key (it signs after a delay), list keys
     mcpsvc users add|passwd|remove|list   accounts of AUTHORIZE_MODE=login
     mcpsvc grants list|revoke      remembered approvals (REMEMBER_APPROVALS=on)
 

@@ -29,6 +29,8 @@ __all__ = [
     "ensureDevelopmentSecrets",
     "VARIABLES",
     "summary",
+    "SECRET_VARIABLES",
+    "SERVICENOW_ANY_INSTANCE_PATTERN",
 ]
 
 STORES = ("sqlite", "redis", "memory")
@@ -38,12 +40,21 @@ AUTH_MODES = ("oauth", "none")
 AUTHORIZE_MODES = ("consent", "login", "auto")
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 LOG_FORMATS = ("text", "json")
+#: Loopback only: a ServiceNow instance is added by C{SERVICENOW_INSTANCE}
+#: (pinned to that instance) or, as an explicit opt-in, by
+#: C{SERVICENOW_ANY_INSTANCE=on} (L{SERVICENOW_ANY_INSTANCE_PATTERN}).
 DEFAULT_REDIRECT_PATTERNS = (
-    "https://*.service-now.com/oauth_redirect.do",
     "http://localhost/*",
     "http://127.0.0.1/*",
     "http://[::1]/*",
 )
+#: Every ServiceNow tenant's redirect URI, including free developer
+#: instances anyone can get: only with C{SERVICENOW_ANY_INSTANCE=on}.
+SERVICENOW_ANY_INSTANCE_PATTERN = "https://*.service-now.com/oauth_redirect.do"
+#: Host suffixes shared by every ServiceNow tenant: a DCR_REDIRECT_PATTERNS
+#: entry with a wildcard host under one of them opens registration to every
+#: tenant, as L{SERVICENOW_ANY_INSTANCE_PATTERN} does.
+_SERVICENOW_SHARED_DOMAINS = (".service-now.com", ".servicenowservices.com")
 
 #: Every variable we read, with its default (C{None}: unset) and a comment;
 #: C{.env.example} is checked against this table by the tests.
@@ -56,6 +67,7 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "JWT_ISSUER": (None, "token issuer; defaults to SERVER_URL"),
     "JWT_PRIVATE_KEY_FILE": (None, "PEM EC P-256 or RSA private key: sign ES256/RS256 and publish JWKS"),
     "JWT_KEYS_DIR": (None, "directory of PEM keys for rotation (mcpsvc keys rotate)"),
+    "JWT_KEY_PUBLISH_DELAY": ("600", "seconds a rotated key is published in the JWKS before it signs"),
     "DCR_AUTH_TOKEN": (None, "initial access token guarding /oauth/register, 32+ chars"),
     "DCR_OPEN": ("false", "allow registration without DCR_AUTH_TOKEN"),
     "DCR_REDIRECT_PATTERNS": (",".join(DEFAULT_REDIRECT_PATTERNS), "comma list of redirect URI patterns allowed at registration ('*' wildcards)"),
@@ -65,7 +77,8 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "AUTHORIZATION_CODE_LIFETIME": ("600", "authorization code lifetime, seconds"),
     "REFRESH_GRACE_SECONDS": ("60", "how long a superseded refresh token still works"),
     "REFRESH_GRACE_REPLAYS": ("3", "how many times a superseded refresh token works within the grace window"),
-    "SERVICENOW_INSTANCE": (None, "https URL of the ServiceNow instance (CORS origin, redirect host)"),
+    "SERVICENOW_INSTANCE": (None, "https URL of the ServiceNow instance (CORS origin, the one redirect host registration accepts)"),
+    "SERVICENOW_ANY_INSTANCE": (None, "on: registration accepts every *.service-now.com instance; unset: on only in development without SERVICENOW_INSTANCE"),
     "CORS_ORIGINS": ("", "comma list of extra allowed CORS origins"),
     "STORE": ("sqlite", "sqlite, redis or memory"),
     "STORE_PATH": ("./var/mcpsvc.sqlite3", "SQLite database file"),
@@ -110,6 +123,25 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "VAR_DIR": ("./var", "directory for generated development secrets and state"),
 }
 
+#: Secret variables that can also be given as C{<NAME>_FILE}: the path of a
+#: file holding the value (container and cloud secret managers mount
+#: secrets as files). Signing keys are files already
+#: (C{JWT_PRIVATE_KEY_FILE}, C{JWT_KEYS_DIR}).
+SECRET_VARIABLES: Tuple[str, ...] = (
+    "JWT_SECRET",
+    "DCR_AUTH_TOKEN",
+    "MCP_API_KEY",
+    "METRICS_TOKEN",
+    "REDIS_PASSWORD",
+    "REDIS_URL",
+)
+for _name in SECRET_VARIABLES:
+    VARIABLES[_name + "_FILE"] = (None, f"file holding {_name} (one line; instead of {_name})")
+del _name
+
+#: Longest secret file we read.
+MAX_SECRET_FILE = 64 * 1024
+
 
 class ConfigError(Exception):
     """
@@ -147,6 +179,7 @@ class Config:
     jwtSecret: str = field(default="", repr=False)
     jwtPrivateKeyFile: Optional[str] = None
     jwtKeysDir: Optional[str] = None
+    jwtKeyPublishDelay: int = 600
     dcrAuthToken: Optional[str] = field(default=None, repr=False)
     dcrOpen: bool = False
     dcrRedirectPatterns: Tuple[str, ...] = DEFAULT_REDIRECT_PATTERNS
@@ -157,6 +190,8 @@ class Config:
     refreshGraceSeconds: int = 60
     refreshGraceReplays: int = 3
     servicenowInstance: Optional[str] = None
+    #: Registration accepts every ServiceNow tenant (SERVICENOW_ANY_INSTANCE).
+    servicenowAnyInstance: bool = False
     corsOrigins: Tuple[str, ...] = ()
     store: str = "sqlite"
     storePath: str = "./var/mcpsvc.sqlite3"
@@ -220,6 +255,21 @@ class Config:
         if self.servicenowInstance:
             origins.insert(0, self.servicenowInstance.rstrip("/"))
         return tuple(dict.fromkeys(origins))
+
+    @property
+    def redirectPatterns(self) -> Tuple[str, ...]:
+        """
+        The redirect URI patterns dynamic registration accepts:
+        C{DCR_REDIRECT_PATTERNS}, then C{SERVICENOW_INSTANCE/*} (that
+        instance only), then, with C{SERVICENOW_ANY_INSTANCE}, every
+        ServiceNow instance.
+        """
+        patterns = list(self.dcrRedirectPatterns)
+        if self.servicenowInstance:
+            patterns.append(self.servicenowInstance.rstrip("/") + "/*")
+        if self.servicenowAnyInstance:
+            patterns.append(SERVICENOW_ANY_INSTANCE_PATTERN)
+        return tuple(dict.fromkeys(patterns))
 
     def replace(self, **changes: Any) -> "Config":
         return attrs.evolve(self, **changes)
@@ -287,7 +337,7 @@ def ensureDevelopmentSecrets(
     notices: List[str] = []
     varDir = FilePath(os.path.abspath(raw.get("VAR_DIR") or VARIABLES["VAR_DIR"][0] or "./var"))
     for name, fileName in (("JWT_SECRET", "jwt_secret"), ("DCR_AUTH_TOKEN", "dcr_auth_token")):
-        if raw.get(name):
+        if raw.get(name) or raw.get(name + "_FILE"):
             continue
         path = varDir.child(fileName)
         existing = _readSecretFile(path)
@@ -320,6 +370,29 @@ def _split(value: Optional[str]) -> Tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def _patternHost(pattern: str) -> str:
+    rest = pattern.partition("://")[2]
+    return rest.split("/", 1)[0].rsplit("@", 1)[-1].split(":", 1)[0].lower()
+
+
+def _isServiceNowWildcard(pattern: str) -> bool:
+    """
+    Whether a redirect URI pattern has a wildcard host under a domain every
+    ServiceNow tenant shares (C{https://*.service-now.com/...}).
+    """
+    host = _patternHost(pattern)
+    return "*" in host and any(
+        host.endswith(domain) or host == domain[1:] for domain in _SERVICENOW_SHARED_DOMAINS
+    )
+
+
+def _isServiceNowAllowed(patterns: Tuple[str, ...]) -> bool:
+    return any(
+        any(_patternHost(p).endswith(domain) for domain in _SERVICENOW_SHARED_DOMAINS)
+        for p in patterns
+    )
+
+
 def _isHTTPURL(value: str) -> bool:
     parts = urlsplit(value)
     return parts.scheme in ("http", "https") and bool(parts.netloc)
@@ -329,6 +402,51 @@ class _Collector:
     def __init__(self, raw: Mapping[str, str]) -> None:
         self.raw = raw
         self.errors: List[str] = []
+        #: How each secret was given, for messages: C{"JWT_SECRET"} or
+        #: C{"JWT_SECRET (from JWT_SECRET_FILE)"}.
+        self.label: Dict[str, str] = {}
+
+    def secret(self, name: str) -> Optional[str]:
+        """
+        A secret given as C{name} or as C{name_FILE} (a file holding it:
+        one line, surrounding white space and the trailing newline
+        stripped). Both set, or an unreadable, empty or multi-line file,
+        is an error.
+        """
+        self.label[name] = name
+        fileName = name + "_FILE"
+        value = self.get(name)
+        path = self.get(fileName)
+        if path is None:
+            return value
+        if value is not None:
+            self.errors.append(f"{name} and {fileName} are both set: set only one of them")
+            return None
+        self.label[name] = f"{name} (from {fileName})"
+        try:
+            with open(path, "rb") as f:
+                content = f.read(MAX_SECRET_FILE + 1)
+        except OSError as e:
+            self.errors.append(
+                f"{fileName} {path!r} cannot be read: {e.strerror or e.__class__.__name__}"
+            )
+            return None
+        if len(content) > MAX_SECRET_FILE:
+            self.errors.append(f"{fileName} {path!r} is larger than {MAX_SECRET_FILE} bytes")
+            return None
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError:
+            self.errors.append(f"{fileName} {path!r} is not UTF-8 text")
+            return None
+        text = text.strip()
+        if not text:
+            self.errors.append(f"{fileName} {path!r} is empty")
+            return None
+        if "\n" in text or "\r" in text:
+            self.errors.append(f"{fileName} {path!r} must hold the value on one line")
+            return None
+        return text
 
     def get(self, name: str) -> Optional[str]:
         value = self.raw.get(name)
@@ -396,6 +514,7 @@ def loadConfig(
     @raise ConfigError: listing every problem found.
     """
     c = _Collector(raw)
+    notices: List[str] = []
     environment = c.choice("ENVIRONMENT", ENVIRONMENTS)
     production = environment == "production"
     host = c.get("HOST") or "127.0.0.1"
@@ -430,34 +549,42 @@ def loadConfig(
     if c.get("JWT_ISSUER") and (not _isHTTPURL(issuer) or issuer.endswith("/")):
         c.errors.append("JWT_ISSUER must be an absolute URL without a trailing slash")
 
-    jwtSecret = c.get("JWT_SECRET")
+    jwtSecret = c.secret("JWT_SECRET")
     if not jwtSecret:
-        c.errors.append("JWT_SECRET is required (32 or more bytes; mcpsvc gen-secret makes one)")
+        if c.label["JWT_SECRET"] == "JWT_SECRET" and c.get("JWT_SECRET_FILE") is None:
+            c.errors.append(
+                "JWT_SECRET is required (32 or more bytes; mcpsvc gen-secret makes one), "
+                "or JWT_SECRET_FILE naming a file that holds it"
+            )
         jwtSecret = ""
     elif len(jwtSecret.encode("utf-8")) < 32:
         c.errors.append(
-            f"JWT_SECRET must be at least 32 bytes (got {len(jwtSecret.encode('utf-8'))})"
+            f"{c.label['JWT_SECRET']} must be at least 32 bytes "
+            f"(got {len(jwtSecret.encode('utf-8'))})"
         )
 
     keyFile = c.get("JWT_PRIVATE_KEY_FILE")
     if keyFile and not os.path.isfile(keyFile):
         c.errors.append(f"JWT_PRIVATE_KEY_FILE {keyFile!r} is not a readable file")
     keysDir = c.get("JWT_KEYS_DIR")
+    publishDelay = c.integer("JWT_KEY_PUBLISH_DELAY", 0, 30 * 86400)
     if keysDir and not os.path.isdir(keysDir):
         c.errors.append(f"JWT_KEYS_DIR {keysDir!r} is not a directory")
 
-    dcrToken = c.get("DCR_AUTH_TOKEN")
+    dcrToken = c.secret("DCR_AUTH_TOKEN")
     if dcrToken is not None and len(dcrToken) < 32:
-        c.errors.append(f"DCR_AUTH_TOKEN must be at least 32 characters (got {len(dcrToken)})")
+        c.errors.append(
+            f"{c.label['DCR_AUTH_TOKEN']} must be at least 32 characters (got {len(dcrToken)})"
+        )
     dcrOpen = c.boolean("DCR_OPEN")
     patterns = _split(c.get("DCR_REDIRECT_PATTERNS"))
     for pattern in patterns:
         if not _isHTTPURL(pattern.replace("*", "x")):
             c.errors.append(f"DCR_REDIRECT_PATTERNS entry {pattern!r} is not an http(s) URL pattern")
 
-    mcpAPIKey = c.get("MCP_API_KEY")
+    mcpAPIKey = c.secret("MCP_API_KEY")
     if mcpAPIKey is not None and len(mcpAPIKey) < 16:
-        c.errors.append("MCP_API_KEY must be at least 16 characters")
+        c.errors.append(f"{c.label['MCP_API_KEY']} must be at least 16 characters")
 
     accessLifetime = c.integer("ACCESS_TOKEN_LIFETIME")
     refreshLifetime = c.integer("REFRESH_TOKEN_LIFETIME")
@@ -471,6 +598,40 @@ def loadConfig(
         if parts.scheme != "https" or not parts.netloc:
             c.errors.append(f"SERVICENOW_INSTANCE must be an https:// URL (got {snow!r})")
         snow = snow.rstrip("/")
+    anyInstanceValue = (c.get("SERVICENOW_ANY_INSTANCE") or "").lower()
+    if anyInstanceValue in ("on", "true"):
+        anyInstance = True
+    elif anyInstanceValue in ("off", "false"):
+        anyInstance = False
+    else:
+        if anyInstanceValue:
+            c.errors.append(
+                f"SERVICENOW_ANY_INSTANCE must be on or off (got {anyInstanceValue!r})"
+            )
+        # Unset: a development server with no instance named accepts any
+        # (someone trying mcpsvc with a developer instance); production,
+        # or naming the instance, pins registration to it.
+        anyInstance = not production and snow is None
+    for pattern in patterns:
+        if not anyInstance and _isServiceNowWildcard(pattern):
+            c.errors.append(
+                f"DCR_REDIRECT_PATTERNS entry {pattern!r} lets every ServiceNow instance "
+                "register, including free developer instances anyone can get: remove it and "
+                "set SERVICENOW_INSTANCE to your instance, or set SERVICENOW_ANY_INSTANCE=on "
+                "to allow every instance on purpose"
+            )
+    if (production and not anyInstance and snow is None and (dcrToken or dcrOpen)
+            and not _isServiceNowAllowed(patterns)):
+        notices.append(
+            "SERVICENOW_INSTANCE is not set: no ServiceNow instance can register dynamically"
+        )
+    elif anyInstance:
+        notices.append(
+            "Dynamic registration accepts the redirect URI of every ServiceNow instance "
+            + ("(SERVICENOW_ANY_INSTANCE=on)" if anyInstanceValue
+               else "(development without SERVICENOW_INSTANCE)")
+            + ": set SERVICENOW_INSTANCE to accept only yours"
+        )
     cors = _split(c.get("CORS_ORIGINS"))
     for origin in cors:
         if origin == "*" or not _isHTTPURL(origin):
@@ -480,9 +641,10 @@ def loadConfig(
     storeTimeout = c.number("STORE_TIMEOUT")
     redisPort = c.integer("REDIS_PORT", 1, 65535)
     redisDB = c.integer("REDIS_DB", 0)
-    redisURL = c.get("REDIS_URL")
+    redisURL = c.secret("REDIS_URL")
     if redisURL is not None and urlsplit(redisURL).scheme not in ("redis", "rediss"):
-        c.errors.append("REDIS_URL must start with redis:// or rediss://")
+        c.errors.append(f"{c.label['REDIS_URL']} must start with redis:// or rediss://")
+    redisPassword = c.secret("REDIS_PASSWORD")
     sentinels: List[Tuple[str, int]] = []
     for entry in _split(c.get("REDIS_SENTINELS")):
         hostName, _, portText = entry.rpartition(":")
@@ -493,6 +655,28 @@ def loadConfig(
     master = c.get("REDIS_SENTINEL_MASTER")
     if sentinels and not master:
         c.errors.append("REDIS_SENTINELS needs REDIS_SENTINEL_MASTER")
+    if production and store == "redis":
+        plainHost = None
+        if redisURL is not None and urlsplit(redisURL).scheme == "redis":
+            parsedURL = urlsplit(redisURL)
+            if parsedURL.password or redisPassword:
+                plainHost = parsedURL.hostname or "127.0.0.1"
+        elif redisURL is None and redisPassword and not sentinels:
+            plainHost = c.get("REDIS_HOST") or "127.0.0.1"
+        if sentinels and redisPassword and (redisURL is None or urlsplit(redisURL).scheme == "redis"):
+            plainHost = plainHost or "the Sentinels' master"
+        if plainHost is not None and plainHost not in ("127.0.0.1", "::1", "localhost"):
+            notices.append(
+                f"The Redis password travels in clear to {plainHost} (redis://, not rediss://): "
+                "keep that network private, or use rediss://"
+            )
+    if sentinels and redisURL is not None and urlsplit(redisURL).scheme == "rediss":
+        c.errors.append(
+            f"REDIS_SENTINELS with a rediss:// {c.label['REDIS_URL']} is not supported: the "
+            "connections to the Sentinels and to the master they name would not use TLS and "
+            "would send the password in clear. Use one master over rediss:// (no "
+            "REDIS_SENTINELS), or Sentinel with redis:// on a private network"
+        )
 
     deployment = c.choice("DEPLOYMENT_TYPE", DEPLOYMENT_TYPES)
     if deployment == "multi-server" and store != "redis":
@@ -501,9 +685,17 @@ def loadConfig(
     proxies = _split(c.get("TRUSTED_PROXIES"))
     for proxy in proxies:
         try:
-            ipaddress.ip_network(proxy, strict=False)
+            network = ipaddress.ip_network(proxy, strict=False)
         except ValueError:
             c.errors.append(f"TRUSTED_PROXIES entry {proxy!r} is not an address or network")
+            continue
+        if production and network.prefixlen == 0:
+            c.errors.append(
+                f"TRUSTED_PROXIES entry {proxy!r} trusts every address, which is refused in "
+                "production: any client could claim any address in X-Forwarded-For and escape "
+                "the per-address rate limits and sign-in throttling. List your proxies' "
+                "addresses or networks"
+            )
 
     logLevel = c.choice("LOG_LEVEL", LOG_LEVELS)
     logFormat = c.choice("LOG_FORMAT", LOG_FORMATS)
@@ -513,6 +705,13 @@ def loadConfig(
     if authMode == "none" and production:
         c.errors.append("AUTH_MODE=none is refused in production")
     authorizeMode = c.choice("AUTHORIZE_MODE", AUTHORIZE_MODES)
+    if production and authorizeMode == "auto" and dcrOpen and not dcrToken:
+        c.errors.append(
+            "AUTHORIZE_MODE=auto with open registration (DCR_OPEN=true and no "
+            "DCR_AUTH_TOKEN) is refused in production: anyone could register a client and "
+            "get tokens without a person being asked. Set DCR_AUTH_TOKEN, or use "
+            "AUTHORIZE_MODE=consent or login"
+        )
     pageTitle = c.get("AUTHORIZE_PAGE_TITLE") or "mcpsvc"
     if len(pageTitle) > 80:
         c.errors.append(f"AUTHORIZE_PAGE_TITLE must be at most 80 characters (got {len(pageTitle)})")
@@ -541,9 +740,9 @@ def loadConfig(
     llmURL = c.get("LLM_URL")
     if llmURL is not None and not _isHTTPURL(llmURL):
         c.errors.append(f"LLM_URL must be an http(s) URL (got {llmURL!r})")
-    metricsToken = c.get("METRICS_TOKEN")
+    metricsToken = c.secret("METRICS_TOKEN")
     if metricsToken is not None and len(metricsToken) < 16:
-        c.errors.append("METRICS_TOKEN must be at least 16 characters")
+        c.errors.append(f"{c.label['METRICS_TOKEN']} must be at least 16 characters")
 
     rates = {
         name: c.rate(name)
@@ -572,6 +771,7 @@ def loadConfig(
         jwtSecret=jwtSecret,
         jwtPrivateKeyFile=keyFile,
         jwtKeysDir=keysDir,
+        jwtKeyPublishDelay=publishDelay,
         dcrAuthToken=dcrToken,
         dcrOpen=dcrOpen,
         dcrRedirectPatterns=patterns,
@@ -582,6 +782,7 @@ def loadConfig(
         refreshGraceSeconds=grace,
         refreshGraceReplays=graceReplays,
         servicenowInstance=snow,
+        servicenowAnyInstance=anyInstance,
         corsOrigins=cors,
         store=store,
         storePath=c.get("STORE_PATH") or "./var/mcpsvc.sqlite3",
@@ -589,7 +790,7 @@ def loadConfig(
         redisURL=redisURL,
         redisHost=c.get("REDIS_HOST") or "127.0.0.1",
         redisPort=redisPort,
-        redisPassword=c.get("REDIS_PASSWORD"),
+        redisPassword=redisPassword,
         redisDB=redisDB,
         redisPrefix=c.get("REDIS_PREFIX") or "mcpsvc:",
         redisSentinels=tuple(sentinels),
@@ -624,6 +825,7 @@ def loadConfig(
         sessionLimit=sessionLimit,
         streamLimit=streamLimit,
         varDir=c.get("VAR_DIR") or "./var",
+        notices=tuple(notices),
     )
 
 
@@ -650,4 +852,5 @@ def summary(config: Config) -> Dict[str, Any]:
         "mcpAPIKeyLength": secretLength(config.mcpAPIKey),
         "metricsTokenLength": secretLength(config.metricsToken),
         "corsOrigins": list(config.allowedOrigins),
+        "redirectPatterns": list(config.redirectPatterns),
     }

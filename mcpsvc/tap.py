@@ -153,7 +153,7 @@ def configFromOptions(
     listen: Tuple[str, ...] = tuple(options.get("listen") or ())
     config = loadConfig(raw, listen=listen)
     return config.replace(
-        notices=tuple(notices), metricsListen=tuple(options.get("metrics-listen") or ())
+        notices=tuple(notices) + config.notices, metricsListen=tuple(options.get("metrics-listen") or ())
     )
 
 

@@ -166,5 +166,18 @@ class OAuthCommandTests(ClientsCommandTests):
         self.assertEqual(result.returncode, 0, result.stderr)
         (name,) = os.listdir(keys)
         self.assertEqual(os.stat(os.path.join(keys, name)).st_mode & 0o777, 0o600)
+        self.assertIn("JWT_KEY_PUBLISH_DELAY=600", result.stdout)
+        # The first key signs at once (nothing older to sign meanwhile).
+        listing = self.mcpsvc("keys", "list")
+        self.assertEqual(listing.returncode, 0, listing.stderr)
+        self.assertTrue(listing.stdout.startswith("signing "), listing.stdout)
+        # As if it had been made a minute ago (two rotations in one second
+        # are refused: the time in the name orders the keys).
+        os.rename(os.path.join(keys, name), os.path.join(keys, "20000101T000000Z" + name[16:]))
         self.assertEqual(self.mcpsvc("keys", "rotate", "--algorithm", "RS256").returncode, 0)
         self.assertEqual(len(os.listdir(keys)), 2)
+        # The second is published and waits; the first keeps signing.
+        lines = self.mcpsvc("keys", "list").stdout.splitlines()
+        self.assertEqual([line.split()[0] for line in lines], ["signing", "waiting"], lines)
+        self.assertIn("RS256", lines[1])
+        self.assertIn("signs from", lines[1])

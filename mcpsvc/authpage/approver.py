@@ -80,6 +80,7 @@ from typing import Any, Callable, List, Optional, Tuple, Union
 from urllib.parse import urlencode, urlsplit
 
 from attrs import define, field
+from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -128,6 +129,9 @@ LOGIN_LIMIT_UNDER_ATTACK = (1, 900.0)
 _OWN_FIELDS = frozenset({"csrf_token", "decision", "username", "password"})
 #: The revocation-store namespace of ended sign-in sessions.
 _SESSION_REVOKED = "authpage-session:"
+#: Password checks running at once (each is scrypt N=2**17: 128 MiB and
+#: ~0.7 s of a core, in a thread); more sign-ins wait their turn.
+PASSWORD_CHECKS_AT_ONCE = 2
 
 
 #: What an origin must look like to be written into the CSP header.
@@ -313,10 +317,7 @@ class _PageApprover:
                 "Approve only if you started this application yourself just now: any "
                 "program on this computer could be listening there.",
             ))
-        patterns = tuple(self.config.dcrRedirectPatterns)
-        if self.config.servicenowInstance:
-            patterns += (self.config.servicenowInstance.rstrip("/") + "/*",)
-        if not any(matchesPattern(uri, p) for p in patterns):
+        if not any(matchesPattern(uri, p) for p in self.config.redirectPatterns):
             warnings.append((
                 "This address is not on this server's list of expected addresses.",
                 f"The operator of this server has not listed {host} as a usual destination. "
@@ -532,6 +533,10 @@ class LoginApprover(_PageApprover):
 
     SESSION_COOKIE = "mcpsvc-login"
 
+    _passwordChecks: DeferredSemaphore = field(
+        init=False, repr=False, factory=lambda: DeferredSemaphore(PASSWORD_CHECKS_AT_ONCE)
+    )
+
     async def session(self, request: IRequest) -> Optional[_Session]:
         """
         The live sign-in carried by the request's cookie, if any.
@@ -654,8 +659,8 @@ class LoginApprover(_PageApprover):
             )
         fingerprint = None
         if account is not None and password:
-            fingerprint = await self.runInThread(
-                verifyLogin, self.config.loginUsersFile, account, password
+            fingerprint = await self._passwordChecks.run(
+                self.runInThread, verifyLogin, self.config.loginUsersFile, account, password
             )
         if fingerprint is None:
             audit("authorize.login", "failure", request=request, account=account,

@@ -77,25 +77,31 @@ class RootApp:
     @app.route("/ready", methods=["GET", "HEAD"])
     async def ready(self, request: IRequest) -> bytes:
         request.setHeader("Cache-Control", "no-store")
-        reasons = {}
+        # The details (a store's error text names hosts, files, ...) go to
+        # the log only: /ready is unauthenticated, its answer says which
+        # part is not ready and nothing more.
+        details = {}
         try:
             d = self.ping()
             d.addTimeout(self.readyTimeout, self.clock)
             await d
         except StoreError as e:
-            reasons["store"] = f"unavailable: {e}" if str(e) else "unavailable"
+            details["store"] = f"unavailable: {e}" if str(e) else "unavailable"
         except CancelledError:
             # The prober went away (our own deadline is a TimeoutError).
             raise
         except Exception as e:  # noqa: BLE001 - any failure means not ready
-            reasons["store"] = f"unavailable: {e.__class__.__name__}"
+            details["store"] = f"unavailable: {e.__class__.__name__}: {e}"
         for name, check in self.readinessChecks:
             reason = check()
             if reason is not None:
-                reasons[name] = reason
+                details[name] = reason
         now = isoTime(self.clock.seconds())
-        if reasons:
-            self.log.warn("Not ready: {reasons}", reasons=reasons)
+        if details:
+            self.log.warn("Not ready: {reasons}", reasons=details)
+            reasons = {
+                name: "unavailable" if name == "store" else "not ready" for name in details
+            }
             return writeJSON(
                 request,
                 {"status": "not_ready", "reasons": reasons, "timestamp": now},

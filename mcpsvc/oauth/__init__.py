@@ -31,7 +31,8 @@ def buildAccessTokens(config: "Config") -> "AccessTokens":
     """
     from mcpsvc.oauth.tokens import AccessTokens, loadKeyRing
 
-    keys = loadKeyRing(config.jwtSecret, config.jwtPrivateKeyFile, config.jwtKeysDir)
+    keys = loadKeyRing(config.jwtSecret, config.jwtPrivateKeyFile, config.jwtKeysDir,
+                       publishDelay=config.jwtKeyPublishDelay)
     return AccessTokens(
         keys=keys,
         issuer=config.issuer,

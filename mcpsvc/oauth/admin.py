@@ -146,10 +146,11 @@ async def revokeToken(store: Any, tokens: AccessTokens, now: float, token: str) 
 
 def rotateKeys(keysDir: str, alg: str = "ES256", *, now: float) -> FilePath:
     """
-    Write a new signing key into C{keysDir}: the running servers sign with
-    it once restarted (the file name sorts last), and every older key in
-    the directory keeps verifying. Remove an old key file only after
-    C{ACCESS_TOKEN_LIFETIME} has passed since the rotation.
+    Write a new signing key into C{keysDir}, named after C{now}: servers
+    (re)started after this publish it at once and sign with it from
+    C{now + JWT_KEY_PUBLISH_DELAY} (its name sorts last); the previous key
+    keeps signing until then and stays published until its tokens have
+    expired (see L{mcpsvc.oauth.tokens.KeyRing}).
 
     @param alg: C{"ES256"} (EC P-256) or C{"RS256"} (RSA 3072).
     @param now: the current time, for the file name.
@@ -173,6 +174,12 @@ def rotateKeys(keysDir: str, alg: str = "ES256", *, now: float) -> FilePath:
         directory.makedirs()
     stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     target = directory.child(f"{stamp}-{kid[:16]}.pem")
+    if any(child.basename() >= target.basename() for child in directory.globChildren("*.pem")):
+        # The names order the keys: the new one must sort last.
+        raise AdminError(
+            f"a key in {directory.path} sorts after {target.basename()} (made in this same "
+            "second, or named by hand): try again in a second, or rename it"
+        )
     fd = os.open(target.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)

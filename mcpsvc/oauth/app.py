@@ -364,10 +364,7 @@ class OAuthApp:
         return None
 
     def _redirectPatterns(self) -> Tuple[str, ...]:
-        patterns = tuple(self.config.dcrRedirectPatterns)
-        if self.config.servicenowInstance:
-            patterns += (self.config.servicenowInstance.rstrip("/") + "/*",)
-        return patterns
+        return self.config.redirectPatterns
 
     @property
     def _registrationEnabled(self) -> bool:
@@ -440,7 +437,7 @@ class OAuthApp:
 
     @app.route("/.well-known/jwks.json", methods=["GET", "HEAD"])
     def jwks(self, request: IRequest) -> bytes:
-        document = self.tokens.keys.jwks()
+        document = self.tokens.jwks(self._now())
         if document is None:
             from mcpsvc.http.errors import NotFoundError
 

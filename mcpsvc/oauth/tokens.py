@@ -9,9 +9,14 @@ Keys (L{KeyRing}):
     or RS256 (RSA, 2048 bits or more) keys from unencrypted PEM files, each
     with a C{kid} (its RFC 7638 JWK thumbprint), published as a JWKS. The
     key that signs is the file in C{JWT_KEYS_DIR} whose name sorts last
-    (C{mcpsvc keys rotate} names them C{YYYYMMDDTHHMMSSZ-<kid>.pem}), else
-    C{JWT_PRIVATE_KEY_FILE}; every loaded key verifies, so tokens signed by
-    an older key keep working until they expire, as long as its file stays.
+    among those allowed to sign by now, else C{JWT_PRIVATE_KEY_FILE}.
+    C{mcpsvc keys rotate} names files C{YYYYMMDDTHHMMSSZ-<kid>.pem}; such a
+    key is published in the JWKS at once but signs only
+    C{JWT_KEY_PUBLISH_DELAY} seconds after that time (L{KeyRing.signingAt}),
+    so resource servers caching the JWKS know it before they see its
+    tokens. A key that no longer signs stays published, and verifies, until
+    every token it can have signed has expired (L{KeyRing.publishedAt});
+    then it is dropped from both, without a restart.
 
 Verification pins algorithms: with asymmetric keys configured, only the
 algorithm of the key named by C{kid} is accepted for that token, and HS256
@@ -37,6 +42,7 @@ import os
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import attrs
 import jwt
 from attrs import Factory, field, frozen
 from cryptography.hazmat.primitives import serialization
@@ -56,6 +62,7 @@ __all__ = [
     "AccessTokens",
     "loadPrivateKey",
     "loadKeyRing",
+    "keyFileTime",
     "newTokenID",
 ]
 
@@ -108,6 +115,10 @@ class SigningKey:
     privateKey: Any = field(repr=False)
     publicKey: Any = field(repr=False)
     jwk: Optional[Mapping[str, Any]] = None
+    #: When it may start signing (POSIX seconds; 0: at once).
+    activatesAt: float = 0.0
+    #: The file it came from, if any (for C{mcpsvc keys list}).
+    path: Optional[str] = None
 
 
 def _thumbprint(jwk: Mapping[str, Any]) -> str:
@@ -160,6 +171,9 @@ class KeyRing:
 
     signing: SigningKey
     verifying: Mapping[Optional[str], SigningKey]
+    #: Asymmetric keys in rotation order (oldest first), for the time-based
+    #: L{signingAt} and L{publishedAt}; empty: L{signing} always signs.
+    ordered: Tuple[SigningKey, ...] = ()
 
     @classmethod
     def forSecret(cls, secret: str) -> "KeyRing":
@@ -179,7 +193,50 @@ class KeyRing:
         """
         if not keys:
             raise KeyLoadError("no keys")
-        return cls(signing=keys[-1], verifying={k.kid: k for k in keys})
+        return cls(signing=keys[-1], verifying={k.kid: k for k in keys}, ordered=tuple(keys))
+
+    def _signerIndex(self, now: float) -> int:
+        active = [i for i, k in enumerate(self.ordered) if k.activatesAt <= now]
+        # Nothing may sign yet (a first key made just now): the oldest does.
+        return active[-1] if active else 0
+
+    def signingAt(self, now: float) -> SigningKey:
+        """
+        The key that signs at C{now}: the last (in rotation order) whose
+        C{activatesAt} has come, or the first if none has.
+        """
+        if not self.ordered:
+            return self.signing
+        return self.ordered[self._signerIndex(now)]
+
+    def retiredAt(self, key: SigningKey) -> Optional[float]:
+        """
+        When C{key} stops signing for good: when a later key activates
+        (C{None}: no later key).
+        """
+        index = self.ordered.index(key)
+        later = [k.activatesAt for k in self.ordered[index + 1:]]
+        return min(later) if later else None
+
+    def publishedAt(self, now: float, tokenLifetime: float) -> Tuple[SigningKey, ...]:
+        """
+        The keys published (and accepted) at C{now}: the signer, the keys
+        waiting to sign, and each earlier key until every token it can
+        have signed has expired (C{retiredAt} + C{tokenLifetime} +
+        L{LEEWAY}).
+        """
+        if not self.ordered:
+            return tuple(self.verifying.values())
+        signer = self._signerIndex(now)
+        published = []
+        for index, key in enumerate(self.ordered):
+            if index >= signer:
+                published.append(key)
+                continue
+            retired = self.retiredAt(key)
+            if retired is None or now < retired + tokenLifetime + LEEWAY:
+                published.append(key)
+        return tuple(published)
 
     @property
     def asymmetric(self) -> bool:
@@ -192,40 +249,69 @@ class KeyRing:
         """
         return tuple(sorted({k.alg for k in self.verifying.values()}))
 
-    def jwks(self) -> Optional[Dict[str, Any]]:
+    def jwks(self, now: Optional[float] = None, tokenLifetime: float = 0.0) -> Optional[Dict[str, Any]]:
         """
-        The JWKS document, or C{None} in HS256 mode.
+        The JWKS document, or C{None} in HS256 mode: at C{now}, the keys
+        L{publishedAt} then; without C{now}, every key.
         """
         if not self.asymmetric:
             return None
-        return {"keys": [dict(k.jwk or {}) for k in self.verifying.values()]}
+        keys = self.verifying.values() if now is None else self.publishedAt(now, tokenLifetime)
+        return {"keys": [dict(k.jwk or {}) for k in keys]}
+
+
+_STAMP = re.compile(r"(\d{8}T\d{6}Z)-")
+
+
+def keyFileTime(name: str) -> Optional[float]:
+    """
+    The creation time in a key file name made by C{mcpsvc keys rotate}
+    (C{YYYYMMDDTHHMMSSZ-<kid>.pem}), or C{None}.
+    """
+    from datetime import datetime, timezone
+
+    match = _STAMP.match(name)
+    if match is None:
+        return None
+    try:
+        when = datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return when.timestamp()
 
 
 def loadKeyRing(
-    secret: str, privateKeyFile: Optional[str] = None, keysDir: Optional[str] = None
+    secret: str, privateKeyFile: Optional[str] = None, keysDir: Optional[str] = None,
+    publishDelay: float = 0.0,
 ) -> KeyRing:
     """
     Build the key ring from configuration (C{config.jwtSecret},
-    C{config.jwtPrivateKeyFile}, C{config.jwtKeysDir}). Reads files: call it
-    while building the service, not per request.
+    C{config.jwtPrivateKeyFile}, C{config.jwtKeysDir},
+    C{config.jwtKeyPublishDelay}). Reads files: call it while building the
+    service, not per request.
 
+    @param publishDelay: how long after the time in its name (see
+        L{keyFileTime}) a key of C{keysDir} starts signing; keys without
+        one (and C{privateKeyFile}) may sign at once.
     @raise KeyLoadError: naming the file that could not be used.
     """
     keys: List[SigningKey] = []
 
-    def load(path: FilePath) -> SigningKey:
+    def load(path: FilePath, activatesAt: float = 0.0) -> SigningKey:
         try:
-            return loadPrivateKey(path.getContent())
+            key = loadPrivateKey(path.getContent())
         except OSError as e:
             raise KeyLoadError(f"{path.path}: {e.strerror or e}")
         except KeyLoadError as e:
             raise KeyLoadError(f"{path.path}: {e}")
+        return attrs.evolve(key, activatesAt=activatesAt, path=path.path)
 
     if privateKeyFile:
         keys.append(load(FilePath(privateKeyFile)))
     if keysDir:
         for child in sorted(FilePath(keysDir).globChildren("*.pem"), key=lambda p: p.basename()):
-            key = load(child)
+            created = keyFileTime(child.basename())
+            key = load(child, 0.0 if created is None else created + publishDelay)
             keys = [k for k in keys if k.kid != key.kid] + [key]
     if not keys:
         return KeyRing.forSecret(secret)
@@ -389,13 +475,19 @@ class AccessTokens:
         if familyID is not None:
             claims["fid"] = familyID
         headers: Dict[str, Any] = {"typ": TOKEN_TYPE}
-        key = self.keys.signing
+        key = self.keys.signingAt(now)
         if key.kid is not None:
             headers["kid"] = key.kid
         token = jwt.encode(claims, key.privateKey, algorithm=key.alg, headers=headers)
         return IssuedToken(token=token, jti=jti, expiresAt=expiresAt, scope=scope)
 
-    def _keyFor(self, header: Mapping[str, Any]) -> SigningKey:
+    def jwks(self, now: float) -> Optional[Dict[str, Any]]:
+        """
+        The JWKS document at C{now} (C{None} in HS256 mode).
+        """
+        return self.keys.jwks(now, self.lifetime)
+
+    def _keyFor(self, header: Mapping[str, Any], now: float) -> SigningKey:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.keys.algorithms:
             raise InvalidToken("token algorithm is not accepted")
@@ -410,9 +502,13 @@ class AccessTokens:
         key = self.keys.verifying[kid]
         if key.alg != alg:
             raise InvalidToken("token algorithm does not match its key")
+        if self.keys.ordered and key not in self.keys.publishedAt(now, self.lifetime):
+            # Retired long enough that none of its tokens can be valid: a
+            # leaked old key mints nothing.
+            raise InvalidToken("token key is unknown")
         return key
 
-    def _decode(self, token: str) -> Tuple[Mapping[str, Any], Dict[str, Any]]:
+    def _decode(self, token: str, now: float) -> Tuple[Mapping[str, Any], Dict[str, Any]]:
         """
         Parse C{token} once: decode its header, pick the key its C{alg} and
         C{kid} name (pinned: see L{_keyFor}), check the signature with that
@@ -435,7 +531,7 @@ class AccessTokens:
         if "crit" in header or header.get("b64", True) is not True:
             # No JWS extension is understood here (RFC 7515 section 4.1.11).
             raise InvalidToken("token uses an unsupported extension")
-        key = self._keyFor(header)
+        key = self._keyFor(header, now)
         verifier = self._verifiers.get(key.kid)
         try:
             signature = _b64decode(signaturePart)
@@ -466,7 +562,7 @@ class AccessTokens:
             raise InvalidToken("malformed token")
         if token.count(".") != 2:
             raise InvalidToken("malformed token")
-        header, claims = self._decode(token)
+        header, claims = self._decode(token, now)
         if claims.get("iss") != self.issuer:
             raise InvalidToken("token issuer is wrong")
         expected = audience or self.audience

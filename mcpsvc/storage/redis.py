@@ -551,6 +551,11 @@ def redisConnector(
         parsed = parseRedisURL(url)
         host, port, username = parsed["host"], parsed["port"], parsed["username"]
         password, db, tls = parsed["password"], parsed["db"], parsed["tls"]
+    if sentinels and tls:
+        # txredisapi's Sentinel client connects to the Sentinels and to the
+        # master over plain TCP: refuse rather than send the password in
+        # clear (the configuration refuses it first, with the reason).
+        raise ValueError("Sentinel with rediss:// (TLS) is not supported")
 
     def connect() -> Any:
         import txredisapi
@@ -566,7 +571,7 @@ def redisConnector(
             manager = _sentinelManager(txredisapi, list(sentinels), timeout)
             handler = manager.master_for(
                 sentinelMaster, factory_class=_sentinelFactory(txredisapi),
-                dbid=db or None, poolsize=poolSize, **common
+                dbid=db or None, poolsize=poolSize, username=username, **common
             )
             _tune(handler)
             handler._factory.maxDelay = min(maxRetryDelay, sentinelRetryDelay)

@@ -325,3 +325,324 @@ class ReprTests(SynchronousTestCase):
         text = repr(config)
         for secret in (SECRET, "d" * 40, "k" * 20, "m" * 20, "p" * 12):
             self.assertNotIn(secret, text)
+
+
+PROD = {
+    "ENVIRONMENT": "production",
+    "SERVER_URL": "https://mcp.example.com",
+    "JWT_SECRET": SECRET,
+}
+
+
+class SecretFileTests(SynchronousTestCase):
+    """
+    Every secret can be given as C{<NAME>_FILE}: the path of a file that
+    holds it.
+    """
+
+    def secretFile(self, content: bytes) -> str:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(content)
+        os.chmod(path, 0o600)
+        return path
+
+    def errorsFor(self, raw: dict) -> list:
+        with self.assertRaises(ConfigError) as cm:
+            loadConfig(raw)
+        return cm.exception.errors
+
+    def test_everySecret(self) -> None:
+        """
+        Each secret read from its file (trailing newline stripped) is the
+        value the configuration carries.
+        """
+        from mcpsvc.config import SECRET_VARIABLES
+
+        self.assertEqual(
+            sorted(SECRET_VARIABLES),
+            sorted(["JWT_SECRET", "DCR_AUTH_TOKEN", "MCP_API_KEY", "METRICS_TOKEN",
+                    "REDIS_PASSWORD", "REDIS_URL"]),
+        )
+        values = {
+            "JWT_SECRET": ("jwtSecret", "j" * 40),
+            "DCR_AUTH_TOKEN": ("dcrAuthToken", "d" * 40),
+            "MCP_API_KEY": ("mcpAPIKey", "m" * 20),
+            "METRICS_TOKEN": ("metricsToken", "t" * 20),
+            "REDIS_PASSWORD": ("redisPassword", "redis pass"),
+            "REDIS_URL": ("redisURL", "redis://:pw@10.0.0.5:6380/2"),
+        }
+        raw = {}
+        for name, (_, value) in values.items():
+            raw[name + "_FILE"] = self.secretFile(value.encode() + b"\n")
+        config = loadConfig(raw)
+        for name, (attribute, value) in values.items():
+            self.assertEqual(getattr(config, attribute), value, name)
+        # CRLF, as an editor on another system may write it.
+        config = loadConfig({"JWT_SECRET_FILE": self.secretFile(b"k" * 32 + b"\r\n")})
+        self.assertEqual(config.jwtSecret, "k" * 32)
+
+    def test_sameValidation(self) -> None:
+        """
+        A value from a file is validated like one given directly, and the
+        error says where it came from.
+        """
+        errors = self.errorsFor({
+            "JWT_SECRET_FILE": self.secretFile(b"short\n"),
+            "DCR_AUTH_TOKEN_FILE": self.secretFile(b"short\n"),
+            "MCP_API_KEY_FILE": self.secretFile(b"short\n"),
+            "METRICS_TOKEN_FILE": self.secretFile(b"short\n"),
+            "REDIS_URL_FILE": self.secretFile(b"http://x\n"),
+        })
+        self.assertEqual(len(errors), 5, errors)
+        self.assertIn("JWT_SECRET (from JWT_SECRET_FILE) must be at least 32 bytes", errors[0])
+        for name in ("DCR_AUTH_TOKEN", "MCP_API_KEY", "METRICS_TOKEN", "REDIS_URL"):
+            self.assertTrue(
+                any(e.startswith(f"{name} (from {name}_FILE) must") for e in errors), (name, errors)
+            )
+
+    def test_bothSet(self) -> None:
+        """
+        Setting a secret and its file is an error, reported with the others.
+        """
+        path = self.secretFile(b"x" * 32)
+        errors = self.errorsFor({"JWT_SECRET": SECRET, "JWT_SECRET_FILE": path,
+                                 "MCP_API_KEY": "k" * 16, "MCP_API_KEY_FILE": path,
+                                 "PORT": "0"})
+        self.assertIn("JWT_SECRET and JWT_SECRET_FILE are both set: set only one of them", errors)
+        self.assertIn("MCP_API_KEY and MCP_API_KEY_FILE are both set: set only one of them", errors)
+        self.assertTrue(any(e.startswith("PORT") for e in errors))
+        self.assertFalse(any("JWT_SECRET is required" in e for e in errors), errors)
+
+    def test_badFiles(self) -> None:
+        """
+        A missing, unreadable, empty, multi-line or binary file is an error
+        naming the variable and the file, and never showing its content.
+        """
+        missing = os.path.join(self.mktemp(), "nope")
+        unreadable = self.secretFile(b"z" * 40)
+        os.chmod(unreadable, 0)
+        cases = {
+            "JWT_SECRET_FILE": (missing, "cannot be read"),
+            "DCR_AUTH_TOKEN_FILE": (self.secretFile(b"\n  \n"), "is empty"),
+            "MCP_API_KEY_FILE": (self.secretFile(b"first-line-secret\nsecond-line-secret\n"),
+                                 "must hold the value on one line"),
+            "METRICS_TOKEN_FILE": (self.secretFile(b"\xff\xfe" * 10), "is not UTF-8 text"),
+            "REDIS_PASSWORD_FILE": (self.secretFile(b"p" * (64 * 1024 + 1)), "is larger than"),
+        }
+        if os.geteuid() != 0:
+            cases["REDIS_URL_FILE"] = (unreadable, "cannot be read: Permission denied")
+        errors = self.errorsFor({name: path for name, (path, _) in cases.items()})
+        for name, (path, message) in cases.items():
+            self.assertTrue(
+                any(e.startswith(f"{name} {path!r} {message}") for e in errors), (name, errors)
+            )
+        self.assertFalse(any("secret" in e for e in errors), errors)
+        # A missing JWT_SECRET_FILE is not also "JWT_SECRET is required".
+        self.assertFalse(any("JWT_SECRET is required" in e for e in errors), errors)
+
+    def test_developmentGeneratesNothingForAFile(self) -> None:
+        """
+        In development a secret given by file is not generated, and the
+        file's value is used.
+        """
+        varDir = self.mktemp()
+        path = self.secretFile(b"f" * 32 + b"\n")
+        raw, notices = ensureDevelopmentSecrets(
+            {"VAR_DIR": varDir, "JWT_SECRET_FILE": path}, lambda: "g" * 43
+        )
+        self.assertNotIn("JWT_SECRET", raw)
+        self.assertFalse(os.path.exists(os.path.join(varDir, "jwt_secret")))
+        self.assertEqual(len(notices), 1)  # DCR_AUTH_TOKEN only
+        self.assertEqual(loadConfig(raw).jwtSecret, "f" * 32)
+
+    def test_readEnvironment(self) -> None:
+        """
+        C{<NAME>_FILE} is read from the environment and from C{.env}.
+        """
+        envFile = self.mktemp()
+        with open(envFile, "w") as f:
+            f.write("MCP_API_KEY_FILE=/run/secrets/key\n")
+        merged = readEnvironment({"JWT_SECRET_FILE": "/run/secrets/jwt"}, envFile)
+        self.assertEqual(merged["JWT_SECRET_FILE"], "/run/secrets/jwt")
+        self.assertEqual(merged["MCP_API_KEY_FILE"], "/run/secrets/key")
+
+
+class UnsafeCombinationTests(SynchronousTestCase):
+    """
+    Production refuses combinations that are unsafe by accident, with every
+    other error at once.
+    """
+
+    def errorsFor(self, raw: dict) -> list:
+        with self.assertRaises(ConfigError) as cm:
+            loadConfig(raw)
+        return cm.exception.errors
+
+    def test_autoWithOpenRegistration(self) -> None:
+        """
+        C{AUTHORIZE_MODE=auto} with C{DCR_OPEN=true} and no initial access
+        token is refused in production, and says why.
+        """
+        errors = self.errorsFor(dict(PROD, AUTHORIZE_MODE="auto", DCR_OPEN="true", PORT="0"))
+        self.assertEqual(len(errors), 2, errors)
+        self.assertTrue(errors[0].startswith("PORT"))
+        self.assertIn("AUTHORIZE_MODE=auto with open registration", errors[1])
+        self.assertIn("anyone could register a client and get tokens", errors[1])
+        # Each half alone, a token, or development: accepted.
+        loadConfig(dict(PROD, AUTHORIZE_MODE="auto"))
+        loadConfig(dict(PROD, DCR_OPEN="true"))
+        loadConfig(dict(PROD, AUTHORIZE_MODE="auto", DCR_OPEN="true", DCR_AUTH_TOKEN="i" * 32))
+        loadConfig(valid(AUTHORIZE_MODE="auto", DCR_OPEN="true"))
+
+    def test_sentinelWithTLSRefused(self) -> None:
+        """
+        Sentinel with a C{rediss://} URL is refused: it would talk to the
+        Sentinels and the master without TLS, password in clear.
+        """
+        errors = self.errorsFor(valid(
+            STORE="redis", REDIS_URL="rediss://:pw@redis.example.com:6380/0",
+            REDIS_SENTINELS="10.0.0.1:26379", REDIS_SENTINEL_MASTER="mymaster", PORT="0",
+        ))
+        self.assertEqual(len(errors), 2, errors)
+        self.assertIn("REDIS_SENTINELS with a rediss:// REDIS_URL is not supported", errors[1])
+        self.assertIn("password in clear", errors[1])
+        self.assertNotIn("pw", errors[1].replace("password", ""))
+        loadConfig(valid(STORE="redis", REDIS_URL="redis://:pw@x:6379/0",
+                         REDIS_SENTINELS="10.0.0.1:26379", REDIS_SENTINEL_MASTER="mymaster"))
+        loadConfig(valid(STORE="redis", REDIS_URL="rediss://:pw@x:6380/0"))
+
+
+class ServiceNowRedirectTests(SynchronousTestCase):
+    """
+    Registration accepts the redirect URI of C{SERVICENOW_INSTANCE} only;
+    every instance's is an explicit opt-in.
+    """
+
+    SNOW = "https://acme.service-now.com/oauth_redirect.do"
+    OTHER = "https://dev123456.service-now.com/oauth_redirect.do"
+
+    def accepts(self, config: Config, uri: str) -> bool:
+        from mcpsvc.oauth.redirects import matchesPattern
+
+        return any(matchesPattern(uri, p) for p in config.redirectPatterns)
+
+    def test_pinnedToTheInstance(self) -> None:
+        """
+        With C{SERVICENOW_INSTANCE} (development or production), that
+        instance is accepted and no other.
+        """
+        for raw in (PROD, valid()):
+            config = loadConfig(dict(raw, SERVICENOW_INSTANCE="https://acme.service-now.com"))
+            self.assertFalse(config.servicenowAnyInstance)
+            self.assertTrue(self.accepts(config, self.SNOW))
+            self.assertFalse(self.accepts(config, self.OTHER))
+            self.assertTrue(self.accepts(config, "http://127.0.0.1:8765/callback"))
+
+    def test_productionWithoutInstance(self) -> None:
+        """
+        Production without C{SERVICENOW_INSTANCE} accepts no ServiceNow
+        instance, and says so when registration is enabled.
+        """
+        config = loadConfig(dict(PROD, DCR_AUTH_TOKEN="i" * 32))
+        self.assertFalse(self.accepts(config, self.OTHER))
+        self.assertIn(
+            "SERVICENOW_INSTANCE is not set: no ServiceNow instance can register dynamically",
+            config.notices,
+        )
+
+    def test_developmentWithoutInstance(self) -> None:
+        """
+        Development without C{SERVICENOW_INSTANCE} accepts every instance,
+        with a notice.
+        """
+        config = loadConfig(valid())
+        self.assertTrue(config.servicenowAnyInstance)
+        self.assertTrue(self.accepts(config, self.OTHER))
+        self.assertTrue(any("every ServiceNow instance" in n for n in config.notices))
+        config = loadConfig(valid(SERVICENOW_ANY_INSTANCE="off"))
+        self.assertFalse(self.accepts(config, self.OTHER))
+
+    def test_explicitOptIn(self) -> None:
+        """
+        C{SERVICENOW_ANY_INSTANCE=on} accepts every instance, in production
+        too, with a notice.
+        """
+        config = loadConfig(dict(PROD, SERVICENOW_ANY_INSTANCE="on",
+                                 SERVICENOW_INSTANCE="https://acme.service-now.com"))
+        self.assertTrue(self.accepts(config, self.OTHER))
+        self.assertTrue(any("SERVICENOW_ANY_INSTANCE=on" in n for n in config.notices))
+        errors = LoadConfigTests.errorsFor(self, **dict(PROD, SERVICENOW_ANY_INSTANCE="maybe"))
+        self.assertIn("SERVICENOW_ANY_INSTANCE must be on or off (got 'maybe')", errors)
+
+    def test_wildcardPatternNeedsOptIn(self) -> None:
+        """
+        The old default wildcard (an C{.env} copied from an older
+        C{.env.example}) is refused, saying what to do, unless every
+        instance is allowed on purpose.
+        """
+        old = "https://*.service-now.com/oauth_redirect.do,http://localhost/*"
+        for raw in (PROD, valid(SERVICENOW_INSTANCE="https://acme.service-now.com")):
+            errors = LoadConfigTests.errorsFor(self, **dict(raw, DCR_REDIRECT_PATTERNS=old))
+            self.assertEqual(len(errors), 1, errors)
+            self.assertIn("lets every ServiceNow instance register", errors[0])
+            self.assertIn("SERVICENOW_ANY_INSTANCE=on", errors[0])
+        self.assertIn(
+            "lets every ServiceNow instance register",
+            LoadConfigTests.errorsFor(self, **dict(
+                PROD, DCR_REDIRECT_PATTERNS="https://*.servicenowservices.com/*"))[0],
+        )
+        config = loadConfig(dict(PROD, DCR_REDIRECT_PATTERNS=old, SERVICENOW_ANY_INSTANCE="on"))
+        self.assertTrue(self.accepts(config, self.OTHER))
+        # A pinned ServiceNow host in the list is fine.
+        loadConfig(dict(PROD, DCR_REDIRECT_PATTERNS="https://acme.service-now.com/oauth_redirect.do"))
+
+
+class KeyPublishDelayTests(SynchronousTestCase):
+    def test_delay(self) -> None:
+        """
+        C{JWT_KEY_PUBLISH_DELAY} is 600 seconds by default, 0 to 30 days.
+        """
+        self.assertEqual(loadConfig(valid()).jwtKeyPublishDelay, 600)
+        self.assertEqual(loadConfig(valid(JWT_KEY_PUBLISH_DELAY="0")).jwtKeyPublishDelay, 0)
+        for bad in ("-1", "x", str(31 * 86400)):
+            with self.assertRaises(ConfigError) as cm:
+                loadConfig(valid(JWT_KEY_PUBLISH_DELAY=bad))
+            self.assertTrue(cm.exception.errors[0].startswith("JWT_KEY_PUBLISH_DELAY"))
+
+
+class MoreUnsafeCombinationTests(SynchronousTestCase):
+    def errorsFor(self, raw: dict) -> list:
+        with self.assertRaises(ConfigError) as cm:
+            loadConfig(raw)
+        return cm.exception.errors
+
+    def test_trustEveryProxy(self) -> None:
+        """
+        Production refuses a C{TRUSTED_PROXIES} entry that trusts every
+        address (anyone could pick their own address and escape the
+        per-address limits); development accepts it.
+        """
+        for everything in ("0.0.0.0/0", "::/0"):
+            errors = self.errorsFor(dict(PROD, TRUSTED_PROXIES="127.0.0.1," + everything))
+            self.assertEqual(len(errors), 1, errors)
+            self.assertIn("trusts every address", errors[0])
+            loadConfig(valid(TRUSTED_PROXIES=everything))
+        loadConfig(dict(PROD, TRUSTED_PROXIES="127.0.0.1,10.0.0.0/8"))
+
+    def test_redisPasswordInClear(self) -> None:
+        """
+        In production, a Redis password sent over plain TCP to another
+        machine is said at start-up; TLS or loopback says nothing.
+        """
+        def notices(**raw: str) -> list:
+            return [n for n in loadConfig(dict(PROD, STORE="redis", **raw)).notices
+                    if "travels in clear" in n]
+
+        self.assertEqual(len(notices(REDIS_URL="redis://:pw@redis.internal:6379/0")), 1)
+        self.assertEqual(len(notices(REDIS_HOST="10.0.0.5", REDIS_PASSWORD="pw")), 1)
+        self.assertEqual(len(notices(REDIS_SENTINELS="10.0.0.1:26379", REDIS_SENTINEL_MASTER="m",
+                                     REDIS_PASSWORD="pw")), 1)
+        self.assertEqual(notices(REDIS_URL="rediss://:pw@redis.internal:6380/0"), [])
+        self.assertEqual(notices(REDIS_URL="redis://:pw@127.0.0.1:6379/0"), [])
+        self.assertEqual(notices(REDIS_URL="redis://redis.internal:6379/0"), [])

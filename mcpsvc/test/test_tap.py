@@ -159,6 +159,36 @@ class CLITests(SynchronousTestCase):
         _, _, err = self.runCLI("check-config", "--env-file", self.mktemp(), **base)
         self.assertIn("without a fixed signing key", err)
 
+    def test_checkConfigSecretFiles(self) -> None:
+        """
+        C{check-config} reads secrets from C{<NAME>_FILE} like the server,
+        shows none of them, and lists a bad file with the other errors.
+        """
+        secretPath = self.mktemp()
+        with open(secretPath, "w") as f:
+            f.write(SECRET + "\n")
+        tokenPath = self.mktemp()
+        with open(tokenPath, "w") as f:
+            f.write("t" * 40 + "\n")
+        status, out, err = self.runCLI(
+            "check-config", "--env-file", self.mktemp(), JWT_SECRET_FILE=secretPath,
+            DCR_AUTH_TOKEN_FILE=tokenPath, STORE="memory", VAR_DIR=self.mktemp(),
+        )
+        self.assertEqual(status, 0, err)
+        self.assertNotIn(SECRET, out + err)
+        self.assertIn('"jwtSecretLength": 32', out)
+        self.assertIn('"dcrAuthTokenLength": 40', out)
+        self.assertNotIn("JWT_SECRET was not set", err)
+        missing = os.path.join(self.mktemp(), "absent")
+        status, _, err = self.runCLI(
+            "check-config", "--env-file", self.mktemp(), ENVIRONMENT="production",
+            SERVER_URL="https://mcp.example.com", JWT_SECRET_FILE=missing,
+            AUTHORIZE_MODE="auto", DCR_OPEN="true",
+        )
+        self.assertEqual(status, 1)
+        self.assertIn(f"JWT_SECRET_FILE {missing!r} cannot be read", err)
+        self.assertIn("AUTHORIZE_MODE=auto with open registration", err)
+
 
 class LoggerChoiceTests(SynchronousTestCase):
     """

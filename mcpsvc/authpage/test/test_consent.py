@@ -109,7 +109,8 @@ class PageContentTests(PageTestCase):
         the list changed, or by hand) gets a warning.
         """
         client = self.registerConfidential()
-        self.configure(self.config.replace(dcrRedirectPatterns=("https://other.example/*",)))
+        self.configure(self.config.replace(dcrRedirectPatterns=("https://other.example/*",),
+                                           servicenowInstance=None))
         _, forms = self.showPage(client)
         self.assertIn("not on this server's list of expected addresses", forms.allText)
         # The ServiceNow instance counts as listed.

@@ -19,6 +19,7 @@ from mcpsvc.authpage.approver import (
     LOGIN_LIMIT_UNDER_ATTACK,
 )
 from mcpsvc.authpage.test.helpers import Forms, PageTestCase
+from mcpsvc.authpage.test.test_users import FAST
 
 PASSWORD = "correct horse battery staple"
 
@@ -27,6 +28,8 @@ class LoginTestCase(PageTestCase):
     mode = "login"
 
     def setUp(self) -> None:
+        # Cheap hashes: these tests are not about scrypt's cost (test_users).
+        self.patch(users, "SCRYPT", FAST)
         self.usersFile = os.path.abspath(self.mktemp())
         users.addUser(self.usersFile, "alice", PASSWORD, 0)
         users.addUser(self.usersFile, "bob", "bob's password!", 0)
@@ -385,3 +388,64 @@ class RememberLoginTests(LoginTestCase):
         # Not signed in at all: the sign-in form, not an approval.
         self.cookies.clear()
         self.loginForm()
+
+
+class PasswordHashingTests(LoginTestCase):
+    """
+    Password checks at sign-in: off the reactor thread, a bounded number at
+    once, and upgrading old hashes.
+    """
+
+    def test_signInUpgradesOldHash(self) -> None:
+        """
+        Signing in to an account hashed with weaker parameters works and
+        rewrites its entry with the current ones; the sign-in stays valid.
+        """
+        weak = {"n": 2**8, "r": 8, "p": 1}
+        accounts = users.loadUsers(self.usersFile)
+        accounts["alice"] = users.hashPassword(PASSWORD, 0, params=weak)
+        users.saveUsers(self.usersFile, accounts)
+        response, _ = self.signIn()
+        self.assertEqual(response.code, 303)
+        self.assertEqual(users.loadUsers(self.usersFile)["alice"]["scrypt"], FAST)
+        # The cookie carries the fingerprint from before the rehash: still good.
+        self.consentForms()
+
+    def test_checksRunInThreadsBounded(self) -> None:
+        """
+        Each password check goes through C{runInThread}, and at most
+        L{PASSWORD_CHECKS_AT_ONCE} run at once; the others wait their turn.
+        """
+        from twisted.internet.defer import Deferred, maybeDeferred
+        from treq.testing import StubTreq
+
+        from mcpsvc.authpage.approver import PASSWORD_CHECKS_AT_ONCE
+
+        self.assertEqual(PASSWORD_CHECKS_AT_ONCE, 2)
+        started = []
+
+        def runInThread(f: Any, *a: Any, **kw: Any) -> Any:
+            if f is users.verifyLogin:
+                d: Deferred[Any] = Deferred()
+                started.append((d, a))
+                return d
+            return maybeDeferred(f, *a, **kw)
+
+        self.approver.runInThread = runInThread
+        forms = [self.loginForm() for _ in range(3)]
+        stub = StubTreq(self.oauth.resource())
+        answers = [
+            stub.post(self.url("/oauth/authorize"), allow_redirects=False,
+                      headers={"Accept": "text/html", "Sec-Fetch-Site": "same-origin"},
+                      data=dict(fields, decision="login", username="alice", password=PASSWORD))
+            for fields in forms
+        ]
+        self.assertEqual(len(started), 2)
+        for answer in answers:
+            self.assertNoResult(answer)
+        started[0][0].callback(users.verifyLogin(*started[0][1]))
+        self.assertEqual(len(started), 3)
+        for d, a in started[1:]:
+            d.callback(users.verifyLogin(*a))
+        stub.flush()
+        self.assertEqual([self.successResultOf(a).code for a in answers], [303, 303, 303])

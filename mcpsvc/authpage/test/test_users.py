@@ -13,25 +13,151 @@ import stat
 import sys
 from typing import List, Tuple
 
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpsvc.authpage import users
 from mcpsvc.cli import run
 
 
-class HashTests(SynchronousTestCase):
+#: Cheap scrypt parameters for tests that are not about the cost (the
+#: default, N=2**17, takes ~0.7 s and 128 MiB per hash).
+FAST = {"n": 2**10, "r": 8, "p": 1}
+#: The parameters mcpsvc used before: N=2**14.
+OLD = {"n": 2**14, "r": 8, "p": 1}
+
+
+class DefaultCostTests(SynchronousTestCase):
     def test_scryptParameters(self) -> None:
         """
-        Entries are scrypt N=2**14, r=8, p=1 with a per-user 16-byte salt.
+        By default, entries are scrypt N=2**17, r=8, p=1 (OWASP) with a
+        per-user 16-byte salt.
+        """
+        self.assertEqual(users.SCRYPT, {"n": 2**17, "r": 8, "p": 1})
+        entry = users.hashPassword("a good password", 5, salt=b"s" * 16)
+        self.assertEqual(entry["scrypt"], {"n": 131072, "r": 8, "p": 1})
+        expected = hashlib.scrypt(b"a good password", salt=b"s" * 16, n=2**17, r=8, p=1,
+                                  maxmem=256 * 1024 * 1024, dklen=32)
+        self.assertEqual(base64.b64decode(entry["hash"]), expected)
+        self.assertTrue(users.checkPassword("a good password", entry))
+
+    def test_oldHashUpgradedToDefault(self) -> None:
+        """
+        An entry of the old default (N=2**14) still verifies, and its first
+        successful sign-in rewrites it at N=2**17.
+        """
+        path = self.mktemp()
+        users.saveUsers(path, {"alice": users.hashPassword("a good password", 3, params=OLD)})
+        printed = users.verifyLogin(path, "alice", "a good password")
+        self.assertIsNotNone(printed)
+        entry = users.loadUsers(path)["alice"]
+        self.assertEqual(entry["scrypt"], {"n": 2**17, "r": 8, "p": 1})
+        self.assertEqual(entry["created"], 3)
+        self.assertEqual(users.verifyLogin(path, "alice", "a good password"), printed)
+
+
+class HashTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.patch(users, "SCRYPT", FAST)
+
+    def test_hashAndCheck(self) -> None:
+        """
+        An entry records its parameters and a per-user 16-byte salt; the
+        right password matches, another does not.
         """
         entry = users.hashPassword("a good password", 5, salt=b"s" * 16)
-        self.assertEqual(entry["scrypt"], {"n": 16384, "r": 8, "p": 1})
-        expected = hashlib.scrypt(b"a good password", salt=b"s" * 16, n=16384, r=8, p=1, dklen=32)
+        self.assertEqual(entry["scrypt"], FAST)
+        expected = hashlib.scrypt(b"a good password", salt=b"s" * 16, n=2**10, r=8, p=1, dklen=32)
         self.assertEqual(base64.b64decode(entry["hash"]), expected)
         self.assertTrue(users.checkPassword("a good password", entry))
         self.assertFalse(users.checkPassword("a good passwore", entry))
         other = users.hashPassword("a good password", 5)
         self.assertNotEqual(other["salt"], users.hashPassword("a good password", 5)["salt"])
+
+    def test_unreasonableParameters(self) -> None:
+        """
+        An entry with absurd parameters (a hand-edited file) does not match
+        and costs nothing; it is not a crash.
+        """
+        entry = users.hashPassword("a good password", 5)
+        for params in ({"n": 2**30, "r": 8, "p": 1}, {"n": 1000, "r": 8, "p": 1},
+                       {"n": 2**10, "r": 0, "p": 1}, {"n": "x", "r": 8, "p": 1}, {}):
+            self.assertFalse(users.checkPassword("a good password", dict(entry, scrypt=params)))
+
+    def test_upgradeOnSignIn(self) -> None:
+        """
+        A correct sign-in to an entry with weaker parameters rewrites it
+        with the current ones, atomically (mode 0600, no temporary file
+        left), keeping its creation time and fingerprint; a wrong password
+        or an unknown account changes nothing.
+        """
+        path = os.path.abspath(self.mktemp())
+        weak = {"n": 2**8, "r": 8, "p": 1}
+        users.saveUsers(path, {
+            "alice": users.hashPassword("a good password", 7, params=weak),
+            "bob": users.hashPassword("bob's password", 8, params=weak),
+        })
+        before = users.loadUsers(path)
+        printed = users.fingerprint(before["alice"])
+        self.assertIsNone(users.verifyLogin(path, "alice", "wrong password"))
+        self.assertIsNone(users.verifyLogin(path, "carol", "a good password"))
+        self.assertEqual(users.loadUsers(path), before)
+        with capturedLogs() as events:
+            self.assertEqual(users.verifyLogin(path, "alice", "a good password"), printed)
+        after = users.loadUsers(path)
+        self.assertEqual(after["alice"]["scrypt"], FAST)
+        self.assertEqual(after["alice"]["created"], 7)
+        self.assertNotEqual(after["alice"]["hash"], before["alice"]["hash"])
+        self.assertEqual(users.fingerprint(after["alice"]), printed)
+        self.assertEqual(users.currentFingerprint(path, "alice"), printed)
+        self.assertEqual(after["bob"], before["bob"])
+        self.assertTrue(users.checkPassword("a good password", after["alice"]))
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertEqual(os.listdir(os.path.dirname(path)), [os.path.basename(path)])
+        self.assertTrue(any("Upgraded the password hash of alice" in formatEvent(e)
+                            for e in events), events)
+        self.assertNotIn("a good password", open(path).read())
+        # Done once: the next sign-in leaves the file alone.
+        mtime = os.stat(path).st_mtime_ns
+        users.verifyLogin(path, "alice", "a good password")
+        self.assertEqual(os.stat(path).st_mtime_ns, mtime)
+        # A new password still ends the sessions of the old one.
+        users.setPassword(path, "alice", "another password", 0)
+        self.assertNotEqual(users.currentFingerprint(path, "alice"), printed)
+
+    def test_upgradeLosesToAChange(self) -> None:
+        """
+        If the entry changed between the check and the rewrite (a new
+        password, set by C{mcpsvc users passwd}), the rewrite is dropped:
+        the old password is never written back.
+        """
+        path = self.mktemp()
+        weak = {"n": 2**8, "r": 8, "p": 1}
+        users.saveUsers(path, {"alice": users.hashPassword("a good password", 7, params=weak)})
+        verified = users.loadUsers(path)["alice"]
+        users.setPassword(path, "alice", "the new password", 0)
+        self.assertFalse(users._rehash(path, "alice", verified, "a good password",
+                                       users.fingerprint(verified), FAST))
+        self.assertIsNone(users.verifyLogin(path, "alice", "a good password"))
+        self.assertIsNotNone(users.verifyLogin(path, "alice", "the new password"))
+
+    def test_upgradeFailureKeepsSignIn(self) -> None:
+        """
+        A file that cannot be rewritten (read-only directory) does not fail
+        the sign-in; a warning says the upgrade did not happen.
+        """
+        weak = {"n": 2**8, "r": 8, "p": 1}
+        path = self.mktemp()
+        users.saveUsers(path, {"alice": users.hashPassword("a good password", 7, params=weak)})
+
+        def refuse(path: str, users: object) -> None:
+            raise OSError(30, "Read-only file system")
+
+        self.patch(users, "saveUsers", refuse)
+        with capturedLogs() as events:
+            self.assertIsNotNone(users.verifyLogin(path, "alice", "a good password"))
+        self.assertTrue(any("Could not upgrade the password hash of alice" in formatEvent(e)
+                            for e in events), events)
 
     def test_shortPasswordRefused(self) -> None:
         self.assertRaises(users.UsersError, users.hashPassword, "short", 0)
@@ -75,6 +201,7 @@ class _Stdin(io.StringIO):
 
 class UsersCommandTests(SynchronousTestCase):
     def setUp(self) -> None:
+        self.patch(users, "SCRYPT", FAST)
         self.path = os.path.abspath(self.mktemp())
 
     def mcpsvc(self, *argv: str, stdin: str = "") -> Tuple[int, str, str]:
@@ -155,6 +282,9 @@ class StartupWarningTests(SynchronousTestCase):
     L{mcpsvc.authpage.startupWarnings}: login mode with nobody to sign in
     is said at start-up, by L{mcpsvc.service.buildService} too.
     """
+
+    def setUp(self) -> None:
+        self.patch(users, "SCRYPT", FAST)
 
     def config(self, mode: str, path: str):  # type: ignore[no-untyped-def]
         from mcpsvc.config import loadConfig

@@ -113,6 +113,33 @@ class HealthTests(SynchronousTestCase):
         self.assertEqual(headers["retry-after"], ["5"])
         self.assertIn("unavailable", json.loads(body)["reasons"]["store"])
 
+    def test_readyKeepsStoreErrorsInTheLog(self) -> None:
+        """
+        The store's error text (host names, file paths, a server's message)
+        is logged, never returned: C{/ready} answers anyone.
+        """
+        from twisted.internet.defer import fail
+
+        from mcpsvc.storage.interfaces import StoreUnavailable
+
+        for error in (
+            StoreUnavailable("Redis redis-master.internal:6379: NOAUTH secret-ish detail"),
+            ValueError("/srv/mcpsvc/var/mcpsvc.sqlite3: disk I/O error"),
+        ):
+            store = PingStore()
+            store.ping = lambda error=error: fail(error)  # type: ignore[method-assign]
+            site = makeSite(store)
+            with capturedLogs() as events:
+                status, _, body, _ = rawRequest(site, get("/ready"))
+            self.assertEqual(status, 503)
+            answer = json.loads(body)
+            self.assertEqual(answer["reasons"], {"store": "unavailable"})
+            self.assertNotIn(str(error).encode(), body)
+            logged = " ".join(
+                str(e.get("reasons")) for e in events if e.get("log_format") == "Not ready: {reasons}"
+            )
+            self.assertIn(str(error), logged)
+
 
 class ReadyAbortTests(SynchronousTestCase):
     def test_proberGoneIsNotUnready(self) -> None:

@@ -37,6 +37,9 @@ def makeConfig(**changes: Any) -> Config:
         dcrAuthToken=IAT,
         authorizeMode="auto",
         store="memory",
+        # As in production: registration accepts this instance's redirect
+        # URI (SNOW), not every *.service-now.com tenant.
+        servicenowInstance="https://dev12345.service-now.com",
     )
     return base.replace(**changes)
 

@@ -122,4 +122,35 @@ class RotateKeysTests(OAuthTestCase):
         Only ES256 and RS256 keys are made.
         """
         self.assertRaises(AdminError, rotateKeys, self.mktemp(), "HS256", now=EPOCH)
+
+    def test_newKeySortsLast(self) -> None:
+        """
+        A key that would not sort last (a second one in the same second)
+        is refused: the names order the keys.
+        """
+        keysDir = self.mktemp()
+        rotateKeys(keysDir, "ES256", now=EPOCH)
+        self.assertRaises(AdminError, rotateKeys, keysDir, "ES256", now=EPOCH)
+        self.assertEqual(len(os.listdir(keysDir)), 1)
+        rotateKeys(keysDir, "ES256", now=EPOCH + 1)
+
+    def test_keyStates(self) -> None:
+        """
+        C{mcpsvc keys list}'s view: a rotated key waits (published) until
+        its delay has passed, the previous one signs meanwhile, then is
+        retired (published) and finally removable.
+        """
+        from mcpsvc.admin import keyStates
+
+        keysDir = self.mktemp()
+        rotateKeys(keysDir, "ES256", now=EPOCH - 86400)
+        rotateKeys(keysDir, "ES256", now=EPOCH)
+        config = makeConfig(jwtKeysDir=keysDir, jwtKeyPublishDelay=600, accessTokenLifetime=3600)
+
+        def states(now: float) -> list:
+            return [state for _, state, _ in keyStates(config, now)]
+
+        self.assertEqual(states(EPOCH + 1), ["signing", "waiting"])
+        self.assertEqual(states(EPOCH + 600), ["retired", "signing"])
+        self.assertEqual(states(EPOCH + 600 + 3600 + 30), ["removable", "signing"])
         self.assertEqual(loadKeyRing("x" * 32).algorithms, ("HS256",))

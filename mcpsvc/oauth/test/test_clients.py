@@ -4,7 +4,7 @@ Tests for L{mcpsvc.oauth.clients} and L{mcpsvc.oauth.scopes}.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mcpsvc.config import DEFAULT_REDIRECT_PATTERNS
+from mcpsvc.config import Config
 from mcpsvc.oauth.clients import (
     ClientMetadataError,
     clientScopes,
@@ -22,6 +22,8 @@ from mcpsvc.oauth.scopes import (
 )
 
 SNOW = "https://dev12345.service-now.com/oauth_redirect.do"
+#: What registration accepts with SERVICENOW_INSTANCE set (and loopback).
+DEFAULT_REDIRECT_PATTERNS = Config(servicenowInstance="https://dev12345.service-now.com").redirectPatterns
 
 
 class NormalizeTests(SynchronousTestCase):

@@ -4,7 +4,7 @@ Tests for L{mcpsvc.oauth.redirects}.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mcpsvc.config import DEFAULT_REDIRECT_PATTERNS
+from mcpsvc.config import DEFAULT_REDIRECT_PATTERNS, Config
 from mcpsvc.oauth.redirects import (
     RedirectURIError,
     findRegistered,
@@ -57,15 +57,25 @@ class ValidateTests(SynchronousTestCase):
 
     def test_patterns(self) -> None:
         """
-        With the default patterns, ServiceNow instances and loopback pass
-        and other https hosts are refused.
+        The default patterns allow loopback only; C{SERVICENOW_INSTANCE}
+        adds that instance and no other; C{SERVICENOW_ANY_INSTANCE} adds
+        every instance.
         """
+        other = "https://dev99999.service-now.com/oauth_redirect.do"
         patterns = DEFAULT_REDIRECT_PATTERNS
-        validateRedirectURI(SNOW, patterns)
         validateRedirectURI("http://127.0.0.1:5555/callback", patterns)
         validateRedirectURI("http://localhost/cb", patterns)
+        for uri in (SNOW, other, "https://app.example.com/cb"):
+            self.assertRaises(RedirectURIError, validateRedirectURI, uri, patterns)
+        pinned = Config(servicenowInstance="https://dev12345.service-now.com").redirectPatterns
+        validateRedirectURI(SNOW, pinned)
+        validateRedirectURI("http://127.0.0.1:5555/callback", pinned)
+        self.assertRaises(RedirectURIError, validateRedirectURI, other, pinned)
+        anyInstance = Config(servicenowAnyInstance=True).redirectPatterns
+        validateRedirectURI(SNOW, anyInstance)
+        validateRedirectURI(other, anyInstance)
         self.assertRaises(
-            RedirectURIError, validateRedirectURI, "https://app.example.com/cb", patterns
+            RedirectURIError, validateRedirectURI, "https://app.example.com/cb", anyInstance
         )
 
 

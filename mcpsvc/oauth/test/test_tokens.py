@@ -305,15 +305,85 @@ class KeyRingLoadingTests(SynchronousTestCase):
         directory.child("20250101T000000Z-old.pem").setContent(ecPEM())
         old = AccessTokens(keys=loadKeyRing(SECRET, None, directory.path), issuer=SERVER, audience=RESOURCE)
         oldToken = old.issue(now=EPOCH, subject="u", clientID="c", scope="").token
-        directory.child("20260101T000000Z-new.pem").setContent(rsaPEM())
+        directory.child("20250615T150000Z-new.pem").setContent(rsaPEM())
         ring = loadKeyRing(SECRET, None, directory.path)
         self.assertEqual(ring.signing.alg, "RS256")
+        self.assertEqual(ring.signingAt(EPOCH).alg, "RS256")
         self.assertEqual(ring.algorithms, ("ES256", "RS256"))
         new = AccessTokens(keys=ring, issuer=SERVER, audience=RESOURCE)
         self.assertEqual(new.verify(oldToken, now=EPOCH).subject, "u")
         newToken = new.issue(now=EPOCH, subject="v", clientID="c", scope="").token
         self.assertEqual(jwt.get_unverified_header(newToken)["kid"], ring.signing.kid)
         self.assertRaises(InvalidToken, old.verify, newToken, now=EPOCH)
+
+    def test_publishedBeforeSigning(self) -> None:
+        """
+        A rotated key is published (and verifies) at once but signs only
+        C{publishDelay} seconds after the time in its name; the key before
+        it signs meanwhile, and stays published until every token it can
+        have signed has expired, then is dropped (and refused) without a
+        restart.
+        """
+        from datetime import datetime, timezone
+
+        from mcpsvc.oauth.tokens import LEEWAY, keyFileTime
+
+        def stamp(when: float) -> str:
+            return datetime.fromtimestamp(when, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        directory.child(stamp(EPOCH - 90 * 86400) + "-old.pem").setContent(ecPEM())
+        directory.child(stamp(EPOCH) + "-new.pem").setContent(ecPEM())
+        self.assertEqual(keyFileTime(stamp(EPOCH) + "-new.pem"), EPOCH)
+        ring = loadKeyRing(SECRET, None, directory.path, publishDelay=600)
+        oldKey, newKey = ring.ordered
+        self.assertEqual(newKey.activatesAt, EPOCH + 600)
+        tokens = AccessTokens(keys=ring, issuer=SERVER, audience=RESOURCE, lifetime=3600)
+
+        def kids(now: float) -> list:
+            return [k["kid"] for k in tokens.jwks(now)["keys"]]  # type: ignore[index]
+
+        def signer(now: float) -> str:
+            token = tokens.issue(now=now, subject="u", clientID="c", scope="").token
+            return str(jwt.get_unverified_header(token)["kid"])
+
+        # Published first, the old key still signs.
+        self.assertEqual(kids(EPOCH + 1), [oldKey.kid, newKey.kid])
+        self.assertEqual(signer(EPOCH + 599), oldKey.kid)
+        lastOld = tokens.issue(now=EPOCH + 599, subject="u", clientID="c", scope="").token
+        # After the delay, the new key signs; the old one stays published.
+        self.assertEqual(signer(EPOCH + 600), newKey.kid)
+        self.assertEqual(ring.retiredAt(oldKey), EPOCH + 600)
+        retiredUntil = EPOCH + 600 + 3600 + LEEWAY
+        self.assertEqual(kids(retiredUntil - 1), [oldKey.kid, newKey.kid])
+        self.assertEqual(tokens.verify(lastOld, now=EPOCH + 599 + 3600).subject, "u")
+        # Every token the old key signed has expired: it is dropped, and a
+        # token it signs now (a leaked key) is refused.
+        self.assertEqual(kids(retiredUntil), [newKey.kid])
+        forger = AccessTokens(keys=KeyRing.forKeys([oldKey]), issuer=SERVER, audience=RESOURCE)
+        forged = forger.issue(now=retiredUntil, subject="u", clientID="c", scope="").token
+        e = self.assertRaises(InvalidToken, tokens.verify, forged, now=retiredUntil + 1)
+        self.assertEqual(str(e), "token key is unknown")
+
+    def test_firstKeySignsAtOnce(self) -> None:
+        """
+        With nothing older to sign meanwhile (the first key, just made), a
+        key signs at once; a key file without a time in its name, and
+        C{JWT_PRIVATE_KEY_FILE}, are not delayed.
+        """
+        from datetime import datetime, timezone
+
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        name = datetime.fromtimestamp(EPOCH, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-k.pem"
+        directory.child(name).setContent(ecPEM())
+        ring = loadKeyRing(SECRET, None, directory.path, publishDelay=600)
+        self.assertEqual(ring.signingAt(EPOCH), ring.ordered[0])
+        directory.child("zz-manual.pem").setContent(ecPEM())
+        ring = loadKeyRing(SECRET, None, directory.path, publishDelay=600)
+        self.assertEqual(ring.signingAt(EPOCH).activatesAt, 0.0)
+        self.assertEqual(ring.signingAt(EPOCH), ring.ordered[1])
 
     def test_badFileNamed(self) -> None:
         """

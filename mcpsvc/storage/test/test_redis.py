@@ -328,6 +328,40 @@ class SentinelTests(TestCase):
         self.assertEqual((await store.getClient("client-1")).clientID, "client-1")
         self.assertIn("db2:keys=", master.command("INFO", "keyspace"))
 
+    async def test_sentinelUsername(self) -> None:
+        """
+        Through Sentinel, the master is authenticated as the URL's ACL user
+        (it was the default user, with the password only).
+        """
+        master = RedisServer(os.path.join(self.mktemp(), "master")).start()
+        self.addCleanup(master.stop)
+        master.command("ACL", "SETUSER", "svc", "on", ">svc-password", "~*", "&*", "+@all")
+        sentinel = RedisServer(
+            os.path.join(self.mktemp(), "sentinel"), sentinelFor=("mymaster", master.port)
+        ).start()
+        self.addCleanup(sentinel.stop)
+        connection = RedisConnection(
+            redisConnector(url="redis://svc:svc-password@ignored.invalid:1/0",
+                           sentinels=[("127.0.0.1", sentinel.port)], sentinelMaster="mymaster",
+                           timeout=5.0, poolSize=1)
+        )
+        connection.open()
+        self.addCleanup(connection.close)
+        store = RedisStore(connection, reactor, "sentinel:", 5.0)
+        await store.createClient(client())
+        clients = master.command("CLIENT", "LIST")
+        self.assertIn("user=svc", clients)
+
+    def test_sentinelWithTLSRefused(self) -> None:
+        """
+        Sentinel with C{rediss://} is refused: the Sentinel client would
+        connect without TLS and send the password in clear.
+        """
+        self.assertRaises(
+            ValueError, redisConnector, url="rediss://:pw@redis.example:6380/0",
+            sentinels=[("127.0.0.1", 26379)], sentinelMaster="mymaster",
+        )
+
 
 class ParserTests(SynchronousTestCase):
     def test_hiredis(self) -> None:

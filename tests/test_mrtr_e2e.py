@@ -76,7 +76,7 @@ class AskingToolEndToEndTests(SynchronousTestCase):
         """
         The input rounds logged up to the (last) completed call.
         """
-        self.process.waitFor(lambda r: "Tool count_word called" in str(r.get("text", "")), 10)
+        self.process.waitFor(lambda r: r.get("eventType") == "request" and r.get("tool") == "count_word", 10)
         return [r for r in self.process.records
                 if "asks client" in str(r.get("text", "")) and "count_word" in str(r.get("text", ""))]
 

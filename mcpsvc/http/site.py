@@ -139,11 +139,14 @@ class McpsvcRequest(Request):
 
     @ivar requestID: the request id, echoed as C{X-Request-ID}.
     @ivar receivedAt: when the request arrived, from the site's clock.
+    @ivar logFields: fields a resource adds to this request's log event
+        (C{None} until one does), e.g. the tool a C{tools/call} ran.
     """
 
     log = Logger()
     requestID: str = ""
     receivedAt: float = 0.0
+    logFields: Optional[Dict[str, Any]] = None
     _bodyBytes = 0
     _rejected = False
     _logged = False
@@ -343,6 +346,18 @@ class McpsvcRequest(Request):
         if site is not None and site.verbose:
             fields["userAgent"] = self.getHeader("user-agent")
             fields["authorization"] = redactAuthorization(self.getHeader("authorization"))
+        extra = self.logFields
+        if extra and "tool" in extra:
+            # One event per request: the tool call's outcome rides on it.
+            fields.update((k, v) for k, v in extra.items() if k not in fields)
+            self.log.info(
+                "{method} {path} {status} {durationMs}ms id={requestID} tool={tool} {toolOutcome}",
+                eventType="request",
+                **fields,
+            )
+            return
+        if extra:
+            fields.update((k, v) for k, v in extra.items() if k not in fields)
         self.log.info(
             "{method} {path} {status} {durationMs}ms id={requestID}",
             eventType="request",

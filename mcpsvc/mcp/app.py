@@ -798,7 +798,12 @@ class McpApp:
             or (context.logLevel is not None and message.method == "tools/call")
         )
         responder = _Responder(request, accept, wantStream)
-        context = attrs.evolve(context, send=responder.send)
+        # mcpsvc's request log (McpsvcRequest.logFields) carries the tool
+        # call's outcome; other request types get the dispatcher's own event.
+        logFields: Optional[Dict[str, Any]] = None
+        if hasattr(type(request), "logFields"):
+            logFields = request.logFields = {}  # type: ignore[attr-defined]
+        context = attrs.evolve(context, send=responder.send, logFields=logFields)
         try:
             running = Deferred.fromCoroutine(self.dispatcher.handleRequest(message, context))
             if wantStream and not running.called:

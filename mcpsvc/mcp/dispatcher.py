@@ -161,6 +161,9 @@ class RequestContext:
     @ivar logLevel: the least severe level the client wants as
         C{notifications/message}; C{None}: no logging.
     @ivar setLogLevel: persists a new level (C{logging/setLevel}).
+    @ivar logFields: the HTTP request's log fields: a C{tools/call} records
+        its tool and outcome there (one log event per request) instead of
+        logging an event of its own; C{None}: log one.
     """
 
     principal: Principal
@@ -171,6 +174,7 @@ class RequestContext:
     send: Optional[Callable[[Dict[str, Any]], None]] = None
     logLevel: Optional[str] = None
     setLogLevel: Optional[Callable[[str], Awaitable[Any]]] = None
+    logFields: Optional[Dict[str, Any]] = None
 
 
 class _Progress:
@@ -285,6 +289,7 @@ class Dispatcher:
         self.httpClient = httpClient
         self.runInThread = runInThread
         self._inFlight: Dict[Tuple[str, RequestID], _InFlight] = {}
+        self._toolLoggers: Dict[str, Logger] = {}
         self._outgoing: Dict[Tuple[str, RequestID], "Deferred[Any]"] = {}
         self._legacy: Dict[str, Callable[[Request, RequestContext], Awaitable[Dict[str, Any]]]] = {
             "ping": self._ping,
@@ -448,6 +453,16 @@ class Dispatcher:
         else:
             d.callback(response.result)
         return True
+
+    def _toolLogger(self, name: str) -> Logger:
+        """
+        The L{Logger} handed to tool C{name} (one per registered tool, made
+        once).
+        """
+        log = self._toolLoggers.get(name)
+        if log is None:
+            log = self._toolLoggers[name] = Logger(namespace=f"mcpsvc.tools.{name}")
+        return log
 
     def _clientRequester(
         self, context: RequestContext, sent: List[Tuple[str, RequestID]]
@@ -787,7 +802,7 @@ class Dispatcher:
             clientCapabilities=context.clientCapabilities,
             progress=progress if progress is not None else _noProgress,
             logMessage=logSender if logSender is not None else _noLog,
-            log=Logger(namespace=f"mcpsvc.tools.{name}"),
+            log=self._toolLogger(name),
             **extra,
         )
         key = (context.scope, request.id)
@@ -823,10 +838,16 @@ class Dispatcher:
             raise RequestCancelled()
         if inputRound is not None and result is None:
             return self._inputRequired(context, "tools/call", name, arguments, inputRound)
-        self.log.info(
-            "Tool {tool} called by client {clientID}: {outcome} in {durationMs}ms",
-            tool=name, clientID=context.principal.clientID, subject=context.principal.subject,
-            outcome="error" if result.get("isError") else "ok",
-            durationMs=int((self.clock.seconds() - started) * 1000),
-        )
+        outcome = "error" if result.get("isError") else "ok"
+        durationMs = int((self.clock.seconds() - started) * 1000)
+        fields = context.logFields
+        if fields is not None and "tool" not in fields:
+            fields.update(tool=name, toolOutcome=outcome, toolMs=durationMs,
+                          clientID=context.principal.clientID, subject=context.principal.subject)
+        else:
+            self.log.info(
+                "Tool {tool} called by client {clientID}: {outcome} in {durationMs}ms",
+                tool=name, clientID=context.principal.clientID, subject=context.principal.subject,
+                outcome=outcome, durationMs=durationMs,
+            )
         return result

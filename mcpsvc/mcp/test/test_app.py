@@ -1009,3 +1009,59 @@ class StoreDownTests(SynchronousTestCase):
             self.assertEqual(response.code, 503)
             self.assertTrue(header(response, "retry-after"))
             self.assertEqual(json.loads(content)["jsonrpc"], "2.0")
+
+
+from mcpsvc.mcp.test.helpers import ALICE  # noqa: E402
+
+
+class RequestLogTests(SynchronousTestCase):
+    """
+    A C{tools/call} served by mcpsvc's site is logged once: its tool and
+    outcome ride on the request's own event.
+    """
+
+    def call(self, harness: Harness, site: Any, tool: str, arguments: Dict[str, Any]) -> List[Dict[str, Any]]:
+        from twisted.logger import capturedLogs
+
+        from mcpsvc.test.fakes import rawRequest
+
+        body = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                           "params": {"name": tool, "arguments": arguments}}).encode()
+        data = (f"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                f"Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        with capturedLogs() as events:
+            status, _, answer, _ = rawRequest(site, data)
+        self.assertEqual(status, 200, answer)
+        return list(events)
+
+    def test_oneEventPerToolCall(self) -> None:
+        from mcpsvc.http.site import McpsvcSite
+
+        harness = Harness(self, config=Config(sessions=False))
+        site = McpsvcSite(harness.app.resource(), clock=harness.clock, logRequests=True)
+        for tool, arguments, outcome in (("echo", {"text": "hi"}, "ok"), ("echo", {}, "error")):
+            events = self.call(harness, site, tool, arguments)
+            self.assertEqual([e.get("log_format") for e in events if "Tool {tool}" in str(e.get("log_format"))], [])
+            requests = [e for e in events if e.get("eventType") == "request"]
+            self.assertEqual(len(requests), 1)
+            (event,) = requests
+            self.assertEqual((event["tool"], event["toolOutcome"], event["status"]), (tool, outcome, 200))
+            self.assertEqual((event["subject"], event["clientID"]), (ALICE.subject, ALICE.clientID))
+            self.assertIn(f"tool={tool} {outcome}", event["log_format"].format(**event))
+
+    def test_otherRequestsLogTheToolEvent(self) -> None:
+        """
+        Served without mcpsvc's site (no request log), the dispatcher logs
+        the tool call itself.
+        """
+        from twisted.logger import capturedLogs
+
+        harness = Harness(self, config=Config(sessions=False))
+        with capturedLogs() as events:
+            response = self.successResultOf(harness.stub.post(
+                "http://localhost/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                              "params": {"name": "echo", "arguments": {"text": "x"}}},
+                headers={"Accept": "application/json", "MCP-Protocol-Version": "2025-06-18"}))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(len([e for e in events if str(e.get("log_format", "")).startswith("Tool {tool}")]), 1)

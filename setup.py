@@ -18,6 +18,7 @@ C{mcpsvc} warns when it finds the plugin invisible (L{mcpsvc.install}).
 """
 
 import os
+import re
 
 from setuptools import find_namespace_packages, setup
 
@@ -42,11 +43,23 @@ def version():
 #: The public repository (project URLs on an index page and in pip show).
 REPOSITORY = "https://github.com/mcpsvc/mcpsvc"
 
+
+def longDescription():
+    """
+    The README, with its links to files of the repository made absolute,
+    so that they work on an index page too.
+    """
+    return re.sub(
+        r"\]\((?![a-z][a-z0-9+.-]*:|#)([^)\s]+)\)",
+        lambda m: "](" + REPOSITORY + "/blob/main/" + m.group(1) + ")",
+        read("README.md"),
+    )
+
 setup(
     name="mcpsvc",
     version=version(),
     description="MCP server with its own OAuth 2.1 authorization server, on Twisted",
-    long_description=read("README.md"),
+    long_description=longDescription(),
     long_description_content_type="text/markdown",
     author="mcpsvc maintainers",
     license_expression="LicenseRef-Proprietary",

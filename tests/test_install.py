@@ -280,8 +280,19 @@ class WheelTests(InstallTestsMixin, SynchronousTestCase):
         self.assertEqual(fields["Summary"],
                          ["MCP server with its own OAuth 2.1 authorization server, on Twisted"])
         self.assertEqual(fields["Description-Content-Type"], ["text/markdown"])
+        # The README, its relative links made absolute (into the repository).
         with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
-            self.assertEqual(fields["body"].strip(), f.read().strip())
+            readme = f.read()
+        body = fields["body"]
+        self.assertTrue(body.startswith("# mcpsvc\n"), body[:40])
+        self.assertEqual(re.findall(r"\]\((?!https?:)([^)]+)\)", body), [])
+        source = dict(u.split(", ", 1) for u in fields["Project-URL"])["Source"]
+        links = re.findall(r"\]\(" + re.escape(source) + r"/blob/main/([^)#]+)", body)
+        self.assertEqual(links, re.findall(r"\]\((?!https?:|#)([^)#]+)", readme))
+        self.assertGreater(len(links), 5)
+        for link in links:
+            self.assertTrue(os.path.exists(os.path.join(HERE, link)), link)
+        self.assertEqual(len(body.strip()), len(readme.strip()) + len(links) * len(source + "/blob/main/"))
         self.assertEqual(fields["Requires-Python"], [">=3.11"])
         self.assertTrue(fields["License-Expression"][0])
         urls = dict(u.split(", ", 1) for u in fields["Project-URL"])

@@ -26,6 +26,7 @@ from urllib.parse import unquote_plus, urlencode, urlsplit
 
 from attrs import Factory, field, frozen
 from klein import Klein
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -339,7 +340,8 @@ def _acceptQuality(accept: str, wanted: str) -> float:
                     quality = float(value)
                 except ValueError:
                     quality = 0.0
-        best = max(best, quality)
+        if quality == quality:  # not NaN
+            best = max(best, min(quality, 1.0))
     return best
 
 
@@ -741,6 +743,8 @@ class OAuthApp:
         seen: Dict[str, str] = {}
         try:
             return await self._authorize(request, seen)
+        except CancelledError:
+            raise  # the client went away: nobody to show a page to
         except Exception:
             if not _wantsHTML(request):
                 raise

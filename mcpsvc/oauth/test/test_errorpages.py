@@ -50,6 +50,8 @@ class NegotiationTests(OAuthTestCase):
             ("application/json, text/html;q=0.5", False),
             ("text/html;q=0", False),
             ("text/html;q=nonsense", False),
+            ("text/html;q=nan", False),
+            ("application/json;q=0.9, text/html;q=7", True),
         ]:
             self.assertEqual(_wantsHTML(FakeRequest(accept)), expected, accept)  # type: ignore[arg-type]
 

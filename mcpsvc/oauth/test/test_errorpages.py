@@ -132,7 +132,7 @@ class ErrorPageTests(OAuthTestCase):
         """
         No redirect URI while the client registered several: 400.
         """
-        client = self.register({"redirect_uris": [SNOW, "https://dev54321.service-now.com/oauth_redirect.do"]})
+        client = self.register({"redirect_uris": ["http://127.0.0.1/one", "http://127.0.0.1/two"]})
         self.client = client
         response, body = self.page(redirect_uri=None)
         self.assertPage(response, body, 400, "This sign-in link is incomplete")

@@ -1,16 +1,90 @@
 """
-Packaging for mcpsvc. Install with
-C{pip install -e '.[test]' --config-settings editable_mode=compat}
-(the compat editable mode exposes C{twisted/plugins} to twistd).
+Packaging for mcpsvc: C{pip install .}, C{pip install -e .} (a PEP 660
+editable install) and a wheel from C{python -m build} all give a working
+C{twistd mcpsvc} and C{mcpsvc}.
+
+The plugin file C{twisted/plugins/mcpsvc_plugin.py} is a module of the
+namespace package C{twisted.plugins}: Twisted's own
+C{twisted/plugins/__init__.py} adds every C{twisted/plugins} directory
+found under a C{sys.path} entry to its C{__path__}. A wheel puts the file
+into site-packages, which is on C{sys.path}. For an editable install,
+C{package_dir={"": "."}} (every package lives directly under the
+checkout) makes setuptools choose its static C{.pth} strategy: the
+checkout itself goes on C{sys.path}, so Twisted finds
+C{<checkout>/twisted/plugins} like any other plugin directory. Without it
+setuptools chooses its import-hook ("finder") strategy, which puts no
+directory on C{sys.path}, and twistd answers "Unknown command: mcpsvc".
+C{mcpsvc} warns when it finds the plugin invisible (L{mcpsvc.install}).
 """
+
+import os
+import re
 
 from setuptools import find_namespace_packages, setup
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read(*path):
+    with open(os.path.join(HERE, *path), encoding="utf-8") as f:
+        return f.read()
+
+
+def version():
+    """
+    The version, from its one source, C{mcpsvc/_version.py} (read, not
+    imported: the build environment need not have the dependencies).
+    """
+    namespace = {}
+    exec(read("mcpsvc", "_version.py"), namespace)
+    return namespace["__version__"]
+
+
+#: The public repository (project URLs on an index page and in pip show).
+REPOSITORY = "https://github.com/mcpsvc/mcpsvc"
+
+
+def longDescription():
+    """
+    The README, with its links to files of the repository made absolute,
+    so that they work on an index page too.
+    """
+    return re.sub(
+        r"\]\((?![a-z][a-z0-9+.-]*:|#)([^)\s]+)\)",
+        lambda m: "](" + REPOSITORY + "/blob/main/" + m.group(1) + ")",
+        read("README.md"),
+    )
+
 setup(
     name="mcpsvc",
-    version="0.1.0",
+    version=version(),
     description="MCP server with its own OAuth 2.1 authorization server, on Twisted",
+    long_description=longDescription(),
+    long_description_content_type="text/markdown",
+    author="mcpsvc maintainers",
+    license_expression="LicenseRef-Proprietary",
+    url=REPOSITORY,
+    project_urls={
+        "Documentation": REPOSITORY + "/tree/main/docs",
+        "Source": REPOSITORY,
+        "Issues": REPOSITORY + "/issues",
+    },
+    keywords=["mcp", "model context protocol", "oauth", "twisted", "servicenow"],
+    classifiers=[
+        "Development Status :: 4 - Beta",
+        "Environment :: No Input/Output (Daemon)",
+        "Framework :: Twisted",
+        "Intended Audience :: Developers",
+        "Intended Audience :: System Administrators",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Internet :: WWW/HTTP :: HTTP Servers",
+        "Topic :: Security",
+    ],
     python_requires=">=3.11",
+    package_dir={"": "."},
     packages=find_namespace_packages(include=["mcpsvc", "mcpsvc.*", "twisted.plugins"]),
     package_data={"mcpsvc": ["py.typed", "web/*.html", "web/*.css"]},
     include_package_data=True,

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 from twisted.python import usage
 
 from mcpsvc.config import ConfigError, summary
+from mcpsvc.installation import pluginProblem, versionText
 from mcpsvc.storage.hashing import newSecret
 
 __all__ = ["main", "run"]
@@ -68,6 +69,16 @@ def subcommand(name: str, options: type, help: str) -> Callable[[Callable[..., i
 
 class Options(usage.Options):
     synopsis = "mcpsvc COMMAND [options]"
+
+    #: Where C{--version} writes (L{run} sets it).
+    out: TextIO = sys.stdout
+
+    def opt_version(self) -> None:
+        """
+        Print the version of mcpsvc (and of Twisted and Python) and exit.
+        """
+        self.out.write(versionText() + "\n")
+        raise SystemExit(0)
 
     @property
     def subCommands(self) -> List[Any]:  # type: ignore[override]
@@ -131,12 +142,23 @@ _HANDLERS["check-config"] = checkConfig
 _HANDLERS["gen-secret"] = genSecret
 
 
-def run(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run(
+    argv: Sequence[str],
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    checkPlugin: Callable[[], Optional[str]] = pluginProblem,
+) -> int:
     """
     Run the admin command C{argv} (without the program name); return the
-    exit status.
+    exit status. First, when this installation cannot serve
+    C{twistd mcpsvc} (C{checkPlugin}, L{pluginProblem}), say so on C{err}
+    with the fix; the command runs all the same.
     """
+    problem = checkPlugin()
+    if problem is not None:
+        err.write("mcpsvc: warning: " + problem + "\n")
     options = Options()
+    options.out = out
     try:
         options.parseOptions(list(argv))
     except usage.UsageError as e:

@@ -96,6 +96,16 @@ class Options(usage.Options):
         self["listen"] = []
         self["metrics-listen"] = []
 
+    def opt_version(self) -> None:
+        """
+        Print the version of mcpsvc (and of Twisted and Python) and exit.
+        """
+        from mcpsvc.installation import versionText
+
+        sys.stdout.write(versionText() + "\n")
+        sys.stdout.flush()
+        raise SystemExit(0)
+
     def opt_listen(self, description: str) -> None:
         """
         Add a strports description to listen on (repeatable), e.g.

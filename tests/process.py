@@ -39,8 +39,10 @@ class McpsvcProcess:
         listen: Sequence[str] = ("tcp:0:interface=127.0.0.1",),
         args: Sequence[str] = (),
         inheritEnv: bool = False,
+        twistd: str = TWISTD,
     ) -> None:
         self.workdir = workdir
+        self.twistd = twistd
         base = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/root"),
@@ -62,7 +64,7 @@ class McpsvcProcess:
         self._eof = False
 
     def start(self, expectListening: bool = True, timeout: float = 30.0) -> "McpsvcProcess":
-        argv = [TWISTD, "--pidfile=", "-n", "mcpsvc"]
+        argv = [self.twistd, "--pidfile=", "-n", "mcpsvc"]
         for description in self.listen:
             argv += ["--listen", description]
         argv += self.args

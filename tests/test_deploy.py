@@ -286,8 +286,8 @@ class DockerfileTests(WorkdirMixin, SynchronousTestCase):
 
     def test_image(self) -> None:
         """
-        python:3.11-slim; installs the package and then writes Twisted's
-        plugin cache; runs as a non-root user; listens on 0.0.0.0:3000;
+        python:3.11-slim; installs the package with a plain C{pip install .}
+        and then writes Twisted's plugin cache; runs as a non-root user; listens on 0.0.0.0:3000;
         starts C{twistd --pidfile= -n mcpsvc}.
         """
         steps = self.instructions()
@@ -296,6 +296,12 @@ class DockerfileTests(WorkdirMixin, SynchronousTestCase):
         runs = [i for i, (k, v) in enumerate(steps) if k == "RUN" and "pip install" in v]
         self.assertEqual(len(runs), 1)
         pip = steps[runs[0]][1]
+        # The plain install a user would type: a regular (non-editable)
+        # install of the copied checkout, no config settings.
+        self.assertRegex(pip, r"(^|&& )pip install \.( |$)")
+        self.assertNotIn("--config-settings", pip)
+        self.assertNotIn("editable", pip)
+        self.assertNotRegex(pip, r"pip install (-e|--editable)")
         regenerate = 'python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"'
         self.assertIn(regenerate, pip)
         self.assertLess(pip.index("pip install"), pip.index(regenerate))

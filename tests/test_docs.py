@@ -31,6 +31,7 @@ from zope.interface.verify import verifyObject
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
 README = os.path.join(ROOT, "README.md")
+CONTRIBUTING = os.path.join(ROOT, "CONTRIBUTING.md")
 CONFIGURATION = os.path.join(DOCS, "configuration.md")
 TOOL_PLUGINS = os.path.join(DOCS, "tool-plugins.md")
 EXAMPLE = os.path.join(DOCS, "examples", "mcpsvc", "plugins", "wordcount.py")
@@ -38,12 +39,13 @@ EXAMPLE = os.path.join(DOCS, "examples", "mcpsvc", "plugins", "wordcount.py")
 
 def documents() -> List[str]:
     """
-    The README and every Markdown file in C{docs/}.
+    The README, every Markdown file in C{docs/}, and C{CONTRIBUTING.md}.
     """
     found = [README]
     for name in sorted(os.listdir(DOCS)):
         if name.endswith(".md"):
             found.append(os.path.join(DOCS, name))
+    found.append(CONTRIBUTING)
     return found
 
 
@@ -422,6 +424,7 @@ class LinkTests(SynchronousTestCase):
                 file, _, fragment = target.partition("#")
                 resolved = os.path.normpath(os.path.join(os.path.dirname(path), file)) if file else path
                 where = f"{relative(path)}: {target}"
+                self.assertTrue(resolved.startswith(ROOT + os.sep), f"{where}: outside the repository")
                 self.assertTrue(os.path.exists(resolved), f"{where}: no such file")
                 if fragment:
                     self.assertTrue(resolved.endswith(".md"), f"{where}: fragment into a non-Markdown file")
@@ -431,7 +434,7 @@ class LinkTests(SynchronousTestCase):
 
     def test_docsLinkedFromReadme(self) -> None:
         """
-        The README links every page of C{docs/}.
+        The README links every page of C{docs/} and C{CONTRIBUTING.md}.
         """
         linked = {
             os.path.normpath(os.path.join(ROOT, target.partition("#")[0]))
@@ -439,6 +442,33 @@ class LinkTests(SynchronousTestCase):
         }
         for path in documents()[1:]:
             self.assertIn(path, linked, f"README does not link {relative(path)}")
+
+    def test_nothingOutsideTheRepository(self) -> None:
+        """
+        No document sends the reader to a file outside the repository (a
+        clone has nothing beside it), in a link or in a path written out.
+        """
+        for path in documents():
+            text = read(path)
+            for match in re.finditer(r"(?<![\w.])\.\./[\w./-]+", text):
+                target = os.path.normpath(os.path.join(os.path.dirname(path), match.group(0)))
+                self.assertTrue(target.startswith(ROOT + os.sep),
+                                f"{relative(path)}: {match.group(0)} is outside the repository")
+
+    def test_contributorGuides(self) -> None:
+        """
+        The architecture overview and the contributing guide exist and cover
+        what a contributor needs.
+        """
+        architecture = read(os.path.join(DOCS, "architecture.md"))
+        for heading in ("The path of a request", "Stores", "OAuth", "MCP", "Tools",
+                        "Where to add a component"):
+            self.assertIn(slug(heading), anchors(architecture), heading)
+        contributing = read(CONTRIBUTING)
+        for heading in ("Set up and run the tests", "House style", "Errors", "Logging and audit",
+                        "Tests", "A tool pack", "An HTTP route", "A store method",
+                        "A configuration variable"):
+            self.assertIn(slug(heading), anchors(contributing), heading)
 
 
 # --------------------------------------------------------------------------

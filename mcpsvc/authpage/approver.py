@@ -75,7 +75,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from typing import Any, Callable, List, Optional, Tuple, Union
 from urllib.parse import urlencode, urlsplit
 
@@ -87,6 +86,7 @@ from twisted.web.iweb import IRequest
 
 from mcpsvc.audit import audit
 from mcpsvc.authpage import page
+from mcpsvc.authpage.page import securityHeaders
 from mcpsvc.authpage.signing import BadSignature, Signer, bindingOf, deriveKey
 from mcpsvc.authpage.users import currentFingerprint, normalizeName, verifyLogin
 from mcpsvc.config import Config
@@ -134,45 +134,8 @@ _SESSION_REVOKED = "authpage-session:"
 PASSWORD_CHECKS_AT_ONCE = 2
 
 
-#: What an origin must look like to be written into the CSP header.
-_CSP_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|http://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
-
-
-def _origin(uri: str) -> Optional[str]:
-    """
-    The origin of C{uri} as a CSP source, or C{None} if it has characters
-    that could not safely go into the header (then only C{'self'} is
-    allowed, and the browser refuses the redirect: fail closed).
-    """
-    parts = urlsplit(uri)
-    origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
-    return origin if _CSP_ORIGIN.fullmatch(origin) else None
-
-
 def _host(uri: str) -> str:
     return urlsplit(uri).netloc.rpartition("@")[2]
-
-
-def securityHeaders(request: IRequest, redirectURI: Optional[str]) -> None:
-    """
-    The headers of every authorization page response (and its redirects).
-    C{form-action} allows our own origin and the redirect URI's origin: a
-    form submission's redirect is checked against it too.
-    """
-    formAction = "'self'"
-    origin = _origin(redirectURI) if redirectURI else None
-    if origin is not None:
-        formAction += " " + origin
-    request.setHeader(
-        "Content-Security-Policy",
-        f"default-src 'none'; style-src {page.CSS_HASH}; form-action {formAction}; "
-        "frame-ancestors 'none'; base-uri 'none'",
-    )
-    request.setHeader("X-Frame-Options", "DENY")
-    request.setHeader("Cache-Control", "no-store")
-    request.setHeader("Pragma", "no-cache")
-    request.setHeader("Referrer-Policy", "no-referrer")
-    request.setHeader("X-Content-Type-Options", "nosniff")
 
 
 class FormRefused(Exception):
@@ -345,8 +308,10 @@ class _PageApprover:
                       detail: Optional[str] = None) -> bytes:
         request.setResponseCode(code)
         request.setHeader("Content-Type", "text/html; charset=utf-8")
-        return await page.render(page.messagePage(self.config.authorizePageTitle, heading,
-                                                  message, detail))
+        return await page.render(page.messagePage(
+            self.config.authorizePageTitle, heading, message, detail,
+            reference=page.reference(request, "form_refused" if code == 400 else "rate_limited"),
+        ))
 
     async def html(self, request: IRequest, tag: Any, code: int = 200) -> bytes:
         request.setResponseCode(code)

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
+from datetime import datetime, timezone
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
 
 from attrs import frozen
+from twisted.web.iweb import IRequest
 from twisted.web.template import Tag, flattenString, tags
 
 __all__ = [
@@ -23,6 +27,9 @@ __all__ = [
     "consentPage",
     "loginPage",
     "messagePage",
+    "errorPage",
+    "reference",
+    "securityHeaders",
     "render",
 ]
 
@@ -77,6 +84,13 @@ button:hover{filter:brightness(.95)}
 :focus-visible{outline:3px solid var(--accent);outline-offset:3px}
 input:focus-visible{outline-offset:1px}
 .fine{font-size:.8125rem;color:var(--muted);margin:1rem 0 0}
+.admin{margin:1.25rem 0 0;padding:.75rem .875rem;border:1px solid var(--line);border-radius:8px;
+background:#f6f8fa;font-size:.9375rem}
+.admin h2{margin:0 0 .375rem}
+dl.ref{display:grid;grid-template-columns:max-content 1fr;gap:.125rem .75rem;margin:.5rem 0 0;
+font-size:.8125rem}
+dl.ref dt{color:var(--muted)}
+dl.ref dd{margin:0;font-family:var(--mono);overflow-wrap:anywhere}
 """
 
 #: The CSP source allowing exactly L{CSS}.
@@ -281,17 +295,106 @@ def loginPage(
     return _document("Sign in", ctx.title, *body)
 
 
-def messagePage(title: str, heading: str, message: str, detail: Optional[str] = None) -> Tag:
+def messagePage(title: str, heading: str, message: str, detail: Optional[str] = None, *,
+                reference: Sequence[Tuple[str, str]] = ()) -> Tag:
     """
-    A page explaining an error (the request is not redirected).
+    A page explaining a refused form (the request is not redirected): the
+    person can start again from the application.
+    """
+    return errorPage(
+        title, heading, message,
+        advice="Go back to the application and start again.",
+        admin="If it keeps happening, tell the administrator of this server, with these "
+              "details:",
+        detail=detail, reference=reference,
+    )
+
+
+def errorPage(title: str, heading: str, message: str, *, advice: str, admin: str,
+              detail: Optional[str] = None,
+              reference: Sequence[Tuple[str, str]] = ()) -> Tag:
+    """
+    A page explaining an error of the authorization endpoint that is shown
+    here rather than sent back to the application: what went wrong
+    (C{message}), what the person can do (C{advice}), and what to tell the
+    administrator (C{admin}, then the C{reference} details: the error code,
+    the request id that the server's log carries, the time).
     """
     body: List[Any] = [tags.p(title, class_="brand"), tags.h1(heading, id="heading"),
-                       tags.p(message)]
+                       tags.p(message, id="message")]
     if detail:
         body.append(tags.p("Reason: ", tags.code(detail, id="reason"), class_="note"))
-    body.append(tags.p("Go back to the application and start again. You can close this window.",
-                       class_="fine"))
+    body.append(tags.div(tags.strong("What you can do"), tags.span(advice, id="advice"),
+                         class_="warning", role="note"))
+    items: List[Any] = []
+    for label, value in reference:
+        items += [tags.dt(label), tags.dd(value, **{"data-ref": label.lower().replace(" ", "-")})]
+    admin_: List[Any] = [tags.h2("For the administrator", id="admin-label"),
+                         tags.p(admin, id="admin")]
+    if items:
+        admin_.append(tags.dl(*items, class_="ref", **{"aria-labelledby": "admin-label"}))
+    body.append(tags.div(*admin_, class_="admin"))
+    body.append(tags.p("You can close this window.", class_="fine"))
     return _document(heading, title, *body)
+
+
+def reference(request: IRequest, error: str, **more: Optional[str]) -> List[Tuple[str, str]]:
+    """
+    The details an administrator needs to find a request in the server's
+    log: the error code, the request id (also the C{X-Request-ID} response
+    header), the time it arrived, and C{more} (label: value, when set;
+    values are cut to 200 characters).
+    """
+    items = [("Error", error)]
+    requestID = getattr(request, "requestID", None)
+    if requestID:
+        items.append(("Request ID", str(requestID)))
+    receivedAt = getattr(request, "receivedAt", None)
+    if receivedAt:
+        when = datetime.fromtimestamp(float(receivedAt), tz=timezone.utc)
+        items.append(("Time", when.strftime("%Y-%m-%d %H:%M:%S UTC")))
+    for label, value in more.items():
+        if value:
+            items.append((label.replace("_", " "), value[:200]))
+    return items
+
+
+#: What an origin must look like to be written into the CSP header.
+_CSP_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|http://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def _origin(uri: str) -> Optional[str]:
+    """
+    The origin of C{uri} as a CSP source, or C{None} if it has characters
+    that could not safely go into the header (then only C{'self'} is
+    allowed, and the browser refuses the redirect: fail closed).
+    """
+    parts = urlsplit(uri)
+    origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    return origin if _CSP_ORIGIN.fullmatch(origin) else None
+
+
+def securityHeaders(request: IRequest, redirectURI: Optional[str]) -> None:
+    """
+    The headers of every authorization page response (and its redirects),
+    error pages included. C{form-action} allows our own origin and the
+    redirect URI's origin: a form submission's redirect is checked against
+    it too.
+    """
+    formAction = "'self'"
+    origin = _origin(redirectURI) if redirectURI else None
+    if origin is not None:
+        formAction += " " + origin
+    request.setHeader(
+        "Content-Security-Policy",
+        f"default-src 'none'; style-src {CSS_HASH}; form-action {formAction}; "
+        "frame-ancestors 'none'; base-uri 'none'",
+    )
+    request.setHeader("X-Frame-Options", "DENY")
+    request.setHeader("Cache-Control", "no-store")
+    request.setHeader("Pragma", "no-cache")
+    request.setHeader("Referrer-Policy", "no-referrer")
+    request.setHeader("X-Content-Type-Options", "nosniff")
 
 
 async def render(tag: Tag) -> bytes:

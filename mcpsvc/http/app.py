@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
+from mcpsvc import __version__
 from mcpsvc.http.errors import installErrorHandlers
 from mcpsvc.http.jsonio import writeJSON
 from mcpsvc.storage.interfaces import StoreError
@@ -71,7 +72,12 @@ class RootApp:
     def health(self, request: IRequest) -> bytes:
         request.setHeader("Cache-Control", "no-store")
         return writeJSON(
-            request, {"status": "healthy", "timestamp": isoTime(self.clock.seconds())}
+            request,
+            {
+                "status": "healthy",
+                "version": __version__,
+                "timestamp": isoTime(self.clock.seconds()),
+            },
         )
 
     @app.route("/ready", methods=["GET", "HEAD"])

@@ -21,20 +21,21 @@ import base64
 import binascii
 import hashlib
 import hmac
-import html
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Protocol, Set, Tuple, Union
 from urllib.parse import unquote_plus, urlencode, urlsplit
 
 from attrs import Factory, field, frozen
 from klein import Klein
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from mcpsvc.audit import audit
 from mcpsvc.config import Config, RateLimit
-from mcpsvc.http.errors import OAuthError, TooManyRequests, installErrorHandlers
+from mcpsvc.http.errors import HTTPError, OAuthError, TooManyRequests, installErrorHandlers
 from mcpsvc.http.jsonio import readForm, readJSON, writeJSON
 from mcpsvc.oauth import pkce
 from mcpsvc.oauth.bearer import revocationIDs
@@ -79,6 +80,7 @@ from mcpsvc.storage.interfaces import (
     NoSuchFamily,
     RefreshFamily,
     RotationOutcome,
+    StoreUnavailable,
 )
 
 __all__ = [
@@ -245,25 +247,114 @@ class UnavailableApprover:
 class AuthorizePageError(OAuthError):
     """
     An authorization request error that must not be redirected (bad client
-    or redirect URI): shown as an HTML page to browsers, JSON otherwise.
+    or redirect URI): an HTML page for browsers, OAuth JSON for clients
+    that ask for JSON.
+
+    @ivar page: which explanation the page gives (a key of L{_PAGES}).
     """
 
+    def __init__(self, error: str, description: str, page: str) -> None:
+        super().__init__(error, description)
+        self.page = page
 
-def _errorPage(error: str, description: str) -> bytes:
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<title>Authorization error</title></head><body>"
-        "<h1>Authorization error</h1>"
-        f"<p><strong>{html.escape(error)}</strong></p>"
-        f"<p>{html.escape(description)}</p>"
-        "<p>The application that sent you here is misconfigured. "
-        "You can close this window.</p></body></html>\n"
-    ).encode("utf-8")
+
+#: The error pages of the authorization endpoint: heading, what went wrong,
+#: what the person can do, what to tell the administrator. C{{client}} is
+#: the client id, C{{host}} the host of the requested redirect URI.
+_PAGES: Dict[str, Tuple[str, str, str, str]] = {
+    "bad_link": (
+        "This sign-in link is not valid",
+        "The link that brought you here is damaged or incomplete: {reason}.",
+        "Go back to the application and start the connection again.",
+        "If it happens again, the application builds its authorization links wrongly: tell "
+        "the administrator of the application, with these details.",
+    ),
+    "unknown_client": (
+        "This application is not registered here",
+        "The application that sent you here is not registered with this server (client ID "
+        "{client}), or its registration was removed.",
+        "You cannot connect it now. Tell the person who set up the application.",
+        "The client ID is unknown to this server: register the application again (dynamic "
+        "registration, or mcpsvc clients add), then reconnect it. Details:",
+    ),
+    "bad_redirect": (
+        "This application's return address is not registered",
+        "The application asked to send you back to {host}, which is not one of the addresses "
+        "registered for it. For your safety you were not sent there.",
+        "Do not try again from this link. Tell the person who set up the application.",
+        "The redirect URI in the request does not match one registered for client {client}: "
+        "fix the application's redirect URI or its registration. Details:",
+    ),
+    "no_redirect": (
+        "This sign-in link is incomplete",
+        "The link does not say where to send you back, and the application has several "
+        "registered return addresses.",
+        "Go back to the application and start the connection again.",
+        "The request has no redirect_uri and client {client} registered several: the "
+        "application must send one. Details:",
+    ),
+    "rate_limited": (
+        "Too many attempts",
+        "This server received too many authorization requests from here in a short time.",
+        "Wait {retry} seconds, then go back to the application and start again.",
+        "If this happens in normal use, the authorization rate limit may be too low. Details:",
+    ),
+    "unavailable": (
+        "The service is temporarily unavailable",
+        "This server cannot reach its storage right now, so it cannot authorize anything.",
+        "Wait a minute, then go back to the application and start again.",
+        "The store (SQLite or Redis) is unreachable: see /ready and the server log. Details:",
+    ),
+    "bad_request": (
+        "This request could not be handled",
+        "{reason}.",
+        "Go back to the application and start the connection again.",
+        "If it happens again, tell the administrator of this server, with these details:",
+    ),
+    "internal": (
+        "Something went wrong on this server",
+        "The server failed while handling your authorization request. Nothing was approved.",
+        "Go back to the application and try again later.",
+        "An unexpected error was logged with its traceback: find it by the request ID. Details:",
+    ),
+}
+
+
+def _acceptQuality(accept: str, wanted: str) -> float:
+    """
+    The quality C{accept} gives the media type C{wanted} when it names it
+    (exactly, or as C{type/*}); 0 when it does not (C{*/*} alone does not
+    count: C{curl} sends it).
+    """
+    kind = wanted.split("/", 1)[0] + "/*"
+    best = 0.0
+    for item in accept.split(","):
+        mediaType, *params = [p.strip() for p in item.split(";")]
+        if mediaType.lower() not in (wanted, kind):
+            continue
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality == quality:  # not NaN
+            best = max(best, min(quality, 1.0))
+    return best
 
 
 def _wantsHTML(request: IRequest) -> bool:
+    """
+    Whether the authorization endpoint answers C{request} with an HTML page
+    rather than OAuth JSON: browsers name C{text/html} in C{Accept} (on
+    every navigation and form post); clients that send no C{Accept},
+    C{*/*}, or prefer C{application/json}, get JSON.
+    """
     accept = (request.getHeader("accept") or "").lower()
-    return "text/html" in accept
+    html_ = max(_acceptQuality(accept, "text/html"), _acceptQuality(accept, "application/xhtml+xml"))
+    return html_ > 0 and html_ >= _acceptQuality(accept, "application/json")
 
 
 def _invalidClient(description: str, basic: bool) -> OAuthError:
@@ -306,21 +397,6 @@ class OAuthApp:
     def resource(self) -> IResource:
         return self.app.resource()  # type: ignore[no-any-return]
 
-    @app.handle_errors(AuthorizePageError)
-    def _pageError(self, request: IRequest, failure: Any) -> bytes:
-        err = failure.value
-        if not _wantsHTML(request):
-            from mcpsvc.http.errors import renderError
-
-            return renderError(request, err)
-        request.setResponseCode(err.code)
-        request.setHeader("Content-Type", "text/html; charset=utf-8")
-        request.setHeader("Cache-Control", "no-store")
-        request.setHeader("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
-        request.setHeader("X-Frame-Options", "DENY")
-        return _errorPage(err.error, err.description)
-
-    # After our own page handler: Klein uses the first handler that matches.
     installErrorHandlers(app)
 
     # -- helpers
@@ -639,7 +715,7 @@ class OAuthApp:
                 key = rawKey.decode("utf-8")
                 decoded = [v.decode("utf-8") for v in values]
             except UnicodeDecodeError:
-                raise AuthorizePageError("invalid_request", "Parameters must be UTF-8")
+                raise AuthorizePageError("invalid_request", "Parameters must be UTF-8", "bad_link")
             if len(decoded) > 1:
                 repeated.add(key)
             params[key] = decoded[0]
@@ -658,24 +734,102 @@ class OAuthApp:
     @app.route("/oauth/authorize", methods=["GET", "POST"])
     @app.route("/authorize", methods=["GET", "POST"])
     async def authorize(self, request: IRequest) -> bytes:
+        """
+        The authorization endpoint. Errors that are not sent back to the
+        client's (verified) redirect URI are shown: to a browser as a page
+        (L{_authorizeErrorPage}), to a client asking for JSON as OAuth JSON
+        (the app's error handlers).
+        """
+        seen: Dict[str, str] = {}
+        try:
+            return await self._authorize(request, seen)
+        except CancelledError:
+            raise  # the client went away: nobody to show a page to
+        except Exception:
+            if not _wantsHTML(request):
+                raise
+            return await self._authorizeErrorPage(request, Failure(), seen)
+
+    async def _authorizeErrorPage(
+        self, request: IRequest, failure: Failure, params: Mapping[str, str]
+    ) -> bytes:
+        """
+        The HTML page for an authorization error shown here: the same look
+        and security headers as the consent page, the right status, what
+        went wrong, and what to tell the administrator. Never a redirect.
+        """
+        from mcpsvc.authpage import page
+
+        err = failure.value
+        clientID = params.get("client_id")
+        requestedRedirect = params.get("redirect_uri") or ""
+        retry = ""
+        status = 400
+        headers: Dict[str, str] = {}
+        if isinstance(err, AuthorizePageError):
+            key, error, reason = err.page, err.error, err.description
+        elif isinstance(err, TooManyRequests):
+            key, error, reason, status = "rate_limited", err.error, err.description, 429
+            retry = str(err.retryAfter)
+            headers = dict(err.headers)
+        elif isinstance(err, StoreUnavailable):
+            self.log.error("Store unavailable for the authorization endpoint: {why}",
+                           why=str(err), requestID=getattr(request, "requestID", None))
+            key, error, reason, status = "unavailable", "temporarily_unavailable", "", 503
+            headers = {"Retry-After": "5"}
+        elif isinstance(err, HTTPError):
+            key, error, reason, status = "bad_request", err.error, err.description, err.code
+            headers = dict(err.headers)
+        else:
+            self.log.failure("Unhandled error for the authorization endpoint", failure,
+                             requestID=getattr(request, "requestID", None))
+            key, error, reason, status = "internal", "server_error", "", 500
+        heading, message, advice, admin = _PAGES[key]
+        values = {
+            "client": clientID or "none",
+            "host": urlsplit(requestedRedirect).netloc.rpartition("@")[2] or "an unknown address",
+            "reason": (reason or error).rstrip("."),
+            "retry": retry,
+        }
+        request.setResponseCode(status)
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        page.securityHeaders(request, None)
+        request.setHeader("Content-Type", "text/html; charset=utf-8")
+        tag = page.errorPage(
+            self.config.authorizePageTitle,
+            heading,
+            message.format(**values),
+            advice=advice.format(**values),
+            admin=admin.format(**values),
+            reference=page.reference(
+                request, error, Client_ID=clientID,
+                Redirect_URI=requestedRedirect if key == "bad_redirect" else None,
+            ),
+        )
+        return await page.render(tag)
+
+    async def _authorize(self, request: IRequest, seen: Dict[str, str]) -> bytes:
         await self._rateLimit(request, "authorize", self.config.rateLimitAuthorize)
         params, repeated = self._authorizeParams(request)
+        # For the error page: which client and address the request named.
+        seen.update(params)
         clientID = params.get("client_id")
         if not clientID or "client_id" in repeated:
-            raise AuthorizePageError("invalid_request", "client_id is required (exactly once)")
+            raise AuthorizePageError("invalid_request", "client_id is required (exactly once)", "bad_link")
         try:
             client: ClientRecord = await self.store.getClient(clientID)
         except NoSuchClient:
             self.log.warn("Authorization request for unknown client {clientID}", clientID=clientID)
-            raise AuthorizePageError("invalid_client", "Unknown client")
+            raise AuthorizePageError("invalid_client", "Unknown client", "unknown_client")
         registered = redirectURIs(client.metadata)
         requested = params.get("redirect_uri")
         if "redirect_uri" in repeated:
-            raise AuthorizePageError("invalid_request", "redirect_uri is repeated")
+            raise AuthorizePageError("invalid_request", "redirect_uri is repeated", "bad_link")
         redirectURI: Optional[str]
         if requested is None:
             if len(registered) != 1:
-                raise AuthorizePageError("invalid_request", "redirect_uri is required")
+                raise AuthorizePageError("invalid_request", "redirect_uri is required", "no_redirect")
             redirectURI = registered[0]
         else:
             redirectURI = findRegistered(requested, registered)
@@ -686,7 +840,8 @@ class OAuthApp:
                 )
                 audit("authorize.redirect_mismatch", "denied", request=request, clientID=clientID)
                 raise AuthorizePageError(
-                    "invalid_request", "redirect_uri does not match a registered redirect URI"
+                    "invalid_request", "redirect_uri does not match a registered redirect URI",
+                    "bad_redirect",
                 )
         state = params.get("state")
         iss = self.config.issuer

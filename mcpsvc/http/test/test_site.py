@@ -16,6 +16,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
 
+from mcpsvc import __version__
 from mcpsvc.http.app import Dispatcher, RootApp
 from mcpsvc.http.errors import BadRequest, OAuthError, installErrorHandlers
 from mcpsvc.http.jsonio import readForm, readJSON, writeJSON
@@ -88,13 +89,15 @@ def post(path: str, body: bytes, contentType: str = "application/json", headers:
 class HealthTests(SynchronousTestCase):
     def test_health(self) -> None:
         """
-        C{GET /health} answers 200 with status and an ISO 8601 timestamp.
+        C{GET /health} answers 200 with status, mcpsvc's version and an ISO
+        8601 timestamp.
         """
         status, headers, body, _ = rawRequest(makeSite(), get("/health"))
         self.assertEqual(status, 200)
         self.assertEqual(headers["content-type"], ["application/json"])
         self.assertEqual(
-            json.loads(body), {"status": "healthy", "timestamp": "2025-06-15T15:06:40.000Z"}
+            json.loads(body),
+            {"status": "healthy", "version": __version__, "timestamp": "2025-06-15T15:06:40.000Z"},
         )
 
     def test_ready(self) -> None:

@@ -41,6 +41,7 @@ def version():
 
 
 #: The public repository (project URLs on an index page and in pip show).
+#: Not yet published anywhere: confirm it before uploading to an index.
 REPOSITORY = "https://github.com/mcpsvc/mcpsvc"
 
 

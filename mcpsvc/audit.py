@@ -22,6 +22,8 @@ AUDIT_NAMESPACE = "mcpsvc.audit"
 _log = Logger(namespace=AUDIT_NAMESPACE)
 _FORBIDDEN = ("token", "secret", "password", "code", "authorization", "refresh_token", "access_token")
 _hook: Optional[Callable[[str, str], None]] = None
+#: Longest string kept in an audit field.
+_FIELD_LIMIT = 200
 
 
 def setAuditHook(hook: Optional[Callable[[str, str], None]]) -> None:
@@ -66,6 +68,13 @@ def audit(
             address = clientAddress(request, site.trustedProxies if site is not None else ())
         except Exception:
             address = None
+    # A client id, subject or reason can come from the request: bounded, so
+    # that no request makes the trail large.
+    from mcpsvc.http.jsonio import truncateForLog
+
+    clientID = truncateForLog(clientID, _FIELD_LIMIT)
+    subject = truncateForLog(subject, _FIELD_LIMIT)
+    fields = {name: truncateForLog(value, _FIELD_LIMIT) for name, value in fields.items()}
     _log.info(
         "audit {action} {outcome} client={clientID} subject={subject} address={address}",
         event_type="audit",

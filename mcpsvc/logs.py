@@ -115,6 +115,37 @@ def _text(event: Dict[str, Any]) -> str:
     return formatEvent(event)
 
 
+#: Longest string field, and longest text, written: whatever reaches a log
+#: event (a client name, a refused body's summary), no line grows past a
+#: few kilobytes per field.
+FIELD_LIMIT = 2000
+TEXT_LIMIT = 4000
+
+
+def _cut(value: str, limit: int = FIELD_LIMIT) -> str:
+    return value[:limit] + f"...({len(value)} chars)"
+
+
+def _bounded(value: Any) -> Any:
+    """
+    A JSON-able value with every string cut to L{FIELD_LIMIT} and every
+    container to 100 items.
+    """
+    if type(value) is str:
+        return _cut(value) if len(value) > FIELD_LIMIT else value
+    if isinstance(value, list):
+        items = [_bounded(v) for v in value[:100]]
+        if len(value) > 100:
+            items.append(f"...({len(value)} items)")
+        return items
+    if isinstance(value, dict):
+        out = {k[:FIELD_LIMIT]: _bounded(v) for k, v in list(value.items())[:100]}
+        if len(value) > 100:
+            out["..."] = f"({len(value)} entries)"
+        return out
+    return value
+
+
 _SKIPPED = frozenset(("format", "message", "isError", "system", "time"))
 _PLAIN = frozenset((str, int, float, bool, type(None)))
 
@@ -135,7 +166,14 @@ def eventAsRecord(event: Dict[str, Any]) -> Dict[str, Any]:
             continue
         if key in record:
             key = "field_" + key
-        record[key] = value if type(value) in _PLAIN else _jsonable(value)
+        if type(value) in _PLAIN:
+            if type(value) is str and len(value) > FIELD_LIMIT:
+                value = _cut(value)
+            record[key] = value
+        else:
+            record[key] = _bounded(_jsonable(value))
+    if len(record["text"]) > TEXT_LIMIT:
+        record["text"] = _cut(record["text"], TEXT_LIMIT)
     failure = event.get("log_failure")
     if failure is not None:
         record["traceback"] = failure.getTraceback()

@@ -6,11 +6,21 @@ each with its own registry.
 
 from __future__ import annotations
 
+import re
 from typing import Callable, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Metrics", "routeLabel"]
+__all__ = ["Metrics", "routeLabel", "methodLabel", "statusLabel", "codeLabel"]
+
+#: The methods that get a label of their own; any other token (HTTP allows
+#: any) is counted as C{"other"}.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+#: What a label made by the code (an audit action, a tool name, a store
+#: operation, an outcome) looks like; anything else is C{"other"}, so that
+#: no value a client chose can ever become a label.
+_CODE_LABEL = re.compile(r"[A-Za-z0-9_.:()/-]{1,128}")
 
 _KNOWN_ROUTES = (
     "/mcp", "/health", "/ready", "/metrics",
@@ -32,6 +42,28 @@ def routeLabel(path: str) -> str:
         if path == route or (route.startswith("/.well-known/") and path.startswith(route + "/")):
             return route
     return "other"
+
+
+def methodLabel(method: str) -> str:
+    """
+    The method label: one of a fixed set, or C{"other"}.
+    """
+    return method if method in _KNOWN_METHODS else "other"
+
+
+def statusLabel(status: int) -> str:
+    """
+    The status label: a three-digit HTTP status, or C{"other"}.
+    """
+    return str(status) if isinstance(status, int) and 100 <= status <= 599 else "other"
+
+
+def codeLabel(value: str) -> str:
+    """
+    A label value chosen by mcpsvc's code: kept when it looks like one,
+    else C{"other"}.
+    """
+    return value if isinstance(value, str) and _CODE_LABEL.fullmatch(value) else "other"
 
 
 class Metrics:
@@ -75,17 +107,19 @@ class Metrics:
 
     def observeRequest(self, path: str, method: str, status: int, seconds: float) -> None:
         route = routeLabel(path)
-        self.requests.labels(route, method, str(status)).inc()
+        self.requests.labels(route, methodLabel(method), statusLabel(status)).inc()
         self.requestDuration.labels(route).observe(max(0.0, seconds))
 
     def auditHook(self) -> Callable[[str, str], None]:
         def hook(action: str, outcome: str) -> None:
-            self.audit.labels(action, outcome).inc()
+            self.audit.labels(codeLabel(action), codeLabel(outcome)).inc()
 
         return hook
 
     def toolCall(self, tool: str, outcome: str) -> None:
-        self.toolCalls.labels(tool, outcome).inc()
+        # Tool names come from the registry (a miss is already "unknown");
+        # the check only keeps a plugin's odd name from widening the set.
+        self.toolCalls.labels(codeLabel(tool), codeLabel(outcome)).inc()
 
     def __repr__(self) -> str:  # pragma: no cover
         return "<Metrics>"

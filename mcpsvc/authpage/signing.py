@@ -24,6 +24,8 @@ from typing import Any, Dict, Optional
 
 from attrs import field, frozen
 
+from mcpsvc.http.jsonio import decodeJSON
+
 __all__ = ["Signer", "BadSignature", "deriveKey", "bindingOf"]
 
 
@@ -87,12 +89,14 @@ class Signer:
             raise BadSignature("missing")
         version, _, rest = value.partition(".")
         payload, _, mac = rest.partition(".")
-        if version != "v1" or not payload or not mac:
+        if version != "v1" or not payload or not mac or not (payload + mac).isascii():
+            # A form field or cookie can hold any character: only ASCII
+            # is ever signed here.
             raise BadSignature("malformed")
-        if not hmac.compare_digest(mac.encode("ascii", "replace"), self._mac(purpose, payload).encode("ascii")):
+        if not hmac.compare_digest(mac.encode("ascii"), self._mac(purpose, payload).encode("ascii")):
             raise BadSignature("altered")
         try:
-            data = json.loads(_unb64(payload))
+            data = decodeJSON(_unb64(payload))
         except (binascii.Error, ValueError):  # pragma: no cover - we signed it
             raise BadSignature("malformed")
         if not isinstance(data, dict) or not isinstance(data.get("exp"), int):

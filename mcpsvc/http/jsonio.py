@@ -1,15 +1,25 @@
 # -*- test-case-name: mcpsvc.http.test.test_jsonio -*-
 """
-Reading and writing request and response bodies.
+Reading and writing request and response bodies, and the one JSON decoder.
 
 The request factory (L{mcpsvc.http.site}) already refuses, while reading,
 any body larger than the largest limit; these helpers check the content
 type and the per-type limit before parsing, and parse strictly.
+
+L{decodeJSON} is the only way mcpsvc parses JSON that came from outside:
+request bodies (OAuth, MCP), token parts (JWT header and payload, sealed
+cookies and form values) and anything else a client can influence. It
+bounds size and nesting depth, refuses lone surrogates (C{"\\ud800"}: valid
+JSON text, but no UTF-8 string can hold one), C{NaN}/C{Infinity} and
+numbers that overflow to infinity, and raises one typed error,
+L{InvalidJSON}, that each caller maps to its own format.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any, Dict, Optional
 from urllib.parse import parse_qsl
 
@@ -26,6 +36,11 @@ __all__ = [
     "readForm",
     "writeJSON",
     "strictLoads",
+    "decodeJSON",
+    "InvalidJSON",
+    "MAX_DEPTH",
+    "truncateForLog",
+    "dumpJSON",
 ]
 
 #: Largest JSON body accepted (bytes).
@@ -59,18 +74,147 @@ def readBody(request: IRequest, maxBytes: int) -> bytes:
     return data
 
 
+#: Deepest nesting of arrays and objects accepted (a JSON-RPC request with
+#: tool arguments needs well under 20; CPython's parser recurses per level
+#: and fails near 1000).
+MAX_DEPTH = 64
+
+
+class InvalidJSON(ValueError):
+    """
+    Text that L{decodeJSON} refuses.
+
+    @ivar reason: a short explanation, safe to show the client.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def _refuseConstant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise InvalidJSON(f"{name} is not valid JSON")
+
+
+def _parseFloat(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise InvalidJSON("a number is out of range")
+    return value
+
+
+#: A \\uD800-\\uDFFF escape: the only way a surrogate gets into parsed JSON
+#: (strict UTF-8 decoding refuses encoded surrogates).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check(value: Any, maxDepth: int, surrogates: bool) -> None:
+    """
+    Walk C{value} without recursion: refuse nesting deeper than
+    C{maxDepth} and (when C{surrogates}) lone surrogates in strings.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > maxDepth:
+                raise InvalidJSON(f"nested deeper than {maxDepth} levels")
+            for key, child in item.items():
+                if surrogates and _LONE_SURROGATE.search(key):
+                    raise InvalidJSON("a string holds a lone surrogate")
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            if depth > maxDepth:
+                raise InvalidJSON(f"nested deeper than {maxDepth} levels")
+            stack.extend((child, depth + 1) for child in item)
+        elif surrogates and isinstance(item, str) and _LONE_SURROGATE.search(item):
+            raise InvalidJSON("a string holds a lone surrogate")
+
+
+def decodeJSON(
+    data: bytes | str,
+    *,
+    maxBytes: Optional[int] = JSON_LIMIT,
+    maxDepth: int = MAX_DEPTH,
+) -> Any:
+    """
+    Parse JSON from outside, strictly and within bounds.
+
+    Refuses (with L{InvalidJSON}): more than C{maxBytes} (C{None}: no
+    limit), bytes that are not UTF-8, invalid JSON, C{NaN} and
+    C{Infinity}, numbers that overflow to infinity or have more digits
+    than Python converts, nesting deeper than C{maxDepth}, and lone
+    surrogates in any string or key. Never raises anything else.
+    """
+    if maxBytes is not None and len(data) > maxBytes:
+        raise InvalidJSON(f"more than {maxBytes} bytes")
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidJSON("not valid UTF-8")
+    elif isinstance(data, str):
+        text = data
+        if _LONE_SURROGATE.search(text):
+            raise InvalidJSON("a string holds a lone surrogate")
+    else:
+        raise InvalidJSON("not text")
+    try:
+        value = json.loads(text, parse_constant=_refuseConstant, parse_float=_parseFloat)
+    except InvalidJSON:
+        raise
+    except RecursionError:
+        raise InvalidJSON(f"nested deeper than {maxDepth} levels")
+    except ValueError as e:
+        # JSONDecodeError, and int() refusing more than 4300 digits.
+        raise InvalidJSON(str(e).split(":", 1)[0] if isinstance(e, json.JSONDecodeError)
+                          else "a number has too many digits")
+    surrogates = _SURROGATE_ESCAPE.search(text) is not None
+    # Nesting cannot exceed the number of brackets: skip the walk when
+    # there are too few to matter (str.count is fast).
+    if surrogates or text.count("[") + text.count("{") > maxDepth:
+        _check(value, maxDepth, surrogates)
+    return value
 
 
 def strictLoads(data: bytes | str) -> Any:
     """
-    Parse JSON strictly: no C{NaN}, C{Infinity} or C{-Infinity}; raises
-    C{ValueError} on anything invalid, including bad UTF-8.
+    L{decodeJSON} with its default limits (kept for existing callers).
     """
-    if isinstance(data, bytes):
-        data = data.decode("utf-8")
-    return json.loads(data, parse_constant=_refuseConstant)
+    return decodeJSON(data)
+
+
+def truncateForLog(value: Any, limit: int = 200) -> Any:
+    """
+    A bounded copy of C{value} for a log event: strings cut to C{limit}
+    characters, containers to their first 20 items and 3 levels, so that
+    no request can make a log line large.
+    """
+
+    def cut(item: Any, depth: int) -> Any:
+        if isinstance(item, str):
+            return item if len(item) <= limit else item[:limit] + f"...({len(item)} chars)"
+        if isinstance(item, (bool, int, float)) or item is None:
+            if isinstance(item, int) and not isinstance(item, bool) and abs(item) > 10**18:
+                return "(large number)"
+            return item
+        if depth >= 3:
+            return "..."
+        if isinstance(item, dict):
+            out = {cut(str(k), depth + 1): cut(v, depth + 1) for k, v in list(item.items())[:20]}
+            if len(item) > 20:
+                out["..."] = f"({len(item)} entries)"
+            return out
+        if isinstance(item, (list, tuple, set, frozenset)):
+            items = list(item)
+            out2 = [cut(v, depth + 1) for v in items[:20]]
+            if len(items) > 20:
+                out2.append(f"...({len(items)} items)")
+            return out2
+        return cut(repr(item), depth)
+
+    return cut(value, 0)
 
 
 def _isJSONType(media: str) -> bool:
@@ -79,9 +223,12 @@ def _isJSONType(media: str) -> bool:
     )
 
 
-def readJSON(request: IRequest, maxBytes: int = JSON_LIMIT) -> Any:
+def readJSON(request: IRequest, maxBytes: int = JSON_LIMIT, error: str = "invalid_json") -> Any:
     """
-    Return the parsed JSON body of C{request}.
+    Return the parsed JSON body of C{request}, decoded by L{decodeJSON}.
+
+    @param error: the C{error} code of the 400 (OAuth routes pass
+        C{invalid_request} or C{invalid_client_metadata}).
 
     @raise UnsupportedMediaType: the content type is not JSON (415).
     @raise PayloadTooLarge: the body exceeds C{maxBytes} (413).
@@ -91,9 +238,9 @@ def readJSON(request: IRequest, maxBytes: int = JSON_LIMIT) -> Any:
         raise UnsupportedMediaType("Content-Type must be application/json")
     data = readBody(request, maxBytes)
     try:
-        return strictLoads(data)
-    except ValueError:
-        raise BadRequest("Request body is not valid JSON", error="invalid_json")
+        return decodeJSON(data, maxBytes=None)
+    except InvalidJSON as e:
+        raise BadRequest(f"Request body is not valid JSON: {e.reason}", error=error)
 
 
 def readForm(
@@ -112,7 +259,7 @@ def readForm(
     """
     media = mediaType(request)
     if allowJSON and _isJSONType(media):
-        parsed = readJSON(request, maxBytes)
+        parsed = readJSON(request, maxBytes, error="invalid_request")
         if not isinstance(parsed, dict):
             raise BadRequest("Request body must be a JSON object")
         return {
@@ -153,4 +300,16 @@ def writeJSON(
     request.setHeader("Content-Type", "application/json")
     for name, value in (headers or {}).items():
         request.setHeader(name, value)
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return dumpJSON(obj)
+
+
+def dumpJSON(obj: Any) -> bytes:
+    """
+    C{obj} as compact UTF-8 JSON. A string that UTF-8 cannot hold (a lone
+    surrogate that reached a response some other way than through
+    L{decodeJSON}) is written escaped instead of failing the response.
+    """
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode("ascii")

@@ -35,6 +35,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -132,6 +133,30 @@ def clientAddress(request: Any, trustedProxies: Tuple[Any, ...] = ()) -> str:
     return hops[0] if hops else str(host)
 
 
+class LenientHeaders(Headers):
+    """
+    Request headers whose values, asked for by a C{str} name, are decoded
+    as UTF-8 when they are and as ISO-8859-1 otherwise (RFC 9110 allows
+    any octet in a field value), never raising. Twisted's own decode is
+    strict UTF-8, so a single C{0xff} byte in any header read by name
+    would otherwise fail the request with a 500.
+    """
+
+    def getRawHeaders(self, name: Any, default: Any = None) -> Any:
+        if not isinstance(name, str):
+            return super().getRawHeaders(name, default)
+        values = super().getRawHeaders(name.encode("ascii", "replace"), None)
+        if not values:
+            return default
+        decoded = []
+        for value in values:
+            try:
+                decoded.append(value.decode("utf-8"))
+            except UnicodeDecodeError:
+                decoded.append(value.decode("latin-1"))
+        return decoded
+
+
 class McpsvcRequest(Request):
     """
     A request that enforces the body limit while reading, carries a request
@@ -153,6 +178,7 @@ class McpsvcRequest(Request):
 
     def __init__(self, channel: HTTPChannel, queued: Any = None) -> None:
         super().__init__(channel)
+        self.requestHeaders = LenientHeaders()
         factory = getattr(channel, "site", None)
         # Kept here: twisted.web drops the channel once the request is done.
         self._mcpsvcSite = factory if isinstance(factory, McpsvcSite) else None
@@ -312,8 +338,10 @@ class McpsvcRequest(Request):
             # Nothing was sent: do not log the default 200.
             status = CLIENT_CLOSED
         self._logRequest(
-            method=self.method.decode("latin-1"),
-            path=self.path.decode("latin-1", "replace"),
+            # Both are None when the connection was lost before the request
+            # line was complete.
+            method=(self.method or b"").decode("latin-1"),
+            path=(self.path or b"").decode("latin-1", "replace"),
             status=status,
             aborted=aborted,
         )

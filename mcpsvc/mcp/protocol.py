@@ -10,10 +10,11 @@ errors back into JSON-serialisable dictionaries.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from attrs import field, frozen
+
+from mcpsvc.http.jsonio import InvalidJSON, decodeJSON, dumpJSON
 
 __all__ = [
     "HANDSHAKE_VERSIONS",
@@ -199,20 +200,16 @@ class Response:
 Message = Union[Request, Notification, Response]
 
 
-def _refuseConstant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parseJSON(body: bytes) -> Any:
     """
-    Decode a request body strictly (UTF-8, no C{NaN}/C{Infinity}).
+    Decode a request body with L{mcpsvc.http.jsonio.decodeJSON} (UTF-8,
+    no C{NaN}/C{Infinity}, bounded depth, no lone surrogates).
 
-    @raise ProtocolError: C{-32700} when C{body} is not JSON.
+    @raise ProtocolError: C{-32700} when C{body} is not acceptable JSON.
     """
     try:
-        text = body.decode("utf-8")
-        return json.loads(text, parse_constant=_refuseConstant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        return decodeJSON(body, maxBytes=None)
+    except InvalidJSON:
         raise ProtocolError(PARSE_ERROR, "Parse error", httpStatus=400) from None
 
 
@@ -337,4 +334,4 @@ def encode(message: Union[Mapping[str, Any], Sequence[Any]]) -> bytes:
     """
     Encode a message (or a batch) as compact UTF-8 JSON.
     """
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return dumpJSON(message)

@@ -36,7 +36,7 @@ from twisted.web.resource import IResource
 from mcpsvc.audit import audit
 from mcpsvc.config import Config, RateLimit
 from mcpsvc.http.errors import HTTPError, OAuthError, TooManyRequests, installErrorHandlers
-from mcpsvc.http.jsonio import readForm, readJSON, writeJSON
+from mcpsvc.http.jsonio import readForm, readJSON, truncateForLog, writeJSON
 from mcpsvc.oauth import pkce
 from mcpsvc.oauth.bearer import revocationIDs
 from mcpsvc.oauth.clients import (
@@ -583,7 +583,7 @@ class OAuthApp:
                   reason=reason, method=used)
             self.log.warn(
                 "Client authentication failed for {clientID} ({method}): {reason}",
-                clientID=clientID, method=used, reason=reason,
+                clientID=truncateForLog(clientID, 100), method=used, reason=reason,
             )
             return _invalidClient(description, triedBasic)
 
@@ -655,23 +655,25 @@ class OAuthApp:
     @app.route("/register", methods=["POST"])
     async def register(self, request: IRequest) -> bytes:
         await self._rateLimit(request, "register", self.config.rateLimitRegister)
-        body = readJSON(request)
+        body = readJSON(request, error="invalid_client_metadata")
         if not isinstance(body, dict):
             raise OAuthError("invalid_client_metadata", "Client metadata must be a JSON object")
-        summary = {k: body[k] for k in _LOGGED_REGISTRATION_FIELDS if k in body}
+        # Bounded: a refused 1 MB registration must not become a 1 MB log line.
+        summary = truncateForLog({k: body[k] for k in _LOGGED_REGISTRATION_FIELDS if k in body})
+        fieldNames = truncateForLog(sorted(body)[:20], limit=40)
         try:
             how = self._registrationAuthorized(request, body)
         except OAuthError as e:
             self.log.warn(
                 "Registration refused ({error}) from {address}: {summary}",
                 error=e.error, address=requestAddress(request), summary=summary,
-                fields=sorted(body),
+                fields=fieldNames,
             )
             audit("client.register", "denied", request=request, reason=e.error)
             raise
         self.log.info(
             "Registration request from {address} (initial access: {how}): {summary}",
-            address=requestAddress(request), how=how, summary=summary, fields=sorted(body),
+            address=requestAddress(request), how=how, summary=summary, fields=fieldNames,
         )
         try:
             metadata = normalizeMetadata(body, patterns=self._redirectPatterns())
@@ -820,7 +822,8 @@ class OAuthApp:
         try:
             client: ClientRecord = await self.store.getClient(clientID)
         except NoSuchClient:
-            self.log.warn("Authorization request for unknown client {clientID}", clientID=clientID)
+            self.log.warn("Authorization request for unknown client {clientID}",
+                          clientID=truncateForLog(clientID, 100))
             raise AuthorizePageError("invalid_client", "Unknown client", "unknown_client")
         registered = redirectURIs(client.metadata)
         requested = params.get("redirect_uri")

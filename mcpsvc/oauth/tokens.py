@@ -50,6 +50,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from twisted.python.filepath import FilePath
 
+from mcpsvc.http.jsonio import decodeJSON
+
 __all__ = [
     "LEEWAY",
     "TOKEN_TYPE",
@@ -72,6 +74,8 @@ LEEWAY = 30.0
 TOKEN_TYPE = "at+jwt"
 #: Longest token we try to parse.
 MAX_TOKEN_LENGTH = 8192
+#: Deepest nesting accepted in a JWT header or payload (ours are flat).
+JOSE_DEPTH = 8
 
 
 class InvalidToken(Exception):
@@ -523,7 +527,7 @@ class AccessTokens:
         ):
             raise InvalidToken("malformed token")
         try:
-            header = json.loads(_b64decode(headerPart))
+            header = decodeJSON(_b64decode(headerPart), maxDepth=JOSE_DEPTH)
         except (ValueError, TypeError):
             raise InvalidToken("malformed token")
         if not isinstance(header, dict):
@@ -543,7 +547,7 @@ class AccessTokens:
         if not valid:
             raise InvalidToken("token signature is invalid")
         try:
-            claims = json.loads(_b64decode(payloadPart))
+            claims = decodeJSON(_b64decode(payloadPart), maxDepth=JOSE_DEPTH)
         except (ValueError, TypeError):
             raise InvalidToken("token signature is invalid")
         if not isinstance(claims, dict):

@@ -31,6 +31,11 @@ MAX_ECHO = 10_000
 
 Number = Union[int, float]
 
+_TOO_LARGE_FOR_FLOAT = (
+    "The result is too large for a floating-point number (at most about 1.8e308); "
+    "use integers only (no decimal point or /) to work with larger numbers"
+)
+
 
 class CalculationError(ToolError):
     """
@@ -170,7 +175,9 @@ def evaluate(expression: str) -> Number:
                 return _checkInt(_FUNCTIONS[node.func.id](*args))
             except CalculationError:
                 raise
-            except (TypeError, ValueError, OverflowError):
+            except OverflowError:
+                raise CalculationError(_TOO_LARGE_FOR_FLOAT) from None
+            except (TypeError, ValueError):
                 raise CalculationError(f"Invalid arguments to {node.func.id}()") from None
         raise CalculationError("The expression uses something other than arithmetic")
 
@@ -178,6 +185,10 @@ def evaluate(expression: str) -> Number:
         return visit(tree)
     except RecursionError:
         raise CalculationError("The expression is too deeply nested") from None
+    except OverflowError:
+        # Mixing a large integer with a float (2**4000 * 1.5), or dividing
+        # one whose quotient no float can hold.
+        raise CalculationError(_TOO_LARGE_FOR_FLOAT) from None
 
 
 def _echo(arguments: Mapping[str, Any], context: ToolContext) -> str:

@@ -39,6 +39,10 @@ class Confinement:
     def _clean(self, path: str) -> List[str]:
         if not isinstance(path, str) or len(path) > MAX_PATH or "\x00" in path:
             raise ToolError("Invalid path")
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ToolError("Invalid path: it is not valid Unicode text") from None
         if path.startswith(("/", "\\")) or os.path.isabs(path) or (len(path) > 1 and path[1] == ":"):
             raise ToolError("Paths must be relative to the files root")
         parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
@@ -121,8 +125,11 @@ def _writeFile(
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise ToolError(f"Not a regular file: {path}")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise ToolError(f"Cannot write {path}: {os.strerror(e.errno or 0)}") from None
     return {"path": confinement.relative(real), "size": len(data)}
 
 
@@ -132,24 +139,34 @@ def _listDirectory(confinement: Confinement, path: str, maxEntries: int) -> Dict
         raise ToolError(f"No such directory: {path}")
     entries: List[Dict[str, Any]] = []
     truncated = False
-    with os.scandir(real) as it:
-        for entry in sorted(it, key=lambda e: e.name):
-            if len(entries) >= maxEntries:
-                truncated = True
-                break
+    try:
+        with os.scandir(real) as it:
+            listed = sorted(it, key=lambda e: e.name)
+    except OSError:
+        raise ToolError(f"Cannot list {path}") from None
+    for entry in listed:
+        if len(entries) >= maxEntries:
+            truncated = True
+            break
+        size = None
+        try:
             if entry.is_symlink():
                 kind = "symlink"
-                size = None
             elif entry.is_dir(follow_symlinks=False):
                 kind = "directory"
-                size = None
             else:
                 kind = "file"
                 size = entry.stat(follow_symlinks=False).st_size
-            item: Dict[str, Any] = {"name": entry.name, "type": kind}
-            if size is not None:
-                item["size"] = size
-            entries.append(item)
+        except OSError:
+            # Removed while we listed it.
+            continue
+        # A name that is not UTF-8 (surrogate-escaped bytes) is shown with
+        # replacement characters: a response cannot carry the raw bytes.
+        name = os.fsencode(entry.name).decode("utf-8", "replace")
+        item: Dict[str, Any] = {"name": name, "type": kind}
+        if size is not None:
+            item["size"] = size
+        entries.append(item)
     return {"path": confinement.relative(real), "entries": entries, "truncated": truncated}
 
 

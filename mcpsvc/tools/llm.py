@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
+from mcpsvc.http.jsonio import InvalidJSON, decodeJSON
 from mcpsvc.tools.interfaces import Tool, ToolContext, ToolError, ToolPackContext
 
 __all__ = ["llmTools", "DEFAULT_MODEL", "MAX_RESPONSE", "MAX_PROMPT", "LLM_TIMEOUT"]
@@ -51,6 +52,11 @@ async def _readLimited(response: Any, limit: int) -> bytes:
         await treq.collect(response, collect)
     except _TooLarge:
         raise ToolError(f"The LLM response is larger than {limit} bytes") from None
+    except CancelledError:
+        raise
+    except Exception as e:
+        log.warn("Reading the LLM response failed: {why}", why=repr(e))
+        raise ToolError("The LLM service's answer was cut off; try again") from None
     return b"".join(chunks)
 
 
@@ -93,8 +99,8 @@ def llmTools(context: ToolPackContext, *, maxResponse: int = MAX_RESPONSE) -> Li
             log.warn("LLM service answered HTTP {code}", code=response.code)
             raise ToolError(f"The LLM service answered HTTP {response.code}")
         try:
-            parsed = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+            parsed = decodeJSON(raw, maxBytes=None)
+        except InvalidJSON:
             raise ToolError("The LLM service answered with invalid JSON") from None
         if not isinstance(parsed, dict) or not isinstance(parsed.get("response"), str):
             raise ToolError("The LLM service answered without a response text")

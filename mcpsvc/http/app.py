@@ -23,7 +23,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
 from mcpsvc import __version__
-from mcpsvc.http.errors import installErrorHandlers
+from mcpsvc.http.errors import BadRequest, installErrorHandlers, renderError
 from mcpsvc.http.jsonio import writeJSON
 from mcpsvc.storage.interfaces import StoreError
 
@@ -161,4 +161,11 @@ class Dispatcher(Resource):
 
     def render(self, request: IRequest) -> Any:
         path = request.path.decode("latin-1")
+        try:
+            # What Klein decodes (logging a traceback when it cannot): the
+            # percent-decoded path and the Host name, as UTF-8.
+            b"/".join(request.postpath or []).decode("utf-8")
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            return renderError(request, BadRequest("The request path and Host must be UTF-8"))
         return self.resourceFor(path).render(request)

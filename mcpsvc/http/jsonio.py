@@ -147,6 +147,8 @@ def decodeJSON(
     than Python converts, nesting deeper than C{maxDepth}, and lone
     surrogates in any string or key. Never raises anything else.
     """
+    if not isinstance(data, (bytes, str)):
+        raise InvalidJSON("not text")
     if maxBytes is not None and len(data) > maxBytes:
         raise InvalidJSON(f"more than {maxBytes} bytes")
     if isinstance(data, bytes):
@@ -154,12 +156,10 @@ def decodeJSON(
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidJSON("not valid UTF-8")
-    elif isinstance(data, str):
+    else:
         text = data
         if _LONE_SURROGATE.search(text):
             raise InvalidJSON("a string holds a lone surrogate")
-    else:
-        raise InvalidJSON("not text")
     try:
         value = json.loads(text, parse_constant=_refuseConstant, parse_float=_parseFloat)
     except InvalidJSON:

@@ -71,6 +71,28 @@ class MetricsEndpointTests(SynchronousTestCase):
         self.assertEqual(routeLabel("/.well-known/oauth-protected-resource/mcp"), "/.well-known/oauth-protected-resource")
         self.assertEqual(routeLabel("/wp-admin"), "other")
 
+    def test_labelsFromFixedSets(self) -> None:
+        """
+        A method, status or code-made label outside its fixed set is
+        C{other}: an invented HTTP method adds no series.
+        """
+        from mcpsvc.metrics import Metrics, codeLabel, methodLabel, statusLabel
+
+        self.assertEqual([methodLabel(m) for m in ("GET", "POST", "BREW", "get", "X" * 100)],
+                         ["GET", "POST", "other", "other", "other"])
+        self.assertEqual([statusLabel(s) for s in (200, 499, 99, 600)], ["200", "499", "other", "other"])
+        self.assertEqual([codeLabel(v) for v in ("token.issue", "(unknown)", "a b", "x" * 200, "\u00e9")],
+                         ["token.issue", "(unknown)", "other", "other", "other"])
+        metrics = Metrics()
+        for i in range(100):
+            metrics.observeRequest("/health", f"M{i}", 405, 0.001)
+            metrics.auditHook()(f"invented action {i}", "denied")
+        samples = {tuple(sorted(s.labels.items())) for m in metrics.requests.collect() for s in m.samples
+                   if s.name == "mcpsvc_http_requests_total"}
+        self.assertEqual(samples, {(("method", "other"), ("route", "/health"), ("status", "405"))})
+        audit = {s.labels["action"] for m in metrics.audit.collect() for s in m.samples}
+        self.assertEqual(audit, {"other"})
+
 
 class AuditTests(SynchronousTestCase):
     def test_event(self) -> None:

@@ -38,6 +38,17 @@ class SignerTests(SynchronousTestCase):
         other = Signer(deriveKey("t" * 40, "signing")).sign("csrf", {"id": "x"}, 100)
         self.assertEqual(self.reason("csrf", other, 0), "altered")
 
+    def test_nonASCII(self) -> None:
+        """
+        A value with a non-ASCII character anywhere (a form field or a
+        cookie can hold any) is malformed, never an exception.
+        """
+        value = self.signer.sign("csrf", {"id": "x"}, 100)
+        version, payload, mac = value.split(".")
+        for bad in (f"{version}.{payload[:5]}\u00e9{payload[5:]}.{mac}", f"{version}.{payload}.{mac}\u00e9",
+                    "v1.\u00e9.x", "v1.\ud800.x"):
+            self.assertEqual(self.reason("csrf", bad, 0), "malformed")
+
     def test_keysPerLabel(self) -> None:
         self.assertNotEqual(deriveKey("s" * 40, "a"), deriveKey("s" * 40, "b"))
 

@@ -114,6 +114,19 @@ class CoreToolsTests(SynchronousTestCase):
         self.assertTrue(bad["isError"])
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_calculateFloatOverflow(self) -> None:
+        """
+        An integer too large for a float meeting a float (C{2**4000*1.5})
+        is an explained tool error, not an internal error with a logged
+        traceback.
+        """
+        for expression in ("2**4000*1.5", "2**4000/3", "1.0-2**4000", "sqrt(2**4000)", "round(2**4000*1.0)"):
+            result = self.call("calculate", {"expression": expression})
+            self.assertTrue(result["isError"], expression)
+            self.assertIn("too large for a floating-point number", result["content"][0]["text"])
+        self.assertFalse(self.call("calculate", {"expression": "2**4000//3"}).get("isError"))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_timestampUsesClockAndZone(self) -> None:
         """
         C{get_timestamp} reads the injected clock and honours the zone.

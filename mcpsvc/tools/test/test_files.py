@@ -134,3 +134,44 @@ class FilesToolsTests(SynchronousTestCase):
         self.assertRefused("file_read", {"path": "sub"})
         self.assertRefused("file_read", {"path": "missing"}, "No such file")
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_awkwardNames(self) -> None:
+        """
+        A name that is not UTF-8 on disk is listed with replacement
+        characters; a directory that cannot be read, a path with a lone
+        surrogate and a component too long for the file system are
+        explained tool errors.
+        """
+        with open(os.path.join(os.fsencode(self.root), b"odd-\xff"), "w") as f:
+            f.write("x")
+        result = self.call("file_list", {"path": "."})
+        self.assertFalse(result.get("isError"), result)
+        names = [e["name"] for e in result["structuredContent"]["entries"]]
+        self.assertIn("hello.txt", names)
+        listed = self.call("file_list", {"path": "."})
+        self.assertEqual(listed, result)
+        self.assertRefused("file_read", {"path": "a\ud800"}, "Invalid path")
+        self.assertRefused("file_write", {"path": "a\ud800", "content": "x"}, "Invalid path")
+        self.assertRefused("file_read", {"path": "n" * 300}, "Cannot open")
+        self.assertRefused("file_write", {"path": "n" * 300, "content": "x"}, "Cannot write")
+        locked = os.path.join(self.root, "locked")
+        os.makedirs(locked)
+        os.chmod(locked, 0)
+        self.addCleanup(os.chmod, locked, 0o755)
+        if os.geteuid() != 0:  # root reads any directory
+            self.assertRefused("file_list", {"path": "locked"}, "Cannot list")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_undecodableListed(self) -> None:
+        """
+        The listing of a directory holding a non-UTF-8 name encodes as
+        UTF-8 JSON (the name carries U+FFFD, not a lone surrogate).
+        """
+        import json
+
+        with open(os.path.join(os.fsencode(self.root), b"odd-\xff"), "w") as f:
+            f.write("x")
+        result = self.call("file_list", {"path": "."})
+        names = [e["name"] for e in result["structuredContent"]["entries"]]
+        self.assertIn("odd-\ufffd", names)
+        json.dumps(result, ensure_ascii=False).encode("utf-8")

@@ -108,6 +108,19 @@ class LLMToolTests(SynchronousTestCase):
             self.assertTrue(result["isError"], body[:20])
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_hostileBody(self) -> None:
+        """
+        The LLM service's answer goes through the same JSON decoder as a
+        request: nesting too deep, a lone surrogate or an infinite number
+        is an explained C{isError} result, not an internal error.
+        """
+        for body in (b"[" * 400 + b"]" * 400, b'{"response": "\\ud800"}', b'{"response": "x", "n": 1e999}'):
+            self.ollama.body = body
+            result = self.successResultOf(self.call({"prompt": "Hi"}))
+            self.assertTrue(result["isError"], body[:20])
+            self.assertIn("invalid JSON", result["content"][0]["text"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_timeout(self) -> None:
         """
         A hanging service is cut off by the tool timeout.

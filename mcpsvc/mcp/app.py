@@ -65,7 +65,7 @@ from mcpsvc.http.errors import (
     renderError,
     renderFailure,
 )
-from mcpsvc.http.jsonio import JSON_LIMIT, mediaType, readBody
+from mcpsvc.http.jsonio import JSON_LIMIT, mediaType, readBody, truncateForLog
 from mcpsvc.mcp.dispatcher import (
     Dispatcher,
     InsufficientScope,
@@ -728,7 +728,8 @@ class McpApp:
         self.log.info(
             "MCP initialize from {clientName} {clientVersion}: requested {requested}, "
             "negotiated {version}",
-            clientName=info.get("name"), clientVersion=info.get("version"),
+            clientName=truncateForLog(info.get("name"), 100),
+            clientVersion=truncateForLog(info.get("version"), 100),
             requested=str(params.get("protocolVersion"))[:40], version=version,
             capabilities=sorted(capabilities), clientID=principal.clientID,
             sessionID=sessionID, requestID=getattr(request, "requestID", None),

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpsvc._version import __version__
+from mcpsvc.http.jsonio import truncateForLog
 from mcpsvc.mcp.protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -428,8 +429,8 @@ class Dispatcher:
                 if self.cancel(context.scope, requestID):
                     self.log.info(
                         "Cancelled request {requestID} at the client's request",
-                        requestID=requestID,
-                        reason=notification.params.get("reason"),
+                        requestID=truncateForLog(requestID, 100),
+                        reason=truncateForLog(notification.params.get("reason"), 200),
                     )
 
     def handleResponse(self, response: Response, context: RequestContext) -> bool:
@@ -810,7 +811,8 @@ class Dispatcher:
         d = self.registry.callTool(tool, arguments, toolContext)
         if key in self._inFlight:
             # A reused id: the newer call wins the cancellation slot.
-            self.log.warn("Request id {requestID} reused while in flight", requestID=request.id)
+            self.log.warn("Request id {requestID} reused while in flight",
+                          requestID=truncateForLog(request.id, 100))
         call = _InFlight(d)
         self._inFlight[key] = call
         try:

@@ -432,7 +432,7 @@ class FuzzMixin:
     watch: LogWatch
 
     def setUp(self) -> None:
-        self.service = _service()
+        self.service = _service(type(self))
         self.watch = LogWatch()
         globalLogPublisher.addObserver(self.watch)
         self.addCleanup(globalLogPublisher.removeObserver, self.watch)  # type: ignore[attr-defined]
@@ -477,17 +477,18 @@ class FuzzMixin:
                 f"{where}: {parsed!r:.300}"
 
 
-_shared: List[Service] = []
+_shared: Dict[Any, Service] = {}
 
 
-def _service() -> Service:
+def _service(owner: Any = None) -> Service:
     """
-    One L{Service} for the whole module (building and provisioning it is
-    the slow part); examples only add records to its store.
+    One L{Service} per test class (building and provisioning it is the
+    slow part), so that one class revoking the shared tokens does not
+    change what another reaches.
     """
-    if not _shared:
-        _shared.append(Service())
-    return _shared[0]
+    if owner not in _shared:
+        _shared[owner] = Service()
+    return _shared[owner]
 
 
 # -- the properties -------------------------------------------------------------

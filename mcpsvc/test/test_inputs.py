@@ -29,7 +29,7 @@ def b64(data: bytes) -> str:
 
 class SiteTestCase(SynchronousTestCase):
     def setUp(self) -> None:
-        self.service = _service()
+        self.service = _service(type(self))
         self.watch = LogWatch()
         self.events: List[Dict[str, Any]] = []
         globalLogPublisher.addObserver(self.watch)

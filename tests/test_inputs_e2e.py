@@ -156,7 +156,7 @@ class InputAttackTests(SynchronousTestCase):
             status, headers, body = http(url + "/oauth/authorize", method="POST",
                                          form=dict(fields, csrf_token=bad, decision="approve"),
                                          headers={"Accept": "text/html"})
-            self.assertEqual(status, 400, body[:300])
+            self.assertEqual(status, 400, str(body)[:300])
             self.assertNotIn("location", headers)
             self.assertIn("text/html", headers["content-type"])
         send(url + "/health", b"", method="GET")

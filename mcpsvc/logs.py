@@ -120,27 +120,38 @@ def _text(event: Dict[str, Any]) -> str:
 #: few kilobytes per field.
 FIELD_LIMIT = 2000
 TEXT_LIMIT = 4000
+#: Longest line written in the text format (a failure's traceback is kept).
+LINE_LIMIT = 8000
 
 
 def _cut(value: str, limit: int = FIELD_LIMIT) -> str:
     return value[:limit] + f"...({len(value)} chars)"
 
 
-def _bounded(value: Any) -> Any:
+#: Inside a structured field: longest string, most items, deepest level.
+ITEM_LIMIT = 200
+ITEMS = 20
+DEPTH = 4
+
+
+def _bounded(value: Any, depth: int = 0) -> Any:
     """
-    A JSON-able value with every string cut to L{FIELD_LIMIT} and every
-    container to 100 items.
+    A JSON-able value cut to a few kilobytes: strings inside it to
+    L{ITEM_LIMIT} characters, containers to L{ITEMS} items and L{DEPTH}
+    levels.
     """
     if type(value) is str:
-        return _cut(value) if len(value) > FIELD_LIMIT else value
+        return _cut(value, ITEM_LIMIT) if len(value) > ITEM_LIMIT else value
+    if isinstance(value, (list, dict)) and depth >= DEPTH:
+        return "..."
     if isinstance(value, list):
-        items = [_bounded(v) for v in value[:100]]
-        if len(value) > 100:
+        items = [_bounded(v, depth + 1) for v in value[:ITEMS]]
+        if len(value) > ITEMS:
             items.append(f"...({len(value)} items)")
         return items
     if isinstance(value, dict):
-        out = {k[:FIELD_LIMIT]: _bounded(v) for k, v in list(value.items())[:100]}
-        if len(value) > 100:
+        out = {k[:ITEM_LIMIT]: _bounded(v, depth + 1) for k, v in list(value.items())[:ITEMS]}
+        if len(value) > ITEMS:
             out["..."] = f"({len(value)} entries)"
         return out
     return value
@@ -335,6 +346,10 @@ def textObserver(
     @provider(ILogObserver)
     def write(event: Dict[str, Any]) -> None:
         text = classicLine(event)
+        if text and len(text) > LINE_LIMIT and event.get("log_failure") is None:
+            # Whatever reached the event (a refused body's summary), no
+            # line grows past a few kilobytes; a traceback is kept whole.
+            text = _cut(text.rstrip("\n"), LINE_LIMIT) + "\n"
         if text:
             level = event.get("log_level")
             out.write(text, urgent=level is not None and level >= LogLevel.warn)

@@ -159,3 +159,39 @@ class TextObserverTests(SynchronousTestCase):
         observer(event(LogLevel.debug))
         self.assertEqual(ours.getvalue(), theirs.getvalue())
         self.assertEqual(formatEventAsClassicLogText(event()).count("\n"), 1)
+
+
+class BoundedTests(SynchronousTestCase):
+    """
+    Whatever reaches a log event, no line is large.
+    """
+
+    def test_jsonFields(self) -> None:
+        stream = io.StringIO()
+        observer = jsonObserver(stream, level="info", reactor=lambda: None)
+        observer(event(LogLevel.warn, who="w" * 1_000_000, summary={"client_name": "n" * 500_000,
+                                                                   "uris": ["u" * 10_000] * 500}))
+        line = stream.getvalue()
+        self.assertLess(len(line), 20_000)
+        record = json.loads(line)
+        self.assertIn("1000000 chars", record["who"])
+        self.assertIn("1000006 chars", record["text"])
+
+    def test_textLines(self) -> None:
+        stream = io.StringIO()
+        observer = textObserver(stream, level="info", reactor=lambda: None)
+        observer(event(LogLevel.warn, who="w" * 1_000_000))
+        self.assertLess(len(stream.getvalue()), 9_000)
+        self.assertTrue(stream.getvalue().endswith("\n"))
+
+    def test_tracebackKept(self) -> None:
+        from twisted.python.failure import Failure
+
+        try:
+            raise ValueError("x" * 20_000)
+        except ValueError:
+            failure = Failure()
+        stream = io.StringIO()
+        observer = textObserver(stream, level="info", reactor=lambda: None)
+        observer(event(LogLevel.critical, log_failure=failure))
+        self.assertIn("x" * 20_000, stream.getvalue())

@@ -174,7 +174,8 @@ def rotateKeys(keysDir: str, alg: str = "ES256", *, now: float) -> FilePath:
         directory.makedirs()
     stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     target = directory.child(f"{stamp}-{kid[:16]}.pem")
-    if any(child.basename() >= target.basename() for child in directory.globChildren("*.pem")):
+    if any(child.basename() >= target.basename() or child.basename().startswith(stamp)
+           for child in directory.globChildren("*.pem")):
         # The names order the keys: the new one must sort last.
         raise AdminError(
             f"a key in {directory.path} sorts after {target.basename()} (made in this same "

@@ -53,6 +53,7 @@ RATE_LIMITS = {
     "RATE_LIMIT_REGISTER": "1000000/1",
     "RATE_LIMIT_TOKEN": "1000000/1",
     "RATE_LIMIT_AUTHORIZE": "1000000/1",
+    "RATE_LIMIT_INITIALIZE": "1000000/1",
     # Raised, not off: the per-instance tool-call limiter still runs.
     "TOOL_RATE_LIMIT": "1000000/1",
 }

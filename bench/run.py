@@ -538,6 +538,22 @@ class Bench:
         return self.o.only is None or flow in self.o.only
 
     # ----- the phases
+    def startScript(self, name: str, script: str) -> Server:
+        """
+        Start one of the bench's own servers (C{baseline.py},
+        C{sdk_server.py}) on a free loopback port, verifying tokens of this
+        bench's secret with itself as issuer.
+        """
+        port = freePort()
+        issuer = f"http://127.0.0.1:{port}"
+        logPath = os.path.join(self.tmp, f"{name}.log")
+        argv = self.pin.prefix("server") + [sys.executable, os.path.join(HERE, script), "--port", str(port),
+                                            "--issuer", issuer]
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
+               "JWT_SECRET": self.secret, "PYTHONPATH": ROOT}
+        proc = PROCS.start(argv, env, self.tmp, logPath)
+        return Server(name, proc, issuer, logPath, time.perf_counter())
+
     def baseline(self) -> None:
         """
         Start the baseline, measure its own rows, and leave it running
@@ -545,17 +561,10 @@ class Bench:
         paired with a baseline run just before it (see L{measure}).
         """
         from baseline import mint
-        port = freePort()
-        issuer = f"http://127.0.0.1:{port}"
-        logPath = os.path.join(self.tmp, "baseline.log")
-        argv = self.pin.prefix("server") + [sys.executable, os.path.join(HERE, "baseline.py"), "--port", str(port),
-                                            "--issuer", issuer]
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
-               "JWT_SECRET": self.secret, "PYTHONPATH": ROOT}
-        proc = PROCS.start(argv, env, self.tmp, logPath)
-        server = Server("baseline", proc, issuer, logPath, time.perf_counter())
+        server = self.startScript("baseline", "baseline.py")
+        proc, issuer = server.proc, server.base
         self.baselineServer = server
-        waitReady(server.base, proc, logPath)
+        waitReady(server.base, proc, server.logPath)
         token = mint(self.secret, issuer, issuer + "/mcp")
         status, _, answer = request(server.base, "POST", "/mcp", mcpHeaders(token), json.dumps(TOOL_CALL).encode())
         if not toolCallOK(status, answer):
@@ -665,17 +674,10 @@ class Bench:
         mcpsvc, so the two are compared through runs seconds apart.
         """
         from baseline import mint
-        port = freePort()
-        issuer = f"http://127.0.0.1:{port}"
-        logPath = os.path.join(self.tmp, "sdk.log")
-        argv = self.pin.prefix("server") + [sys.executable, os.path.join(HERE, "sdk_server.py"), "--port", str(port),
-                                            "--issuer", issuer]
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
-               "JWT_SECRET": self.secret, "PYTHONPATH": ROOT}
-        proc = PROCS.start(argv, env, self.tmp, logPath)
-        server = Server("mcp-sdk", proc, issuer, logPath, time.perf_counter())
+        server = self.startScript("mcp-sdk", "sdk_server.py")
+        proc, issuer = server.proc, server.base
         try:
-            waitReady(server.base, proc, logPath)
+            waitReady(server.base, proc, server.logPath)
             import mcp
             callEnv = toolEnv(mint(self.secret, issuer, issuer + "/mcp"), "calculate")
             self.checkCall(server, callEnv)

@@ -258,7 +258,7 @@ def runAuthorizationSuite(
             line = lines.next(deadline)
             if line is None:
                 break
-            if line.startswith(issuer + "/") and "/authorize?" in line:
+            if line.startswith("http://127.0.0.1:") and "/authorize?" in line:
                 authorizationURL = line.strip()
             elif line.startswith(f"Callback server started: http://127.0.0.1:{callbackPort}"):
                 listening = True
@@ -350,7 +350,7 @@ class AuthorizationServerConformanceTests(SynchronousTestCase):
         self.workdir = os.path.abspath(self.mktemp())
         os.makedirs(self.workdir)
         port = freePort()
-        self.issuer = f"http://127.0.0.1:{port}"
+        self.server = self.issuer = f"http://127.0.0.1:{port}"
         self.callbackPort = freePort()
         self.env = {
             "JWT_SECRET": SECRET,
@@ -359,11 +359,18 @@ class AuthorizationServerConformanceTests(SynchronousTestCase):
             "STORE": "sqlite",
             "STORE_PATH": os.path.join(self.workdir, "store.sqlite3"),
             "VAR_DIR": os.path.join(self.workdir, "var"),
-            "SERVER_URL": self.issuer,
+            "SERVER_URL": self.server,
         }
-        self.process = McpsvcProcess(
-            self.workdir, env=self.env, listen=[f"tcp:{port}:interface=127.0.0.1"]
-        )
+        self.listen = f"tcp:{port}:interface=127.0.0.1"
+
+    def _start(self, **env: str) -> None:
+        """
+        Start the server, with C{env} added to its environment (and the
+        admin command's).
+        """
+        self.env.update(env)
+        self.issuer = self.env.get("JWT_ISSUER", self.server)
+        self.process = McpsvcProcess(self.workdir, env=self.env, listen=[self.listen])
         self.addCleanup(self.process.kill)
         self.process.start()
 
@@ -435,6 +442,7 @@ class AuthorizationServerConformanceTests(SynchronousTestCase):
         C{resource} of our MCP endpoint: every check passes, the only
         warning is an expected one.
         """
+        self._start()
         registered = self._register({
             "client_name": "conformance public",
             "redirect_uris": ["http://127.0.0.1/callback"],
@@ -443,7 +451,7 @@ class AuthorizationServerConformanceTests(SynchronousTestCase):
             "response_types": ["code"],
         })
         self.assertNotIn("client_secret", registered)
-        run = self._runSuite(registered["client_id"], resource=self.issuer + "/mcp")
+        run = self._runSuite(registered["client_id"], resource=self.server + "/mcp")
         self._assertConformant(run)
         # The authorization server (not only the suite) named itself.
         self.assertEqual(self._redirectParams(run)["iss"], [self.issuer])
@@ -456,6 +464,7 @@ class AuthorizationServerConformanceTests(SynchronousTestCase):
         A public client added with C{mcpsvc clients add}, with the exact
         redirect URI the suite asks for, and no C{resource}.
         """
+        self._start()
         clientID, secret = self._addClient(
             "none", f"http://127.0.0.1:{self.callbackPort}/callback"
         )
@@ -465,6 +474,19 @@ class AuthorizationServerConformanceTests(SynchronousTestCase):
         metadata = run.checks["authorization-server-metadata-endpoint"][0]["details"]["body"]
         self.assertEqual(metadata["issuer"], self.issuer)
 
+    def test_issuerWithPath(self) -> None:
+        """
+        With C{JWT_ISSUER} naming a path, the suite given that issuer finds
+        the metadata at the well-known URI followed by the path (RFC 8414
+        section 3.1), and the authorization response's C{iss} is that
+        issuer.
+        """
+        self._start(JWT_ISSUER=self.server + "/tenant")
+        clientID, _ = self._addClient("none", "http://127.0.0.1/callback")
+        run = self._runSuite(clientID, resource=self.server + "/mcp")
+        self._assertConformant(run)
+        self.assertEqual(self._redirectParams(run)["iss"], [self.issuer])
+
     def test_confidentialClient(self) -> None:
         """
         A confidential client (C{client_secret_basic}, from
@@ -472,11 +494,12 @@ class AuthorizationServerConformanceTests(SynchronousTestCase):
         secret (L{SUITE_LIMITATIONS}) and we refuse. Everything else
         passes: metadata, and the authorization response.
         """
+        self._start()
         clientID, secret = self._addClient(
             "client_secret_basic", f"http://127.0.0.1:{self.callbackPort}/callback"
         )
         assert secret is not None
-        run = self._runSuite(clientID, secret=secret, resource=self.issuer + "/mcp")
+        run = self._runSuite(clientID, secret=secret, resource=self.server + "/mcp")
         (grant,) = run.checks["authorization-code-grant"]
         self.assertEqual(
             (grant["status"], grant.get("errorMessage")), ("FAILURE", CONFIDENTIAL_FAILURE),

@@ -411,9 +411,14 @@ class AuthorizationServerConformanceTests(SynchronousTestCase):
         return body  # type: ignore[no-any-return]
 
     def _runSuite(self, clientID: str, **kwargs: Any) -> SuiteRun:
+        """
+        Run the suite, then stop the server (reading all of its log: the
+        tests look at it) and check that it logged no traceback.
+        """
         run = runAuthorizationSuite(
             self.workdir, self.issuer, clientID, self.callbackPort, **kwargs
         )
+        self.assertEqual(self.process.stop(), 0)
         self.assertNotIn("Traceback", self.process.output)
         return run
 

@@ -504,6 +504,19 @@ class OAuthApp:
             request, self.authorizationServerMetadata(), headers={"Cache-Control": "max-age=300"}
         )
 
+    @app.route("/.well-known/oauth-authorization-server/<path:issuerPath>", methods=["GET", "HEAD"])
+    @app.route("/.well-known/openid-configuration/<path:issuerPath>", methods=["GET", "HEAD"])
+    def asMetadataForIssuerPath(self, request: IRequest, issuerPath: str) -> bytes:
+        """
+        An issuer with a path (C{JWT_ISSUER}) has its metadata at the
+        well-known URI followed by that path (RFC 8414 section 3.1).
+        """
+        if "/" + issuerPath != urlsplit(self.config.issuer).path:
+            from mcpsvc.http.errors import NotFoundError
+
+            raise NotFoundError("No authorization server metadata here")
+        return self.asMetadata(request)
+
     @app.route("/.well-known/oauth-protected-resource", methods=["GET", "HEAD"])
     @app.route("/.well-known/oauth-protected-resource/mcp", methods=["GET", "HEAD"])
     def prMetadata(self, request: IRequest) -> bytes:

@@ -63,6 +63,33 @@ class MetadataTests(OAuthTestCase):
             self.assertIs(body["authorization_response_iss_parameter_supported"], True)
             self.assertNotIn("jwks_uri", body)
 
+    def test_issuerWithPath(self) -> None:
+        """
+        An issuer with a path has its metadata at the well-known URI
+        followed by that path (RFC 8414 section 3.1), the issuer named
+        exactly; other paths there are 404.
+        """
+        self.configure(makeConfig(issuer=SERVER + "/tenant/a"))
+        for path in (
+            "/.well-known/oauth-authorization-server/tenant/a",
+            "/.well-known/openid-configuration/tenant/a",
+        ):
+            response, body = self.request("GET", path)
+            self.assertEqual(response.code, 200, path)
+            self.assertEqual(self.header(response, "content-type"), "application/json")
+            self.assertEqual(body["issuer"], SERVER + "/tenant/a")
+            self.assertEqual(body["token_endpoint"], SERVER + "/oauth/token")
+        for path in (
+            "/.well-known/oauth-authorization-server/tenant",
+            "/.well-known/oauth-authorization-server/tenant/a/",
+            "/.well-known/openid-configuration/other",
+        ):
+            response, body = self.request("GET", path)
+            self.assertEqual(response.code, 404, path)
+        self.configure(makeConfig())
+        response, _ = self.request("GET", "/.well-known/oauth-authorization-server/tenant")
+        self.assertEqual(response.code, 404)
+
     def test_noRegistrationEndpointWhenClosed(self) -> None:
         """
         Without an initial access token or C{DCR_OPEN}, no registration

@@ -103,6 +103,7 @@ from mcpsvc.mcp.protocol import (
     resultMessage,
 )
 from mcpsvc.mcp.mrtr import deriveStateKey
+from mcpsvc.mcp.tasks import TASK_METHODS, buildTaskManager
 from mcpsvc.audit import audit
 from mcpsvc.oauth.bearer import insufficientScope
 from mcpsvc.principal import Principal
@@ -436,6 +437,7 @@ class McpApp:
                     deriveStateKey(self.config.jwtSecret)
                     if getattr(self.config, "jwtSecret", "") else None
                 ),
+                tasks=buildTaskManager(self.config, self.store, self.clock),
             ),
             takes_self=True,
         )
@@ -995,9 +997,11 @@ class McpApp:
                 400, HEADER_MISMATCH,
                 "The Mcp-Method header is missing or does not match the body", id=id,
             )
-        key = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}.get(
-            message.method
-        )
+        key = {
+            "tools/call": "name", "prompts/get": "name", "resources/read": "uri",
+            # the tasks extension (SEP-2663): routed by task id
+            **{method: "taskId" for method in TASK_METHODS},
+        }.get(message.method)
         if key is not None:
             rawName = request.getHeader("mcp-name")
             name = _decodeHeaderValue(rawName) if rawName is not None else None

@@ -693,7 +693,8 @@ class TaskManager:
             except ProtocolError:
                 written = None  # expired meanwhile: nothing to write
             self._forget(taskID)
-            status = written.status if written is not None else "(already over)"
+            status = (written.status if written is not None
+                      else "cancelled" if running.cancelledByClient else "(already over)")
             self.log.info("Task {taskID} ({tool}) ended: {status}", taskID=taskID[:12],
                           tool=running.call.name, status=status)
             return
@@ -720,15 +721,6 @@ class TaskManager:
             poller, self._poller = self._poller, None
             if poller.running:
                 poller.stop()
-
-    def stop(self) -> None:
-        """
-        This instance is stopping: end the work of its running tasks
-        (they are marked C{failed}, when the store still answers).
-        """
-        for running in list(self._running.values()):
-            if not running.deferred.called:
-                running.deferred.cancel()
 
 
 def buildTaskManager(config: Any, store: Any, clock: IReactorTime) -> TaskManager:

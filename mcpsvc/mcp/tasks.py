@@ -601,8 +601,7 @@ class TaskManager:
         running = _Running(call, deferred)
         self._running[taskID] = running
         call.inputs.publish = lambda requests: self._background(
-            self._change(taskID, lambda r, now: asking(r, requests, now)),
-            "Publishing the questions of task {taskID} failed", taskID,
+            self._ask(taskID, requests), "Publishing the questions of task {taskID} failed", taskID,
         )
         deferred.addBoth(self._ended, running, taskID)
         if self._poller is None:
@@ -611,6 +610,12 @@ class TaskManager:
             self._poller.start(self.pollInterval, now=False).addErrback(
                 lambda f: self.log.failure("The task poller stopped", f)
             )
+
+    async def _ask(self, taskID: str, requests: Dict[str, Any]) -> None:
+        record = await self._change(taskID, lambda r, now: asking(r, requests, now))
+        if record is not None:
+            self.log.info("Task {taskID} ({tool}) asks the client for input: {keys}",
+                          taskID=taskID[:12], tool=record.name, keys=sorted(requests))
 
     def runningCount(self) -> int:
         """

@@ -93,6 +93,20 @@ class TwoInstancesTasksTests(SynchronousTestCase):
                           and "ended" in r.get("text", "")])
         self.assertNotIn("Traceback", "\n".join(a.lines + b.lines))
 
+    def test_stoppedInstance(self) -> None:
+        """
+        When the instance running a task stops (SIGTERM), the task ends
+        C{failed}, as B reads it, rather than staying C{working}.
+        """
+        a, b = self.processes
+        status, message = rpc(a.url, "tools/call", {
+            "name": "slow_compute", "arguments": {"seconds": 60}}, "slow_compute")
+        taskID = message["result"]["taskId"]
+        self.assertEqual(a.stop(), 0)
+        task = self.get(b.url, taskID)
+        self.assertEqual(task["status"], "failed")
+        self.assertEqual(task["error"]["message"], "The server stopped before the task finished")
+
     def test_answerThroughOther(self) -> None:
         """
         A task waiting for input on A shows its question on B; the answer

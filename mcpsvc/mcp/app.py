@@ -103,7 +103,7 @@ from mcpsvc.mcp.protocol import (
     resultMessage,
 )
 from mcpsvc.mcp.mrtr import deriveStateKey
-from mcpsvc.mcp.tasks import TASK_METHODS, buildTaskManager
+from mcpsvc.mcp.tasks import TASK_METHODS, TaskManager, buildTaskManager
 from mcpsvc.audit import audit
 from mcpsvc.oauth.bearer import insufficientScope
 from mcpsvc.principal import Principal
@@ -410,6 +410,8 @@ class McpApp:
     @ivar runInThread: handed to tools.
     @ivar serverInfo: the C{serverInfo} we announce.
     @ivar makeSessionID: returns a new session id (visible ASCII).
+    @ivar tasks: the tasks extension's L{TaskManager} (by default one on
+        C{store}).
     """
 
     log: ClassVar[Logger] = Logger()
@@ -423,6 +425,7 @@ class McpApp:
     runInThread: Optional[Callable[..., Any]] = None
     serverInfo: ServerInfo = ServerInfo()
     makeSessionID: Callable[[], str] = lambda: secrets.token_urlsafe(32)
+    tasks: Optional[TaskManager] = None
     dispatcher: Dispatcher = field(
         default=Factory(
             lambda self: Dispatcher(
@@ -437,7 +440,8 @@ class McpApp:
                     deriveStateKey(self.config.jwtSecret)
                     if getattr(self.config, "jwtSecret", "") else None
                 ),
-                tasks=buildTaskManager(self.config, self.store, self.clock),
+                tasks=(self.tasks if self.tasks is not None
+                       else buildTaskManager(self.config, self.store, self.clock)),
             ),
             takes_self=True,
         )

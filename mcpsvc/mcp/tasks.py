@@ -47,6 +47,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -74,6 +75,7 @@ __all__ = [
     "DEFAULT_TASK_TTL",
     "DEFAULT_POLL_INTERVAL",
     "TaskManager",
+    "TaskService",
     "buildTaskManager",
     "TaskCall",
     "TaskInputs",
@@ -434,6 +436,7 @@ class _Running:
         #: the record change still to write when the work ended (retried)
         self.outcome: Optional[Callable[[TaskRecord, float], Optional[TaskRecord]]] = None
         self.cancelledByClient = False
+        self.stopping = False
         self.checking = False
         self.again = False
 
@@ -466,6 +469,7 @@ class TaskManager:
         self.listeners: List[Callable[[TaskRecord], None]] = []
         self._running: Dict[str, _Running] = {}
         self._poller: Optional[LoopingCall] = None
+        self._idle: List[Deferred[None]] = []
 
     # -- the methods -----------------------------------------------------------
 
@@ -649,8 +653,10 @@ class TaskManager:
             if running.cancelledByClient:
                 running.outcome = cancelled
             else:
+                why = ("The server stopped before the task finished" if running.stopping
+                       else "The task was stopped")
                 running.outcome = lambda r, now: finished(
-                    r, now, error={"code": INTERNAL_ERROR, "message": "The task was stopped"},
+                    r, now, error={"code": INTERNAL_ERROR, "message": why},
                 )
         else:
             self.log.failure("Task {taskID} ({tool}) failed", outcome, taskID=taskID[:12], tool=name)
@@ -722,10 +728,47 @@ class TaskManager:
 
     def _forget(self, taskID: str) -> None:
         self._running.pop(taskID, None)
-        if not self._running and self._poller is not None:
-            poller, self._poller = self._poller, None
-            if poller.running:
-                poller.stop()
+        if not self._running:
+            if self._poller is not None:
+                poller, self._poller = self._poller, None
+                if poller.running:
+                    poller.stop()
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    def stop(self, timeout: float = 5.0) -> "Deferred[None]":
+        """
+        This instance is stopping: cancel the work of its running tasks,
+        which end C{failed} ("The server stopped before the task
+        finished") rather than stay C{working} until they expire. Fires
+        once their outcome is written, or after C{timeout} seconds (the
+        store may be gone).
+        """
+        if not self._running:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        self.log.info("Stopping {count} running task(s)", count=len(self._running))
+        for running in list(self._running.values()):
+            running.stopping = True
+            if not running.deferred.called:
+                running.deferred.cancel()
+        def giveUp() -> None:
+            if not d.called:
+                self.log.warn("{count} task(s) could not be marked as stopped",
+                              count=len(self._running))
+                self._idle.remove(d)
+                d.callback(None)
+
+        timer = self.clock.callLater(timeout, giveUp)
+
+        def done(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+
+        d.addCallback(done)
+        return d
 
 
 def buildTaskManager(config: Any, store: Any, clock: IReactorTime) -> TaskManager:
@@ -738,3 +781,19 @@ def buildTaskManager(config: Any, store: Any, clock: IReactorTime) -> TaskManage
         ttl=getattr(config, "taskTTL", DEFAULT_TASK_TTL),
         pollInterval=getattr(config, "taskPollInterval", DEFAULT_POLL_INTERVAL),
     )
+
+
+class TaskService(Service):
+    """
+    Stops the tasks running on this instance when it stops (after HTTP has
+    drained, before the store closes).
+    """
+
+    name = "tasks"
+
+    def __init__(self, manager: TaskManager) -> None:
+        self.manager = manager
+
+    def stopService(self) -> "Deferred[None]":
+        Service.stopService(self)
+        return self.manager.stop()

@@ -449,6 +449,53 @@ class TasksTests(SynchronousTestCase):
         self.assertEqual(self.h.jobs, [])
 
 
+class StopTests(SynchronousTestCase):
+    """
+    Stopping an instance ends the tasks running on it.
+    """
+
+    def test_stopMarksFailed(self) -> None:
+        """
+        The running work is cancelled and its task ends C{failed} with a
+        message saying the server stopped; the service's stop waits for
+        that write.
+        """
+        from mcpsvc.mcp.tasks import TaskService
+
+        h = TaskHarness(self)
+        taskID = h.start("job")
+        service = TaskService(h.app.dispatcher.tasks)
+        service.startService()
+        with capturedLogs():
+            self.successResultOf(service.stopService())
+        self.assertEqual(h.jobsCancelled, 1)
+        got = h.get(taskID)
+        self.assertEqual(got["status"], "failed")
+        self.assertEqual(got["error"]["message"], "The server stopped before the task finished")
+        self.successResultOf(h.app.dispatcher.tasks.stop())
+
+    def test_stopStoreDown(self) -> None:
+        """
+        When the outcome cannot be written, the stop still ends after its
+        timeout, and says so.
+        """
+        h = TaskHarness(self)
+        h.start("job")
+
+        def down(record: TaskRecord, now: float) -> Any:
+            from twisted.internet.defer import fail
+
+            return fail(StoreUnavailable("down"))
+
+        h.store.replaceTask = down  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            d = h.app.dispatcher.tasks.stop(timeout=5)
+            self.assertNoResult(d)
+            h.clock.advance(5)
+            self.successResultOf(d)
+        self.assertTrue([e for e in events if "could not be marked" in e.get("log_format", "")])
+
+
 class TwoInstancesTests(SynchronousTestCase):
     """
     Two instances sharing one store: the task runs where it started; any

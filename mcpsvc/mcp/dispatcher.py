@@ -53,10 +53,23 @@ from mcpsvc.mcp.mrtr import (
     RequestStateSigner,
     parseInputResponses,
 )
-from mcpsvc.mcp.tasks import TASK_METHODS, TASKS_EXTENSION, TaskCall, TaskManager, createResult, missingExtension, optedIn
+from mcpsvc.mcp.tasks import (
+    TASK_METHODS,
+    TASKS_EXTENSION,
+    TaskCall,
+    TaskManager,
+    createResult,
+    missingExtension,
+    optedIn,
+)
 from mcpsvc.oauth.scopes import MCP_READ, MCP_TOOLS, missingScopes
 from mcpsvc.principal import Principal
-from mcpsvc.tools.interfaces import ClientRequestError, ToolContext, ToolProtocolError, _noClientRequests
+from mcpsvc.tools.interfaces import (
+    ClientRequestError,
+    ToolContext,
+    ToolProtocolError,
+    _noClientRequests,
+)
 from mcpsvc.tools.registry import ToolRegistry, errorResult
 
 __all__ = [

@@ -120,6 +120,44 @@ class TransitionTests(SynchronousTestCase):
         self.assertEqual((failed.status, failed.payload["error"]["code"]), ("failed", INTERNAL_ERROR))
 
 
+class TaskInputsTests(SynchronousTestCase):
+    """
+    C{clientRequest} inside a task.
+    """
+
+    def test_publishTogetherAnswerEach(self) -> None:
+        """
+        Requests asked in one turn are published together on the next;
+        each answer fires its own request; a key is never used twice; a
+        method the client cannot answer fails at once.
+        """
+        from twisted.internet.task import Clock
+
+        from mcpsvc.mcp.tasks import TaskInputs
+        from mcpsvc.tools.interfaces import ClientRequestError
+
+        clock = Clock()
+        inputs = TaskInputs({"elicitation": {}}, clock)
+        published: List[Dict[str, Any]] = []
+        inputs.publish = published.append
+        first = inputs.clientRequest("elicitation/create", form("a"), key="a")
+        second = inputs.clientRequest("elicitation/create", form("b"))
+        self.assertEqual(published, [])
+        clock.advance(0)
+        self.assertEqual([sorted(p) for p in published], [["a", "input-2"]])
+        self.failureResultOf(inputs.clientRequest("elicitation/create", form("a"), key="a"),
+                             ClientRequestError)
+        self.failureResultOf(inputs.clientRequest("sampling/createMessage", {}), ClientRequestError)
+        self.failureResultOf(inputs.clientRequest("tools/call", {}), ClientRequestError)
+        self.assertEqual(inputs.deliver({"a": {"x": 1}, "zzz": {}}), ["a"])
+        self.assertEqual(self.successResultOf(first), {"x": 1})
+        self.assertNoResult(second)
+        failures: List[Any] = []
+        second.addErrback(failures.append)  # as the tool's await would
+        inputs.close()
+        self.assertEqual([f.type.__name__ for f in failures], ["CancelledError"])
+
+
 class TaskHarness(Harness):
     """
     The transport harness with tools that run as tasks.

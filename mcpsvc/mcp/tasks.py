@@ -451,7 +451,9 @@ class TaskManager:
     @ivar pollInterval: seconds between polls (suggested to clients, and
         between this instance's reads of its running tasks).
     @ivar listeners: called with every task record this instance writes
-        (C{listener(record)}): the hook for C{notifications/tasks}.
+        (C{listener(record)}): the hook for C{notifications/tasks}, whose
+        params are L{taskView}C{(record)}; L{owned} checks that a task a
+        client names is its own.
     """
 
     log = Logger()
@@ -488,7 +490,7 @@ class TaskManager:
             raise ProtocolError(INVALID_PARAMS, f'{request.method} needs a string "taskId"')
         return taskID
 
-    async def _owned(self, taskID: str, principal: Principal) -> TaskRecord:
+    async def owned(self, taskID: str, principal: Principal) -> TaskRecord:
         """
         The live task C{taskID} of C{principal}.
 
@@ -516,12 +518,12 @@ class TaskManager:
 
     async def _get(self, request: Request, context: Any) -> Dict[str, Any]:
         taskID = self._taskID(request, context)
-        return taskView(await self._owned(taskID, context.principal))
+        return taskView(await self.owned(taskID, context.principal))
 
     async def _update(self, request: Request, context: Any) -> Dict[str, Any]:
         taskID = self._taskID(request, context)
         responses = parseInputResponses(request.params)
-        await self._owned(taskID, context.principal)
+        await self.owned(taskID, context.principal)
         record = await self._change(taskID, lambda r, now: answered(r, responses, now))
         if record is not None:
             self._poke(taskID, record)
@@ -529,7 +531,7 @@ class TaskManager:
 
     async def _cancel(self, request: Request, context: Any) -> Dict[str, Any]:
         taskID = self._taskID(request, context)
-        await self._owned(taskID, context.principal)
+        await self.owned(taskID, context.principal)
         record = await self._change(taskID, cancelled)
         if record is not None:
             self.log.info(

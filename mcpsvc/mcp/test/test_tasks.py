@@ -341,9 +341,14 @@ class TasksTests(SynchronousTestCase):
         cancelled and cancels the running work at once; cancelling again
         (a task over) is acknowledged the same way.
         """
+        seen: List[TaskRecord] = []
+        self.h.app.dispatcher.tasks.listeners.append(seen.append)
         taskID = self.h.start("job")
         ack = self.h.result("tasks/cancel", {"taskId": taskID})
         self.assertEqual(set(ack) - {"_meta"}, {"resultType"})
+        # Every write reaches the listeners (notifications/tasks), once.
+        self.assertEqual([(r.taskID, r.status) for r in seen],
+                         [(taskID, "working"), (taskID, "cancelled")])
         self.assertEqual(self.h.jobsCancelled, 1)
         self.assertEqual(self.h.get(taskID)["status"], "cancelled")
         self.assertEqual(self.h.app.dispatcher.tasks.runningCount(), 0)

@@ -113,6 +113,8 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "TOOL_PACKS": ("core", "comma list of enabled tool packs"),
     "TOOL_TIMEOUT": ("30", "default per-tool-call timeout, seconds"),
     "TOOL_RATE_LIMIT": ("600/60", "tool calls per user and client, per instance: count/seconds, or off"),
+    "TASK_TTL": ("3600", "seconds a task (2026-07-28 tasks extension) is kept after its creation"),
+    "TASK_POLL_INTERVAL": ("1", "seconds between task polls: suggested to clients, and how often an instance reads its running tasks"),
     "FILES_ROOT": (None, "root directory of the files tool pack"),
     "LLM_URL": (None, "Ollama-compatible base URL of the llm tool pack"),
     "METRICS_TOKEN": (None, "bearer token required on /metrics"),
@@ -227,6 +229,8 @@ class Config:
     toolTimeout: float = 30.0
     #: C{None}: tool calls are not rate limited (TOOL_RATE_LIMIT=off).
     toolRateLimit: Optional[RateLimit] = RateLimit(count=600, seconds=60)
+    taskTTL: float = 3600.0
+    taskPollInterval: float = 1.0
     filesRoot: Optional[str] = None
     llmURL: Optional[str] = None
     metricsToken: Optional[str] = field(default=None, repr=False)
@@ -731,6 +735,10 @@ def loadConfig(
     streamLimit = c.integer("STREAM_LIMIT", maximum=100_000)
     packs = _split(c.get("TOOL_PACKS"))
     toolTimeout = c.number("TOOL_TIMEOUT")
+    taskTTL = float(c.integer("TASK_TTL", 10, 30 * 86400))
+    taskPollInterval = c.number("TASK_POLL_INTERVAL")
+    if taskPollInterval > 300:
+        c.errors.append(f"TASK_POLL_INTERVAL must be at most 300 seconds (got {taskPollInterval:g})")
     toolRateLimit: Optional[RateLimit] = None
     if (c.get("TOOL_RATE_LIMIT") or "").strip().lower() not in ("off", "false"):
         toolRateLimit = c.rate("TOOL_RATE_LIMIT")
@@ -814,6 +822,8 @@ def loadConfig(
         toolPacks=packs,
         toolTimeout=toolTimeout,
         toolRateLimit=toolRateLimit,
+        taskTTL=taskTTL,
+        taskPollInterval=taskPollInterval,
         filesRoot=filesRoot,
         llmURL=llmURL,
         metricsToken=metricsToken,

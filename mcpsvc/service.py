@@ -256,9 +256,12 @@ class Sweeper(TimerService):
 
 def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reactor: Any,
                       runInThread: Callable[..., Any], metrics: Metrics,
-                      httpClient: Any = None) -> IResource:
+                      httpClient: Any = None, tasks: Any = None) -> IResource:
     """
     Build the whole HTTP resource tree for C{config}.
+
+    @param tasks: the L{mcpsvc.mcp.tasks.TaskManager} (by default, one on
+        C{store}).
     """
     from mcpsvc.http.app import Dispatcher, RootApp
     from mcpsvc.http.metrics import buildMetrics
@@ -278,7 +281,7 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
     )
     mcpApp = McpApp(
         config=config, store=store, clock=clock, authenticate=bearer.authenticate,
-        registry=registry,
+        registry=registry, tasks=tasks,
     )
     root = RootApp(clock=clock, ping=store.ping, metrics=buildMetrics(config, metrics.registry))
     routes: List[Any] = [("/mcp", mcpApp.resource())]
@@ -328,11 +331,17 @@ def buildService(
     storeService.setName("store")
     storeService.setServiceParent(root)
     Sweeper(config.sweepInterval, store, clock, metrics).setServiceParent(root)
+    from mcpsvc.mcp.tasks import TaskService, buildTaskManager
+
+    # Stops after HTTP has drained, before the store: running tasks end
+    # "failed" rather than stay "working" until they expire.
+    tasks = buildTaskManager(config, store, clock)
+    TaskService(tasks).setServiceParent(root)
 
     root.metrics = metrics
     resource = buildRootResource(
         config, store=store, clock=clock, reactor=reactor,
-        runInThread=runInThread, metrics=metrics, httpClient=httpClient,
+        runInThread=runInThread, metrics=metrics, httpClient=httpClient, tasks=tasks,
     )
     site = McpsvcSite(
         resource,

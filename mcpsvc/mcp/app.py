@@ -103,6 +103,7 @@ from mcpsvc.mcp.protocol import (
     resultMessage,
 )
 from mcpsvc.mcp.mrtr import deriveStateKey
+from mcpsvc.mcp.tasks import TASK_METHODS, TaskManager, buildTaskManager
 from mcpsvc.audit import audit
 from mcpsvc.oauth.bearer import insufficientScope
 from mcpsvc.principal import Principal
@@ -409,6 +410,8 @@ class McpApp:
     @ivar runInThread: handed to tools.
     @ivar serverInfo: the C{serverInfo} we announce.
     @ivar makeSessionID: returns a new session id (visible ASCII).
+    @ivar tasks: the tasks extension's L{TaskManager} (by default one on
+        C{store}).
     """
 
     log: ClassVar[Logger] = Logger()
@@ -422,6 +425,7 @@ class McpApp:
     runInThread: Optional[Callable[..., Any]] = None
     serverInfo: ServerInfo = ServerInfo()
     makeSessionID: Callable[[], str] = lambda: secrets.token_urlsafe(32)
+    tasks: Optional[TaskManager] = None
     dispatcher: Dispatcher = field(
         default=Factory(
             lambda self: Dispatcher(
@@ -436,6 +440,8 @@ class McpApp:
                     deriveStateKey(self.config.jwtSecret)
                     if getattr(self.config, "jwtSecret", "") else None
                 ),
+                tasks=(self.tasks if self.tasks is not None
+                       else buildTaskManager(self.config, self.store, self.clock)),
             ),
             takes_self=True,
         )
@@ -995,9 +1001,11 @@ class McpApp:
                 400, HEADER_MISMATCH,
                 "The Mcp-Method header is missing or does not match the body", id=id,
             )
-        key = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}.get(
-            message.method
-        )
+        key = {
+            "tools/call": "name", "prompts/get": "name", "resources/read": "uri",
+            # the tasks extension (SEP-2663): routed by task id
+            **{method: "taskId" for method in TASK_METHODS},
+        }.get(message.method)
         if key is not None:
             rawName = request.getHeader("mcp-name")
             name = _decodeHeaderValue(rawName) if rawName is not None else None

@@ -53,9 +53,23 @@ from mcpsvc.mcp.mrtr import (
     RequestStateSigner,
     parseInputResponses,
 )
+from mcpsvc.mcp.tasks import (
+    TASK_METHODS,
+    TASKS_EXTENSION,
+    TaskCall,
+    TaskManager,
+    createResult,
+    missingExtension,
+    optedIn,
+)
 from mcpsvc.oauth.scopes import MCP_READ, MCP_TOOLS, missingScopes
 from mcpsvc.principal import Principal
-from mcpsvc.tools.interfaces import ClientRequestError, ToolContext, _noClientRequests
+from mcpsvc.tools.interfaces import (
+    ClientRequestError,
+    ToolContext,
+    ToolProtocolError,
+    _noClientRequests,
+)
 from mcpsvc.tools.registry import ToolRegistry, errorResult
 
 __all__ = [
@@ -129,6 +143,8 @@ METHOD_SCOPES: Mapping[str, Tuple[str, ...]] = {
     "prompts/get": (MCP_READ,),
     "completion/complete": (MCP_READ,),
     "server/discover": (MCP_READ,),
+    # The tasks extension: a task is a tool call.
+    **{method: (MCP_TOOLS,) for method in TASK_METHODS},
 }
 
 
@@ -237,6 +253,10 @@ class _InFlight:
         self.cancelled = False
 
 
+#: What L{Dispatcher._untilInputNeeded} returns when the call became a task.
+_BECAME_TASK = object()
+
+
 def _noProgress(progress: float, total: Optional[float] = None, message: Optional[str] = None) -> None:
     pass
 
@@ -271,12 +291,14 @@ class Dispatcher:
         runInThread: Optional[Callable[..., Any]] = None,
         stateKey: Optional[bytes] = None,
         stateTTL: float = DEFAULT_STATE_TTL,
+        tasks: Optional[TaskManager] = None,
     ) -> None:
         """
         @param stateKey: the MAC key of 2026-07-28 C{requestState} values
             (L{mcpsvc.mcp.mrtr.deriveStateKey}); every instance behind one
             endpoint needs the same. C{None}: a random key (one process).
         @param stateTTL: seconds a C{requestState} stays valid.
+        @param tasks: the tasks extension (2026-07-28); C{None}: no tasks.
         """
         self.registry = registry
         self.requestStates = RequestStateSigner(
@@ -289,6 +311,7 @@ class Dispatcher:
         self.logging = logging
         self.httpClient = httpClient
         self.runInThread = runInThread
+        self.tasks = tasks
         self._inFlight: Dict[Tuple[str, RequestID], _InFlight] = {}
         self._toolLoggers: Dict[str, Logger] = {}
         self._outgoing: Dict[Tuple[str, RequestID], "Deferred[Any]"] = {}
@@ -304,6 +327,8 @@ class Dispatcher:
         }
         if logging:
             self._legacy["logging/setLevel"] = self._setLevel
+        if tasks is not None:
+            self._modern.update(tasks.handlers())
         features = registry.features
         if features.hasResources:
             for table in (self._legacy, self._modern):
@@ -516,6 +541,9 @@ class Dispatcher:
             "ttlMs": LIST_TTL_MS,
             "cacheScope": "private",
         }
+        if self.tasks is not None and optedIn(context.clientCapabilities):
+            # Offered to the clients that declare it.
+            result["capabilities"]["extensions"] = {TASKS_EXTENSION: {}}
         if self.instructions:
             result["instructions"] = self.instructions
         return result
@@ -677,20 +705,41 @@ class Dispatcher:
             known.update(earlier)
         return InputRound(known, context.clientCapabilities, self.clock)
 
-    async def _untilInputNeeded(self, d: "Deferred[Any]", inputRound: InputRound) -> Any:
+    async def _untilInputNeeded(
+        self, d: "Deferred[Any]", inputRound: InputRound, taskCall: Optional[TaskCall] = None,
+    ) -> Any:
         """
         The result of C{d}, or C{None} (and C{d} cancelled) as soon as the
-        handler waits for an answer the client has not given yet.
+        handler waits for an answer the client has not given yet, or
+        L{_BECAME_TASK} as soon as the tool of C{taskCall} has started its
+        task (C{d} then goes on, its result kept for the task).
         """
         outcome: Deferred[Tuple[str, Any]] = Deferred(lambda _: d.cancel())
+        handedOver = []
 
-        def first(value: Any, which: str) -> None:
+        def first(value: Any, which: str) -> Any:
             if not outcome.called:
+                if which == "task" and value is not None:
+                    handedOver.append(True)
                 outcome.callback((which, value))
+                return None
+            if which == "done" and handedOver:
+                return value  # for the task (TaskManager.run)
+            return None
 
         d.addBoth(first, "done")
         inputRound.needed.addBoth(first, "input")
+        if taskCall is not None:
+            taskCall.started.addBoth(first, "task")
         which, value = await outcome
+        if which == "task":
+            assert taskCall is not None
+            if value is None:
+                # The task could not be created (the store): fail closed.
+                d.cancel()
+                assert taskCall.failure is not None
+                taskCall.failure.raiseException()
+            return _BECAME_TASK
         if which == "input":
             inputRound.interrupt()
             if not d.called:
@@ -743,6 +792,21 @@ class Dispatcher:
         values, total = self.registry.features.complete(ref, argument["name"], argument["value"])
         return {"completion": {"values": values, "total": total, "hasMore": total > len(values)}}
 
+    def _taskStarted(
+        self, taskCall: TaskCall, d: "Deferred[Dict[str, Any]]", context: RequestContext
+    ) -> Dict[str, Any]:
+        """
+        Hand the running call C{d} over to its task; return the
+        C{CreateTaskResult}.
+        """
+        assert self.tasks is not None and taskCall.record is not None
+        self.tasks.run(taskCall, d)
+        fields = context.logFields
+        if fields is not None and "tool" not in fields:
+            fields.update(tool=taskCall.name, toolOutcome="task",
+                          clientID=context.principal.clientID, subject=context.principal.subject)
+        return createResult(taskCall.record)
+
     async def _toolsCall(self, request: Request, context: RequestContext) -> Dict[str, Any]:
         params = request.params
         name = params.get("name")
@@ -773,13 +837,22 @@ class Dispatcher:
                 f"The tool {name} needs client capabilities the client did not "
                 f"declare: {', '.join(sorted(missing))}"
             )
+        # The tasks extension (2026-07-28): a task when the tool supports
+        # one and the request declares the extension.
+        wantsTask = False
+        if self.tasks is not None and context.modern and tool.taskSupport != "forbidden":
+            if optedIn(context.clientCapabilities):
+                wantsTask = True
+            elif tool.taskSupport == "required":
+                raise missingExtension()
+        upFront = wantsTask and not tool.startsTaskItself
 
         progress: Optional[_Progress] = None
         token = progressToken(params)
-        if token is not None and context.send is not None:
+        if token is not None and context.send is not None and not upFront:
             progress = _Progress(token, context.send)
         logSender: Optional[_LogSender] = None
-        if context.logLevel is not None and context.send is not None:
+        if context.logLevel is not None and context.send is not None and not upFront:
             logSender = _LogSender(context.logLevel, name, context.send)
 
         inputRound: Optional[InputRound] = None
@@ -792,6 +865,13 @@ class Dispatcher:
             extra["clientRequest"] = inputRound.clientRequest
         elif context.send is not None:
             extra["clientRequest"] = self._clientRequester(context, sent)
+        taskCall: Optional[TaskCall] = None
+        if wantsTask:
+            assert self.tasks is not None
+            taskCall = TaskCall(
+                self.tasks, context.principal, name, context.clientCapabilities, inputRound
+            )
+            extra.update(clientRequest=taskCall.clientRequest, startTask=taskCall.startTask)
         toolContext = ToolContext(
             clock=self.clock,
             subject=context.principal.subject,
@@ -806,6 +886,13 @@ class Dispatcher:
             log=self._toolLogger(name),
             **extra,
         )
+        if upFront:
+            assert taskCall is not None and inputRound is not None
+            inputRound.close()
+            # Durably created before the tool runs and before we answer.
+            await taskCall.startTask()
+            return self._taskStarted(taskCall, self.registry.callTool(tool, arguments, toolContext),
+                                     context)
         key = (context.scope, request.id)
         started = self.clock.seconds()
         d = self.registry.callTool(tool, arguments, toolContext)
@@ -819,7 +906,9 @@ class Dispatcher:
             if inputRound is None:
                 result = await d
             else:
-                result = await self._untilInputNeeded(d, inputRound)
+                result = await self._untilInputNeeded(d, inputRound, taskCall)
+        except ToolProtocolError as e:
+            raise ProtocolError(e.code, e.message, data=e.data) from None
         except CancelledError:
             raise RequestCancelled() from None
         finally:
@@ -834,6 +923,9 @@ class Dispatcher:
             for pending in sent:
                 # Unanswered requests of a finished call are forgotten.
                 self._outgoing.pop(pending, None)
+        if result is _BECAME_TASK:
+            assert taskCall is not None
+            return self._taskStarted(taskCall, d, context)
         if call.cancelled:
             # The tool turned its cancellation into a result: still no
             # response is due.

@@ -35,6 +35,7 @@ __all__ = [
     "NoSuchCode",
     "NoSuchFamily",
     "NoSuchSession",
+    "NoSuchTask",
     "AlreadyUsed",
     "CodeMismatch",
     "Conflict",
@@ -44,6 +45,9 @@ __all__ = [
     "RotationOutcome",
     "RotationResult",
     "SessionRecord",
+    "TaskRecord",
+    "TASK_STATUSES",
+    "TERMINAL_TASK_STATUSES",
     "RateDecision",
     "SweepReport",
     "IClientStore",
@@ -52,6 +56,7 @@ __all__ = [
     "IRevocationStore",
     "ISessionStore",
     "IRateLimitStore",
+    "ITaskStore",
     "IStore",
     "familyRevocationID",
     "clientRevocationID",
@@ -119,6 +124,12 @@ class NoSuchFamily(NotFound):
 class NoSuchSession(NotFound):
     """
     No live MCP session with that id (unknown, expired or deleted).
+    """
+
+
+class NoSuchTask(NotFound):
+    """
+    No live task has this id (never created, or past its C{expiresAt}).
     """
 
 
@@ -297,6 +308,53 @@ class SessionRecord:
     createdAt: float
     expiresAt: float
     data: Mapping[str, Any] = field(factory=dict)
+
+
+#: Every status of a task (tasks extension, SEP-2663).
+TASK_STATUSES = ("working", "input_required", "completed", "failed", "cancelled")
+#: The statuses a task never leaves.
+TERMINAL_TASK_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+
+@frozen(kw_only=True)
+class TaskRecord:
+    """
+    A task (2026-07-28 tasks extension): a C{tools/call} running in the
+    background on the instance that started it, whose state every instance
+    can read.
+
+    @ivar taskID: the unguessable id the client polls with.
+    @ivar subject: the token subject the task is bound to.
+    @ivar clientID: the OAuth client the task is bound to.
+    @ivar method: the request the task runs (C{tools/call}).
+    @ivar name: the tool's name.
+    @ivar status: one of L{TASK_STATUSES}.
+    @ivar statusMessage: a short text about the status, or C{None}.
+    @ivar createdAt: when the task was created.
+    @ivar updatedAt: when its state last changed.
+    @ivar expiresAt: when the store forgets it (creation plus its TTL).
+    @ivar pollInterval: seconds the client should wait between polls.
+    @ivar version: incremented by every write; L{ITaskStore.replaceTask}
+        compares it.
+    @ivar payload: JSON state by status: C{result} (completed), C{error}
+        (failed), C{inputRequests} (outstanding requests to the client),
+        C{inputResponses} (answers not yet taken by the running work),
+        C{keys} (every input request key used, for their uniqueness).
+    """
+
+    taskID: str
+    subject: str
+    clientID: str
+    method: str
+    name: str
+    status: str
+    statusMessage: Optional[str] = None
+    createdAt: float
+    updatedAt: float
+    expiresAt: float
+    pollInterval: float
+    version: int = 1
+    payload: Mapping[str, Any] = field(factory=dict)
 
 
 @frozen(kw_only=True)
@@ -517,6 +575,31 @@ class ISessionStore(Interface):
         """
 
 
+class ITaskStore(Interface):
+    def createTask(record: TaskRecord) -> Any:
+        """
+        Store a new task, durably: once this fires, L{getTask} finds it on
+        every instance. Fires with C{None}; fails with L{Conflict} when a
+        live task has the same id.
+        """
+
+    def getTask(taskID: str, now: float) -> Any:
+        """
+        Fires with the L{TaskRecord}; fails with L{NoSuchTask} when it is
+        unknown or past C{expiresAt}. The caller checks the principal.
+        """
+
+    def replaceTask(record: TaskRecord, now: float) -> Any:
+        """
+        Compare-and-set: atomically store C{record} in place of the live
+        task with its id if, and only if, the stored task's C{version} is
+        C{record.version - 1}. Fires with C{True} when it replaced it,
+        C{False} when another write came first (read it again and retry);
+        fails with L{NoSuchTask} when the task is unknown or past
+        C{expiresAt}. The new record's C{expiresAt} sets its lifetime.
+        """
+
+
 class IRateLimitStore(Interface):
     def takeToken(
         key: str, capacity: int, refillPerSecond: float, now: float, cost: int = 1
@@ -538,6 +621,7 @@ class IStore(
     IRevocationStore,
     ISessionStore,
     IRateLimitStore,
+    ITaskStore,
 ):
     """
     Everything above, plus the operational hooks.

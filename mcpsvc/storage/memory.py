@@ -28,12 +28,14 @@ from mcpsvc.storage.interfaces import (
     NoSuchCode,
     NoSuchFamily,
     NoSuchSession,
+    NoSuchTask,
     RateDecision,
     RefreshFamily,
     RotationOutcome,
     RotationResult,
     SessionRecord,
     SweepReport,
+    TaskRecord,
     familyRevocationID,
 )
 
@@ -78,6 +80,7 @@ class MemoryStore:
         self._families: Dict[str, Tuple[RefreshFamily, bool]] = {}
         self._revoked: Dict[str, float] = {}
         self._sessions: Dict[str, SessionRecord] = {}
+        self._tasks: Dict[str, TaskRecord] = {}
         self._buckets: Dict[str, _Bucket] = {}
 
     # -- clients
@@ -294,6 +297,35 @@ class MemoryStore:
 
         return _answer(trim)
 
+    # -- tasks
+
+    def _liveTask(self, taskID: str, now: float) -> TaskRecord:
+        record = self._tasks.get(taskID)
+        if record is None or now >= record.expiresAt:
+            raise NoSuchTask(taskID)
+        return record
+
+    def createTask(self, record: TaskRecord) -> "Deferred[None]":
+        def create() -> None:
+            existing = self._tasks.get(record.taskID)
+            if existing is not None and self._clock.seconds() < existing.expiresAt:
+                raise Conflict(record.taskID)
+            self._tasks[record.taskID] = record
+
+        return _answer(create)
+
+    def getTask(self, taskID: str, now: float) -> "Deferred[TaskRecord]":
+        return _answer(lambda: self._liveTask(taskID, now))
+
+    def replaceTask(self, record: TaskRecord, now: float) -> "Deferred[bool]":
+        def replace() -> bool:
+            if self._liveTask(record.taskID, now).version != record.version - 1:
+                return False
+            self._tasks[record.taskID] = record
+            return True
+
+        return _answer(replace)
+
     # -- rate limits
 
     def takeToken(
@@ -328,6 +360,7 @@ class MemoryStore:
             "families": expired(self._families, lambda e: now >= e[0].expiresAt),
             "revocations": expired(self._revoked, lambda exp: now >= exp),
             "sessions": expired(self._sessions, lambda r: now >= r.expiresAt),
+            "tasks": expired(self._tasks, lambda r: now >= r.expiresAt),
             "buckets": expired(
                 self._buckets,
                 lambda b: now >= bucketFullAt(b.tokens, b.updated, b.capacity, b.refillPerSecond),

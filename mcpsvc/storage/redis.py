@@ -13,7 +13,9 @@ Layout, under the configured key prefix C{P}:
     subject NUL clientID>}: sorted set of that principal's session ids
     scored by C{createdAt}, its TTL at least its longest session's (for
     L{RedisStore.trimSessions}; stale members are dropped when trimmed);
-  - C{P bucket:<key>}: hash C{tokens}, C{updated}, TTL until full again.
+  - C{P bucket:<key>}: hash C{tokens}, C{updated}, TTL until full again;
+  - C{P task:<id>}: hash, TTL until C{expiresAt}; replaced whole by a
+    compare-and-set on its C{version} (L{RedisStore.replaceTask}).
 
 Records carry their own C{expiresAt} and every read checks it against the
 caller's C{now}, so expiry is exact even between Redis' TTL ticks; the TTLs
@@ -62,6 +64,7 @@ from mcpsvc.storage.interfaces import (
     NoSuchCode,
     NoSuchFamily,
     NoSuchSession,
+    NoSuchTask,
     RateDecision,
     RefreshFamily,
     RotationOutcome,
@@ -70,6 +73,7 @@ from mcpsvc.storage.interfaces import (
     StoreError,
     StoreUnavailable,
     SweepReport,
+    TaskRecord,
 )
 
 __all__ = ["RedisStore", "RedisConnection", "parseRedisURL", "redisConnector"]
@@ -325,6 +329,19 @@ else
   redis.call('DEL', KEYS[1])
 end
 return {allowed, string.format('%.17g', tokens), string.format('%.17g', retry)}
+"""
+
+
+#: KEYS: task. ARGV: now, expected version, ttl ms, field, value, ...
+#: Returns -1 (no live task), 0 (another version) or 1 (replaced).
+_REPLACE_TASK = """
+local h = redis.call('HMGET', KEYS[1], 'expiresAt', 'version')
+if (not h[1]) or tonumber(h[1]) <= tonumber(ARGV[1]) then return -1 end
+if h[2] ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(ARGV[3])))
+return 1
 """
 
 
@@ -1098,6 +1115,40 @@ class RedisStore:
             )
 
         return self._call(take())
+
+    # -- tasks
+
+    def createTask(self, record: TaskRecord) -> "Deferred[None]":
+        async def create() -> None:
+            if not await self._create(self._key("task", record.taskID), record, record.expiresAt):
+                raise Conflict(record.taskID)
+
+        return self._call(create())
+
+    def getTask(self, taskID: str, now: float) -> "Deferred[TaskRecord]":
+        async def get() -> TaskRecord:
+            h = await self._hash(self._key("task", taskID))
+            if not h or float(h.get("expiresAt", 0)) <= now:
+                raise NoSuchTask(taskID)
+            return fromStrings(TaskRecord, h)
+
+        return self._call(get())
+
+    def replaceTask(self, record: TaskRecord, now: float) -> "Deferred[bool]":
+        async def replace() -> bool:
+            fields: List[str] = []
+            for name, value in toStrings(record).items():
+                fields += [name, value]
+            replaced = int(await self._eval(
+                _REPLACE_TASK,
+                [self._key("task", record.taskID)],
+                [_num(now), str(record.version - 1), self._ttl(record.expiresAt, now), *fields],
+            ))
+            if replaced < 0:
+                raise NoSuchTask(record.taskID)
+            return replaced == 1
+
+        return self._call(replace())
 
     # -- operations
 

@@ -55,11 +55,13 @@ from mcpsvc.storage.interfaces import (
     NoSuchCode,
     NoSuchFamily,
     NoSuchSession,
+    NoSuchTask,
     RateDecision,
     RefreshFamily,
     RotationOutcome,
     RotationResult,
     SessionRecord,
+    TaskRecord,
     StoreError,
     StoreUnavailable,
     SweepReport,
@@ -146,6 +148,26 @@ MIGRATIONS: List[Sequence[str]] = [
         # trimSessions: a principal's sessions.
         "CREATE INDEX sessionsPrincipal ON sessions (subject, clientID)",
     ),
+    (
+        # tasks: the 2026-07-28 tasks extension (one row per task, the
+        # status-specific state as JSON in payload).
+        """CREATE TABLE tasks (
+            taskID TEXT PRIMARY KEY,
+            subject TEXT NOT NULL,
+            clientID TEXT NOT NULL,
+            method TEXT NOT NULL,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            statusMessage TEXT,
+            createdAt REAL NOT NULL,
+            updatedAt REAL NOT NULL,
+            expiresAt REAL NOT NULL,
+            pollInterval REAL NOT NULL,
+            version INTEGER NOT NULL,
+            payload TEXT NOT NULL
+        )""",
+        "CREATE INDEX tasksExpiry ON tasks (expiresAt)",
+    ),
 ]
 
 
@@ -164,6 +186,10 @@ _INSERT_CLIENT = _insert("clients", ClientRecord)
 _INSERT_CODE = _insert("codes", CodeRecord, "INSERT OR REPLACE")
 _INSERT_FAMILY = _insert("families", RefreshFamily, "INSERT OR REPLACE")
 _INSERT_SESSION = _insert("sessions", SessionRecord, "INSERT OR REPLACE")
+_INSERT_TASK = _insert("tasks", TaskRecord, "INSERT OR REPLACE")
+_REPLACE_TASK = "UPDATE tasks SET {} WHERE taskID = :taskID AND version = :expected AND expiresAt > :now".format(
+    ", ".join(f"{c} = :{c}" for c in _columns(TaskRecord) if c != "taskID")
+)
 _UPDATE_CLIENT = "UPDATE clients SET {} WHERE clientID = :clientID".format(
     ", ".join(f"{c} = :{c}" for c in _columns(ClientRecord) if c != "clientID")
 )
@@ -572,6 +598,44 @@ class SQLiteStore:
 
     # -- rate limits
 
+    # -- tasks
+
+    @staticmethod
+    def _liveTask(c: sqlite3.Connection, taskID: str, now: float) -> TaskRecord:
+        row = c.execute(
+            "SELECT * FROM tasks WHERE taskID = ? AND expiresAt > ?", (taskID, now)
+        ).fetchone()
+        if row is None:
+            raise NoSuchTask(taskID)
+        return fromRow(TaskRecord, row)
+
+    def createTask(self, record: TaskRecord) -> "Deferred[None]":
+        now = self._clock.seconds()
+
+        def create(c: sqlite3.Connection) -> None:
+            existing = c.execute(
+                "SELECT 1 FROM tasks WHERE taskID = ? AND expiresAt > ?", (record.taskID, now)
+            ).fetchone()
+            if existing is not None:
+                raise Conflict(record.taskID)
+            c.execute(_INSERT_TASK, toRow(record))
+
+        return self._run(create)
+
+    def getTask(self, taskID: str, now: float) -> "Deferred[TaskRecord]":
+        return self._run(lambda c: self._liveTask(c, taskID, now), write=False)
+
+    def replaceTask(self, record: TaskRecord, now: float) -> "Deferred[bool]":
+        def replace(c: sqlite3.Connection) -> bool:
+            values = toRow(record)
+            values.update(expected=record.version - 1, now=now)
+            if c.execute(_REPLACE_TASK, values).rowcount == 1:
+                return True
+            self._liveTask(c, record.taskID, now)  # NoSuchTask, or a lost race
+            return False
+
+        return self._run(replace)
+
     def takeToken(
         self, key: str, capacity: int, refillPerSecond: float, now: float, cost: int = 1
     ) -> "Deferred[RateDecision]":
@@ -603,6 +667,7 @@ class SQLiteStore:
                 ("families", "DELETE FROM families WHERE expiresAt <= ?"),
                 ("revocations", "DELETE FROM revocations WHERE expiresAt <= ?"),
                 ("sessions", "DELETE FROM sessions WHERE expiresAt <= ?"),
+                ("tasks", "DELETE FROM tasks WHERE expiresAt <= ?"),
                 ("buckets", "DELETE FROM buckets WHERE fullAt <= ?"),
             ):
                 removed[kind] = c.execute(query, (now,)).rowcount

@@ -56,6 +56,23 @@ class LoadConfigTests(SynchronousTestCase):
         self.assertTrue(config.sessions)
         self.assertFalse(config.production)
 
+    def test_taskSettings(self) -> None:
+        """
+        C{TASK_TTL} (10 seconds to 30 days) and C{TASK_POLL_INTERVAL}
+        (above 0, at most 300) default to an hour and a second; values out
+        of range are reported together.
+        """
+        config = loadConfig(valid())
+        self.assertEqual((config.taskTTL, config.taskPollInterval), (3600.0, 1.0))
+        config = loadConfig(valid(TASK_TTL="60", TASK_POLL_INTERVAL="0.25"))
+        self.assertEqual((config.taskTTL, config.taskPollInterval), (60.0, 0.25))
+        errors = self.errorsFor(JWT_SECRET=SECRET, TASK_TTL="5", TASK_POLL_INTERVAL="0")
+        self.assertEqual(len(errors), 2, errors)
+        self.assertIn("TASK_TTL must be between 10 and 2592000", errors[0] + errors[1])
+        self.assertIn("TASK_POLL_INTERVAL must be greater than 0", errors[0] + errors[1])
+        errors = self.errorsFor(JWT_SECRET=SECRET, TASK_POLL_INTERVAL="301")
+        self.assertIn("TASK_POLL_INTERVAL must be at most 300", errors[0])
+
     def test_shortSecret(self) -> None:
         """
         A JWT secret shorter than 32 bytes is refused.

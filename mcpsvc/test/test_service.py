@@ -171,11 +171,11 @@ class BuildServiceTests(SynchronousTestCase):
 
     def test_tree(self) -> None:
         """
-        The tree holds store, sweeper and http, in that order, and starting
-        it listens on the default address.
+        The tree holds store, sweeper, tasks and http, in that order, and
+        starting it listens on the default address.
         """
         root = self.build()
-        self.assertEqual([s.name for s in root], ["store", "sweeper", "http"])
+        self.assertEqual([s.name for s in root], ["store", "sweeper", "tasks", "http"])
         root.privilegedStartService()
         root.startService()
         self.assertEqual(self.events, ["store started"])

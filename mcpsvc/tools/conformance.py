@@ -10,7 +10,10 @@ The sampling and elicitation fixtures ask the client with
 C{context.clientRequest}: on the call's SSE stream in the handshake eras,
 through multi round-trip requests (C{input_required}) in 2026-07-28; the
 C{test_input_required_result_*} tools and prompt are the suite's MRTR
-fixtures (SEP-2322). The pack also offers the suite's
+fixtures (SEP-2322). C{greet}, C{slow_compute}, C{failing_job},
+C{protocol_error_job}, C{confirm_delete}, C{multi_input} and
+C{test_tool_with_task} are the fixtures of the tasks extension's
+scenarios (SEP-2663, C{tasks-*}). The pack also offers the suite's
 resources (C{test://static-text}, C{test://static-binary},
 C{test://watched-resource}, template C{test://template/{id}/data}),
 prompts and completions, through L{mcpsvc.tools.features}: with the pack
@@ -29,7 +32,16 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 
 from mcpsvc.tools.features import Features, Prompt, PromptArgument, Resource, ResourceTemplate
-from mcpsvc.tools.interfaces import Tool, ToolContext, ToolError, ToolPackContext, ToolResult, textContent
+from mcpsvc.mcp.protocol import INTERNAL_ERROR
+from mcpsvc.tools.interfaces import (
+    Tool,
+    ToolContext,
+    ToolError,
+    ToolPackContext,
+    ToolProtocolError,
+    ToolResult,
+    textContent,
+)
 
 __all__ = ["conformanceTools", "conformanceFeatures", "RED_PIXEL_PNG", "SILENT_WAV"]
 
@@ -363,6 +375,70 @@ async def _mrtrPrompt(arguments: Mapping[str, str], clientRequest: Any) -> List[
     return [{"role": "user", "content": _text(f"Use this context: {_answer(result, 'context')}")}]
 
 
+# -- the tasks extension's fixtures (SEP-2663) --------------------------------
+
+
+def _greet(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    return f"Hello, {arguments.get('name', 'World')}!"
+
+
+async def _slowCompute(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    seconds = float(arguments.get("seconds", 1))
+    if seconds > 0:
+        await deferLater(context.clock, seconds)
+    return f"Computed {arguments.get('label', 'result')} after {seconds:g}s"
+
+
+async def _failingJob(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    await deferLater(context.clock, 0.5)
+    raise ToolError("The job failed (a tool execution error, on purpose)")
+
+
+async def _protocolErrorJob(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    await deferLater(context.clock, 0.2)
+    raise ToolProtocolError(INTERNAL_ERROR, "The job failed with a protocol error, on purpose")
+
+
+async def _confirmDelete(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    filename = arguments.get("filename", "file")
+    answer = await context.clientRequest(
+        "elicitation/create", _form(f"Delete {filename}?", confirm="boolean"), key="confirm"
+    )
+    if isinstance(answer, dict) and answer.get("action") == "accept":
+        return f"Deleted {filename}"
+    return f"Kept {filename}"
+
+
+async def _multiInput(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    first, second = await gatherResults([
+        context.clientRequest("elicitation/create", _form("First name?", name="string"),
+                              key="first"),
+        context.clientRequest("elicitation/create", _form("Second name?", name="string"),
+                              key="second"),
+    ], consumeErrors=True)
+    return f"Got {_answer(first, 'name')} and {_answer(second, 'name')}"
+
+
+async def _toolWithTask(arguments: Mapping[str, Any], context: ToolContext) -> str:
+    # Asked in the request (MRTR), then the rest runs as a task.
+    answer = await context.clientRequest(
+        "elicitation/create", _form("What is your name?", name="string"), key="user_name"
+    )
+    name = _answer(answer, "name")
+    await context.startTask()
+    await deferLater(context.clock, 0.2)
+    return f"Hello, {name}! (from a task)"
+
+
+_SLOW_COMPUTE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "seconds": {"type": "number", "minimum": 0, "maximum": 600},
+        "label": {"type": "string", "maxLength": 200},
+    },
+}
+
+
 def _stringArgument(name: str) -> Mapping[str, Any]:
     return {"type": "object", "properties": {name: {"type": "string"}}, "required": [name]}
 
@@ -443,6 +519,24 @@ def conformanceTools(context: ToolPackContext) -> List[Tool]:
             inputSchema=_SCHEMA_2020_12,
             call=lambda arguments, context: f"Received: {sorted(arguments)}",
         ),
+        Tool(name="greet", description="Greets someone (never a task).",
+             inputSchema={"type": "object", "properties": {"name": {"type": "string"}}},
+             call=_greet),
+        Tool(name="slow_compute", description="Waits some seconds, then answers (a task when "
+             "the client supports tasks).", inputSchema=_SLOW_COMPUTE_SCHEMA,
+             call=_slowCompute, taskSupport="optional", timeout=660),
+        tool("failing_job", "A task that ends with a tool execution error.", _failingJob,
+             taskSupport="required"),
+        tool("protocol_error_job", "A task that ends with a JSON-RPC error.", _protocolErrorJob,
+             taskSupport="optional"),
+        Tool(name="confirm_delete", description="Asks the user to confirm a deletion (a task "
+             "waiting for input).",
+             inputSchema={"type": "object", "properties": {"filename": {"type": "string"}}},
+             call=_confirmDelete, taskSupport="optional"),
+        tool("multi_input", "Asks two questions at once (a task waiting for input).",
+             _multiInput, taskSupport="optional"),
+        tool("test_tool_with_task", "Asks the user's name (MRTR), then finishes as a task.",
+             _toolWithTask, taskSupport="required", startsTaskItself=True),
     ]
 
 

@@ -54,7 +54,9 @@ __all__ = [
     "ToolResult",
     "ToolError",
     "ClientRequestError",
+    "ToolProtocolError",
     "InputNeeded",
+    "TASK_SUPPORT",
     "TOOL_NAME",
     "REQUIRED_SCOPES",
     "textContent",
@@ -62,6 +64,8 @@ __all__ = [
 
 #: Valid tool names: 1-64 of C{A-Z a-z 0-9 _ . -}.
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: The values C{Tool.taskSupport} may take.
+TASK_SUPPORT = ("forbidden", "optional", "required")
 #: The values C{Tool.requiredScope} may take (see L{mcpsvc.oauth.scopes}).
 REQUIRED_SCOPES = RESOURCE_SCOPES
 
@@ -131,6 +135,17 @@ class Tool:
         C{insufficient_scope} naming it, and can step up.
     @ivar requiredClientCapabilities: client capabilities the tool relies
         on, e.g. C{{"sampling": {}}} (2026-07-28: checked per request).
+    @ivar taskSupport: whether a 2026-07-28 call may run as a task (the
+        tasks extension, C{io.modelcontextprotocol/tasks}; see
+        L{mcpsvc.mcp.tasks}): C{"forbidden"} (the default: always answered
+        in the request), C{"optional"} (a task when the request declares
+        the extension, else answered in the request) or C{"required"} (a
+        task; a request without the extension gets C{-32021}). Handshake
+        eras never run tasks: the call is answered in the request.
+    @ivar startsTaskItself: the tool becomes a task only when it calls
+        C{context.startTask()}, after the questions it asks through multi
+        round-trip requests; otherwise the task is created before the tool
+        runs.
     """
 
     name: str
@@ -143,6 +158,8 @@ class Tool:
     timeout: Optional[float] = None
     requiredScope: Optional[str] = None
     requiredClientCapabilities: Mapping[str, Any] = field(factory=dict)
+    taskSupport: str = "forbidden"
+    startsTaskItself: bool = False
 
     def descriptor(self) -> dict:
         """
@@ -195,7 +212,15 @@ class ToolContext:
         order asked); ask for several at once with
         C{gatherResults([...])}. Fails with L{ClientRequestError} when the
         client did not declare the capability the method needs, answers
-        with an error, or cannot be asked (a JSON-only client).
+        with an error, or cannot be asked (a JSON-only client). In a task
+        the request is listed in the task's C{inputRequests} and the call
+        waits (it is not replayed) until C{tasks/update} brings the answer.
+    @ivar startTask: C{startTask() -> Deferred[bool]}: for a tool declared
+        with C{startsTaskItself}: turn this call into a task now (the
+        client gets its C{CreateTaskResult} and the tool goes on running);
+        fires with C{True} once the task exists, C{False} when the call
+        cannot become one (the client did not declare the extension, a
+        handshake era): the tool then goes on in the request.
     """
 
     clock: IReactorTime
@@ -214,6 +239,7 @@ class ToolContext:
     clientRequest: Callable[..., "Deferred[Any]"] = field(
         default=Factory(lambda: _noClientRequests)
     )
+    startTask: Callable[[], "Deferred[bool]"] = field(default=Factory(lambda: _noTask))
 
     def reportProgress(
         self, progress: float, total: Optional[float] = None, message: Optional[str] = None
@@ -261,6 +287,24 @@ class ClientRequestError(ToolError):
         self.code = code
 
 
+class ToolProtocolError(Exception):
+    """
+    Raised by a tool that must answer with a JSON-RPC error rather than an
+    C{isError} result (a protocol-level failure): the call's response is
+    that error, and a task ends C{failed} with it.
+
+    @ivar code: the JSON-RPC error code.
+    @ivar message: the error message, shown to the client.
+    @ivar data: optional JSON detail.
+    """
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
 class InputNeeded(CancelledError):
     """
     Raised into a tool at a C{clientRequest} the client has not answered
@@ -278,6 +322,12 @@ def _noClientRequests(
     return fail(ClientRequestError(
         "The client cannot be asked for input on this connection"
     ))
+
+
+def _noTask() -> "Deferred[bool]":
+    from twisted.internet.defer import succeed
+
+    return succeed(False)
 
 
 def textContent(text: str) -> dict:

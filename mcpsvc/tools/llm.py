@@ -139,5 +139,8 @@ def llmTools(context: ToolPackContext, *, maxResponse: int = MAX_RESPONSE) -> Li
             annotations={"readOnlyHint": True, "openWorldHint": True},
             timeout=max(LLM_TIMEOUT, context.config.toolTimeout),
             call=generate,
+            # A generation can take minutes: a client supporting the tasks
+            # extension (2026-07-28) gets a task to poll.
+            taskSupport="optional",
         )
     ]

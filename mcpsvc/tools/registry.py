@@ -49,10 +49,12 @@ from mcpsvc.tools.schemacheck import SchemaChecker
 from mcpsvc.tools.interfaces import (
     InputNeeded,
     REQUIRED_SCOPES,
+    TASK_SUPPORT,
     TOOL_NAME,
     Tool,
     ToolContext,
     ToolError,
+    ToolProtocolError,
     ToolResult,
     textContent,
 )
@@ -248,6 +250,15 @@ class ToolRegistry:
                     f"tool {tool.name!r}: requiredScope {tool.requiredScope!r} is not one of "
                     f"the scopes mcpsvc grants ({', '.join(REQUIRED_SCOPES)})"
                 )
+            if tool.taskSupport not in TASK_SUPPORT:
+                raise InvalidTool(
+                    f"tool {tool.name!r}: taskSupport {tool.taskSupport!r} is not one of "
+                    f"{', '.join(TASK_SUPPORT)}"
+                )
+            if tool.startsTaskItself and tool.taskSupport == "forbidden":
+                raise InvalidTool(
+                    f"tool {tool.name!r}: startsTaskItself needs taskSupport optional or required"
+                )
             self._inputValidators[tool.name] = _checkSchema(tool, "inputSchema", tool.inputSchema)
             if tool.outputSchema is not None:
                 self._outputValidators[tool.name] = _checkSchema(
@@ -353,7 +364,7 @@ class ToolRegistry:
         C{CallToolResult}. A refusal by the rate limit and failures of the
         tool (invalid arguments, timeout, exceptions) are C{isError}
         results; the Deferred fails only with L{CancelledError} when it is
-        cancelled.
+        cancelled, and with L{ToolProtocolError} when the tool raised one.
         """
         if self.rateLimit is not None:
             wait = self.rateLimit.take((context.subject, context.clientID))
@@ -409,7 +420,14 @@ class ToolRegistry:
         except CancelledError:
             self._count(tool.name, "cancelled")
             raise
+        except ToolProtocolError:
+            # The tool answers with a JSON-RPC error (the dispatcher's).
+            self._count(tool.name, "error")
+            raise
         except FirstError as e:
+            if e.subFailure.check(ToolProtocolError) is not None:
+                self._count(tool.name, "error")
+                e.subFailure.raiseException()
             if e.subFailure.check(ToolError) is not None:
                 self._count(tool.name, "error")
                 return errorResult(str(e.subFailure.value) or f"The tool {tool.name} failed")

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mcpsvc.config import Config
 from mcpsvc.mcp.app import McpApp
 from mcpsvc.mcp.dispatcher import METHOD_SCOPES, TOKEN_ONLY_METHODS
+from mcpsvc.mcp.tasks import TASK_METHODS, TASKS_EXTENSION
 from mcpsvc.mcp.test.helpers import MODERN_META, Harness
 from mcpsvc.principal import Principal
 from mcpsvc.tools.conformance import conformanceFeatures
@@ -119,7 +120,8 @@ class HandshakeEraScopeTests(SynchronousTestCase):
         C{logging/setLevel}; L{REQUESTS} exercises each of them.
         """
         self.assertEqual(TOKEN_ONLY_METHODS, {"ping", "logging/setLevel"})
-        self.assertEqual(set(REQUESTS) | {"server/discover"}, set(METHOD_SCOPES))
+        self.assertEqual(set(REQUESTS) | {"server/discover"} | set(TASK_METHODS),
+                         set(METHOD_SCOPES))
         offered = set(self.h.app.dispatcher.methods(False)) | set(self.h.app.dispatcher.methods(True))
         self.assertLessEqual(set(METHOD_SCOPES) | TOKEN_ONLY_METHODS, offered)
 
@@ -294,6 +296,26 @@ class ModernEraScopeTests(SynchronousTestCase):
         self.assertEqual(message["id"], 7)
         response, message = self.send(["mcp:read"], "server/discover", {})
         self.assertEqual(response.code, 200)
+
+    def test_tasksNeedTools(self) -> None:
+        """
+        The tasks extension's methods need C{mcp:tools}, like the tool
+        calls they follow.
+        """
+        meta = dict(MODERN_META)
+        meta["io.modelcontextprotocol/clientCapabilities"] = {"extensions": {TASKS_EXTENSION: {}}}
+        for method in TASK_METHODS:
+            self.h.principal = principal("mcp:read")
+            params = {"taskId": "t-1", "inputResponses": {}, "_meta": meta}
+            response, body = self.h.post(self.h.call(7, method, params),
+                                         self.h.modernHeaders(method, "t-1"))
+            self.assertEqual(response.code, 403, method)
+            self.assertEqual(challengeParams(header(response, "www-authenticate"))["scope"],
+                             "mcp:tools mcp:read")
+            self.h.principal = principal("mcp:tools")
+            response, body = self.h.post(self.h.call(7, method, params),
+                                         self.h.modernHeaders(method, "t-1"))
+            self.assertEqual(json.loads(body)["error"]["code"], -32602, method)
 
     def test_toolCall(self) -> None:
         response, message = self.send(["mcp:read"], "tools/call", {"name": "admin"})

@@ -38,15 +38,20 @@ from mcpsvc.storage.interfaces import (
     NoSuchCode,
     NoSuchFamily,
     NoSuchSession,
+    NoSuchTask,
     RateDecision,
     RefreshFamily,
     RotationOutcome,
     RotationResult,
     SessionRecord,
     SweepReport,
+    TaskRecord,
 )
 
-__all__ = ["EPOCH", "StoreTestsMixin", "SweepCountTestsMixin", "client", "code", "family", "session"]
+__all__ = [
+    "EPOCH", "StoreTestsMixin", "SweepCountTestsMixin", "client", "code", "family", "session",
+    "task",
+]
 
 EPOCH = 1_700_000_000.0
 
@@ -113,6 +118,25 @@ def session(sessionID: str = "sess-1", expiresAt: float = EPOCH + 3600, **kw: An
     )
     values.update(kw)
     return SessionRecord(**values)
+
+
+def task(taskID: str = "task-1", expiresAt: float = EPOCH + 3600, **kw: Any) -> TaskRecord:
+    values: dict = dict(
+        taskID=taskID,
+        subject="alice",
+        clientID="client-1",
+        method="tools/call",
+        name="slow_compute",
+        status="working",
+        createdAt=EPOCH,
+        updatedAt=EPOCH,
+        expiresAt=expiresAt,
+        pollInterval=1.0,
+        payload={"keys": ["a"], "inputRequests": {"a": {"method": "elicitation/create",
+                                                         "params": {"message": "\u00e9t\u00e9"}}}},
+    )
+    values.update(kw)
+    return TaskRecord(**values)
 
 
 def _synchronously(f: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., None]:
@@ -767,6 +791,84 @@ class StoreTestsMixin:
         results = await self.gather(*[self.store.takeToken("k", 5, 0.001, now) for _ in range(8)])
         self.assertEqual(sum(1 for r in results if r.allowed), 5)
 
+    # ----------------------------------------------------------------- tasks
+
+    async def test_createGetTask(self) -> None:
+        """
+        A created task reads back field for field (payload JSON, a missing
+        and a present status message); its id cannot be created twice.
+        """
+        record = task()
+        self.assertIsNone(await self.store.createTask(record))
+        self.assertEqual(await self.store.getTask("task-1", self.now()), record)
+        other = task("task-2", statusMessage="half way", version=7)
+        await self.store.createTask(other)
+        self.assertEqual(await self.store.getTask("task-2", self.now()), other)
+        await self.assertFails(self.store.createTask(task(subject="bob")), Conflict)
+
+    async def test_getTaskMissingOrExpired(self) -> None:
+        """
+        An unknown task, and a task at or past its C{expiresAt}, are not
+        found.
+        """
+        await self.assertFails(self.store.getTask("nope", self.now()), NoSuchTask)
+        await self.store.createTask(task(expiresAt=self.now() + 30))
+        self.assertEqual((await self.store.getTask("task-1", self.now() + 29)).taskID, "task-1")
+        await self.assertFails(self.store.getTask("task-1", self.now() + 30), NoSuchTask)
+
+    async def test_replaceTaskComparesVersion(self) -> None:
+        """
+        C{replaceTask} stores the record only over the version before it:
+        a stale writer gets C{False} and changes nothing.
+        """
+        now = self.now()
+        await self.store.createTask(task())
+        done = task(version=2, status="completed", updatedAt=now + 5,
+                    payload={"result": {"content": [{"type": "text", "text": "ok"}]}})
+        self.assertIs(await self.store.replaceTask(done, now + 5), True)
+        stale = task(version=2, status="cancelled", statusMessage="late")
+        self.assertIs(await self.store.replaceTask(stale, now + 6), False)
+        self.assertIs(await self.store.replaceTask(task(version=9), now + 6), False)
+        self.assertEqual(await self.store.getTask("task-1", now + 6), done)
+
+    async def test_replaceTaskMissingOrExpired(self) -> None:
+        """
+        Replacing an unknown or expired task fails with L{NoSuchTask} and
+        does not bring it back.
+        """
+        now = self.now()
+        await self.assertFails(self.store.replaceTask(task(version=2), now), NoSuchTask)
+        await self.store.createTask(task(expiresAt=now + 10))
+        await self.assertFails(
+            self.store.replaceTask(task(version=2, expiresAt=now + 100), now + 10), NoSuchTask
+        )
+        await self.assertFails(self.store.getTask("task-1", now + 10), NoSuchTask)
+
+    async def test_replaceTaskSetsExpiry(self) -> None:
+        """
+        The replacing record's C{expiresAt} is the task's new lifetime.
+        """
+        now = self.now()
+        await self.store.createTask(task(expiresAt=now + 10))
+        self.assertIs(await self.store.replaceTask(task(version=2, expiresAt=now + 100), now), True)
+        self.assertEqual((await self.store.getTask("task-1", now + 50)).version, 2)
+        self.assertIs(await self.store.replaceTask(task(version=3, expiresAt=now + 20), now + 1), True)
+        await self.assertFails(self.store.getTask("task-1", now + 20), NoSuchTask)
+
+    async def test_replaceTaskConcurrent(self) -> None:
+        """
+        Of several writers racing from the same version, exactly one wins.
+        """
+        now = self.now()
+        await self.store.createTask(task())
+        results = await self.gather(*[
+            self.store.replaceTask(task(version=2, statusMessage=f"writer {i}"), now)
+            for i in range(6)
+        ])
+        self.assertEqual(sorted(results), [False] * 5 + [True])
+        winner = results.index(True)
+        self.assertEqual((await self.store.getTask("task-1", now)).statusMessage, f"writer {winner}")
+
     # ----------------------------------------------------------------- sweep
 
     async def test_sweepKeepsLiveRecords(self) -> None:
@@ -779,6 +881,8 @@ class StoreTestsMixin:
         await self.store.revokeJTI("jti-live", now + 100)
         await self.store.createSession(session("live"))
         await self.store.createSession(session("dead", expiresAt=now + 5))
+        await self.store.createTask(task("live"))
+        await self.store.createTask(task("dead", expiresAt=now + 5))
         self.clock.advance(10)
         report = await self.store.sweep(self.now())
         self.assertIsInstance(report, SweepReport)
@@ -790,6 +894,8 @@ class StoreTestsMixin:
         self.assertTrue(await self.store.isRevoked("jti-live", now))
         self.assertEqual((await self.store.getSession("live", now)).sessionID, "live")
         self.assertEqual(await self.store.countSessions(now), 1)
+        self.assertEqual((await self.store.getTask("live", now)).taskID, "live")
+        await self.assertFails(self.store.getTask("dead", now), NoSuchTask)
 
 
 class SweepCountTestsMixin:
@@ -810,6 +916,8 @@ class SweepCountTestsMixin:
         await store.revokeJTI("j1", now + 5)
         await store.createSession(session("s1", expiresAt=now + 5))
         await store.createSession(session("s2"))
+        await store.createTask(task("t1", expiresAt=now + 5))
+        await store.createTask(task("t2"))
         await store.takeToken("full-soon", 10, 1, now)  # full again at now + 1
         await store.takeToken("busy", 100, 1, now, 50)  # full again at now + 50
         empty = await store.sweep(now)
@@ -817,7 +925,8 @@ class SweepCountTestsMixin:
         report = await store.sweep(now + 10)
         self.assertEqual(  # type: ignore[attr-defined]
             dict(report.removed),
-            {"codes": 1, "families": 2, "revocations": 1, "sessions": 1, "buckets": 1},
+            {"codes": 1, "families": 2, "revocations": 1, "sessions": 1, "tasks": 1,
+             "buckets": 1},
         )
         again = await store.sweep(now + 10)
         self.assertEqual(again.total, 0)  # type: ignore[attr-defined]

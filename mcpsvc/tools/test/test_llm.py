@@ -70,6 +70,13 @@ class LLMToolTests(SynchronousTestCase):
         pack = ToolPackContext(config=Config(), clock=self.clock, runInThread=lambda f: f())
         self.assertEqual(llmTools(pack), [])
 
+    def test_runsAsTask(self) -> None:
+        """
+        A generation may run as a task (the tasks extension) for clients
+        that support one.
+        """
+        self.assertEqual(self.tools[0].taskSupport, "optional")
+
     def test_generate(self) -> None:
         """
         The prompt is posted to C{/api/generate} without streaming and the

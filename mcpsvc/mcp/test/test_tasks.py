@@ -1,0 +1,594 @@
+"""
+The tasks extension (L{mcpsvc.mcp.tasks}): the pure transitions and the
+wire shapes, then the methods through the transport on a L{Clock} and a
+L{MemoryStore}, including two instances sharing one store.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from mcpsvc.config import Config
+from mcpsvc.mcp.protocol import INTERNAL_ERROR
+from mcpsvc.mcp.tasks import (
+    TASKS_EXTENSION,
+    answered,
+    asking,
+    cancelled,
+    createResult,
+    finished,
+    taken,
+    taskView,
+)
+from mcpsvc.mcp.test.helpers import MALLORY, MODERN_META, Harness
+from mcpsvc.storage.interfaces import NoSuchTask, StoreUnavailable, TaskRecord
+from mcpsvc.storage.memory import MemoryStore
+from mcpsvc.storage.test.base import EPOCH, task
+from mcpsvc.tools.interfaces import Tool, ToolContext, ToolProtocolError
+from mcpsvc.tools.registry import InvalidTool, ToolRegistry
+
+CAPS = "io.modelcontextprotocol/clientCapabilities"
+EXT_META = dict(MODERN_META, **{CAPS: {"extensions": {TASKS_EXTENSION: {}}, "elicitation": {}}})
+PLAIN_META = dict(MODERN_META, **{CAPS: {"elicitation": {}}})
+
+
+def form(message: str) -> Dict[str, Any]:
+    return {"message": message, "requestedSchema": {
+        "type": "object", "properties": {"name": {"type": "string"}}}}
+
+
+class TransitionTests(SynchronousTestCase):
+    """
+    The pure transitions and the wire shapes.
+    """
+
+    def test_createResultFlat(self) -> None:
+        """
+        A C{CreateTaskResult} is the task, flat, with C{resultType: "task"},
+        integer C{ttlMs} and C{pollIntervalMs}, ISO 8601 times, and none of
+        C{result}, C{error}, C{inputRequests} or C{requestState}.
+        """
+        record = task(createdAt=EPOCH, updatedAt=EPOCH + 1.5, expiresAt=EPOCH + 3600,
+                      pollInterval=0.25)
+        result = createResult(record)
+        self.assertEqual(result, {
+            "resultType": "task", "taskId": "task-1", "status": "working",
+            "createdAt": "2023-11-14T22:13:20.000Z", "lastUpdatedAt": "2023-11-14T22:13:21.500Z",
+            "ttlMs": 3_600_000, "pollIntervalMs": 250,
+        })
+
+    def test_viewByStatus(self) -> None:
+        """
+        C{tasks/get} inlines C{inputRequests} (input_required), C{result}
+        (completed) or C{error} (failed), and nothing else.
+        """
+        payload = {"inputRequests": {"a": {"method": "elicitation/create", "params": {}}},
+                   "result": {"content": []}, "error": {"code": 1, "message": "x"}}
+        views = {status: taskView(task(status=status, payload=payload))
+                 for status in ("working", "input_required", "completed", "failed", "cancelled")}
+        extra = {s: sorted(set(v) & {"result", "error", "inputRequests", "resultType"})
+                 for s, v in views.items()}
+        self.assertEqual(extra, {"working": [], "input_required": ["inputRequests"],
+                                 "completed": ["result"], "failed": ["error"], "cancelled": []})
+
+    def test_askAnswerTake(self) -> None:
+        """
+        Questions make the task C{input_required}; a partial answer keeps
+        it so with the rest outstanding; answers to unknown keys change
+        nothing; the last answer makes it C{working}; the work takes the
+        answers.
+        """
+        record = task(payload={})
+        record = asking(record, {"a": {"method": "m"}, "b": {"method": "m"}}, EPOCH + 1)
+        assert record is not None
+        self.assertEqual((record.status, record.version), ("input_required", 2))
+        self.assertIsNone(answered(record, {"zzz": {}}, EPOCH + 2))
+        record = answered(record, {"a": {"x": 1}, "zzz": {}}, EPOCH + 2)
+        assert record is not None
+        self.assertEqual(record.status, "input_required")
+        self.assertEqual(list(record.payload["inputRequests"]), ["b"])
+        self.assertEqual(record.payload["inputResponses"], {"a": {"x": 1}})
+        record = answered(record, {"b": {"y": 2}}, EPOCH + 3)
+        assert record is not None
+        self.assertEqual((record.status, record.payload["inputRequests"]), ("working", {}))
+        record = taken(record, ["a", "b"], EPOCH + 4)
+        assert record is not None
+        self.assertEqual(record.payload["inputResponses"], {})
+        self.assertEqual(record.payload["keys"], ["a", "b"])
+        self.assertIsNone(taken(record, ["a"], EPOCH + 5))
+
+    def test_terminalStays(self) -> None:
+        """
+        Nothing changes a task that is over: a cancellation wins over a
+        result that comes later, and cancelling twice changes nothing.
+        """
+        record = cancelled(task(), EPOCH + 1)
+        assert record is not None
+        self.assertEqual((record.status, record.payload.get("inputRequests")), ("cancelled", None))
+        self.assertIsNone(cancelled(record, EPOCH + 2))
+        self.assertIsNone(finished(record, EPOCH + 2, result={"content": []}))
+        self.assertIsNone(answered(record, {"a": {}}, EPOCH + 2))
+        self.assertIsNone(asking(record, {"c": {}}, EPOCH + 2))
+        failed = finished(task(), EPOCH + 1, error={"code": INTERNAL_ERROR, "message": "x"})
+        assert failed is not None
+        self.assertEqual((failed.status, failed.payload["error"]["code"]), ("failed", INTERNAL_ERROR))
+
+
+class TaskInputsTests(SynchronousTestCase):
+    """
+    C{clientRequest} inside a task.
+    """
+
+    def test_publishTogetherAnswerEach(self) -> None:
+        """
+        Requests asked in one turn are published together on the next;
+        each answer fires its own request; a key is never used twice; a
+        method the client cannot answer fails at once.
+        """
+        from twisted.internet.task import Clock
+
+        from mcpsvc.mcp.tasks import TaskInputs
+        from mcpsvc.tools.interfaces import ClientRequestError
+
+        clock = Clock()
+        inputs = TaskInputs({"elicitation": {}}, clock)
+        published: List[Dict[str, Any]] = []
+        inputs.publish = published.append
+        first = inputs.clientRequest("elicitation/create", form("a"), key="a")
+        second = inputs.clientRequest("elicitation/create", form("b"))
+        self.assertEqual(published, [])
+        clock.advance(0)
+        self.assertEqual([sorted(p) for p in published], [["a", "input-2"]])
+        self.failureResultOf(inputs.clientRequest("elicitation/create", form("a"), key="a"),
+                             ClientRequestError)
+        self.failureResultOf(inputs.clientRequest("sampling/createMessage", {}), ClientRequestError)
+        self.failureResultOf(inputs.clientRequest("tools/call", {}), ClientRequestError)
+        self.assertEqual(inputs.deliver({"a": {"x": 1}, "zzz": {}}), ["a"])
+        self.assertEqual(self.successResultOf(first), {"x": 1})
+        self.assertNoResult(second)
+        failures: List[Any] = []
+        second.addErrback(failures.append)  # as the tool's await would
+        inputs.close()
+        self.assertEqual([f.type.__name__ for f in failures], ["CancelledError"])
+
+
+class TaskHarness(Harness):
+    """
+    The transport harness with tools that run as tasks.
+
+    @ivar jobs: the Deferreds of running C{job} calls.
+    @ivar jobsCancelled: how many C{job} calls were cancelled.
+    """
+
+    def __init__(self, testCase: SynchronousTestCase, **kw: Any) -> None:
+        self.jobs: List[Deferred[str]] = []
+        self.jobsCancelled = 0
+        super().__init__(testCase, **kw)
+
+    def tools(self) -> List[Tool]:
+        harness = self
+
+        def job(arguments: Mapping[str, Any], context: ToolContext) -> "Deferred[str]":
+            def cancel(d: Deferred[str]) -> None:
+                harness.jobsCancelled += 1
+
+            d: Deferred[str] = Deferred(cancel)
+            harness.jobs.append(d)
+            return d
+
+        async def must(arguments: Mapping[str, Any], context: ToolContext) -> str:
+            await deferLater(context.clock, 1)
+            return "done"
+
+        async def quiz(arguments: Mapping[str, Any], context: ToolContext) -> str:
+            first, second = await gatherResults([
+                context.clientRequest("elicitation/create", form("First?"), key="first"),
+                context.clientRequest("elicitation/create", form("Second?"), key="second"),
+            ], consumeErrors=True)
+            return f"{first['content']['name']} and {second['content']['name']}"
+
+        def bad(arguments: Mapping[str, Any], context: ToolContext) -> str:
+            raise ToolProtocolError(INTERNAL_ERROR, "broken on purpose", {"why": "test"})
+
+        async def composed(arguments: Mapping[str, Any], context: ToolContext) -> str:
+            answer = await context.clientRequest("elicitation/create", form("Name?"), key="name")
+            inTask = await context.startTask()
+            await deferLater(context.clock, 1)
+            return f"Hello, {answer['content']['name']} (task: {inTask})"
+
+        obj = {"type": "object"}
+        return super().tools() + [
+            Tool(name="job", description="Runs until told.", inputSchema=obj, call=job,
+                 taskSupport="optional"),
+            Tool(name="must", description="Only as a task.", inputSchema=obj, call=must,
+                 taskSupport="required"),
+            Tool(name="quiz", description="Asks twice.", inputSchema=obj, call=quiz,
+                 taskSupport="optional"),
+            Tool(name="bad", description="A protocol error.", inputSchema=obj, call=bad,
+                 taskSupport="optional"),
+            Tool(name="composed", description="Asks, then becomes a task.", inputSchema=obj,
+                 call=composed, taskSupport="optional", startsTaskItself=True),
+        ]
+
+    def rpc(
+        self, method: str, params: Dict[str, Any], meta: Mapping[str, Any] = EXT_META,
+        name: Optional[str] = None,
+    ) -> Tuple[int, Dict[str, Any]]:
+        params = dict(params, _meta=meta)
+        if name is None:
+            name = params.get("name") or params.get("taskId")
+        d = self.begin("POST", self.call(1, method, params), self.modernHeaders(method, name))
+        self.pump()  # a round asking for input ends on the next turn
+        response, body = self.finish(d)
+        return response.code, json.loads(body)
+
+    def result(self, method: str, params: Dict[str, Any], **kw: Any) -> Dict[str, Any]:
+        status, message = self.rpc(method, params, **kw)
+        self.testCase.assertEqual(status, 200, message)
+        self.testCase.assertIn("result", message)
+        return message["result"]
+
+    def error(self, method: str, params: Dict[str, Any], **kw: Any) -> Dict[str, Any]:
+        status, message = self.rpc(method, params, **kw)
+        self.testCase.assertIn("error", message, message)
+        return message["error"]
+
+    def start(self, name: str, arguments: Optional[Dict[str, Any]] = None) -> str:
+        created = self.result("tools/call", {"name": name, "arguments": arguments or {}})
+        self.testCase.assertEqual(created["resultType"], "task", created)
+        return str(created["taskId"])
+
+    def get(self, taskID: str) -> Dict[str, Any]:
+        return self.result("tasks/get", {"taskId": taskID})
+
+
+class TasksTests(SynchronousTestCase):
+    """
+    The tasks extension through the transport.
+    """
+
+    def setUp(self) -> None:
+        self.h = TaskHarness(self)
+
+    def test_taskLifecycle(self) -> None:
+        """
+        A task-supporting tool called by a client declaring the extension
+        answers with a C{CreateTaskResult} once the task is in the store;
+        C{tasks/get} shows it working, then completed with the result.
+        """
+        created = self.h.result("tools/call", {"name": "job", "arguments": {}})
+        self.assertEqual((created["resultType"], created["status"]), ("task", "working"))
+        self.assertEqual(created["ttlMs"], 3_600_000)
+        self.assertEqual(created["pollIntervalMs"], 1000)
+        self.assertNotIn("requestState", created)
+        stored = self.successResultOf(self.h.store.getTask(created["taskId"], self.h.clock.seconds()))
+        self.assertEqual((stored.subject, stored.clientID, stored.name), ("alice", "client-1", "job"))
+        got = self.h.get(created["taskId"])
+        self.assertEqual((got["status"], got["resultType"]), ("working", "complete"))
+        self.h.jobs[0].callback("the answer")
+        self.h.pump()
+        got = self.h.get(created["taskId"])
+        self.assertEqual(got["status"], "completed")
+        self.assertEqual(got["result"]["content"], [{"type": "text", "text": "the answer"}])
+
+    def test_withoutExtension(self) -> None:
+        """
+        Without the extension, an optional-task tool answers in the
+        request, a required-task tool gets C{-32021} naming the extension,
+        and the C{tasks/*} methods get C{-32021}.
+        """
+        result = self.h.result("tools/call", {"name": "echo", "arguments": {"text": "x"}},
+                               meta=PLAIN_META)
+        self.assertEqual(result["resultType"], "complete")
+        status, message = self.h.rpc("tools/call", {"name": "must", "arguments": {}},
+                                     meta=PLAIN_META)
+        self.assertEqual(status, 400)
+        self.assertEqual(message["error"]["code"], -32021)
+        self.assertEqual(message["error"]["data"],
+                         {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}})
+        d = self.h.begin("POST", self.h.call(1, "tools/call", {
+            "name": "job", "arguments": {}, "_meta": PLAIN_META}),
+            self.h.modernHeaders("tools/call", "job"))
+        self.h.jobs[0].callback("in the request")
+        response, body = self.h.finish(d)
+        self.assertEqual(json.loads(body)["result"]["content"][0]["text"], "in the request")
+        for method in ("tasks/get", "tasks/update", "tasks/cancel"):
+            error = self.h.error(method, {"taskId": "x", "inputResponses": {}}, meta=PLAIN_META)
+            self.assertEqual(error["code"], -32021, method)
+        self.assertEqual(self.successResultOf(self.h.store.sweep(self.h.clock.seconds()))
+                         .removed["tasks"], 0)
+
+    def test_discoverOffersToDeclaringClients(self) -> None:
+        """
+        C{server/discover} lists the extension to a client that declares
+        it, and only then; never a C{tasks} capability.
+        """
+        offered = self.h.result("server/discover", {})["capabilities"]
+        self.assertEqual(offered["extensions"], {TASKS_EXTENSION: {}})
+        self.assertNotIn("tasks", offered)
+        plain = self.h.result("server/discover", {}, meta=PLAIN_META)["capabilities"]
+        self.assertNotIn("extensions", plain)
+
+    def test_boundToPrincipal(self) -> None:
+        """
+        Another principal's C{tasks/get}, C{tasks/update} and
+        C{tasks/cancel} get the "not found" of an unknown id, and change
+        nothing.
+        """
+        taskID = self.h.start("job")
+        unknown = self.h.error("tasks/get", {"taskId": "no-such-task"})
+        self.h.principal = MALLORY
+        with capturedLogs() as events:
+            for method in ("tasks/get", "tasks/update", "tasks/cancel"):
+                error = self.h.error(method, {"taskId": taskID, "inputResponses": {}})
+                self.assertEqual((error["code"], error["message"]),
+                                 (unknown["code"], unknown["message"]), method)
+        self.assertEqual(unknown["code"], -32602)
+        self.assertTrue([e for e in events if "another principal" in e.get("log_format", "")])
+        self.assertEqual(self.h.jobsCancelled, 0)
+        self.h.principal = Harness(self).principal
+        self.assertEqual(self.h.get(taskID)["status"], "working")
+
+    def test_cancel(self) -> None:
+        """
+        C{tasks/cancel} acknowledges with an empty result, marks the task
+        cancelled and cancels the running work at once; cancelling again
+        (a task over) is acknowledged the same way.
+        """
+        seen: List[TaskRecord] = []
+        self.h.app.dispatcher.tasks.listeners.append(seen.append)
+        taskID = self.h.start("job")
+        ack = self.h.result("tasks/cancel", {"taskId": taskID})
+        self.assertEqual(set(ack) - {"_meta"}, {"resultType"})
+        # Every write reaches the listeners (notifications/tasks), once.
+        self.assertEqual([(r.taskID, r.status) for r in seen],
+                         [(taskID, "working"), (taskID, "cancelled")])
+        self.assertEqual(self.h.jobsCancelled, 1)
+        self.assertEqual(self.h.get(taskID)["status"], "cancelled")
+        self.assertEqual(self.h.app.dispatcher.tasks.runningCount(), 0)
+        ack = self.h.result("tasks/cancel", {"taskId": taskID})
+        self.assertEqual(ack["resultType"], "complete")
+        self.assertEqual(self.h.get(taskID)["status"], "cancelled")
+
+    def test_inputInsideTask(self) -> None:
+        """
+        A task's questions appear in C{tasks/get} (C{input_required}); a
+        partial C{tasks/update} leaves the other outstanding; the last
+        answer resumes the work, which completes with both answers.
+        """
+        taskID = self.h.start("quiz")
+        self.h.pump()
+        got = self.h.get(taskID)
+        self.assertEqual(got["status"], "input_required")
+        self.assertEqual(sorted(got["inputRequests"]), ["first", "second"])
+        self.assertEqual(got["inputRequests"]["first"]["method"], "elicitation/create")
+        answer = {"action": "accept", "content": {"name": "Ada"}}
+        ack = self.h.result("tasks/update", {"taskId": taskID, "inputResponses": {
+            "first": answer, "unknown": {"x": 1}}})
+        self.assertEqual(set(ack) - {"_meta"}, {"resultType"})
+        got = self.h.get(taskID)
+        self.assertEqual((got["status"], list(got["inputRequests"])), ("input_required", ["second"]))
+        self.h.result("tasks/update", {"taskId": taskID, "inputResponses": {
+            "second": {"action": "accept", "content": {"name": "Bob"}}}})
+        self.h.pump()
+        got = self.h.get(taskID)
+        self.assertEqual(got["status"], "completed")
+        self.assertEqual(got["result"]["content"][0]["text"], "Ada and Bob")
+
+    def test_protocolError(self) -> None:
+        """
+        A tool raising L{ToolProtocolError} ends its task C{failed} with
+        that JSON-RPC error; in a request it is the request's error.
+        """
+        taskID = self.h.start("bad")
+        self.h.pump()
+        got = self.h.get(taskID)
+        self.assertEqual(got["status"], "failed")
+        self.assertEqual(got["error"], {"code": INTERNAL_ERROR, "message": "broken on purpose",
+                                        "data": {"why": "test"}})
+        self.assertNotIn("result", got)
+        error = self.h.error("tools/call", {"name": "bad", "arguments": {}}, meta=PLAIN_META)
+        self.assertEqual((error["code"], error["message"]), (INTERNAL_ERROR, "broken on purpose"))
+
+    def test_composition(self) -> None:
+        """
+        A tool that starts its task itself asks through MRTR first (no
+        task id); on the retry with the answer it becomes a task, whose
+        result carries the answer.
+        """
+        first = self.h.result("tools/call", {"name": "composed", "arguments": {}})
+        self.assertEqual(first["resultType"], "input_required")
+        self.assertNotIn("taskId", first)
+        second = self.h.result("tools/call", {
+            "name": "composed", "arguments": {}, "requestState": first["requestState"],
+            "inputResponses": {"name": {"action": "accept", "content": {"name": "Alice"}}}})
+        self.assertEqual(second["resultType"], "task")
+        self.assertNotIn("requestState", second)
+        self.assertEqual(self.h.get(second["taskId"])["status"], "working")
+        self.h.pump(1)
+        got = self.h.get(second["taskId"])
+        self.assertEqual(got["status"], "completed")
+        self.assertEqual(got["result"]["content"][0]["text"], "Hello, Alice (task: True)")
+        # Without the extension the same tool finishes in the request.
+        d = self.h.begin("POST", self.h.call(1, "tools/call", {
+            "name": "composed", "arguments": {}, "requestState": first["requestState"],
+            "inputResponses": {"name": {"action": "accept", "content": {"name": "Bo"}}},
+            "_meta": PLAIN_META}), self.h.modernHeaders("tools/call", "composed"))
+        self.h.pump(1)
+        response, body = self.h.finish(d)
+        self.assertEqual(json.loads(body)["result"]["content"][0]["text"],
+                         "Hello, Bo (task: False)")
+
+    def test_routingHeader(self) -> None:
+        """
+        C{tasks/*} requests carry C{Mcp-Name: <taskId>}; a missing or
+        different one is C{-32020} with HTTP 400.
+        """
+        taskID = self.h.start("job")
+        for name in ("other", ""):
+            status, message = self.h.rpc("tasks/get", {"taskId": taskID}, name=name)
+            self.assertEqual((status, message["error"]["code"]), (400, -32020))
+        status, message = self.h.json(
+            self.h.call(1, "tasks/get", {"taskId": taskID, "_meta": EXT_META}),
+            self.h.modernHeaders("tasks/get"))
+        self.assertEqual((status, message["error"]["code"]), (400, -32020))
+
+    def test_removedMethods(self) -> None:
+        """
+        C{tasks/result} and C{tasks/list} do not exist (C{-32601}).
+        """
+        for method in ("tasks/result", "tasks/list"):
+            status, message = self.h.rpc(method, {"taskId": "x"}, name=None)
+            self.assertEqual(message["error"]["code"], -32601, method)
+
+    def test_badParams(self) -> None:
+        """
+        An overlong C{taskId}, or C{inputResponses} that are not an object
+        of objects, are C{-32602}; a C{taskId} that is not a string cannot
+        match its C{Mcp-Name} (C{-32020}).
+        """
+        error = self.h.error("tasks/get", {"taskId": "x" * 200})
+        self.assertEqual(error["code"], -32602)
+        status, message = self.h.rpc("tasks/get", {"taskId": 7}, name="7")
+        self.assertEqual((status, message["error"]["code"]), (400, -32020))
+        taskID = self.h.start("job")
+        for responses in ([], {"a": 1}):
+            error = self.h.error("tasks/update", {"taskId": taskID, "inputResponses": responses})
+            self.assertEqual(error["code"], -32602)
+
+    def test_expiry(self) -> None:
+        """
+        A task is forgotten C{TASK_TTL} seconds after its creation; a
+        running one is then cancelled, and the sweep removes it.
+        """
+        h = TaskHarness(self, config=Config(taskTTL=30.0, taskPollInterval=5.0))
+        taskID = h.start("job")
+        h.pump(25)
+        self.assertEqual(h.get(taskID)["status"], "working")
+        h.pump(5)
+        self.assertEqual(h.error("tasks/get", {"taskId": taskID})["code"], -32602)
+        self.assertEqual(h.jobsCancelled, 1)
+        self.assertEqual(h.app.dispatcher.tasks.runningCount(), 0)
+
+    def test_storeDownAtCreation(self) -> None:
+        """
+        When the store cannot create the task, the call fails closed
+        (503) and the tool does not run.
+        """
+        def down(record: TaskRecord) -> Any:
+            from twisted.internet.defer import fail
+
+            return fail(StoreUnavailable("down"))
+
+        self.h.store.createTask = down  # type: ignore[method-assign]
+        status, message = self.h.rpc("tools/call", {"name": "job", "arguments": {}})
+        self.assertEqual(status, 503)
+        self.assertEqual(self.h.jobs, [])
+
+
+class StopTests(SynchronousTestCase):
+    """
+    Stopping an instance ends the tasks running on it.
+    """
+
+    def test_stopMarksFailed(self) -> None:
+        """
+        The running work is cancelled and its task ends C{failed} with a
+        message saying the server stopped; the service's stop waits for
+        that write.
+        """
+        from mcpsvc.mcp.tasks import TaskService
+
+        h = TaskHarness(self)
+        taskID = h.start("job")
+        service = TaskService(h.app.dispatcher.tasks)
+        service.startService()
+        with capturedLogs():
+            self.successResultOf(service.stopService())
+        self.assertEqual(h.jobsCancelled, 1)
+        got = h.get(taskID)
+        self.assertEqual(got["status"], "failed")
+        self.assertEqual(got["error"]["message"], "The server stopped before the task finished")
+        self.successResultOf(h.app.dispatcher.tasks.stop())
+
+    def test_stopStoreDown(self) -> None:
+        """
+        When the outcome cannot be written, the stop still ends after its
+        timeout, and says so.
+        """
+        h = TaskHarness(self)
+        h.start("job")
+
+        def down(record: TaskRecord, now: float) -> Any:
+            from twisted.internet.defer import fail
+
+            return fail(StoreUnavailable("down"))
+
+        h.store.replaceTask = down  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            d = h.app.dispatcher.tasks.stop(timeout=5)
+            self.assertNoResult(d)
+            h.clock.advance(5)
+            self.successResultOf(d)
+        self.assertTrue([e for e in events if "could not be marked" in e.get("log_format", "")])
+
+
+class TwoInstancesTests(SynchronousTestCase):
+    """
+    Two instances sharing one store: the task runs where it started; any
+    instance reads it; a cancellation or an answer written by the other
+    reaches the work within one poll interval.
+    """
+
+    def setUp(self) -> None:
+        self.a = TaskHarness(self, config=Config(taskPollInterval=2.0))
+        self.b = TaskHarness(self, config=Config(taskPollInterval=2.0),
+                             store=self.a.store, clock=self.a.clock)
+
+    def test_cancelFromOther(self) -> None:
+        taskID = self.a.start("job")
+        self.assertEqual(self.b.get(taskID)["status"], "working")
+        self.b.result("tasks/cancel", {"taskId": taskID})
+        self.assertEqual(self.a.get(taskID)["status"], "cancelled")
+        self.assertEqual(self.a.jobsCancelled, 0)
+        self.a.pump(1.9)
+        self.assertEqual(self.a.jobsCancelled, 0)
+        self.a.pump(0.1)
+        self.assertEqual(self.a.jobsCancelled, 1)
+        self.assertEqual(self.a.app.dispatcher.tasks.runningCount(), 0)
+        self.assertEqual(self.b.get(taskID)["status"], "cancelled")
+
+    def test_answerFromOther(self) -> None:
+        taskID = self.a.start("quiz")
+        self.a.pump()
+        self.assertEqual(self.b.get(taskID)["status"], "input_required")
+        answer = {"action": "accept", "content": {"name": "X"}}
+        self.b.result("tasks/update", {"taskId": taskID, "inputResponses": {
+            "first": answer, "second": answer}})
+        self.assertEqual(self.b.get(taskID)["status"], "working")
+        self.a.pump(2)
+        got = self.b.get(taskID)
+        self.assertEqual(got["status"], "completed")
+        self.assertEqual(got["result"]["content"][0]["text"], "X and X")
+        stored = self.successResultOf(self.a.store.getTask(taskID, self.a.clock.seconds()))
+        self.assertNotIn("inputResponses", stored.payload)
+
+
+class RegistryTaskSupportTests(SynchronousTestCase):
+    def test_invalidDeclarations(self) -> None:
+        """
+        The registry refuses an unknown C{taskSupport}, and
+        C{startsTaskItself} on a tool that cannot be a task.
+        """
+        from twisted.internet.task import Clock
+
+        obj = {"type": "object"}
+        for kw in ({"taskSupport": "sometimes"}, {"startsTaskItself": True}):
+            tool = Tool(name="t", description="d", inputSchema=obj, call=lambda a, c: "", **kw)
+            self.assertRaises(InvalidTool, ToolRegistry, [tool], clock=Clock())

@@ -1,0 +1,132 @@
+"""
+The tasks extension across instances: two C{twistd -n mcpsvc} processes
+sharing one real C{redis-server}, on loopback. A task started on A is read
+and cancelled on B, and the work running on A stops (A sees the
+cancellation at its next poll of the store); a task waiting for input on
+A is answered through B and completes on A.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mcpsvc.testing.redis import RedisServer, freePort
+from tests.flow import http
+from tests.process import SECRET, McpsvcProcess
+
+EXTENSION = "io.modelcontextprotocol/tasks"
+META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {"extensions": {EXTENSION: {}},
+                                                   "elicitation": {}},
+    "io.modelcontextprotocol/clientInfo": {"name": "e2e", "version": "1"},
+}
+
+
+def rpc(base: str, method: str, params: Dict[str, Any], name: Optional[str] = None) -> Tuple[int, Any]:
+    """
+    One 2026-07-28 request; the status and the JSON-RPC message.
+    """
+    headers = {"Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method}
+    if name is not None:
+        headers["Mcp-Name"] = name
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": dict(params, _meta=META)}
+    status, _, message = http(base + "/mcp", "POST", body, headers)
+    return status, message
+
+
+class TwoInstancesTasksTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        redis = RedisServer(os.path.abspath(self.mktemp())).start()
+        self.addCleanup(redis.stop)
+        env = {
+            "STORE": "redis",
+            "REDIS_URL": redis.url,
+            "JWT_SECRET": SECRET,
+            "AUTH_MODE": "none",
+            "TOOL_PACKS": "core,conformance",
+            "TASK_POLL_INTERVAL": "0.2",
+        }
+        self.processes: List[McpsvcProcess] = []
+        ports = [freePort(), freePort()]
+        for port in ports:
+            workdir = os.path.abspath(self.mktemp())
+            os.makedirs(workdir)
+            process = McpsvcProcess(
+                workdir, env=dict(env, SERVER_URL=f"http://localhost:{port}"),
+                listen=[f"tcp:{port}:interface=127.0.0.1"],
+            )
+            self.addCleanup(process.kill)
+            self.processes.append(process)
+        for process in self.processes:
+            process.start()
+
+    def get(self, base: str, taskID: str) -> Dict[str, Any]:
+        status, message = rpc(base, "tasks/get", {"taskId": taskID}, taskID)
+        self.assertEqual(status, 200, message)
+        return message["result"]
+
+    def test_startOnOneCancelOnOther(self) -> None:
+        """
+        A task started on A is visible on B; B's C{tasks/cancel} marks it
+        cancelled for both, and the work on A stops (A logs its end).
+        """
+        a, b = self.processes
+        status, message = rpc(a.url, "tools/call", {
+            "name": "slow_compute", "arguments": {"seconds": 60, "label": "e2e"}}, "slow_compute")
+        self.assertEqual(status, 200, message)
+        created = message["result"]
+        self.assertEqual(created["resultType"], "task")
+        taskID = created["taskId"]
+        self.assertEqual(self.get(b.url, taskID)["status"], "working")
+        status, message = rpc(b.url, "tasks/cancel", {"taskId": taskID}, taskID)
+        self.assertEqual((status, message["result"]["resultType"]), (200, "complete"))
+        self.assertEqual(self.get(a.url, taskID)["status"], "cancelled")
+        ended = a.waitFor(lambda r: "ended" in r.get("text", "") and r.get("taskID") == taskID[:12],
+                          timeout=10)
+        self.assertEqual(ended["status"], "cancelled")
+        self.assertFalse([r for r in b.records if r.get("taskID") == taskID[:12]
+                          and "ended" in r.get("text", "")])
+        self.assertNotIn("Traceback", "\n".join(a.lines + b.lines))
+
+    def test_stoppedInstance(self) -> None:
+        """
+        When the instance running a task stops (SIGTERM), the task ends
+        C{failed}, as B reads it, rather than staying C{working}.
+        """
+        a, b = self.processes
+        status, message = rpc(a.url, "tools/call", {
+            "name": "slow_compute", "arguments": {"seconds": 60}}, "slow_compute")
+        taskID = message["result"]["taskId"]
+        self.assertEqual(a.stop(), 0)
+        task = self.get(b.url, taskID)
+        self.assertEqual(task["status"], "failed")
+        self.assertEqual(task["error"]["message"], "The server stopped before the task finished")
+
+    def test_answerThroughOther(self) -> None:
+        """
+        A task waiting for input on A shows its question on B; the answer
+        given to B reaches the work on A, which completes.
+        """
+        a, b = self.processes
+        status, message = rpc(a.url, "tools/call", {
+            "name": "confirm_delete", "arguments": {"filename": "x.txt"}}, "confirm_delete")
+        taskID = message["result"]["taskId"]
+        asked = a.waitFor(lambda r: "asks the client" in r.get("text", "")
+                          and r.get("taskID") == taskID[:12], timeout=10)
+        self.assertEqual(asked["keys"], ["confirm"])
+        task = self.get(b.url, taskID)
+        self.assertEqual(task["status"], "input_required")
+        self.assertEqual(list(task["inputRequests"]), ["confirm"])
+        status, message = rpc(b.url, "tasks/update", {"taskId": taskID, "inputResponses": {
+            "confirm": {"action": "accept", "content": {"confirm": True}}}}, taskID)
+        self.assertEqual(status, 200, message)
+        a.waitFor(lambda r: "ended" in r.get("text", "") and r.get("taskID") == taskID[:12],
+                  timeout=10)
+        task = self.get(b.url, taskID)
+        self.assertEqual(task["status"], "completed")
+        self.assertEqual(task["result"]["content"][0]["text"], "Deleted x.txt")

@@ -52,6 +52,7 @@ __all__ = [
     "IRevocationStore",
     "ISessionStore",
     "IRateLimitStore",
+    "IAssertionStore",
     "IStore",
     "familyRevocationID",
     "clientRevocationID",
@@ -531,6 +532,21 @@ class IRateLimitStore(Interface):
         """
 
 
+class IAssertionStore(Interface):
+    def useAssertionID(clientID: str, jti: str, expiresAt: float, now: float) -> Any:
+        """
+        Record the use of a client assertion's C{jti} (RFC 7523 section 3:
+        an assertion is used once) by C{clientID}, until C{expiresAt}.
+        Atomic: of any number of concurrent calls with the same client and
+        C{jti}, on any instance, exactly one fires with C{True} (first use,
+        now recorded); the others, and any later call before C{expiresAt},
+        fire with C{False} (a replay). An entry past its C{expiresAt} at
+        C{now} counts as absent (and is overwritten). A C{expiresAt} not
+        after C{now} stores nothing and fires with C{True}. Ids are scoped
+        by client: two clients may use the same C{jti}.
+        """
+
+
 class IStore(
     IClientStore,
     ICodeStore,
@@ -538,6 +554,7 @@ class IStore(
     IRevocationStore,
     ISessionStore,
     IRateLimitStore,
+    IAssertionStore,
 ):
     """
     Everything above, plus the operational hooks.

@@ -79,6 +79,8 @@ class MemoryStore:
         self._revoked: Dict[str, float] = {}
         self._sessions: Dict[str, SessionRecord] = {}
         self._buckets: Dict[str, _Bucket] = {}
+        #: (clientID, jti) -> expiresAt of used client assertions
+        self._assertions: Dict[Tuple[str, str], float] = {}
 
     # -- clients
 
@@ -311,6 +313,21 @@ class MemoryStore:
 
         return _answer(take)
 
+    # -- client assertions
+
+    def useAssertionID(self, clientID: str, jti: str, expiresAt: float, now: float) -> "Deferred[bool]":
+        def use() -> bool:
+            if expiresAt <= now:
+                return True
+            key = (clientID, jti)
+            seen = self._assertions.get(key)
+            if seen is not None and now < seen:
+                return False
+            self._assertions[key] = expiresAt
+            return True
+
+        return _answer(use)
+
     # -- operations
 
     def ping(self) -> "Deferred[None]":
@@ -328,6 +345,7 @@ class MemoryStore:
             "families": expired(self._families, lambda e: now >= e[0].expiresAt),
             "revocations": expired(self._revoked, lambda exp: now >= exp),
             "sessions": expired(self._sessions, lambda r: now >= r.expiresAt),
+            "assertions": expired(self._assertions, lambda exp: now >= exp),
             "buckets": expired(
                 self._buckets,
                 lambda b: now >= bucketFullAt(b.tokens, b.updated, b.capacity, b.refillPerSecond),

@@ -176,6 +176,8 @@ class ClientRecord:
         C{client_name}, C{scope}, ...), JSON-serialisable.
     @ivar createdAt: registration time.
     @ivar secretExpiresAt: 0 for "never".
+    @ivar jwks: the inline public keys of a C{private_key_jwt} client.
+    @ivar jwksURI: the URL of its public keys.
     """
 
     clientID: str
@@ -183,6 +185,24 @@ class ClientRecord:
     metadata: Mapping[str, Any]
     createdAt: float
     secretExpiresAt: float = 0
+
+    @property
+    def jwks(self) -> Optional[Mapping[str, Any]]:
+        """
+        The client's inline JWK Set (C{private_key_jwt}), kept in
+        C{metadata["jwks"]} under its RFC 7591 name, or C{None}.
+        """
+        value = self.metadata.get("jwks")
+        return value if isinstance(value, Mapping) else None
+
+    @property
+    def jwksURI(self) -> Optional[str]:
+        """
+        Where the client publishes its JWK Set (C{private_key_jwt}), kept in
+        C{metadata["jwks_uri"]} under its RFC 7591 name, or C{None}.
+        """
+        value = self.metadata.get("jwks_uri")
+        return value if isinstance(value, str) else None
 
 
 @frozen(kw_only=True)

@@ -272,6 +272,11 @@ def jwksFetcher(config: Config, reactor: Any) -> Callable[[str], "Deferred[Any]"
     from urllib.parse import urlsplit
 
     import treq
+    from twisted.web.client import HTTPConnectionPool
+
+    # One connection per fetch: fetches are rare (cached), and nothing
+    # lingers open to the clients' servers.
+    pool = HTTPConnectionPool(reactor, persistent=False)
 
     async def fetch(url: str) -> Any:
         scheme = urlsplit(url).scheme
@@ -279,7 +284,7 @@ def jwksFetcher(config: Config, reactor: Any) -> Callable[[str], "Deferred[Any]"
             raise ValueError(f"refusing to fetch a {scheme or 'relative'} URL (https only)")
         response = await treq.get(
             url, headers={"Accept": "application/json"}, allow_redirects=False,
-            timeout=JWKS_FETCH_TIMEOUT, reactor=reactor,
+            timeout=JWKS_FETCH_TIMEOUT, reactor=reactor, pool=pool,
         )
         chunks: List[bytes] = []
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: mcpsvc.oauth.test.test_clientauth -*-
+# -*- test-case-name: mcpsvc.oauth.test.test_privatekeyjwt -*-
 """
 C{private_key_jwt} at the token, revocation and introspection endpoints:
 the glue between a request's form, the client registry, the client's keys

@@ -206,3 +206,49 @@ class PrivateKeyJWTEndToEndTests(SynchronousTestCase):
         flow = KeyFlow(self.url, self.addClient("--jwks-uri", server.url), key)
         self.completeFlow(flow)
         self.assertEqual(server.requests, ["/jwks.json"])
+
+
+class TwoInstancesTests(SynchronousTestCase):
+    def test_replayOnAnotherInstance(self) -> None:
+        """
+        Two instances on one real Redis: a client registered by dynamic
+        registration with C{private_key_jwt} and inline keys gets a token
+        on A; the same assertion presented to B is refused as a replay.
+        """
+        from mcpsvc.testing.redis import RedisServer
+
+        redis = RedisServer(os.path.abspath(self.mktemp())).start()
+        self.addCleanup(redis.stop)
+        ports = [freePort(), freePort()]
+        serverURL = f"http://127.0.0.1:{ports[0]}"
+        env = {
+            "STORE": "redis", "REDIS_URL": redis.url, "DEPLOYMENT_TYPE": "multi-server",
+            "JWT_SECRET": SECRET, "DCR_AUTH_TOKEN": IAT, "AUTHORIZE_MODE": "auto",
+            "SERVER_URL": serverURL,
+        }
+        processes = []
+        for port in ports:
+            workdir = os.path.abspath(self.mktemp())
+            os.makedirs(workdir)
+            process = McpsvcProcess(workdir, env=env, listen=[f"tcp:{port}:interface=127.0.0.1"])
+            self.addCleanup(process.kill)
+            processes.append(process.start())
+        a, b = processes
+        key = ClientKey("EdDSA", kid="ed")
+        status, _, client = http(a.url + "/oauth/register", method="POST", body={
+            "client_name": "agent", "redirect_uris": [REDIRECT],
+            "token_endpoint_auth_method": "private_key_jwt", "jwks": key.jwks(),
+            "grant_types": ["client_credentials"],
+        }, headers={"Authorization": "Bearer " + IAT})
+        self.assertEqual(status, 201, client)
+        self.assertNotIn("client_secret", client)
+        flow = KeyFlow(serverURL, client["client_id"], key)
+        form = {"grant_type": "client_credentials", **flow.assertion(serverURL)}
+        status, _, body = http(a.url + "/oauth/token", method="POST", form=form)
+        self.assertEqual(status, 200, body)
+        status, _, body = http(b.url + "/oauth/token", method="POST", form=form)
+        self.assertEqual((status, body["error"]), (401, "invalid_client"), body)
+        b.waitFor(lambda r: r.get("action") == "client.assertion_replay", 10)
+        status, _, body = http(b.url + "/oauth/token", method="POST", form={
+            "grant_type": "client_credentials", **flow.assertion(serverURL)})
+        self.assertEqual(status, 200, body)

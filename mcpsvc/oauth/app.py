@@ -545,7 +545,9 @@ class OAuthApp:
     ) -> ClientRecord:
         """
         Authenticate the client of a token, revocation or introspection
-        request with the method it registered.
+        request with the method it registered. A request carrying a client
+        assertion (C{private_key_jwt}) is decided by C{self.assertions}
+        (L{mcpsvc.oauth.clientauth}) from the client record alone.
 
         @raise OAuthError: C{invalid_client} (401, with C{WWW-Authenticate:
             Basic} when Basic was tried) or C{invalid_request}.

@@ -284,7 +284,7 @@ async def _oauthClientCommand(
                 store, reactor.seconds(), name=options["name"],
                 redirectURIs=options["redirect-uris"], grantTypes=grants,
                 authMethod=options["auth-method"], scope=options["scope"],
-                jwks=jwks, jwksURI=options["jwks-uri"],
+                jwks=jwks, jwksURI=options["jwks-uri"], privateKeyJWT=config.privateKeyJWT,
             )
         except oauthAdmin.AdminError as e:
             err.write(f"Cannot add client: {e}\n")

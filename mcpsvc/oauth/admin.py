@@ -60,6 +60,7 @@ async def addClient(
     scope: Optional[str] = None,
     jwks: Optional[Dict[str, Any]] = None,
     jwksURI: Optional[str] = None,
+    privateKeyJWT: bool = True,
 ) -> Tuple[ClientRecord, Optional[str]]:
     """
     Register a client by hand. Redirect URIs must be https (or loopback
@@ -67,6 +68,8 @@ async def addClient(
 
     @param jwks: a C{private_key_jwt} client's public keys (a JWK Set).
     @param jwksURI: or the URL it publishes them at.
+    @param privateKeyJWT: whether C{private_key_jwt} is enabled
+        (C{PRIVATE_KEY_JWT}).
 
     @return: the stored record and the plaintext secret (C{None} for a
         public client), to be shown once.
@@ -87,7 +90,7 @@ async def addClient(
     from mcpsvc.oauth.clients import ClientMetadataError
 
     try:
-        metadata = normalizeMetadata(raw, patterns=None)
+        metadata = normalizeMetadata(raw, patterns=None, privateKeyJWT=privateKeyJWT)
     except ClientMetadataError as e:
         raise AdminError(f"{e.error}: {e.description}")
     secret = newSecret(32) if usesSecret(metadata) else None

@@ -141,6 +141,11 @@ class RegistrationTests(PrivateKeyJWTTestCase):
             self.store, self.clock.seconds(), "agent", [SNOW], authMethod="private_key_jwt",
         )), AdminError)
         self.assertIn("jwks", str(failure.value))
+        failure = self.failureResultOf(Deferred.fromCoroutine(addClient(
+            self.store, self.clock.seconds(), "agent", [SNOW], authMethod="private_key_jwt",
+            jwks=self.key.jwks(), privateKeyJWT=False,
+        )), AdminError)
+        self.assertIn("not supported", str(failure.value))
 
 
 class MetadataTests(PrivateKeyJWTTestCase):

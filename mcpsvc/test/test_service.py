@@ -298,13 +298,25 @@ class JWKSFetcherTests(TestCase):
         from twisted.internet import reactor
         from twisted.web.resource import Resource
         from twisted.web.server import Site
-        from twisted.web.static import Data
 
-        root = Resource()
-        root.putChild(b"jwks.json", Data(b'{"keys": []}', "application/json"))
-        root.putChild(b"big.json", Data(b'{"k": "' + b"x" * 70000 + b'"}', "application/json"))
-        root.putChild(b"bad.json", Data(b"not json", "application/json"))
-        self.port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+        documents = {
+            b"/jwks.json": b'{"keys": []}',
+            b"/big.json": b'{"k": "' + b"x" * 70000 + b'"}',
+            b"/bad.json": b"not json",
+        }
+
+        class Documents(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> bytes:
+                body = documents.get(request.path)
+                if body is None:
+                    request.setResponseCode(404)
+                    return b"{}"
+                request.setHeader(b"content-type", b"application/json")
+                return body
+
+        self.port = reactor.listenTCP(0, Site(Documents()), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
         self.reactor = reactor

@@ -81,12 +81,18 @@ def withStore(
     return result[0]
 
 
+def _confidential(record: Any) -> bool:
+    from mcpsvc.oauth.clients import isConfidential
+
+    return isConfidential(record.metadata)
+
+
 def _describe(record: Any) -> Dict[str, Any]:
     metadata = dict(record.metadata)
     return {
         "client_id": record.clientID,
         "client_name": metadata.get("client_name"),
-        "confidential": record.secretHash is not None,
+        "confidential": _confidential(record),
         "created_at": record.createdAt,
         "metadata": metadata,
     }
@@ -129,7 +135,11 @@ class ClientsAddOptions(_StoreOptions):
         ["name", None, None, "Client name shown on the authorization page."],
         ["grant-types", None, "authorization_code,refresh_token", "Comma list of grant types."],
         ["auth-method", None, "client_secret_basic",
-         "client_secret_basic, client_secret_post or none (public client)."],
+         "client_secret_basic, client_secret_post, private_key_jwt or none (public client)."],
+        ["jwks", None, None,
+         "private_key_jwt: a file holding the client's public keys (a JWK Set, or one JWK)."],
+        ["jwks-uri", None, None,
+         "private_key_jwt: the https URL where the client publishes its public keys."],
         ["scope", None, None,
          "Space or comma list of scopes the client may ask for (default: mcp:tools mcp:read "
          "mcp:write; a request naming none gets mcp:tools mcp:read)."],
@@ -146,6 +156,10 @@ class ClientsAddOptions(_StoreOptions):
     def postOptions(self) -> None:
         if not self["name"]:
             raise usage.UsageError("--name is required")
+        if self["jwks"] and self["jwks-uri"]:
+            raise usage.UsageError("give --jwks or --jwks-uri, not both")
+        if (self["jwks"] or self["jwks-uri"]) and self["auth-method"] != "private_key_jwt":
+            raise usage.UsageError("--jwks and --jwks-uri go with --auth-method private_key_jwt")
 
 
 class ClientsOptions(usage.Options):
@@ -185,8 +199,10 @@ def clientsCommand(options: Any, out: TextIO, err: TextIO) -> int:
             if subOptions["json"]:
                 out.write(json.dumps([_describe(r) for r in records], indent=2) + "\n")
             else:
+                from mcpsvc.oauth.clients import isConfidential
+
                 for r in records:
-                    kind = "confidential" if r.secretHash else "public"
+                    kind = "confidential" if isConfidential(r.metadata) else "public"
                     out.write(f"{r.clientID}\t{kind}\t{r.metadata.get('client_name') or ''}\n")
                 out.write(f"{len(records)} client(s)\n")
             return 0
@@ -228,6 +244,26 @@ def clientsCommand(options: Any, out: TextIO, err: TextIO) -> int:
     return withStore(config, action, err)
 
 
+def _readJWKS(path: str) -> Dict[str, Any]:
+    """
+    Read a JWK Set (or a single JWK, made a set of one) from C{path}.
+
+    @raise ValueError: unreadable or not JSON.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ValueError(f"{path} is not JSON: {e}") from None
+    if isinstance(document, dict) and "keys" not in document and "kty" in document:
+        document = {"keys": [document]}
+    if not isinstance(document, dict):
+        raise ValueError(f"{path} must hold a JWK Set (a JSON object)")
+    return document
+
+
 async def _oauthClientCommand(
     sub: str, options: Any, store: Any, reactor: Any, config: Config, out: TextIO, err: TextIO
 ) -> int:
@@ -236,16 +272,29 @@ async def _oauthClientCommand(
 
     if sub == "add":
         grants = [g.strip() for g in options["grant-types"].split(",") if g.strip()]
+        jwks = None
+        if options["jwks"]:
+            try:
+                jwks = _readJWKS(options["jwks"])
+            except ValueError as e:
+                err.write(f"Cannot add client: {e}\n")
+                return 1
         try:
             record, secret = await oauthAdmin.addClient(
                 store, reactor.seconds(), name=options["name"],
                 redirectURIs=options["redirect-uris"], grantTypes=grants,
                 authMethod=options["auth-method"], scope=options["scope"],
+                jwks=jwks, jwksURI=options["jwks-uri"], privateKeyJWT=config.privateKeyJWT,
             )
         except oauthAdmin.AdminError as e:
             err.write(f"Cannot add client: {e}\n")
             return 1
         out.write(f"client_id:     {record.clientID}\n")
+        if record.jwks is not None:
+            kids = [str(k.get("kid", "-")) for k in record.jwks.get("keys", [])]
+            out.write(f"jwks:          {len(kids)} public key(s), kid {', '.join(kids)}\n")
+        if record.jwksURI is not None:
+            out.write(f"jwks_uri:      {record.jwksURI}\n")
         if secret is not None:
             out.write(f"client_secret: {secret}\n")
             out.write("The secret is shown once; only its hash is stored.\n")

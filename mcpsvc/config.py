@@ -71,6 +71,9 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "DCR_AUTH_TOKEN": (None, "initial access token guarding /oauth/register, 32+ chars"),
     "DCR_OPEN": ("false", "allow registration without DCR_AUTH_TOKEN"),
     "DCR_REDIRECT_PATTERNS": (",".join(DEFAULT_REDIRECT_PATTERNS), "comma list of redirect URI patterns allowed at registration ('*' wildcards)"),
+    "PRIVATE_KEY_JWT": ("on", "on: clients may authenticate with private_key_jwt (RFC 7523) at the token, revocation and introspection endpoints"),
+    "CLIENT_ASSERTION_MAX_LIFETIME": ("300", "seconds: a client assertion whose exp is further ahead is refused"),
+    "CLIENT_JWKS_CACHE_SECONDS": ("300", "seconds a client's jwks_uri key set is cached"),
     "MCP_API_KEY": (None, "static key accepted on /mcp (Bearer or X-API-Key); off when unset"),
     "ACCESS_TOKEN_LIFETIME": ("3600", "access token lifetime, seconds"),
     "REFRESH_TOKEN_LIFETIME": ("7776000", "refresh token lifetime, seconds (90 days)"),
@@ -186,6 +189,10 @@ class Config:
     dcrOpen: bool = False
     dcrRedirectPatterns: Tuple[str, ...] = DEFAULT_REDIRECT_PATTERNS
     mcpAPIKey: Optional[str] = field(default=None, repr=False)
+    #: PRIVATE_KEY_JWT: private_key_jwt client authentication accepted.
+    privateKeyJWT: bool = True
+    clientAssertionMaxLifetime: int = 300
+    clientJWKSCacheSeconds: int = 300
     accessTokenLifetime: int = 3600
     refreshTokenLifetime: int = 7776000
     authorizationCodeLifetime: int = 600
@@ -730,6 +737,11 @@ def loadConfig(
     if sessionsValue not in ("on", "off", "true", "false"):
         c.errors.append(f"SESSIONS must be on or off (got {sessionsValue!r})")
     sessions = sessionsValue in ("on", "true")
+    privateKeyJWTValue = (c.get("PRIVATE_KEY_JWT") or "").lower()
+    if privateKeyJWTValue not in ("on", "off", "true", "false"):
+        c.errors.append(f"PRIVATE_KEY_JWT must be on or off (got {privateKeyJWTValue!r})")
+    assertionLifetime = c.integer("CLIENT_ASSERTION_MAX_LIFETIME", 10, 3600)
+    jwksCacheSeconds = c.integer("CLIENT_JWKS_CACHE_SECONDS", 10, 86400)
     idle = c.integer("SESSION_IDLE_TIMEOUT")
     sessionLimit = c.integer("SESSION_LIMIT", maximum=100_000)
     streamLimit = c.integer("STREAM_LIMIT", maximum=100_000)
@@ -784,6 +796,9 @@ def loadConfig(
         dcrOpen=dcrOpen,
         dcrRedirectPatterns=patterns,
         mcpAPIKey=mcpAPIKey,
+        privateKeyJWT=privateKeyJWTValue in ("on", "true"),
+        clientAssertionMaxLifetime=assertionLifetime,
+        clientJWKSCacheSeconds=jwksCacheSeconds,
         accessTokenLifetime=accessLifetime,
         refreshTokenLifetime=refreshLifetime,
         authorizationCodeLifetime=codeLifetime,
@@ -860,6 +875,7 @@ def summary(config: Config) -> Dict[str, Any]:
         "dcrAuthTokenLength": secretLength(config.dcrAuthToken),
         "dcrOpen": config.dcrOpen,
         "mcpAPIKeyLength": secretLength(config.mcpAPIKey),
+        "privateKeyJWT": config.privateKeyJWT,
         "metricsTokenLength": secretLength(config.metricsToken),
         "corsOrigins": list(config.allowedOrigins),
         "redirectPatterns": list(config.redirectPatterns),

@@ -138,6 +138,48 @@ class OAuthCommandTests(ClientsCommandTests):
         self.assertNotIn(secret, rotated.stdout)
         self.assertIn("client_secret:", rotated.stdout)
 
+    def test_addPrivateKeyJWT(self) -> None:
+        """
+        C{clients add --auth-method private_key_jwt} takes the client's
+        public keys from C{--jwks FILE} (a set, or one JWK) or a
+        C{--jwks-uri}; no secret is printed; a private key, both options,
+        or keys for another method are refused.
+        """
+        from mcpsvc.testing.clientkeys import ClientKey
+
+        key = ClientKey("ES256", kid="k1")
+        path = os.path.join(self.dir, "jwks.json")
+        with open(path, "w") as f:
+            json.dump(key.publicJWK(), f)
+        redirect = ["--redirect-uri", "https://dev12345.service-now.com/oauth_redirect.do"]
+        result = self.mcpsvc("clients", "add", "--name", "Agent", *redirect,
+                             "--auth-method", "private_key_jwt", "--jwks", path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn("client_secret", result.stdout)
+        self.assertIn("1 public key(s), kid k1", result.stdout)
+        clientID = result.stdout.split("client_id:", 1)[1].split()[0]
+        shown = json.loads(self.mcpsvc("clients", "show", clientID).stdout)
+        self.assertEqual(shown["metadata"]["jwks"], {"keys": [key.publicJWK()]})
+        self.assertIs(shown["confidential"], True)
+        result = self.mcpsvc("clients", "add", "--name", "Agent2", *redirect,
+                             "--auth-method", "private_key_jwt",
+                             "--jwks-uri", "https://agent.example.com/jwks.json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("jwks_uri:      https://agent.example.com/jwks.json", result.stdout)
+        with open(path, "w") as f:
+            json.dump({"keys": [key.privateJWK()]}, f)
+        result = self.mcpsvc("clients", "add", "--name", "Bad", *redirect,
+                             "--auth-method", "private_key_jwt", "--jwks", path)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("private members", result.stderr)
+        result = self.mcpsvc("clients", "add", "--name", "Bad", *redirect, "--jwks", path)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("go with --auth-method private_key_jwt", result.stderr + result.stdout)
+        result = self.mcpsvc("clients", "add", "--name", "Bad", *redirect,
+                             "--auth-method", "private_key_jwt")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("requires jwks or jwks_uri", result.stderr)
+
     def test_addRefusesBadRedirect(self) -> None:
         """
         An http redirect URI that is not loopback is refused.

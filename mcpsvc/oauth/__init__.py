@@ -61,6 +61,7 @@ def buildOAuth(
     clock: "IReactorTime",
     runInThread: Optional[Callable[..., Any]] = None,
     approver: Optional["IApprover"] = None,
+    fetchJSON: Optional[Callable[[str], Any]] = None,
 ) -> Tuple["OAuthApp", "BearerAuthenticator"]:
     """
     Build the authorization server app and the C{/mcp} authenticator, which
@@ -70,10 +71,14 @@ def buildOAuth(
         mode); unused for now.
     @param approver: decides authorization requests (default:
         L{approverFor}).
+    @param fetchJSON: fetches a C{private_key_jwt} client's C{jwks_uri}
+        (a Deferred of the parsed JSON); without it such clients cannot
+        authenticate.
     @raise mcpsvc.oauth.tokens.KeyLoadError: a key file is unusable.
     """
     from mcpsvc.oauth.app import OAuthApp
     from mcpsvc.oauth.bearer import BearerAuthenticator
+    from mcpsvc.oauth.clientauth import buildAssertionAuthenticator
 
     tokens = buildAccessTokens(config)
     app = OAuthApp(
@@ -82,6 +87,7 @@ def buildOAuth(
         clock=clock,
         tokens=tokens,
         approver=approver if approver is not None else approverFor(config),
+        assertions=buildAssertionAuthenticator(config, store, clock, fetchJSON),
     )
     bearer = BearerAuthenticator(config=config, store=store, clock=clock, verifier=tokens)
     return app, bearer

@@ -26,6 +26,7 @@ from mcpsvc.oauth.clients import (
     newClientID,
     normalizeMetadata,
     registrationResponse,
+    usesSecret,
 )
 from mcpsvc.oauth.refresh import splitRefreshToken
 from mcpsvc.oauth.tokens import AccessTokens, InvalidToken, loadPrivateKey
@@ -57,10 +58,18 @@ async def addClient(
     grantTypes: Sequence[str] = ("authorization_code", "refresh_token"),
     authMethod: str = "client_secret_basic",
     scope: Optional[str] = None,
+    jwks: Optional[Dict[str, Any]] = None,
+    jwksURI: Optional[str] = None,
+    privateKeyJWT: bool = True,
 ) -> Tuple[ClientRecord, Optional[str]]:
     """
     Register a client by hand. Redirect URIs must be https (or loopback
     http) but are not limited by C{DCR_REDIRECT_PATTERNS}.
+
+    @param jwks: a C{private_key_jwt} client's public keys (a JWK Set).
+    @param jwksURI: or the URL it publishes them at.
+    @param privateKeyJWT: whether C{private_key_jwt} is enabled
+        (C{PRIVATE_KEY_JWT}).
 
     @return: the stored record and the plaintext secret (C{None} for a
         public client), to be shown once.
@@ -74,13 +83,17 @@ async def addClient(
     }
     if scope is not None:
         raw["scope"] = scope
+    if jwks is not None:
+        raw["jwks"] = jwks
+    if jwksURI is not None:
+        raw["jwks_uri"] = jwksURI
     from mcpsvc.oauth.clients import ClientMetadataError
 
     try:
-        metadata = normalizeMetadata(raw, patterns=None)
+        metadata = normalizeMetadata(raw, patterns=None, privateKeyJWT=privateKeyJWT)
     except ClientMetadataError as e:
         raise AdminError(f"{e.error}: {e.description}")
-    secret = newSecret(32) if isConfidential(metadata) else None
+    secret = newSecret(32) if usesSecret(metadata) else None
     record = ClientRecord(
         clientID=newClientID(),
         secretHash=hashSecret(secret) if secret is not None else None,
@@ -96,7 +109,7 @@ def describeClient(record: ClientRecord) -> Dict[str, Any]:
     A printable view of a client (no secret, no hash).
     """
     body = registrationResponse(record.clientID, record.metadata, record.createdAt, None)
-    body["confidential"] = record.secretHash is not None
+    body["confidential"] = isConfidential(record.metadata)
     return body
 
 
@@ -110,8 +123,11 @@ async def rotateSecret(store: Any, clientID: str) -> Tuple[ClientRecord, str]:
     @raise mcpsvc.storage.interfaces.NoSuchClient: no such client.
     """
     record: ClientRecord = await store.getClient(clientID)
-    if not isConfidential(record.metadata):
-        raise AdminError(f"client {clientID} is public (token_endpoint_auth_method none): it has no secret")
+    if not usesSecret(record.metadata):
+        raise AdminError(
+            f"client {clientID} authenticates with "
+            f"{record.metadata.get('token_endpoint_auth_method')}: it has no secret"
+        )
     secret = newSecret(32)
     updated = attrs.evolve(record, secretHash=hashSecret(secret), secretExpiresAt=0)
     await store.updateClient(updated)

@@ -39,6 +39,13 @@ from mcpsvc.http.errors import HTTPError, OAuthError, TooManyRequests, installEr
 from mcpsvc.http.jsonio import readForm, readJSON, truncateForLog, writeJSON
 from mcpsvc.oauth import pkce
 from mcpsvc.oauth.bearer import revocationIDs
+from mcpsvc.oauth.clientauth import (
+    AssertionAuthenticator,
+    advertiseAssertions,
+    assertionAudiences,
+    buildAssertionAuthenticator,
+    carriesAssertion,
+)
 from mcpsvc.oauth.clients import (
     ClientMetadataError,
     authMethod,
@@ -49,6 +56,7 @@ from mcpsvc.oauth.clients import (
     normalizeMetadata,
     redirectURIs,
     registrationResponse,
+    usesSecret,
 )
 from mcpsvc.oauth.redirects import findRegistered
 from mcpsvc.oauth.refresh import (
@@ -105,6 +113,7 @@ _LOGGED_REGISTRATION_FIELDS = (
     "grant_types",
     "response_types",
     "token_endpoint_auth_method",
+    "jwks_uri",
     "scope",
     "software_id",
     "software_version",
@@ -393,6 +402,14 @@ class OAuthApp:
         init=False, repr=False,
         default=Factory(lambda self: RefreshTokens(self.config.jwtSecret), takes_self=True),
     )
+    #: Authenticates clients by C{private_key_jwt} (L{mcpsvc.oauth.clientauth}).
+    assertions: AssertionAuthenticator = field(
+        repr=False,
+        default=Factory(
+            lambda self: buildAssertionAuthenticator(self.config, self.store, self.clock),
+            takes_self=True,
+        ),
+    )
 
     def resource(self) -> IResource:
         return self.app.resource()  # type: ignore[no-any-return]
@@ -481,6 +498,7 @@ class OAuthApp:
         )
         if self.tokens.keys.asymmetric:
             md["jwks_uri"] = self._url("/.well-known/jwks.json")
+        advertiseAssertions(md, self.assertions)
         return md
 
     def protectedResourceMetadata(self) -> Dict[str, Any]:
@@ -540,11 +558,18 @@ class OAuthApp:
     ) -> ClientRecord:
         """
         Authenticate the client of a token, revocation or introspection
-        request with the method it registered.
+        request with the method it registered. A request carrying a client
+        assertion (C{private_key_jwt}) is decided by C{self.assertions}
+        (L{mcpsvc.oauth.clientauth}) from the client record alone.
 
         @raise OAuthError: C{invalid_client} (401, with C{WWW-Authenticate:
             Basic} when Basic was tried) or C{invalid_request}.
         """
+        if carriesAssertion(form):
+            return await self.assertions.authenticate(
+                request, form, audiences=assertionAudiences(self.config, request),
+                getClient=self.store.getClient,
+            )
         header = request.getHeader("authorization") or ""
         basic: Optional[Tuple[str, str]] = None
         triedBasic = header[:6].lower() == "basic "
@@ -689,7 +714,10 @@ class OAuthApp:
             address=requestAddress(request), how=how, summary=summary, fields=fieldNames,
         )
         try:
-            metadata = normalizeMetadata(body, patterns=self._redirectPatterns())
+            metadata = normalizeMetadata(
+                body, patterns=self._redirectPatterns(),
+                privateKeyJWT=self.assertions.enabled,
+            )
         except ClientMetadataError as e:
             self.log.warn("Registration rejected: {error}: {description}",
                           error=e.error, description=e.description)
@@ -697,7 +725,7 @@ class OAuthApp:
             raise OAuthError(e.error, e.description)
         now = self._now()
         clientID = newClientID()
-        secret = newSecret(32) if isConfidential(metadata) else None
+        secret = newSecret(32) if usesSecret(metadata) else None
         record = ClientRecord(
             clientID=clientID,
             secretHash=hashSecret(secret) if secret is not None else None,
@@ -981,7 +1009,7 @@ class OAuthApp:
             audit("token.refresh" if grant == "refresh_token" else "token.issue", "failure",
                   request=request, clientID=client.clientID,
                   grantType=(grant or "")[:50] or None, error=e.error)
-            if client.secretHash is None:
+            if not isConfidential(client.metadata):
                 # A public client proves only its id, which anyone can read
                 # from its access tokens: its refused requests are not its
                 # own, so they do not use up its limit (a bystander could
@@ -1319,7 +1347,7 @@ class OAuthApp:
                 claims = None
             if (
                 claims is not None
-                and client.secretHash is None
+                and not isConfidential(client.metadata)
                 and claims.clientID != client.clientID
             ):
                 # A public client proves nothing but its id: it may inspect

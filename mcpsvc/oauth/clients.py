@@ -5,9 +5,13 @@ the normalised metadata we store, and the client facts the endpoints need.
 
 Decisions:
   - C{token_endpoint_auth_method}: C{none}, C{client_secret_basic} (the RFC
-    7591 default when absent) or C{client_secret_post}; anything else
-    (C{private_key_jwt}, C{client_secret_jwt}, ...) is a clean
-    C{invalid_client_metadata}.
+    7591 default when absent), C{client_secret_post} or C{private_key_jwt}
+    (unless turned off); anything else (C{client_secret_jwt}, ...) is a
+    clean C{invalid_client_metadata}.
+  - C{private_key_jwt} needs exactly one of C{jwks} (a JWK Set of public
+    keys, checked by L{mcpsvc.oauth.assertion.publicJWKS}: a private part
+    is refused) and C{jwks_uri} (https, or http on a loopback host); both
+    are refused (RFC 7591 section 2). Other methods drop them (unused).
   - C{grant_types}: C{authorization_code} (default), C{refresh_token},
     C{client_credentials}; C{response_types}: C{code} exactly when
     C{authorization_code} is registered. C{client_credentials} needs a
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import secrets
 from typing import Any, Dict, List, Mapping, Optional, Sequence
+from urllib.parse import urlsplit
 
 from mcpsvc.oauth.redirects import RedirectURIError, validateRedirectURI
 from mcpsvc.oauth.scopes import REGISTERED_SCOPES, formatScope, knownScopes, parseScope
@@ -28,10 +33,13 @@ from mcpsvc.oauth.scopes import REGISTERED_SCOPES, formatScope, knownScopes, par
 __all__ = [
     "AUTH_METHODS",
     "SECRET_AUTH_METHODS",
+    "PRIVATE_KEY_JWT",
     "GRANT_TYPES",
     "ClientMetadataError",
     "normalizeMetadata",
     "isConfidential",
+    "usesSecret",
+    "validateJWKSURI",
     "authMethod",
     "grantTypes",
     "redirectURIs",
@@ -40,8 +48,10 @@ __all__ = [
     "newClientID",
 ]
 
-AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
+PRIVATE_KEY_JWT = "private_key_jwt"
+AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post", PRIVATE_KEY_JWT)
 SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 
 #: Optional string fields we keep, with their longest accepted length.
@@ -88,8 +98,55 @@ def _stringList(raw: Mapping[str, Any], name: str) -> Optional[List[str]]:
     return list(dict.fromkeys(value))
 
 
+def validateJWKSURI(value: Any) -> str:
+    """
+    A C{jwks_uri}: an absolute https URL (http only on a loopback host),
+    without credentials or fragment, of at most 2000 characters.
+
+    @raise ClientMetadataError: it is not.
+    """
+    if not isinstance(value, str) or not value or len(value) > 2000:
+        raise _bad("jwks_uri must be a URL of at most 2000 characters")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        raise _bad("jwks_uri is not a valid URL") from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise _bad("jwks_uri must be an absolute https URL")
+    if parts.scheme == "http" and host not in _LOOPBACK_HOSTS:
+        raise _bad("jwks_uri must be https (http only on a loopback host)")
+    if "@" in parts.netloc or parts.fragment:
+        raise _bad("jwks_uri must not carry credentials or a fragment")
+    return value
+
+
+def _keyMetadata(raw: Mapping[str, Any], method: str) -> Dict[str, Any]:
+    """
+    The C{jwks} or C{jwks_uri} of a C{private_key_jwt} client.
+    """
+    if method != PRIVATE_KEY_JWT:
+        return {}
+    jwks, jwksURI = raw.get("jwks"), raw.get("jwks_uri")
+    if jwks is not None and jwksURI is not None:
+        raise _bad("jwks and jwks_uri must not both be present")
+    if jwks is None and jwksURI is None:
+        raise _bad("private_key_jwt requires jwks or jwks_uri (the client's public keys)")
+    if jwksURI is not None:
+        return {"jwks_uri": validateJWKSURI(jwksURI)}
+    from mcpsvc.oauth.assertion import InvalidJWKS, publicJWKS
+
+    try:
+        return {"jwks": publicJWKS(jwks)}
+    except InvalidJWKS as e:
+        raise _bad(f"jwks: {e}") from None
+
+
 def normalizeMetadata(
-    raw: Mapping[str, Any], *, patterns: Optional[Sequence[str]] = None
+    raw: Mapping[str, Any],
+    *,
+    patterns: Optional[Sequence[str]] = None,
+    privateKeyJWT: bool = True,
 ) -> Dict[str, Any]:
     """
     Validate registration metadata and return what we store.
@@ -98,6 +155,8 @@ def normalizeMetadata(
     @param patterns: redirect URI allow-list patterns (dynamic
         registration); C{None} for administrative registration, which only
         requires https or loopback http.
+    @param privateKeyJWT: whether C{private_key_jwt} is accepted
+        (C{PRIVATE_KEY_JWT}).
     @raise ClientMetadataError: with the RFC 7591 error code.
     """
     if not isinstance(raw, Mapping):
@@ -106,11 +165,13 @@ def normalizeMetadata(
     method = raw.get("token_endpoint_auth_method", "client_secret_basic")
     if not isinstance(method, str):
         raise _bad("token_endpoint_auth_method must be a string")
-    if method not in AUTH_METHODS:
+    if method not in AUTH_METHODS or (method == PRIVATE_KEY_JWT and not privateKeyJWT):
         raise _bad(
-            f"token_endpoint_auth_method {method!r} is not supported; "
-            "use none, client_secret_basic or client_secret_post"
+            f"token_endpoint_auth_method {method[:50]!r} is not supported; "
+            "use none, client_secret_basic, client_secret_post"
+            + (" or private_key_jwt" if privateKeyJWT else "")
         )
+    keyMetadata = _keyMetadata(raw, method)
 
     grants = _stringList(raw, "grant_types")
     if grants is None:
@@ -138,7 +199,7 @@ def normalizeMetadata(
             "response type code goes with grant type authorization_code"
         )
     if "client_credentials" in grants and method == "none":
-        raise _bad("client_credentials requires a confidential client (a client secret)")
+        raise _bad("client_credentials requires a confidential client (a secret or private_key_jwt)")
     if "refresh_token" in grants and not codeFlow:
         # Lenient: refresh tokens only come from authorization codes here
         # (client_credentials issues none), so the grant would be inert.
@@ -180,6 +241,7 @@ def normalizeMetadata(
         "response_types": responses,
         "scope": formatScope(scopes),
     }
+    metadata.update(keyMetadata)
     for name, limit in _STRING_FIELDS.items():
         value = raw.get(name)
         if value is None:
@@ -210,7 +272,16 @@ def authMethod(metadata: Mapping[str, Any]) -> str:
 
 def isConfidential(metadata: Mapping[str, Any]) -> bool:
     """
-    Whether the client authenticates with a secret.
+    Whether the client authenticates (with a secret or a private key), as
+    opposed to a public client (C{none}).
+    """
+    return authMethod(metadata) in SECRET_AUTH_METHODS or authMethod(metadata) == PRIVATE_KEY_JWT
+
+
+def usesSecret(metadata: Mapping[str, Any]) -> bool:
+    """
+    Whether the client authenticates with a client secret (and so is given
+    one at registration).
     """
     return authMethod(metadata) in SECRET_AUTH_METHODS
 

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from mcpsvc.storage.interfaces import (
     AlreadyUsed,
     ClientRecord,
+    IAssertionStore,
     CodeRecord,
     Conflict,
     IClientStore,
@@ -77,6 +78,7 @@ __all__ = [
     "IRevocationStore",
     "ISessionStore",
     "IRateLimitStore",
+    "IAssertionStore",
     "IStore",
 ]
 

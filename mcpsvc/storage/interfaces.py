@@ -57,6 +57,7 @@ __all__ = [
     "ISessionStore",
     "IRateLimitStore",
     "ITaskStore",
+    "IAssertionStore",
     "IStore",
     "familyRevocationID",
     "clientRevocationID",
@@ -186,6 +187,8 @@ class ClientRecord:
         C{client_name}, C{scope}, ...), JSON-serialisable.
     @ivar createdAt: registration time.
     @ivar secretExpiresAt: 0 for "never".
+    @ivar jwks: the inline public keys of a C{private_key_jwt} client.
+    @ivar jwksURI: the URL of its public keys.
     """
 
     clientID: str
@@ -193,6 +196,24 @@ class ClientRecord:
     metadata: Mapping[str, Any]
     createdAt: float
     secretExpiresAt: float = 0
+
+    @property
+    def jwks(self) -> Optional[Mapping[str, Any]]:
+        """
+        The client's inline JWK Set (C{private_key_jwt}), kept in
+        C{metadata["jwks"]} under its RFC 7591 name, or C{None}.
+        """
+        value = self.metadata.get("jwks")
+        return value if isinstance(value, Mapping) else None
+
+    @property
+    def jwksURI(self) -> Optional[str]:
+        """
+        Where the client publishes its JWK Set (C{private_key_jwt}), kept in
+        C{metadata["jwks_uri"]} under its RFC 7591 name, or C{None}.
+        """
+        value = self.metadata.get("jwks_uri")
+        return value if isinstance(value, str) else None
 
 
 @frozen(kw_only=True)
@@ -614,6 +635,21 @@ class IRateLimitStore(Interface):
         """
 
 
+class IAssertionStore(Interface):
+    def useAssertionID(clientID: str, jti: str, expiresAt: float, now: float) -> Any:
+        """
+        Record the use of a client assertion's C{jti} (RFC 7523 section 3:
+        an assertion is used once) by C{clientID}, until C{expiresAt}.
+        Atomic: of any number of concurrent calls with the same client and
+        C{jti}, on any instance, exactly one fires with C{True} (first use,
+        now recorded); the others, and any later call before C{expiresAt},
+        fire with C{False} (a replay). An entry past its C{expiresAt} at
+        C{now} counts as absent (and is overwritten). A C{expiresAt} not
+        after C{now} stores nothing and fires with C{True}. Ids are scoped
+        by client: two clients may use the same C{jti}.
+        """
+
+
 class IStore(
     IClientStore,
     ICodeStore,
@@ -622,6 +658,7 @@ class IStore(
     ISessionStore,
     IRateLimitStore,
     ITaskStore,
+    IAssertionStore,
 ):
     """
     Everything above, plus the operational hooks.

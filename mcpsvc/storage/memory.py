@@ -82,6 +82,8 @@ class MemoryStore:
         self._sessions: Dict[str, SessionRecord] = {}
         self._tasks: Dict[str, TaskRecord] = {}
         self._buckets: Dict[str, _Bucket] = {}
+        #: (clientID, jti) -> expiresAt of used client assertions
+        self._assertions: Dict[Tuple[str, str], float] = {}
 
     # -- clients
 
@@ -343,6 +345,21 @@ class MemoryStore:
 
         return _answer(take)
 
+    # -- client assertions
+
+    def useAssertionID(self, clientID: str, jti: str, expiresAt: float, now: float) -> "Deferred[bool]":
+        def use() -> bool:
+            if expiresAt <= now:
+                return True
+            key = (clientID, jti)
+            seen = self._assertions.get(key)
+            if seen is not None and now < seen:
+                return False
+            self._assertions[key] = expiresAt
+            return True
+
+        return _answer(use)
+
     # -- operations
 
     def ping(self) -> "Deferred[None]":
@@ -361,6 +378,7 @@ class MemoryStore:
             "revocations": expired(self._revoked, lambda exp: now >= exp),
             "sessions": expired(self._sessions, lambda r: now >= r.expiresAt),
             "tasks": expired(self._tasks, lambda r: now >= r.expiresAt),
+            "assertions": expired(self._assertions, lambda exp: now >= exp),
             "buckets": expired(
                 self._buckets,
                 lambda b: now >= bucketFullAt(b.tokens, b.updated, b.capacity, b.refillPerSecond),

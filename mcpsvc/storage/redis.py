@@ -16,6 +16,8 @@ Layout, under the configured key prefix C{P}:
   - C{P bucket:<key>}: hash C{tokens}, C{updated}, TTL until full again;
   - C{P task:<id>}: hash, TTL until C{expiresAt}; replaced whole by a
     compare-and-set on its C{version} (L{RedisStore.replaceTask}).
+  - C{P assertion:<sha256 of clientID NUL jti>}: C{expiresAt} of a used
+    client assertion, TTL until then (a Lua script: the first use wins).
 
 Records carry their own C{expiresAt} and every read checks it against the
 caller's C{now}, so expiry is exact even between Redis' TTL ticks; the TTLs
@@ -133,6 +135,14 @@ if ARGV[3] == 'set' then
 elseif ARGV[3] == 'zset' then
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 end
+return 1
+"""
+
+#: KEYS: assertion. ARGV: now, expiresAt, ttl ms. 1: first use, 0: replay.
+_USE_ASSERTION = """
+local cur = redis.call('GET', KEYS[1])
+if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 
@@ -1149,6 +1159,29 @@ class RedisStore:
             return replaced == 1
 
         return self._call(replace())
+
+    # -- client assertions
+
+    def useAssertionID(self, clientID: str, jti: str, expiresAt: float, now: float) -> "Deferred[bool]":
+        """
+        One Lua script (atomic): a live entry (its C{expiresAt} after the
+        caller's C{now}) is a replay; otherwise C{SET ... PX}, so Redis
+        forgets the entry when it expires.
+        """
+
+        async def use() -> bool:
+            ttl = self._ttl(expiresAt, now)
+            if ttl <= 0:
+                return True
+            digest = hashlib.sha256(
+                clientID.encode("utf-8") + b"\0" + jti.encode("utf-8")
+            ).hexdigest()
+            reply = await self._eval(
+                _USE_ASSERTION, [self._key("assertion", digest)], [_num(now), _num(expiresAt), ttl]
+            )
+            return bool(reply)
+
+        return self._call(use())
 
     # -- operations
 

@@ -168,6 +168,17 @@ MIGRATIONS: List[Sequence[str]] = [
         )""",
         "CREATE INDEX tasksExpiry ON tasks (expiresAt)",
     ),
+    (
+        # private_key_jwt: the jti of each client assertion used, until it
+        # expires (replays are refused).
+        """CREATE TABLE assertions (
+            clientID TEXT NOT NULL,
+            jti TEXT NOT NULL,
+            expiresAt REAL NOT NULL,
+            PRIMARY KEY (clientID, jti)
+        )""",
+        "CREATE INDEX assertionsExpiry ON assertions (expiresAt)",
+    ),
 ]
 
 
@@ -654,6 +665,26 @@ class SQLiteStore:
 
         return self._run(take)
 
+    # -- client assertions
+
+    def useAssertionID(self, clientID: str, jti: str, expiresAt: float, now: float) -> "Deferred[bool]":
+        def use(c: sqlite3.Connection) -> bool:
+            if expiresAt <= now:
+                return True
+            # One write transaction (BEGIN IMMEDIATE): an expired entry is
+            # replaced, a live one is kept and the use is a replay.
+            c.execute(
+                "DELETE FROM assertions WHERE clientID = ? AND jti = ? AND expiresAt <= ?",
+                (clientID, jti, now),
+            )
+            inserted = c.execute(
+                "INSERT OR IGNORE INTO assertions (clientID, jti, expiresAt) VALUES (?, ?, ?)",
+                (clientID, jti, expiresAt),
+            ).rowcount
+            return inserted == 1
+
+        return self._run(use)
+
     # -- operations
 
     def ping(self) -> "Deferred[None]":
@@ -668,6 +699,7 @@ class SQLiteStore:
                 ("revocations", "DELETE FROM revocations WHERE expiresAt <= ?"),
                 ("sessions", "DELETE FROM sessions WHERE expiresAt <= ?"),
                 ("tasks", "DELETE FROM tasks WHERE expiresAt <= ?"),
+                ("assertions", "DELETE FROM assertions WHERE expiresAt <= ?"),
                 ("buckets", "DELETE FROM buckets WHERE fullAt <= ?"),
             ):
                 removed[kind] = c.execute(query, (now,)).rowcount

@@ -73,6 +73,26 @@ class LoadConfigTests(SynchronousTestCase):
         errors = self.errorsFor(JWT_SECRET=SECRET, TASK_POLL_INTERVAL="301")
         self.assertIn("TASK_POLL_INTERVAL must be at most 300", errors[0])
 
+    def test_privateKeyJWT(self) -> None:
+        """
+        C{private_key_jwt} is on by default, with a 300 s assertion lifetime
+        and a 300 s key cache; C{PRIVATE_KEY_JWT=off} turns it off; bad
+        values are all reported at once.
+        """
+        config = loadConfig(valid())
+        self.assertEqual((config.privateKeyJWT, config.clientAssertionMaxLifetime,
+                          config.clientJWKSCacheSeconds), (True, 300, 300))
+        config = loadConfig(valid(PRIVATE_KEY_JWT="off", CLIENT_ASSERTION_MAX_LIFETIME="60",
+                                  CLIENT_JWKS_CACHE_SECONDS="3600"))
+        self.assertEqual((config.privateKeyJWT, config.clientAssertionMaxLifetime,
+                          config.clientJWKSCacheSeconds), (False, 60, 3600))
+        errors = self.errorsFor(**valid(PRIVATE_KEY_JWT="maybe", CLIENT_ASSERTION_MAX_LIFETIME="99999",
+                                        CLIENT_JWKS_CACHE_SECONDS="x"))
+        self.assertEqual(len(errors), 3, errors)
+        self.assertIn("PRIVATE_KEY_JWT must be on or off", errors[0])
+        self.assertIn("CLIENT_ASSERTION_MAX_LIFETIME must be between 10 and 3600", errors[1])
+        self.assertIn("CLIENT_JWKS_CACHE_SECONDS must be an integer", errors[2])
+
     def test_shortSecret(self) -> None:
         """
         A JWT secret shorter than 32 bytes is refused.

@@ -11,7 +11,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpsvc.config import loadConfig
 from mcpsvc.service import OrderedMultiService, Sweeper, buildService
@@ -286,3 +286,71 @@ class MetricsListenerTests(SynchronousTestCase):
         self.assertIn(b"mcpsvc_http_requests_total", body)
         status, _, _, _ = rawRequest(ports[3000], b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(status, 404)
+
+
+class JWKSFetcherTests(TestCase):
+    """
+    L{jwksFetcher}, the composition root's fetch of C{private_key_jwt}
+    clients' C{jwks_uri}, against a real loopback HTTP server.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        documents = {
+            b"/jwks.json": b'{"keys": []}',
+            b"/big.json": b'{"k": "' + b"x" * 70000 + b'"}',
+            b"/bad.json": b"not json",
+        }
+
+        class Documents(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> bytes:
+                body = documents.get(request.path)
+                if body is None:
+                    request.setResponseCode(404)
+                    return b"{}"
+                request.setHeader(b"content-type", b"application/json")
+                return body
+
+        self.port = reactor.listenTCP(0, Site(Documents()), interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.reactor = reactor
+
+    def fetcher(self, environment: str = "development") -> Any:
+        from mcpsvc.config import Config
+        from mcpsvc.service import jwksFetcher
+
+        return jwksFetcher(Config(environment=environment), self.reactor)
+
+    async def test_fetches(self) -> None:
+        """
+        A JSON document is fetched and parsed (http allowed in development).
+        """
+        self.assertEqual(await self.fetcher()(self.base + "/jwks.json"), {"keys": []})
+
+    async def test_refusals(self) -> None:
+        """
+        A non-200 answer, a body over the size cap and a body that is not
+        JSON fail the fetch.
+        """
+        fetch = self.fetcher()
+        for path, why in (("/missing", "HTTP 404"), ("/big.json", "larger than 65536"),
+                          ("/bad.json", "Expecting value")):
+            try:
+                await fetch(self.base + path)
+            except ValueError as e:
+                self.assertIn(why, str(e))
+                continue
+            self.fail(f"{path} was accepted")
+
+    def test_httpsOnlyInProduction(self) -> None:
+        """
+        In production, a non-https URL is refused before anything is sent.
+        """
+        failure = self.failureResultOf(self.fetcher("production")(self.base + "/jwks.json"), ValueError)
+        self.assertIn("https only", str(failure.value))

@@ -57,7 +57,7 @@ class MetadataTests(OAuthTestCase):
             )
             self.assertEqual(
                 sorted(body["token_endpoint_auth_methods_supported"]),
-                ["client_secret_basic", "client_secret_post", "none"],
+                ["client_secret_basic", "client_secret_post", "none", "private_key_jwt"],
             )
             self.assertIn("mcp:tools", body["scopes_supported"])
             self.assertIs(body["authorization_response_iss_parameter_supported"], True)
@@ -224,9 +224,10 @@ class RegistrationTests(OAuthTestCase):
         self.configure(makeConfig(servicenowInstance="https://acme.example.com"))
         self.register(metadata)
 
-    def test_privateKeyJWT(self) -> None:
+    def test_privateKeyJWTWithoutKeys(self) -> None:
         """
-        C{private_key_jwt} is 400 invalid_client_metadata.
+        C{private_key_jwt} without C{jwks} or C{jwks_uri} is 400
+        invalid_client_metadata.
         """
         response, body = self.request(
             "POST", "/oauth/register",

@@ -71,15 +71,16 @@ class NormalizeTests(SynchronousTestCase):
         self.assertFalse(isConfidential(md))
         self.assertEqual(md["grant_types"], ["authorization_code", "refresh_token"])
 
-    def test_privateKeyJWTRefused(self) -> None:
+    def test_privateKeyJWTNeedsKeys(self) -> None:
         """
-        C{private_key_jwt} is a clean C{invalid_client_metadata}.
+        C{private_key_jwt} without keys is a clean C{invalid_client_metadata}
+        naming what is missing.
         """
         e = self.assertMetadataError(
             "invalid_client_metadata",
             {"redirect_uris": [SNOW], "token_endpoint_auth_method": "private_key_jwt"},
         )
-        self.assertIn("private_key_jwt", e.description)
+        self.assertIn("jwks", e.description)
 
     def test_badGrantsAndResponses(self) -> None:
         """

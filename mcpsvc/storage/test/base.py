@@ -646,6 +646,64 @@ class StoreTestsMixin:
         self.assertFalse(await self.store.isRevoked("jti-1", now + 100))
         self.assertFalse(await self.store.isRevoked("jti-2", now))
 
+    # ---------------------------------------------------- client assertions
+
+    async def test_useAssertionIDOnce(self) -> None:
+        """
+        The first use of a client assertion's jti is accepted and recorded;
+        a second use before it expires is a replay.
+        """
+        now = self.now()
+        self.assertIs(await self.store.useAssertionID("client-1", "jti-1", now + 60, now), True)
+        self.assertIs(await self.store.useAssertionID("client-1", "jti-1", now + 60, now), False)
+        self.assertIs(await self.store.useAssertionID("client-1", "jti-1", now + 90, now + 59), False)
+
+    async def test_useAssertionIDPerClient(self) -> None:
+        """
+        Assertion ids are scoped by client: another client may use the same
+        jti, and another jti of the same client is a first use.
+        """
+        now = self.now()
+        self.assertTrue(await self.store.useAssertionID("client-1", "jti-1", now + 60, now))
+        self.assertTrue(await self.store.useAssertionID("client-2", "jti-1", now + 60, now))
+        self.assertTrue(await self.store.useAssertionID("client-1", "jti-2", now + 60, now))
+        self.assertFalse(await self.store.useAssertionID("client-2", "jti-1", now + 60, now))
+
+    async def test_useAssertionIDExpires(self) -> None:
+        """
+        Once its expiry has passed, a jti counts as unused again (the
+        assertion itself is refused as expired before the store is asked);
+        an already expired one is not stored.
+        """
+        now = self.now()
+        self.assertTrue(await self.store.useAssertionID("client-1", "jti-1", now + 5, now))
+        self.clock.advance(10)
+        now = self.now()
+        self.assertTrue(await self.store.useAssertionID("client-1", "jti-1", now + 5, now))
+        self.assertFalse(await self.store.useAssertionID("client-1", "jti-1", now + 5, now))
+        self.assertTrue(await self.store.useAssertionID("client-1", "old", now - 1, now))
+        self.assertTrue(await self.store.useAssertionID("client-1", "old", now + 5, now))
+
+    async def test_useAssertionIDConcurrent(self) -> None:
+        """
+        Of several concurrent uses of one jti, exactly one is the first.
+        """
+        now = self.now()
+        results = await self.gather(
+            *[self.store.useAssertionID("client-1", "jti-c", now + 60, now) for _ in range(6)]
+        )
+        self.assertEqual(sorted(results), [False] * 5 + [True])
+
+    async def test_useAssertionIDUnicode(self) -> None:
+        """
+        Client ids (CIMD URLs) and jti values with any characters are kept
+        apart exactly.
+        """
+        now = self.now()
+        self.assertTrue(await self.store.useAssertionID("https://c.example/\u00e9", "a\u0000b", now + 60, now))
+        self.assertTrue(await self.store.useAssertionID("https://c.example/\u00e9", "a", now + 60, now))
+        self.assertFalse(await self.store.useAssertionID("https://c.example/\u00e9", "a\u0000b", now + 60, now))
+
     # -------------------------------------------------------------- sessions
 
     async def test_createGetSession(self) -> None:
@@ -920,15 +978,19 @@ class SweepCountTestsMixin:
         await store.createTask(task("t2"))
         await store.takeToken("full-soon", 10, 1, now)  # full again at now + 1
         await store.takeToken("busy", 100, 1, now, 50)  # full again at now + 50
+        await store.useAssertionID("client-1", "a1", now + 5, now)
+        await store.useAssertionID("client-1", "a2", now + 50, now)
         empty = await store.sweep(now)
         self.assertEqual(empty.total, 0)  # type: ignore[attr-defined]
         report = await store.sweep(now + 10)
         self.assertEqual(  # type: ignore[attr-defined]
             dict(report.removed),
             {"codes": 1, "families": 2, "revocations": 1, "sessions": 1, "tasks": 1,
-             "buckets": 1},
+             "assertions": 1, "buckets": 1},
         )
         again = await store.sweep(now + 10)
         self.assertEqual(again.total, 0)  # type: ignore[attr-defined]
+        # the live assertion id was kept
+        self.assertFalse(await store.useAssertionID("client-1", "a2", now + 50, now + 10))  # type: ignore[attr-defined]
         # the busy bucket was kept: 50 + 10 refilled, minus this take
         self.assertEqual((await store.takeToken("busy", 100, 1, now + 10)).remaining, 59)  # type: ignore[attr-defined]

@@ -179,6 +179,22 @@ class SQLiteSpecificTests(SynchronousTestCase):
         )
         self.assertEqual(result.outcome, RotationOutcome.ROTATED)
 
+    def test_assertionsFromEarlierVersion(self) -> None:
+        """
+        A database written before the private_key_jwt migration gains the
+        assertions table, keeps its clients, and records assertion ids.
+        """
+        module = __import__("mcpsvc.storage.sqlite", fromlist=["MIGRATIONS"])
+        self.patch(module, "MIGRATIONS", MIGRATIONS[:-1])
+        old = self.store()
+        self.successResultOf(old.createClient(client()))
+        self.successResultOf(old.close())
+        self.patch(module, "MIGRATIONS", MIGRATIONS)
+        store = self.store()
+        self.assertEqual(self.successResultOf(store.getClient("client-1")), client())
+        self.assertIs(self.successResultOf(store.useAssertionID("client-1", "j", EPOCH + 60, EPOCH)), True)
+        self.assertIs(self.successResultOf(store.useAssertionID("client-1", "j", EPOCH + 60, EPOCH)), False)
+
     def test_newerSchemaRefused(self) -> None:
         self.successResultOf(self.store().ping())
         raw = sqlite3.connect(self.path)

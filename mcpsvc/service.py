@@ -6,6 +6,7 @@ tree, performing no I/O.
     OrderedMultiService "mcpsvc"
       |- store service   "store"    (started first, stopped last)
       |- TimerService    "sweeper"  (injected clock; catches its own failures)
+      |- RedisChangeRelay "changes" (STORE=redis only: tool list changes between instances)
       '- HTTPService     "http"     (one listener per --listen; drains on stop)
 """
 
@@ -71,6 +72,9 @@ class OrderedMultiService(MultiService):
         self._handleSignals = handleSignals
 
     metrics: Optional[Metrics] = None
+    #: What C{SIGHUP} calls: reload the tool packs and tell listeners (on
+    #: every instance sharing the Redis).
+    reloadTools: Optional[Callable[[], None]] = None
 
     def startService(self) -> None:
         if self.metrics is not None:
@@ -100,6 +104,14 @@ class OrderedMultiService(MultiService):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        if self.reloadTools is not None:
+            reload = self.reloadTools
+
+            def hangUp(number: int, frame: Any) -> None:
+                log.info("Received SIGHUP, reloading the tool packs")
+                reactor.callFromThread(reload)
+
+            signal.signal(signal.SIGHUP, hangUp)
 
     async def _stopInOrder(self) -> None:
         for child in reversed(list(self)):
@@ -256,10 +268,18 @@ class Sweeper(TimerService):
 
 def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reactor: Any,
                       runInThread: Callable[..., Any], metrics: Metrics,
-                      httpClient: Any = None) -> IResource:
+                      httpClient: Any = None, changes: Any = None) -> IResource:
     """
     Build the whole HTTP resource tree for C{config}.
+
+    @param changes: the L{mcpsvc.mcp.changes.ChangeBus} (a new one by
+        default): tool set changes reload the registry and reach the MCP
+        endpoint's listeners.
     """
+    from mcpsvc.mcp.changes import ChangeBus, ToolSetReloader
+
+    if changes is None:
+        changes = ChangeBus()
     from mcpsvc.http.app import Dispatcher, RootApp
     from mcpsvc.http.metrics import buildMetrics
 
@@ -275,11 +295,15 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
     oauthResource = oauthApp.resource()
     registry = buildToolRegistry(
         config, clock=clock, runInThread=runInThread, httpClient=httpClient, metrics=metrics,
+        toolsChanged=changes.toolsChanged,
     )
     mcpApp = McpApp(
         config=config, store=store, clock=clock, authenticate=bearer.authenticate,
         registry=registry,
     )
+    # In order: the registry takes the new tool set, then listeners hear.
+    changes.subscribe(ToolSetReloader(registry))
+    changes.subscribe(mcpApp.changed)
     root = RootApp(clock=clock, ping=store.ping, metrics=buildMetrics(config, metrics.registry))
     routes: List[Any] = [("/mcp", mcpApp.resource())]
     for path in ("/oauth/", "/.well-known/", "/authorize", "/token", "/register", "/revoke"):
@@ -329,10 +353,19 @@ def buildService(
     storeService.setServiceParent(root)
     Sweeper(config.sweepInterval, store, clock, metrics).setServiceParent(root)
 
+    from mcpsvc.mcp.changes import ChangeBus, buildChangeRelay
+
+    changes = ChangeBus()
+    relay = buildChangeRelay(config, changes, storeService, reactor=reactor)
+    if relay is not None:
+        # After the store (it publishes through the store's connection),
+        # before HTTP (which drains first on stop).
+        relay.setServiceParent(root)
     root.metrics = metrics
+    root.reloadTools = changes.toolsChanged
     resource = buildRootResource(
         config, store=store, clock=clock, reactor=reactor,
-        runInThread=runInThread, metrics=metrics, httpClient=httpClient,
+        runInThread=runInThread, metrics=metrics, httpClient=httpClient, changes=changes,
     )
     site = McpsvcSite(
         resource,

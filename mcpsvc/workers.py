@@ -20,6 +20,7 @@ worker would need its own port).
 The parent supervises: a worker that dies unexpectedly is restarted after
 a second, at most L{MAX_RESTARTS} times per L{RESTART_WINDOW} seconds for
 the whole group (then the parent stops everything and logs a critical).
+On SIGHUP it forwards SIGHUP (each worker reloads its tool packs).
 On SIGTERM or SIGINT it forwards SIGTERM, so every worker drains its
 in-flight requests as a single process would, and it exits once all
 children have (killing stragglers after the drain timeout plus 10 s).
@@ -249,6 +250,22 @@ class WorkerSupervisor(Service):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+
+        def hangUp(number: int, frame: Any) -> None:
+            reactor.callFromThread(self.forwardHangUp)
+
+        signal.signal(signal.SIGHUP, hangUp)
+
+    def forwardHangUp(self) -> None:
+        """
+        Pass C{SIGHUP} (reload the tool packs) on to every worker.
+        """
+        log.info("Received SIGHUP, forwarding it to {count} worker(s)", count=len(self.workers))
+        for worker in list(self.workers.values()):
+            try:
+                worker.transport.signalProcess("HUP")  # type: ignore[union-attr]
+            except Exception:
+                log.warn("Could not forward SIGHUP to worker {index}", index=worker.index)
 
     def _spawn(self, index: int) -> None:
         env = dict(self.environ)

@@ -129,6 +129,7 @@ METHOD_SCOPES: Mapping[str, Tuple[str, ...]] = {
     "prompts/get": (MCP_READ,),
     "completion/complete": (MCP_READ,),
     "server/discover": (MCP_READ,),
+    "subscriptions/listen": (MCP_READ,),
 }
 
 
@@ -301,6 +302,8 @@ class Dispatcher:
             "server/discover": self._discover,
             "tools/list": self._toolsList,
             "tools/call": self._toolsCall,
+            # Served by the transport (a stream), which checks its scope.
+            "subscriptions/listen": self._notHere,
         }
         if logging:
             self._legacy["logging/setLevel"] = self._setLevel
@@ -330,9 +333,9 @@ class Dispatcher:
         The server capabilities: tools (with C{listChanged} only when it can
         be delivered) and logging (only when a level can be kept).
         """
-        tools: Dict[str, Any] = {}
-        if not modern:
-            tools["listChanged"] = self.listChanged
+        # 2026-07-28: list changes are delivered on subscriptions/listen,
+        # which needs no session.
+        tools: Dict[str, Any] = {"listChanged": True if modern else self.listChanged}
         capabilities: Dict[str, Any] = {"tools": tools}
         capabilities.update(self.registry.features.capabilities(modern))
         if modern or self.logging:
@@ -505,6 +508,11 @@ class Dispatcher:
     @property
     def inFlight(self) -> int:
         return len(self._inFlight)
+
+    async def _notHere(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        raise ProtocolError(
+            INVALID_PARAMS, f"{request.method} is only served on the HTTP transport's stream"
+        )
 
     async def _ping(self, request: Request, context: RequestContext) -> Dict[str, Any]:
         return {}

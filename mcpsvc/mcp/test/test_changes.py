@@ -329,3 +329,35 @@ class RedisRelayTests(TestCase):
         await self.until(lambda: relay.subscribed)
         self.server.command("PUBLISH", "test:changes", encodeChange(Change("tools"), "other"))
         await self.until(lambda: seen == [Change("tools")])
+
+
+class DocumentedExampleTests(SynchronousTestCase):
+    def test_catalogPack(self) -> None:
+        """
+        The example pack of C{docs/notifications.md} works as described:
+        calling C{enable_report} adds C{report} to the listed tools, and a
+        listener hears of it.
+        """
+        import os
+        import re
+
+        path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "docs", "notifications.md")
+        with open(path, encoding="utf-8") as f:
+            [code] = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+        namespace: dict = {}
+        exec(compile(code, "notifications.md", "exec"), namespace)
+        bus = ChangeBus()
+        registry = buildToolRegistry(
+            Config(toolPacks=("catalog",)), clock=Clock(), providers=[namespace["CatalogPack"]],
+            toolsChanged=bus.toolsChanged,
+        )
+        heard: List[Change] = []
+        bus.subscribe(ToolSetReloader(registry))
+        bus.subscribe(heard.append)
+        self.assertEqual(registry.names, ["enable_report", "lookup"])
+        enable = registry.get("enable_report")
+        assert enable is not None
+        self.assertEqual(enable.call({}, ToolContext(clock=Clock(), subject="s", clientID="c")),
+                         "report enabled")
+        self.assertEqual(registry.names, ["enable_report", "lookup", "report"])
+        self.assertEqual(heard, [Change("tools")])

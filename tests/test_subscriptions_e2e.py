@@ -179,3 +179,40 @@ class ListChangedAcrossInstancesTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 1)
         self.assertIn("SIGHUP", result.stderr)
         self.assertNotIn("Traceback", process.output)
+
+    def test_workers(self) -> None:
+        """
+        Under C{--workers 2}, SIGHUP to the parent reaches every worker:
+        each reloads, and the listener (on whichever worker) is told.
+        """
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        port = freePort()
+        process = McpsvcProcess(
+            workdir, env={"STORE": "sqlite", "STORE_PATH": os.path.join(workdir, "db.sqlite3"),
+                          "JWT_SECRET": SECRET, "AUTH_MODE": "none", "TOOL_PACKS": "core",
+                          "SERVER_URL": f"http://127.0.0.1:{port}"},
+            listen=[f"tcp:{port}:interface=127.0.0.1"], args=["--workers", "2"],
+        )
+
+        def killAll() -> None:
+            for record in process.records:
+                if str(record.get("text", "")).startswith("Started worker") and record.get("pid"):
+                    try:
+                        os.kill(int(record["pid"]), signal.SIGKILL)
+                    except OSError:
+                        pass
+            process.kill()
+
+        self.addCleanup(killAll)
+        process.start()
+        process.port = port
+        process.waitFor(lambda r: len([
+            x for x in process.records
+            if str(x.get("text", "")).startswith("mcpsvc listening on")]) >= 2, 60)
+        listener = self.listen(process)
+        process.signal(signal.SIGHUP)
+        self.assertEqual(listener.nextMessage()["method"], "notifications/tools/list_changed")
+        process.waitFor(lambda r: len([
+            x for x in process.records
+            if str(x.get("text", "")).startswith("Tool packs reloaded")]) >= 2)

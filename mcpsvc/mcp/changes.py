@@ -178,6 +178,7 @@ class ToolSetReloader:
 
     def __init__(self, registry: Any) -> None:
         self.registry = registry
+        self._rebuilding = False
 
     def __call__(self, change: Change) -> None:
         if change.kind != "tools":
@@ -185,7 +186,14 @@ class ToolSetReloader:
         rebuild = getattr(self.registry, "rebuild", None)
         if rebuild is None:
             return
+        if self._rebuilding:
+            # A pack called toolsChanged() from tools(context): the rebuild
+            # under way already reads its new state.
+            self.log.warn("A tool pack signalled a change while the packs were being rebuilt: "
+                          "ignored (call toolsChanged() outside tools(context))")
+            return
         before = set(self.registry.names)
+        self._rebuilding = True
         try:
             fresh = rebuild()
             self.registry.replaceTools(fresh)
@@ -194,6 +202,8 @@ class ToolSetReloader:
                 "Reloading the tool packs failed; the current tools stay: {why}", why=str(e)[:500]
             )
             return
+        finally:
+            self._rebuilding = False
         after = set(self.registry.names)
         self.log.info(
             "Tool packs reloaded: {count} tool(s), added {added}, removed {removed}",

@@ -32,7 +32,7 @@ sans-I/O; L{ListenStream} writes them to the request.
 
 from __future__ import annotations
 
-from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional, Tuple
+from typing import Any, ClassVar, Dict, FrozenSet, Iterable, Mapping, Optional, Tuple
 
 from attrs import field, frozen
 from twisted.internet.defer import CancelledError, Deferred
@@ -316,7 +316,7 @@ class Subscriptions:
     @ivar keepaliveInterval: seconds between keep-alive comments.
     """
 
-    log: Logger = Logger()
+    log: ClassVar[Logger] = Logger()
 
     clock: IReactorTime
     store: Any = None

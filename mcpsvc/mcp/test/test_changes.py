@@ -361,3 +361,44 @@ class DocumentedExampleTests(SynchronousTestCase):
                          "report enabled")
         self.assertEqual(registry.names, ["enable_report", "lookup", "report"])
         self.assertEqual(heard, [Change("tools")])
+
+
+class ReentrantSignalTests(SynchronousTestCase):
+    def test_signalDuringRebuild(self) -> None:
+        """
+        A pack that calls C{toolsChanged()} from C{tools(context)} does not
+        start a rebuild inside the rebuild (which would never end): the
+        reloader ignores it, with a warning; the registry is rebuilt once.
+        """
+        from zope.interface import provider
+
+        from mcpsvc.tools.interfaces import IToolProvider
+
+        @provider(IToolProvider)
+        class Noisy:
+            packName = "noisy"
+
+            @staticmethod
+            def tools(context: ToolPackContext) -> List[Tool]:
+                if context.state.get("built"):
+                    context.toolsChanged()
+                context.state["built"] = True
+                return [_tool("a")]
+
+        bus = ChangeBus()
+        registry = buildToolRegistry(Config(toolPacks=("noisy",)), clock=Clock(),
+                                     providers=[Noisy], toolsChanged=bus.toolsChanged)
+        heard: List[Change] = []
+        rebuilds: List[Any] = []
+        rebuild = registry.rebuild
+        assert rebuild is not None
+        registry.rebuild = lambda: rebuilds.append(1) or rebuild()  # type: ignore[func-returns-value]
+        bus.subscribe(ToolSetReloader(registry))
+        bus.subscribe(heard.append)
+        events: List[Mapping[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        bus.toolsChanged()
+        self.assertEqual((registry.names, len(rebuilds)), (["a"], 1))
+        self.assertTrue(any("while the packs were being rebuilt" in str(e.get("log_format"))
+                            for e in events))

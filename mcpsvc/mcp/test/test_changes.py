@@ -9,7 +9,7 @@ import tempfile
 from typing import Any, List, Mapping
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher

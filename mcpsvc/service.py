@@ -83,6 +83,10 @@ class OrderedMultiService(MultiService):
             setAuditHook(self.metrics.auditHook())
         super().startService()
         if self._handleSignals and self._reactor is not None:
+            # SIGHUP at once (the reactor installs no handler of its own for
+            # it): its default action would end a process that is already
+            # listening but whose reactor is not running yet.
+            self._installHangUpHandler()
             self._reactor.callWhenRunning(self._installSignalHandlers)
             self._reactor.callWhenRunning(freezeHeap)
 
@@ -104,14 +108,22 @@ class OrderedMultiService(MultiService):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        if self.reloadTools is not None:
-            reload = self.reloadTools
 
-            def hangUp(number: int, frame: Any) -> None:
-                log.info("Received SIGHUP, reloading the tool packs")
-                reactor.callFromThread(reload)
+    def _installHangUpHandler(self) -> None:
+        """
+        SIGHUP reloads the tool packs (L{reloadTools}) and tells listening
+        clients; without L{reloadTools} it is ignored.
+        """
+        reactor = self._reactor
+        reload = self.reloadTools
 
-            signal.signal(signal.SIGHUP, hangUp)
+        def hangUp(number: int, frame: Any) -> None:
+            if reload is None:
+                return
+            log.info("Received SIGHUP, reloading the tool packs")
+            reactor.callFromThread(reload)
+
+        signal.signal(signal.SIGHUP, hangUp)
 
     async def _stopInOrder(self) -> None:
         for child in reversed(list(self)):

@@ -232,6 +232,7 @@ class WorkerSupervisor(Service):
                 "mcpsvc workers listening on {address} ({count} workers)",
                 address=f"{host}:{port}", count=self.count,
             )
+        self._installHangUpHandler()
         for index in range(1, self.count + 1):
             self._spawn(index)
         self.reactor.callWhenRunning(self._installSignalHandlers)
@@ -250,6 +251,11 @@ class WorkerSupervisor(Service):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+
+    def _installHangUpHandler(self) -> None:
+        # At once, before the workers exist: the default action of SIGHUP
+        # would end the parent (and so the workers).
+        reactor = self.reactor
 
         def hangUp(number: int, frame: Any) -> None:
             reactor.callFromThread(self.forwardHangUp)

@@ -316,6 +316,7 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
     # In order: the registry takes the new tool set, then listeners hear.
     changes.subscribe(ToolSetReloader(registry))
     changes.subscribe(mcpApp.changed)
+    metrics.watchStreams(lambda: mcpApp.subscriptions.open, lambda: mcpApp.openStreams)
     root = RootApp(clock=clock, ping=store.ping, metrics=buildMetrics(config, metrics.registry))
     routes: List[Any] = [("/mcp", mcpApp.resource())]
     for path in ("/oauth/", "/.well-known/", "/authorize", "/token", "/register", "/revoke"):

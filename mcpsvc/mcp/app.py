@@ -12,7 +12,11 @@ then served in one of two eras:
   - the stateless 2026-07-28 era: requests carrying
     C{_meta["io.modelcontextprotocol/protocolVersion"]} (or
     C{server/discover}) are served without a session, with the
-    C{Mcp-Method}/C{Mcp-Name} header checks.
+    C{Mcp-Method}/C{Mcp-Name} header checks; C{subscriptions/listen}
+    replaces the GET stream (L{mcpsvc.mcp.subscriptions}).
+
+L{McpApp.changed} tells both kinds of stream about a change (the tool
+list changed: L{mcpsvc.mcp.changes}).
 
 A request is answered with C{application/json}, or with
 C{text/event-stream} when the client accepts only SSE, or when it accepts

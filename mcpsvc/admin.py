@@ -438,11 +438,10 @@ def toolsCommand(options: Any, out: TextIO, err: TextIO) -> int:
     config = _config(options.subOptions, err)
     if config is None:
         return 1
-    if config.store != "redis" or config.redisSentinels:
+    if config.store != "redis":
         err.write(
-            f"STORE={config.store}{' with Sentinel' if config.redisSentinels else ''}: there is "
-            "no channel to the server; send it SIGHUP instead (kill -HUP <pid>; under "
-            "--workers, to the parent, which forwards it)\n"
+            f"STORE={config.store}: there is no channel to the server; send it SIGHUP instead "
+            "(kill -HUP <pid>; under --workers, to the parent, which forwards it)\n"
         )
         return 1
     from twisted.internet import task

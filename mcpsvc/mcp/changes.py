@@ -14,10 +14,11 @@ pub/sub channel (C{<REDIS_PREFIX>changes}), so that every instance sharing
 the Redis reloads and notifies its own listeners. L{RedisChangeRelay} is a
 service in the tree: it subscribes with its own connection (a subscribed
 connection can do nothing else), reconnects with a capped back-off when
-Redis drops, and logs the loss and the recovery; a change published while
-Redis is down reaches this instance's listeners only (and is logged). With
-SQLite or memory there is one instance (or one per worker, each reloading
-on the C{SIGHUP} the supervisor forwards), and the bus is local.
+Redis drops (through Sentinel: to the master it names at each attempt),
+and logs the loss and the recovery; a change published while Redis is down
+reaches this instance's listeners only (and is logged). With SQLite or
+memory there is one instance (or one per worker, each reloading on the
+C{SIGHUP} the supervisor forwards), and the bus is local.
 
 Messages on the channel are JSON objects C{{"v": 1, "origin", "kind",
 "uri"?}}; a message this instance published (its C{origin}) is not
@@ -33,10 +34,11 @@ from typing import Any, Callable, List, Optional
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mcpsvc.mcp.subscriptions import Change
 
@@ -44,6 +46,7 @@ __all__ = [
     "ChangeBus",
     "RedisChangeRelay",
     "ToolSetReloader",
+    "SentinelMasterEndpoint",
     "buildChangeRelay",
     "CHANNEL_SUFFIX",
     "encodeChange",
@@ -270,6 +273,26 @@ class _SubscriberFactory(Factory):
         return protocol
 
 
+@implementer(IStreamClientEndpoint)
+class _ReportingEndpoint:
+    """
+    An endpoint whose failures the relay logs (once per outage).
+    """
+
+    def __init__(self, endpoint: Any, relay: "RedisChangeRelay") -> None:
+        self.endpoint = endpoint
+        self.relay = relay
+
+    def connect(self, factory: Any) -> "Deferred[Any]":
+        d: Deferred[Any] = self.endpoint.connect(factory)
+
+        def failed(failure: Failure) -> Failure:
+            self.relay._setUpFailed(failure)
+            return failure
+
+        return d.addErrback(failed)
+
+
 class RedisChangeRelay(MultiService):
     """
     The Redis pub/sub side of the L{ChangeBus}: a subscription kept open
@@ -301,11 +324,12 @@ class RedisChangeRelay(MultiService):
         self.clock = clock
         self.timeout = timeout
         self._publish = publish
+        self.endpoint = endpoint
         self._connection: Optional[Any] = None
         self._everConnected = False
         self._failedLogged = False
         self.client = ClientService(
-            endpoint, _SubscriberFactory(self),
+            _ReportingEndpoint(endpoint, self), _SubscriberFactory(self),
             retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=maxDelay),
             clock=clock,
         )
@@ -364,6 +388,32 @@ class RedisChangeRelay(MultiService):
         return d if d is not None else succeed(None)
 
 
+@implementer(IStreamClientEndpoint)
+class SentinelMasterEndpoint:
+    """
+    Connects to the master that Sentinel names at the time of each attempt,
+    so that the relay's subscription follows a failover.
+
+    @param discover: C{() -> Deferred[(host, port)]}.
+    """
+
+    def __init__(self, reactor: Any, discover: Callable[[], "Deferred[Any]"],
+                 timeout: float = 5.0) -> None:
+        self.reactor = reactor
+        self.discover = discover
+        self.timeout = timeout
+
+    def connect(self, factory: Any) -> "Deferred[Any]":
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        async def connect() -> Any:
+            host, port = await self.discover()
+            endpoint = HostnameEndpoint(self.reactor, host, port, timeout=max(1, int(self.timeout)))
+            return await endpoint.connect(factory)
+
+        return Deferred.fromCoroutine(connect())
+
+
 def buildChangeRelay(
     config: Any, bus: ChangeBus, storeService: Any, *, reactor: Any
 ) -> Optional[RedisChangeRelay]:
@@ -373,34 +423,35 @@ def buildChangeRelay(
     (C{storeService.redisConnection}); the subscription has its own
     connection to the same server.
 
-    With Redis Sentinel the relay is not built (the subscription would
-    have to follow failovers): changes then reach this instance's
-    listeners only, which is logged at start-up.
+    With Redis Sentinel the subscription connects to the master Sentinel
+    names at each attempt (L{SentinelMasterEndpoint}), so it follows a
+    failover.
     """
     if config.store != "redis":
-        return None
-    if config.redisSentinels:
-        log.warn(
-            "REDIS_SENTINELS is set: tool list changes are not relayed between instances "
-            "(each instance notifies its own listeners)"
-        )
         return None
     from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
     from mcpsvc.storage.redis import parseRedisURL
 
+    connection = storeService.redisConnection
     host, port = config.redisHost, config.redisPort
     username, password, tls = None, config.redisPassword, False
     if config.redisURL:
         parsed = parseRedisURL(config.redisURL)
         host, port, username = parsed["host"], parsed["port"], parsed["username"]
         password, tls = parsed["password"], parsed["tls"]
-    endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=int(config.storeTimeout) or 5)
-    if tls:
-        from twisted.internet.ssl import optionsForClientTLS
+    endpoint: Any
+    if config.redisSentinels:
+        endpoint = SentinelMasterEndpoint(
+            reactor, lambda: connection.handler.discoverMaster(config.redisSentinelMaster),
+            config.storeTimeout,
+        )
+    else:
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=int(config.storeTimeout) or 5)
+        if tls:
+            from twisted.internet.ssl import optionsForClientTLS
 
-        endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
-    connection = storeService.redisConnection
+            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
 
     def publish(channel: str, message: str) -> "Deferred[Any]":
         return connection.handler.publish(channel, message)

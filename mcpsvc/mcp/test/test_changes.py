@@ -212,14 +212,13 @@ class ReloadTests(SynchronousTestCase):
 class BuildRelayTests(SynchronousTestCase):
     def test_onlyWithRedis(self) -> None:
         """
-        The relay exists with C{STORE=redis} (not with Sentinel), on the
-        channel C{<REDIS_PREFIX>changes}.
+        The relay exists with C{STORE=redis} (with Sentinel too, following
+        the master), on the channel C{<REDIS_PREFIX>changes}.
         """
+        from mcpsvc.mcp.changes import SentinelMasterEndpoint
+
         self.assertIsNone(buildChangeRelay(Config(store="memory"), ChangeBus(), None,
                                            reactor=Clock()))
-        self.assertIsNone(buildChangeRelay(
-            Config(store="redis", redisSentinels=(("127.0.0.1", 26379),),
-                   redisSentinelMaster="m"), ChangeBus(), None, reactor=Clock()))
 
         class StoreService:
             redisConnection = None
@@ -228,6 +227,11 @@ class BuildRelayTests(SynchronousTestCase):
                                  StoreService(), reactor=reactor)
         assert relay is not None
         self.assertEqual((relay.channel, relay.name), ("p:changes", "changes"))
+        relay = buildChangeRelay(
+            Config(store="redis", redisSentinels=(("127.0.0.1", 26379),),
+                   redisSentinelMaster="m"), ChangeBus(), StoreService(), reactor=reactor)
+        assert relay is not None
+        self.assertIsInstance(relay.endpoint, SentinelMasterEndpoint)
 
 
 class RedisRelayTests(TestCase):
@@ -402,3 +406,61 @@ class ReentrantSignalTests(SynchronousTestCase):
         self.assertEqual((registry.names, len(rebuilds)), (["a"], 1))
         self.assertTrue(any("while the packs were being rebuilt" in str(e.get("log_format"))
                             for e in events))
+
+
+class SentinelRelayTests(TestCase):
+    """
+    The relay through Sentinel (a real master and Sentinel).
+    """
+
+    timeout = 60
+
+    async def test_throughSentinel(self) -> None:
+        """
+        With C{REDIS_SENTINELS}, the subscription connects to the master
+        Sentinel names, and a change published through the store's
+        Sentinel-managed pool reaches another instance.
+        """
+        import os
+
+        from mcpsvc.mcp.changes import SentinelMasterEndpoint
+
+        base = tempfile.mkdtemp(prefix="mcpsvc-relay-sentinel-")
+        master = RedisServer(os.path.join(base, "master")).start()
+        self.addCleanup(master.kill)
+        sentinel = RedisServer(os.path.join(base, "sentinel"),
+                               sentinelFor=("mymaster", master.port)).start()
+        self.addCleanup(sentinel.kill)
+
+        def instance(name: str) -> "tuple[ChangeBus, RedisChangeRelay, List[Change]]":
+            connection = RedisConnection(redisConnector(
+                sentinels=[(sentinel.host, sentinel.port)], sentinelMaster="mymaster"))
+            connection.open()
+            self.addCleanup(connection.close)
+            bus = ChangeBus(origin=name)
+            relay = RedisChangeRelay(
+                bus, endpoint=SentinelMasterEndpoint(
+                    reactor, lambda: connection.handler.discoverMaster("mymaster")),
+                channel="test:changes",
+                publish=lambda channel, message: connection.handler.publish(channel, message),
+                clock=reactor, maxDelay=0.5,
+            )
+            relay.startService()
+            self.addCleanup(relay.stopService)
+            seen: List[Change] = []
+            bus.subscribe(seen.append)
+            return bus, relay, seen
+
+        a, relayA, seenA = instance("a")
+        b, relayB, seenB = instance("b")
+        for _ in range(200):
+            if relayA.subscribed and relayB.subscribed:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertTrue(relayA.subscribed and relayB.subscribed)
+        a.toolsChanged()
+        for _ in range(200):
+            if seenB:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(seenB, [Change("tools")])

@@ -76,17 +76,23 @@ class OrderedMultiService(MultiService):
     #: every instance sharing the Redis).
     reloadTools: Optional[Callable[[], None]] = None
 
+    def privilegedStartService(self) -> None:
+        if self._handleSignals and self._reactor is not None:
+            # SIGHUP before anything listens (the reactor installs no
+            # handler of its own for it): its default action would end a
+            # process that already accepts connections.
+            self._installHangUpHandler()
+        super().privilegedStartService()
+
     def startService(self) -> None:
         if self.metrics is not None:
             from mcpsvc.audit import setAuditHook
 
             setAuditHook(self.metrics.auditHook())
+        if self._handleSignals and self._reactor is not None:
+            self._installHangUpHandler()
         super().startService()
         if self._handleSignals and self._reactor is not None:
-            # SIGHUP at once (the reactor installs no handler of its own for
-            # it): its default action would end a process that is already
-            # listening but whose reactor is not running yet.
-            self._installHangUpHandler()
             self._reactor.callWhenRunning(self._installSignalHandlers)
             self._reactor.callWhenRunning(freezeHeap)
 

@@ -230,7 +230,10 @@ class _Subscriber:
             def connectionMade(self) -> None:
                 # Not RedisProtocol.connectionMade: its AUTH failure path
                 # calls factory.stopTrying(); ClientService retries instead.
-                Deferred.fromCoroutine(self._setUp()).addErrback(self._setUpFailed)
+                # A server that never answers is given up on (and retried).
+                d = Deferred.fromCoroutine(self._setUp())
+                d.addTimeout(self.relay.timeout, self.relay.clock)
+                d.addErrback(self._setUpFailed)
 
             async def _setUp(self) -> None:
                 self._ready = True

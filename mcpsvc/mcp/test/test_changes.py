@@ -464,3 +464,42 @@ class SentinelRelayTests(TestCase):
                 break
             await deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(seenB, [Change("tools")])
+
+
+class SilentServerTests(TestCase):
+    timeout = 30
+
+    async def test_setUpTimesOut(self) -> None:
+        """
+        A server that accepts the connection but never answers SUBSCRIBE
+        is given up on after C{timeout}, logged, and tried again.
+        """
+        from twisted.internet.protocol import Factory, Protocol
+
+        connections: List[Any] = []
+
+        class Silent(Protocol):
+            def connectionMade(self) -> None:
+                connections.append(self)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        events: List[Mapping[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        bus = ChangeBus()
+        relay = RedisChangeRelay(
+            bus, endpoint=TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+            channel="c", publish=lambda channel, message: succeed(0), clock=reactor,
+            timeout=0.2, maxDelay=0.2,
+        )
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        for _ in range(200):
+            if len(connections) >= 2:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertGreaterEqual(len(connections), 2)
+        self.assertFalse(relay.subscribed)
+        self.assertTrue(any(str(e.get("log_format", "")).startswith("Cannot subscribe")
+                            for e in events))

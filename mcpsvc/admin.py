@@ -1,7 +1,7 @@
 # -*- test-case-name: mcpsvc.test.test_admin -*-
 """
 Admin subcommands of the C{mcpsvc} command that open the configured store:
-C{clients ...}, C{tokens revoke}, C{keys rotate}.
+C{clients ...}, C{tokens revoke}, C{keys rotate}, C{tools reload}.
 
 Each command validates the configuration exactly as the server does, opens
 the store (SQLite or Redis; the server may be running at the same time),
@@ -459,3 +459,67 @@ def keysCommand(options: Any, out: TextIO, err: TextIO) -> int:
         f"'mcpsvc keys list' says when its file can be removed.\n"
     )
     return 0
+
+
+# --------------------------------------------------------------------------
+# tools
+
+
+class ToolsReloadOptions(_StoreOptions):
+    longdesc = (
+        "Ask every running instance sharing this Redis (STORE=redis) to reload its tool packs "
+        "and tell listening clients (notifications/tools/list_changed). With SQLite or memory, "
+        "send SIGHUP to the server process instead."
+    )
+
+
+class ToolsOptions(usage.Options):
+    synopsis = "reload"
+    subCommands = [["reload", None, ToolsReloadOptions, "Reload the tool packs of every instance."]]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("a tools command is required")
+
+
+@subcommand("tools", ToolsOptions, "Reload the tool packs of running instances.")
+def toolsCommand(options: Any, out: TextIO, err: TextIO) -> int:
+    config = _config(options.subOptions, err)
+    if config is None:
+        return 1
+    if config.store != "redis":
+        err.write(
+            f"STORE={config.store}: there is no channel to the server; send it SIGHUP instead "
+            "(kill -HUP <pid>; under --workers, to the parent, which forwards it)\n"
+        )
+        return 1
+    from twisted.internet import task
+
+    from mcpsvc.mcp.changes import CHANNEL_SUFFIX, encodeChange
+    from mcpsvc.mcp.subscriptions import Change
+    from mcpsvc.storage import buildStoreService
+
+    result: List[int] = [1]
+
+    async def main(reactor: Any) -> None:
+        service = buildStoreService(config, reactor=reactor, clock=reactor)
+        service.startService()
+        try:
+            d = service.redisConnection.handler.publish(  # type: ignore[attr-defined]
+                config.redisPrefix + CHANNEL_SUFFIX, encodeChange(Change("tools"), "mcpsvc-cli")
+            )
+            d.addTimeout(config.storeTimeout, reactor)
+            receivers = await d
+            out.write(f"Asked {receivers} instance(s) to reload their tool packs\n")
+            result[0] = 0
+        except Exception as e:
+            err.write(f"Cannot reach Redis: {e.__class__.__name__}: {e}\n")
+        finally:
+            await service.stopService()
+
+    try:
+        task.react(lambda r: Deferred.fromCoroutine(main(r)))
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return int(e.code)
+    return result[0]

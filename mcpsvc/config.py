@@ -111,7 +111,7 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "SESSIONS": ("on", "on: issue Mcp-Session-Id; off: stateless"),
     "SESSION_IDLE_TIMEOUT": ("3600", "seconds an idle MCP session lives"),
     "SESSION_LIMIT": ("100", "live MCP sessions per user and client; a new one ends the least recently used"),
-    "STREAM_LIMIT": ("10", "open GET streams per user and client, per instance; more are refused (429)"),
+    "STREAM_LIMIT": ("10", "open GET streams, and subscriptions/listen streams, per user and client, per instance; more are refused (429)"),
     "RATE_LIMIT_INITIALIZE": ("120/60", "MCP initialize requests per user and client: count/seconds"),
     "TOOL_PACKS": ("core", "comma list of enabled tool packs"),
     "TOOL_TIMEOUT": ("30", "default per-tool-call timeout, seconds"),

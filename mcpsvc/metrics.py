@@ -104,6 +104,20 @@ class Metrics:
         self.activeSessions = Gauge(
             "mcpsvc_active_sessions", "Live MCP sessions (as of the last sweep).", registry=r,
         )
+        #: Read when scraped (L{watchStreams}).
+        self.openStreams = Gauge(
+            "mcpsvc_open_streams",
+            "Open notification streams on this instance: listen (2026-07-28 "
+            "subscriptions/listen) and get (GET streams of earlier versions).",
+            ["kind"], registry=r,
+        )
+
+    def watchStreams(self, listen: Callable[[], int], get: Callable[[], int]) -> None:
+        """
+        Report C{listen()} and C{get()} as C{mcpsvc_open_streams}.
+        """
+        self.openStreams.labels("listen").set_function(listen)
+        self.openStreams.labels("get").set_function(get)
 
     def observeRequest(self, path: str, method: str, status: int, seconds: float) -> None:
         route = routeLabel(path)

@@ -6,6 +6,8 @@ tree, performing no I/O.
     OrderedMultiService "mcpsvc"
       |- store service   "store"    (started first, stopped last)
       |- TimerService    "sweeper"  (injected clock; catches its own failures)
+      |- TaskService     "tasks"    (on stop, the tasks running here end "failed")
+      |- RedisChangeRelay "changes" (STORE=redis only: tool list changes between instances)
       '- HTTPService     "http"     (one listener per --listen; drains on stop)
 """
 
@@ -71,12 +73,25 @@ class OrderedMultiService(MultiService):
         self._handleSignals = handleSignals
 
     metrics: Optional[Metrics] = None
+    #: What C{SIGHUP} calls: reload the tool packs and tell listeners (on
+    #: every instance sharing the Redis).
+    reloadTools: Optional[Callable[[], None]] = None
+
+    def privilegedStartService(self) -> None:
+        if self._handleSignals and self._reactor is not None:
+            # SIGHUP before anything listens (the reactor installs no
+            # handler of its own for it): its default action would end a
+            # process that already accepts connections.
+            self._installHangUpHandler()
+        super().privilegedStartService()
 
     def startService(self) -> None:
         if self.metrics is not None:
             from mcpsvc.audit import setAuditHook
 
             setAuditHook(self.metrics.auditHook())
+        if self._handleSignals and self._reactor is not None:
+            self._installHangUpHandler()
         super().startService()
         if self._handleSignals and self._reactor is not None:
             self._reactor.callWhenRunning(self._installSignalHandlers)
@@ -100,6 +115,22 @@ class OrderedMultiService(MultiService):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+
+    def _installHangUpHandler(self) -> None:
+        """
+        SIGHUP reloads the tool packs (L{reloadTools}) and tells listening
+        clients; without L{reloadTools} it is ignored.
+        """
+        reactor = self._reactor
+        reload = self.reloadTools
+
+        def hangUp(number: int, frame: Any) -> None:
+            if reload is None:
+                return
+            log.info("Received SIGHUP, reloading the tool packs")
+            reactor.callFromThread(reload)
+
+        signal.signal(signal.SIGHUP, hangUp)
 
     async def _stopInOrder(self) -> None:
         for child in reversed(list(self)):
@@ -303,13 +334,21 @@ def jwksFetcher(config: Config, reactor: Any) -> Callable[[str], "Deferred[Any]"
 
 def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reactor: Any,
                       runInThread: Callable[..., Any], metrics: Metrics,
-                      httpClient: Any = None, tasks: Any = None) -> IResource:
+                      httpClient: Any = None, tasks: Any = None,
+                      changes: Any = None) -> IResource:
     """
     Build the whole HTTP resource tree for C{config}.
 
     @param tasks: the L{mcpsvc.mcp.tasks.TaskManager} (by default, one on
         C{store}).
+    @param changes: the L{mcpsvc.mcp.changes.ChangeBus} (a new one by
+        default): tool set changes reload the registry and reach the MCP
+        endpoint's listeners.
     """
+    from mcpsvc.mcp.changes import ChangeBus, ToolSetReloader
+
+    if changes is None:
+        changes = ChangeBus()
     from mcpsvc.http.app import Dispatcher, RootApp
     from mcpsvc.http.metrics import buildMetrics
 
@@ -326,11 +365,16 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
     oauthResource = oauthApp.resource()
     registry = buildToolRegistry(
         config, clock=clock, runInThread=runInThread, httpClient=httpClient, metrics=metrics,
+        toolsChanged=changes.toolsChanged,
     )
     mcpApp = McpApp(
         config=config, store=store, clock=clock, authenticate=bearer.authenticate,
         registry=registry, tasks=tasks,
     )
+    # In order: the registry takes the new tool set, then listeners hear.
+    changes.subscribe(ToolSetReloader(registry))
+    changes.subscribe(mcpApp.changed)
+    metrics.watchStreams(lambda: mcpApp.subscriptions.open, lambda: mcpApp.openStreams)
     root = RootApp(clock=clock, ping=store.ping, metrics=buildMetrics(config, metrics.registry))
     routes: List[Any] = [("/mcp", mcpApp.resource())]
     for path in ("/oauth/", "/.well-known/", "/authorize", "/token", "/register", "/revoke"):
@@ -386,10 +430,20 @@ def buildService(
     tasks = buildTaskManager(config, store, clock)
     TaskService(tasks).setServiceParent(root)
 
+    from mcpsvc.mcp.changes import ChangeBus, buildChangeRelay
+
+    changes = ChangeBus()
+    relay = buildChangeRelay(config, changes, storeService, reactor=reactor)
+    if relay is not None:
+        # After the store (it publishes through the store's connection),
+        # before HTTP (which drains first on stop).
+        relay.setServiceParent(root)
     root.metrics = metrics
+    root.reloadTools = changes.toolsChanged
     resource = buildRootResource(
         config, store=store, clock=clock, reactor=reactor,
         runInThread=runInThread, metrics=metrics, httpClient=httpClient, tasks=tasks,
+        changes=changes,
     )
     site = McpsvcSite(
         resource,

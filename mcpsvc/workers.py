@@ -20,6 +20,7 @@ worker would need its own port).
 The parent supervises: a worker that dies unexpectedly is restarted after
 a second, at most L{MAX_RESTARTS} times per L{RESTART_WINDOW} seconds for
 the whole group (then the parent stops everything and logs a critical).
+On SIGHUP it forwards SIGHUP (each worker reloads its tool packs).
 On SIGTERM or SIGINT it forwards SIGTERM, so every worker drains its
 in-flight requests as a single process would, and it exits once all
 children have (killing stragglers after the drain timeout plus 10 s).
@@ -231,6 +232,7 @@ class WorkerSupervisor(Service):
                 "mcpsvc workers listening on {address} ({count} workers)",
                 address=f"{host}:{port}", count=self.count,
             )
+        self._installHangUpHandler()
         for index in range(1, self.count + 1):
             self._spawn(index)
         self.reactor.callWhenRunning(self._installSignalHandlers)
@@ -249,6 +251,27 @@ class WorkerSupervisor(Service):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+
+    def _installHangUpHandler(self) -> None:
+        # At once, before the workers exist: the default action of SIGHUP
+        # would end the parent (and so the workers).
+        reactor = self.reactor
+
+        def hangUp(number: int, frame: Any) -> None:
+            reactor.callFromThread(self.forwardHangUp)
+
+        signal.signal(signal.SIGHUP, hangUp)
+
+    def forwardHangUp(self) -> None:
+        """
+        Pass C{SIGHUP} (reload the tool packs) on to every worker.
+        """
+        log.info("Received SIGHUP, forwarding it to {count} worker(s)", count=len(self.workers))
+        for worker in list(self.workers.values()):
+            try:
+                worker.transport.signalProcess("HUP")  # type: ignore[union-attr]
+            except Exception:
+                log.warn("Could not forward SIGHUP to worker {index}", index=worker.index)
 
     def _spawn(self, index: int) -> None:
         env = dict(self.environ)

@@ -12,7 +12,11 @@ then served in one of two eras:
   - the stateless 2026-07-28 era: requests carrying
     C{_meta["io.modelcontextprotocol/protocolVersion"]} (or
     C{server/discover}) are served without a session, with the
-    C{Mcp-Method}/C{Mcp-Name} header checks.
+    C{Mcp-Method}/C{Mcp-Name} header checks; C{subscriptions/listen}
+    replaces the GET stream (L{mcpsvc.mcp.subscriptions}).
+
+L{McpApp.changed} tells both kinds of stream about a change (the tool
+list changed: L{mcpsvc.mcp.changes}).
 
 A request is answered with C{application/json}, or with
 C{text/event-stream} when the client accepts only SSE, or when it accepts
@@ -104,6 +108,7 @@ from mcpsvc.mcp.protocol import (
 )
 from mcpsvc.mcp.mrtr import deriveStateKey
 from mcpsvc.mcp.tasks import TASK_METHODS, TaskManager, buildTaskManager
+from mcpsvc.mcp.subscriptions import LISTEN_METHOD, Change, Subscriptions
 from mcpsvc.audit import audit
 from mcpsvc.oauth.bearer import insufficientScope
 from mcpsvc.principal import Principal
@@ -442,6 +447,16 @@ class McpApp:
                 ),
                 tasks=(self.tasks if self.tasks is not None
                        else buildTaskManager(self.config, self.store, self.clock)),
+            ),
+            takes_self=True,
+        )
+    )
+    #: The open C{subscriptions/listen} streams (2026-07-28).
+    subscriptions: Subscriptions = field(
+        default=Factory(
+            lambda self: Subscriptions(
+                clock=self.clock, store=self.store, streamLimit=self.config.streamLimit,
+                keepaliveInterval=KEEPALIVE_INTERVAL,
             ),
             takes_self=True,
         )
@@ -991,7 +1006,27 @@ class McpApp:
         if isinstance(message, Notification):
             self.dispatcher.handleNotification(message, context)
             return self._accepted(request)
+        if message.method == LISTEN_METHOD:
+            return await self._listen(request, message, context, accept)
         return await self._answer(request, message, context, accept)
+
+    async def _listen(
+        self, request: IRequest, message: Request, context: RequestContext, accept: Accept
+    ) -> bytes:
+        """
+        C{subscriptions/listen}: a stream that lasts until either side ends
+        it (L{mcpsvc.mcp.subscriptions}).
+        """
+        try:
+            self.dispatcher.checkScopes(message, context)
+        except InsufficientScope as e:
+            raise self._insufficientScope(request, context.principal, e, message.id)
+        try:
+            return await self.subscriptions.listen(
+                request, context.principal, message.id, message.params, accept.sse
+            )
+        except ProtocolError as e:
+            raise self._httpError(e.withID(message.id), 400)
 
     def _checkMirroredHeaders(self, request: IRequest, message: Any, id: Any) -> None:
         rawMethod = request.getHeader("mcp-method")
@@ -1101,6 +1136,18 @@ class McpApp:
         for stream in streams:
             stream.send(message)
         return len(streams)
+
+    def changed(self, change: Change) -> None:
+        """
+        Tell this instance's listeners about C{change}: the
+        C{subscriptions/listen} streams whose filter wants it and, for the
+        tool list, the handshake era's GET streams.
+        """
+        delivered = self.subscriptions.deliver(change)
+        if change.kind == "tools":
+            delivered += self.notifyToolsListChanged()
+        self.log.info("Notified {count} stream(s) of a {kind} change",
+                      count=delivered, kind=change.kind)
 
     @property
     def openStreams(self) -> int:

@@ -145,6 +145,7 @@ METHOD_SCOPES: Mapping[str, Tuple[str, ...]] = {
     "server/discover": (MCP_READ,),
     # The tasks extension: a task is a tool call.
     **{method: (MCP_TOOLS,) for method in TASK_METHODS},
+    "subscriptions/listen": (MCP_READ,),
 }
 
 
@@ -243,6 +244,15 @@ class _LogSender:
         )
 
 
+class _InputRequired:
+    """
+    A round that ended to ask the client (an C{InputRequiredResult}).
+    """
+
+    def __init__(self, result: Dict[str, Any]) -> None:
+        self.result = result
+
+
 class _InFlight:
     """
     A running tool call, and whether its cancellation was requested.
@@ -324,6 +334,8 @@ class Dispatcher:
             "server/discover": self._discover,
             "tools/list": self._toolsList,
             "tools/call": self._toolsCall,
+            # Served by the transport (a stream), which checks its scope.
+            "subscriptions/listen": self._notHere,
         }
         if logging:
             self._legacy["logging/setLevel"] = self._setLevel
@@ -355,9 +367,9 @@ class Dispatcher:
         The server capabilities: tools (with C{listChanged} only when it can
         be delivered) and logging (only when a level can be kept).
         """
-        tools: Dict[str, Any] = {}
-        if not modern:
-            tools["listChanged"] = self.listChanged
+        # 2026-07-28: list changes are delivered on subscriptions/listen,
+        # which needs no session.
+        tools: Dict[str, Any] = {"listChanged": True if modern else self.listChanged}
         capabilities: Dict[str, Any] = {"tools": tools}
         capabilities.update(self.registry.features.capabilities(modern))
         if modern or self.logging:
@@ -531,6 +543,11 @@ class Dispatcher:
     def inFlight(self) -> int:
         return len(self._inFlight)
 
+    async def _notHere(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        raise ProtocolError(
+            INVALID_PARAMS, f"{request.method} is only served on the HTTP transport's stream"
+        )
+
     async def _ping(self, request: Request, context: RequestContext) -> Dict[str, Any]:
         return {}
 
@@ -594,7 +611,21 @@ class Dispatcher:
         uri = request.params.get("uri")
         if not isinstance(uri, str) or not uri:
             raise ProtocolError(INVALID_PARAMS, 'resources/read needs a string "uri"')
-        contents = self.registry.features.read(uri)
+        found = self.registry.features.reader(uri)
+        contents = None
+        if found is not None:
+            asksForInput, read = found
+            if not asksForInput:
+                contents = read()
+            else:
+                # Like a prompt: MRTR in 2026-07-28, a request on the
+                # response stream before.
+                outcome = await self._withInput(
+                    request, context, "resources/read", uri, {}, read, f"The resource {uri[:200]}"
+                )
+                if isinstance(outcome, _InputRequired):
+                    return outcome.result
+                contents = outcome
         if not contents:
             # 2026-07-28 moved "resource not found" to -32602.
             code = INVALID_PARAMS if context.modern else RESOURCE_NOT_FOUND
@@ -639,38 +670,62 @@ class Dispatcher:
         C{prompts/get} of a prompt that may ask the client for input: MRTR
         in 2026-07-28, a request on the response stream before.
         """
+        outcome = await self._withInput(
+            request, context, "prompts/get", prompt.name, arguments,
+            lambda clientRequest: prompt.get(arguments, clientRequest),
+            f"The prompt {prompt.name}",
+        )
+        if isinstance(outcome, _InputRequired):
+            return outcome.result
+        return {"description": prompt.description, "messages": outcome}
+
+    async def _withInput(
+        self, request: Request, context: RequestContext, method: str, name: str,
+        arguments: Any, call: Callable[[Callable[..., "Deferred[Any]"]], Any], what: str,
+    ) -> Any:
+        """
+        Run C{call(clientRequest)} (a prompt or resource handler that may
+        ask the client for input) and return what it returns, or an
+        L{_InputRequired} when, in 2026-07-28, the round ends to ask.
+
+        @raise ProtocolError: C{-32602} when the client refused or cannot
+            be asked, C{-32603} when the handler failed (logged).
+        @raise RequestCancelled: it was cancelled.
+        """
         inputRound: Optional[InputRound] = None
         sent: List[Tuple[str, RequestID]] = []
         clientRequest: Callable[..., Deferred[Any]]
         if context.modern:
-            inputRound = self._inputRound(request, context, "prompts/get", prompt.name, arguments)
+            inputRound = self._inputRound(request, context, method, name, arguments)
             clientRequest = inputRound.clientRequest
         elif context.send is not None:
             clientRequest = self._clientRequester(context, sent)
         else:
             clientRequest = _noClientRequests
-        d = maybeDeferred(prompt.get, arguments, clientRequest)
+        d = maybeDeferred(call, clientRequest)
         d.addTimeout(self.registry.defaultTimeout, self.clock)
         try:
             if inputRound is None:
-                messages = await d
+                value = await d
             else:
-                messages = await self._untilInputNeeded(d, inputRound)
+                value = await self._untilInputNeeded(d, inputRound)
         except ClientRequestError as e:
             raise ProtocolError(INVALID_PARAMS, str(e)) from None
         except CancelledError:
             raise RequestCancelled() from None
         except Exception:
-            self.log.failure("Prompt {prompt} failed", prompt=prompt.name)
-            raise ProtocolError(INTERNAL_ERROR, f"The prompt {prompt.name} failed") from None
+            self.log.failure("{what} failed", what=what)
+            raise ProtocolError(INTERNAL_ERROR, f"{what} failed") from None
         finally:
             if inputRound is not None:
                 inputRound.close()
             for pending in sent:
                 self._outgoing.pop(pending, None)
         if inputRound is not None and inputRound.pending:
-            return self._inputRequired(context, "prompts/get", prompt.name, arguments, inputRound)
-        return {"description": prompt.description, "messages": messages}
+            return _InputRequired(
+                self._inputRequired(context, method, name, arguments, inputRound)
+            )
+        return value
 
     # -- multi round-trip requests (2026-07-28) -------------------------------
 

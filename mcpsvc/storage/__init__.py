@@ -173,7 +173,10 @@ def _redisService(config: Any, clock: IReactorTime) -> StoreService:
         )
     )
     store = RedisStore(connection, clock, config.redisPrefix, config.storeTimeout)
-    return StoreService(store, onStart=connection.open, onStop=connection.close)
+    service = StoreService(store, onStart=connection.open, onStop=connection.close)
+    # The change relay publishes through this pool (mcpsvc.mcp.changes).
+    service.redisConnection = connection  # type: ignore[attr-defined]
+    return service
 
 
 def buildStoreService(config: Any, *, reactor: Any, clock: IReactorTime) -> StoreService:

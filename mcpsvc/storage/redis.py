@@ -511,6 +511,13 @@ class _SentinelHandler:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._handler, name)
 
+    def discoverMaster(self, name: str) -> "Deferred[Tuple[str, int]]":
+        """
+        Ask the Sentinels where master C{name} is now (the change relay
+        follows failovers with it).
+        """
+        return self._manager.discover_master(name)  # type: ignore[no-any-return]
+
     def disconnect(self) -> "Deferred[None]":
         async def disconnect() -> None:
             try:

@@ -239,6 +239,35 @@ class MeteredStoreTests(SynchronousTestCase):
                 "mcpsvc_store_operation_seconds_count", {"operation": "countSessions"}), 1.0)
 
 
+class OpenStreamsTests(SynchronousTestCase):
+    def test_readWhenScraped(self) -> None:
+        """
+        C{mcpsvc_open_streams} reports, by kind, what the watched callables
+        say at scrape time; C{buildService} watches the MCP endpoint
+        (nothing open yet).
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from mcpsvc.metrics import Metrics
+        from mcpsvc.service import buildService
+        from mcpsvc.storage import StoreService
+
+        metrics = Metrics()
+        counts = {"listen": 2, "get": 1}
+        metrics.watchStreams(lambda: counts["listen"], lambda: counts["get"])
+        sample = lambda kind: metrics.registry.get_sample_value(  # noqa: E731
+            "mcpsvc_open_streams", {"kind": kind})
+        self.assertEqual((sample("listen"), sample("get")), (2.0, 1.0))
+        counts["listen"] = 0
+        self.assertEqual(sample("listen"), 0.0)
+        reactor = MemoryReactorClock()
+        config = loadConfig({"JWT_SECRET": "x" * 32, "STORE": "memory", "LISTEN": "tcp:0"})
+        root = buildService(config, reactor=reactor,
+                            storeService=StoreService(MemoryStore(reactor)))
+        self.assertEqual(root.metrics.registry.get_sample_value(
+            "mcpsvc_open_streams", {"kind": "listen"}), 0.0)
+
+
 class ActiveSessionsTests(SynchronousTestCase):
     def test_gaugeSetBySweep(self) -> None:
         """

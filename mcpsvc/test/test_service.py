@@ -5,7 +5,7 @@ sweeper and the HTTP drain, on a L{MemoryReactorClock} (no sockets).
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Dict, List
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -114,6 +114,31 @@ class OrderedMultiServiceTests(SynchronousTestCase):
         embedded.startService()
         embedded._reactor.run()
         self.assertEqual(events, [])
+
+
+class HangUpTests(SynchronousTestCase):
+    def test_sighupReloadsTools(self) -> None:
+        """
+        Started as the process's tree, the service handles SIGHUP at once
+        (before the reactor runs: the default action would end the
+        process) by calling C{reloadTools} on the reactor thread.
+        """
+        import signal as signalModule
+
+        from mcpsvc import service
+
+        handlers: Dict[int, Any] = {}
+        self.patch(service.signal, "signal", lambda number, f: handlers.__setitem__(number, f))
+        reactor = MemoryReactorClock()
+        called: List[Any] = []
+        reactor.callFromThread = lambda f, *a: f(*a)  # type: ignore[method-assign]
+        parent = OrderedMultiService(reactor=reactor, handleSignals=True)
+        parent.reloadTools = lambda: called.append("reload")
+        with capturedLogs():
+            parent.startService()
+            self.assertIn(signalModule.SIGHUP, handlers)
+            handlers[signalModule.SIGHUP](signalModule.SIGHUP, None)
+        self.assertEqual(called, ["reload"])
 
 
 class SweeperTests(SynchronousTestCase):

@@ -11,7 +11,7 @@ C{FILES_ROOT} is set and C{llm} when C{LLM_URL} is set.
 
 from __future__ import annotations
 
-from typing import Any, Callable, FrozenSet, Iterable, List, Optional
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -83,6 +83,8 @@ def buildToolRegistry(
     httpClient: Any = None,
     providers: Optional[Iterable[Any]] = None,
     metrics: Any = None,
+    toolsChanged: Optional[Callable[[], None]] = None,
+    state: Optional[Dict[str, Any]] = None,
 ) -> ToolRegistry:
     """
     Build the registry of the tools C{config} enables.
@@ -95,15 +97,25 @@ def buildToolRegistry(
         plugins found by L{discoverProviders}).
     @param metrics: a L{mcpsvc.metrics.Metrics} fed the outcome of every
         tool call (C{mcpsvc_tool_calls}), or C{None}.
+    @param toolsChanged: what C{ToolPackContext.toolsChanged} calls (the
+        change bus's C{toolsChanged}); by default nothing.
+    @param state: the packs' C{ToolPackContext.state} (kept by
+        C{registry.rebuild}, which builds the same way).
     @raise InvalidTool: a tool is misdefined (bad name, duplicate, invalid
         schema): a configuration error, reported at startup.
     """
     packs = enabledPacks(config)
+    if providers is not None:
+        providers = list(providers)
+    if state is None:
+        state = {}
     context = ToolPackContext(
         config=config,
         clock=clock,
         runInThread=runInThread if runInThread is not None else _deferToThread,
         httpClient=httpClient,
+        toolsChanged=toolsChanged if toolsChanged is not None else _nothing,
+        state=state,
     )
     candidates = list(providers) if providers is not None else discoverProviders()
     tools: List[Tool] = []
@@ -123,7 +135,22 @@ def buildToolRegistry(
         tools.extend(packTools)
     for missing in sorted(packs - found):
         log.warn("Tool pack {pack} is enabled but no plugin provides it", pack=missing)
-    return ToolRegistry(
+    registry = ToolRegistry(
         tools, clock=clock, defaultTimeout=config.toolTimeout, features=FeatureSet(features),
         rateLimit=getattr(config, "toolRateLimit", None), metrics=metrics,
     )
+
+    def rebuild() -> ToolRegistry:
+        # Plugins are discovered again (a pack module added since start-up
+        # is found) unless they were given.
+        return buildToolRegistry(
+            config, clock=clock, runInThread=runInThread, httpClient=httpClient,
+            providers=providers, toolsChanged=toolsChanged, state=state,
+        )
+
+    registry.rebuild = rebuild
+    return registry
+
+
+def _nothing() -> None:
+    pass

@@ -13,7 +13,9 @@ C{test_input_required_result_*} tools and prompt are the suite's MRTR
 fixtures (SEP-2322). C{greet}, C{slow_compute}, C{failing_job},
 C{protocol_error_job}, C{confirm_delete}, C{multi_input} and
 C{test_tool_with_task} are the fixtures of the tasks extension's
-scenarios (SEP-2663, C{tasks-*}). The pack also offers the suite's
+scenarios (SEP-2663, C{tasks-*}); C{test_trigger_tool_change} changes the
+tool list (adds or removes C{test_dynamic_tool}) for the
+C{subscriptions/listen} checks. The pack also offers the suite's
 resources (C{test://static-text}, C{test://static-binary},
 C{test://watched-resource}, template C{test://template/{id}/data}),
 prompts and completions, through L{mcpsvc.tools.features}: with the pack
@@ -439,6 +441,11 @@ _SLOW_COMPUTE_SCHEMA = {
 }
 
 
+#: The key of C{ToolPackContext.state} saying whether C{test_dynamic_tool}
+#: is listed.
+_DYNAMIC = "conformance.dynamicTool"
+
+
 def _stringArgument(name: str) -> Mapping[str, Any]:
     return {"type": "object", "properties": {name: {"type": "string"}}, "required": [name]}
 
@@ -451,7 +458,21 @@ def conformanceTools(context: ToolPackContext) -> List[Tool]:
     def tool(name: str, description: str, call: Any, **kw: Any) -> Tool:
         return Tool(name=name, description=description, inputSchema=_NO_ARGS, call=call, **kw)
 
-    return [
+    def triggerToolChange(arguments: Mapping[str, Any], toolContext: ToolContext) -> str:
+        # The suite's hook for list_changed on subscriptions/listen: add
+        # (or remove) test_dynamic_tool, and say so.
+        context.state[_DYNAMIC] = not context.state.get(_DYNAMIC, False)
+        context.toolsChanged()
+        return "test_dynamic_tool " + ("added" if context.state[_DYNAMIC] else "removed")
+
+    dynamic = []
+    if context.state.get(_DYNAMIC, False):
+        dynamic.append(tool("test_dynamic_tool", "Appears after test_trigger_tool_change.",
+                            _simpleText))
+    return dynamic + [
+        tool("test_trigger_tool_change",
+             "Adds or removes test_dynamic_tool: the tool list changes (list_changed).",
+             triggerToolChange),
         tool("test_simple_text", "Returns a simple text response.", _simpleText),
         tool("test_image_content", "Returns a 1x1 PNG image.", _image),
         tool("test_audio_content", "Returns a short WAV audio clip.", _audio),

@@ -53,14 +53,18 @@ class Resource:
     A resource with a fixed URI.
 
     @ivar read: C{read(uri) -> [contents]}, each C{{"uri", "mimeType",
-        "text" | "blob"}}.
+        "text" | "blob"}}; with C{asksForInput}, C{read(uri, clientRequest)},
+        which may return a Deferred or a coroutine and ask the client for
+        input as a prompt does (2026-07-28: a multi round-trip request).
+    @ivar asksForInput: C{read} takes C{clientRequest}.
     """
 
     uri: str
     name: str
     description: str
-    read: Callable[[str], List[Dict[str, Any]]]
+    read: Callable[..., Any]
     mimeType: Optional[str] = None
+    asksForInput: bool = False
 
     def descriptor(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"uri": self.uri, "name": self.name, "description": self.description}
@@ -83,14 +87,17 @@ class ResourceTemplate:
     A family of resources (RFC 6570 level 1 templates: C{{name}} matches one
     path segment).
 
-    @ivar read: C{read(uri, variables) -> [contents]}.
+    @ivar read: C{read(uri, variables) -> [contents]}; with C{asksForInput},
+        C{read(uri, variables, clientRequest)} (see L{Resource}).
+    @ivar asksForInput: C{read} takes C{clientRequest}.
     """
 
     uriTemplate: str
     name: str
     description: str
-    read: Callable[[str, Mapping[str, str]], List[Dict[str, Any]]]
+    read: Callable[..., Any]
     mimeType: Optional[str] = None
+    asksForInput: bool = False
     pattern: Pattern[str] = field(init=False)
 
     @pattern.default
@@ -219,15 +226,37 @@ class FeatureSet:
 
     def read(self, uri: str) -> Optional[List[Dict[str, Any]]]:
         """
-        Return the contents of C{uri}, or C{None} when no resource has it.
+        Return the contents of C{uri}, or C{None} when no resource has it
+        (for a resource that asks for input, see L{reader}).
+        """
+        found = self.reader(uri)
+        if found is None:
+            return None
+        asksForInput, read = found
+        if asksForInput:
+            from mcpsvc.tools.interfaces import _noClientRequests
+
+            return read(_noClientRequests)  # type: ignore[no-any-return]
+        return read()  # type: ignore[no-any-return]
+
+    def reader(self, uri: str) -> Optional[Tuple[bool, Callable[..., Any]]]:
+        """
+        Whether the resource of C{uri} asks for input, and its reader: a
+        call with no argument, or with C{clientRequest} when it asks;
+        C{None} when no resource has C{uri}.
         """
         resource = self.resources.get(uri)
         if resource is not None:
-            return resource.read(uri)
+            if resource.asksForInput:
+                return True, lambda clientRequest: resource.read(uri, clientRequest)
+            return False, lambda: resource.read(uri)
         for template in self.templates:
             variables = template.match(uri)
             if variables is not None:
-                return template.read(uri, variables)
+                found = template
+                if found.asksForInput:
+                    return True, lambda clientRequest: found.read(uri, variables, clientRequest)
+                return False, lambda: found.read(uri, variables)
         return None
 
     def complete(self, ref: Mapping[str, Any], name: str, value: str) -> Tuple[List[str], int]:

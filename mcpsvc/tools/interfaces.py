@@ -30,6 +30,7 @@ from typing import (
     Any,
     Awaitable,
     Callable,
+    Dict,
     FrozenSet,
     List,
     Mapping,
@@ -98,12 +99,20 @@ class ToolPackContext:
         blocking callable off the reactor thread.
     @ivar httpClient: a treq-compatible client (C{treq}, L{treq.client.HTTPClient}
         or C{StubTreq}); C{None} when the service provides none.
+    @ivar toolsChanged: call it when the pack's tool set changed (its
+        C{tools(context)} would now return other tools): every instance
+        rebuilds its registry, calling C{tools} again, and tells the
+        clients listening for C{notifications/tools/list_changed}.
+    @ivar state: a dictionary kept for the life of the process, the same
+        one on every rebuild: where a pack keeps what decides its tool set.
     """
 
     config: Any
     clock: IReactorTime
     runInThread: Callable[..., "Deferred[Any]"]
     httpClient: Any = None
+    toolsChanged: Callable[[], None] = field(default=lambda: None)
+    state: Dict[str, Any] = field(factory=dict)
 
 
 CallResult = Union[Any, "Deferred[Any]", Awaitable[Any]]

@@ -25,7 +25,7 @@ import base64
 import hashlib
 import json
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from attrs import frozen
 
@@ -230,10 +230,20 @@ class ToolRegistry:
         self.features = features if features is not None else FeatureSet()
         self.defaultTimeout = defaultTimeout
         self.pageSize = max(1, pageSize)
+        #: Rebuilds the registry from the enabled packs (set by
+        #: C{buildToolRegistry}; see L{replaceTools}); C{None}: fixed.
+        self.rebuild: Optional[Callable[[], "ToolRegistry"]] = None
+        self._load(tools)
+
+    def _load(self, tools: Sequence[Tool]) -> None:
+        """
+        Check C{tools} and make them the tool set, all at once: a tool that
+        fails a check raises L{InvalidTool} and nothing changes.
+        """
         byName: Dict[str, Tool] = {}
-        self._inputValidators: Dict[str, SchemaChecker] = {}
-        self._outputValidators: Dict[str, SchemaChecker] = {}
-        self._headerParameters: Dict[str, Tuple[HeaderParameter, ...]] = {}
+        inputValidators: Dict[str, SchemaChecker] = {}
+        outputValidators: Dict[str, SchemaChecker] = {}
+        headerParameters: Dict[str, Tuple[HeaderParameter, ...]] = {}
         for tool in tools:
             if not isinstance(tool.name, str) or not TOOL_NAME.fullmatch(tool.name):
                 raise InvalidTool(
@@ -259,18 +269,39 @@ class ToolRegistry:
                 raise InvalidTool(
                     f"tool {tool.name!r}: startsTaskItself needs taskSupport optional or required"
                 )
-            self._inputValidators[tool.name] = _checkSchema(tool, "inputSchema", tool.inputSchema)
+            inputValidators[tool.name] = _checkSchema(tool, "inputSchema", tool.inputSchema)
             if tool.outputSchema is not None:
-                self._outputValidators[tool.name] = _checkSchema(
+                outputValidators[tool.name] = _checkSchema(
                     tool, "outputSchema", tool.outputSchema
                 )
-            self._headerParameters[tool.name] = _headerParameters(tool)
+            headerParameters[tool.name] = _headerParameters(tool)
             byName[tool.name] = tool
+        descriptors = [byName[name].descriptor() for name in sorted(byName)]
+        self._inputValidators = inputValidators
+        self._outputValidators = outputValidators
+        self._headerParameters = headerParameters
         self._tools: Dict[str, Tool] = {name: byName[name] for name in sorted(byName)}
-        self._descriptors: List[Dict[str, Any]] = [t.descriptor() for t in self._tools.values()]
+        self._descriptors: List[Dict[str, Any]] = descriptors
         self._fingerprint = hashlib.sha256(
             json.dumps(self._descriptors, sort_keys=True).encode("utf-8")
         ).hexdigest()[:12]
+
+    def replaceTools(self, other: "ToolRegistry") -> bool:
+        """
+        Take the tool set of C{other} (a registry built the same way, by
+        C{rebuild}), keeping this registry's rate limits, metrics and
+        features; calls already running finish with the tool they started
+        with. Return whether the listing changed (cursors of the old
+        listing are then refused as stale).
+        """
+        before = self._fingerprint
+        self._inputValidators = other._inputValidators
+        self._outputValidators = other._outputValidators
+        self._headerParameters = other._headerParameters
+        self._tools = other._tools
+        self._descriptors = other._descriptors
+        self._fingerprint = other._fingerprint
+        return before != self._fingerprint
 
     # -- listing -------------------------------------------------------------
 

@@ -669,7 +669,8 @@ class ModernTests(SynchronousTestCase):
         result = message["result"]
         self.assertEqual(result["supportedVersions"], [MODERN])
         self.assertIn("tools", result["capabilities"])
-        self.assertNotIn("listChanged", result["capabilities"]["tools"])
+        # Delivered on subscriptions/listen, which needs no session.
+        self.assertEqual(result["capabilities"]["tools"], {"listChanged": True})
         self.assertEqual(result["resultType"], "complete")
         self.assertEqual(result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "mcpsvc")
         noInfo = {k: v for k, v in MODERN_META.items() if not k.endswith("clientInfo")}
@@ -727,7 +728,7 @@ class ModernTests(SynchronousTestCase):
         Removed and unknown methods get 404 with -32601.
         """
         for method in ("initialize", "ping", "logging/setLevel", "resources/subscribe",
-                       "unknown/method", "subscriptions/listen"):
+                       "unknown/method"):
             response, message = self.send(500, method, {"_meta": MODERN_META})
             self.assertEqual((response.code, message["error"]["code"], message["id"]),
                              (404, -32601, 500), method)

@@ -20,7 +20,7 @@ from mcpsvc.mcp.mrtr import (
 from mcpsvc.mcp.protocol import ProtocolError, Request
 from mcpsvc.mcp.test.helpers import ALICE
 from mcpsvc.principal import Principal
-from mcpsvc.tools.features import Features, FeatureSet, Prompt
+from mcpsvc.tools.features import Features, FeatureSet, Prompt, ResourceTemplate
 from mcpsvc.tools.interfaces import ClientRequestError, Tool, ToolContext
 from mcpsvc.tools.registry import ToolRegistry
 
@@ -151,9 +151,17 @@ class DispatcherMRTRTests(SynchronousTestCase):
             answer = await clientRequest("elicitation/create", _form("Topic?"), key="topic")
             return [{"role": "user", "content": {"type": "text", "text": answer["content"]["t"]}}]
 
-        features = FeatureSet([Features(prompts=[
-            Prompt(name="ask", description="asks", get=promptGet, asksForInput=True)
-        ])])
+        async def secretRead(uri: str, variables: Any, clientRequest: Any) -> Any:
+            answer = await clientRequest("elicitation/create", _form("Passphrase?"), key="pass")
+            return [{"uri": uri, "mimeType": "text/plain",
+                     "text": f"{variables['id']}: {answer['content']['p']}"}]
+
+        features = FeatureSet([Features(
+            prompts=[Prompt(name="ask", description="asks", get=promptGet, asksForInput=True)],
+            templates=[ResourceTemplate(uriTemplate="secret://{id}", name="secret",
+                                        description="asks", read=secretRead,
+                                        asksForInput=True)],
+        )])
         registry = ToolRegistry(
             [tool("greet", greet), tool("two", twoRounds), tool("together", together),
              tool("careful", careful)],
@@ -331,6 +339,31 @@ class DispatcherMRTRTests(SynchronousTestCase):
         tool = self.successResultOf(self.call({"name": "greet"}))
         failure = self.failureResultOf(self.call(
             {"name": "ask", "requestState": tool["requestState"]}, method="prompts/get"),
+            ProtocolError)
+        self.assertEqual(failure.value.code, -32602)
+
+    def test_resourceRead(self) -> None:
+        """
+        C{resources/read} of a resource that asks uses the same rounds: the
+        state is bound to the URI, and the result carries the contents.
+        """
+        r1 = self.successResultOf(self.call({"uri": "secret://7"}, method="resources/read"))
+        self.assertEqual(r1["resultType"], "input_required")
+        self.assertEqual(r1["inputRequests"]["pass"]["method"], "elicitation/create")
+        answer = {"pass": {"action": "accept", "content": {"p": "open"}}}
+        r2 = self.successResultOf(self.call({
+            "uri": "secret://7", "inputResponses": answer, "requestState": r1["requestState"]},
+            method="resources/read"))
+        self.assertEqual(r2["resultType"], "complete")
+        self.assertEqual(r2["contents"][0]["text"], "7: open")
+        # The state of secret://7 does not open secret://8.
+        failure = self.failureResultOf(self.call({
+            "uri": "secret://8", "inputResponses": {}, "requestState": r1["requestState"]},
+            method="resources/read"), ProtocolError)
+        self.assertEqual(failure.value.code, -32602)
+        # Without the elicitation capability: refused with -32602.
+        failure = self.failureResultOf(
+            self.call({"uri": "secret://7"}, self.context({}), method="resources/read"),
             ProtocolError)
         self.assertEqual(failure.value.code, -32602)
 

@@ -120,7 +120,7 @@ class HandshakeEraScopeTests(SynchronousTestCase):
         C{logging/setLevel}; L{REQUESTS} exercises each of them.
         """
         self.assertEqual(TOKEN_ONLY_METHODS, {"ping", "logging/setLevel"})
-        self.assertEqual(set(REQUESTS) | {"server/discover"} | set(TASK_METHODS),
+        self.assertEqual(set(REQUESTS) | {"server/discover", "subscriptions/listen"} | set(TASK_METHODS),
                          set(METHOD_SCOPES))
         offered = set(self.h.app.dispatcher.methods(False)) | set(self.h.app.dispatcher.methods(True))
         self.assertLessEqual(set(METHOD_SCOPES) | TOKEN_ONLY_METHODS, offered)

@@ -270,7 +270,8 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
 
     approver = buildApprover(config, store=store, clock=clock, runInThread=runInThread)
     oauthApp, bearer = buildOAuth(
-        config, store=store, clock=clock, runInThread=runInThread, approver=approver
+        config, store=store, clock=clock, runInThread=runInThread, approver=approver,
+        reactor=reactor,
     )
     oauthResource = oauthApp.resource()
     registry = buildToolRegistry(

@@ -61,6 +61,8 @@ def buildOAuth(
     clock: "IReactorTime",
     runInThread: Optional[Callable[..., Any]] = None,
     approver: Optional["IApprover"] = None,
+    reactor: Any = None,
+    fetcher: Any = None,
 ) -> Tuple["OAuthApp", "BearerAuthenticator"]:
     """
     Build the authorization server app and the C{/mcp} authenticator, which
@@ -70,18 +72,39 @@ def buildOAuth(
         mode); unused for now.
     @param approver: decides authorization requests (default:
         L{approverFor}).
+    @param reactor: connects the metadata document fetcher (C{CIMD=on});
+        default: the global reactor.
+    @param fetcher: a L{mcpsvc.oauth.fetch.SafeFetcher} to use instead of
+        one built from C{config} (tests).
     @raise mcpsvc.oauth.tokens.KeyLoadError: a key file is unusable.
     """
     from mcpsvc.oauth.app import OAuthApp
     from mcpsvc.oauth.bearer import BearerAuthenticator
 
     tokens = buildAccessTokens(config)
+    clientDocuments = None
+    if config.cimd:
+        from mcpsvc.oauth.cimd import CIMDSettings, ClientDocuments
+
+        if fetcher is None:
+            from mcpsvc.oauth.fetch import SafeFetcher
+
+            if reactor is None:
+                from twisted.internet import reactor as globalReactor
+
+                reactor = globalReactor
+            fetcher = SafeFetcher.forConfig(config, reactor=reactor, clock=clock,
+                                            runInThread=runInThread)
+        clientDocuments = ClientDocuments(
+            store=store, fetcher=fetcher, clock=clock, settings=CIMDSettings.fromConfig(config)
+        )
     app = OAuthApp(
         config=config,
         store=store,
         clock=clock,
         tokens=tokens,
         approver=approver if approver is not None else approverFor(config),
+        clientDocuments=clientDocuments,
     )
     bearer = BearerAuthenticator(config=config, store=store, clock=clock, verifier=tokens)
     return app, bearer

@@ -39,6 +39,7 @@ from mcpsvc.http.errors import HTTPError, OAuthError, TooManyRequests, installEr
 from mcpsvc.http.jsonio import readForm, readJSON, truncateForLog, writeJSON
 from mcpsvc.oauth import pkce
 from mcpsvc.oauth.bearer import revocationIDs
+from mcpsvc.oauth.cimd import CIMDError
 from mcpsvc.oauth.clients import (
     ClientMetadataError,
     authMethod,
@@ -311,6 +312,15 @@ _PAGES: Dict[str, Tuple[str, str, str, str]] = {
         "Go back to the application and start the connection again.",
         "If it happens again, tell the administrator of this server, with these details:",
     ),
+    "bad_document": (
+        "This application's published information cannot be used",
+        "The application identifies itself by the address {client}, but its published "
+        "information there cannot be used: {reason}.",
+        "You cannot connect it now. Try again later; if it keeps failing, tell the people "
+        "who make the application.",
+        "The client_id is a Client ID Metadata Document URL; fetching or validating the "
+        "document failed (see the server log by request ID). Details:",
+    ),
     "internal": (
         "Something went wrong on this server",
         "The server failed while handling your authorization request. Nothing was approved.",
@@ -388,6 +398,9 @@ class OAuthApp:
     clock: IReactorTime
     tokens: AccessTokens
     approver: IApprover
+    #: Resolves Client ID Metadata Document client ids (C{CIMD=on});
+    #: C{None} when they are off.
+    clientDocuments: Any = None
     #: Mints refresh tokens and recognises the ones we minted.
     refreshTokens: RefreshTokens = field(
         init=False, repr=False,
@@ -439,6 +452,18 @@ class OAuthApp:
             return self.config.resourceURL
         return None
 
+    async def _getClient(self, clientID: str, request: IRequest) -> ClientRecord:
+        """
+        The client C{clientID}: resolved from its metadata document when it
+        is a document URL (L{mcpsvc.oauth.cimd}), else registered.
+
+        @raise NoSuchClient: not registered.
+        @raise CIMDError: the document is unusable (logged and audited).
+        """
+        if self.clientDocuments is not None and self.clientDocuments.handles(clientID):
+            return await self.clientDocuments.resolve(clientID, request)  # type: ignore[no-any-return]
+        return await self.store.getClient(clientID)  # type: ignore[no-any-return]
+
     def _redirectPatterns(self) -> Tuple[str, ...]:
         return self.config.redirectPatterns
 
@@ -479,6 +504,8 @@ class OAuthApp:
                 "authorization_response_iss_parameter_supported": True,
             }
         )
+        if self.config.cimd and self.clientDocuments is not None:
+            md["client_id_metadata_document_supported"] = True
         if self.tokens.keys.asymmetric:
             md["jwks_uri"] = self._url("/.well-known/jwks.json")
         return md
@@ -588,9 +615,11 @@ class OAuthApp:
             return _invalidClient(description, triedBasic)
 
         try:
-            client: ClientRecord = await self.store.getClient(clientID)
+            client: ClientRecord = await self._getClient(clientID, request)
         except NoSuchClient:
             raise failed("unknown client", "Client authentication failed")
+        except CIMDError as e:
+            raise failed("client metadata document " + e.reason, e.message)
         registered = authMethod(client.metadata)
         if used != registered:
             raise failed(
@@ -820,11 +849,13 @@ class OAuthApp:
         if not clientID or "client_id" in repeated:
             raise AuthorizePageError("invalid_request", "client_id is required (exactly once)", "bad_link")
         try:
-            client: ClientRecord = await self.store.getClient(clientID)
+            client: ClientRecord = await self._getClient(clientID, request)
         except NoSuchClient:
             self.log.warn("Authorization request for unknown client {clientID}",
                           clientID=truncateForLog(clientID, 100))
             raise AuthorizePageError("invalid_client", "Unknown client", "unknown_client")
+        except CIMDError as e:
+            raise AuthorizePageError("invalid_client", e.message, "bad_document")
         registered = redirectURIs(client.metadata)
         requested = params.get("redirect_uri")
         if "redirect_uri" in repeated:
@@ -968,7 +999,7 @@ class OAuthApp:
             audit("token.refresh" if grant == "refresh_token" else "token.issue", "failure",
                   request=request, clientID=client.clientID,
                   grantType=(grant or "")[:50] or None, error=e.error)
-            if client.secretHash is None:
+            if authMethod(client.metadata) == "none":
                 # A public client proves only its id, which anyone can read
                 # from its access tokens: its refused requests are not its
                 # own, so they do not use up its limit (a bystander could
@@ -1306,7 +1337,7 @@ class OAuthApp:
                 claims = None
             if (
                 claims is not None
-                and client.secretHash is None
+                and authMethod(client.metadata) == "none"
                 and claims.clientID != client.clientID
             ):
                 # A public client proves nothing but its id: it may inspect

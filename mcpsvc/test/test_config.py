@@ -484,16 +484,32 @@ class UnsafeCombinationTests(SynchronousTestCase):
         C{AUTHORIZE_MODE=auto} with C{DCR_OPEN=true} and no initial access
         token is refused in production, and says why.
         """
-        errors = self.errorsFor(dict(PROD, AUTHORIZE_MODE="auto", DCR_OPEN="true", PORT="0"))
+        errors = self.errorsFor(dict(PROD, AUTHORIZE_MODE="auto", DCR_OPEN="true", PORT="0",
+                                     CIMD="off"))
         self.assertEqual(len(errors), 2, errors)
         self.assertTrue(errors[0].startswith("PORT"))
         self.assertIn("AUTHORIZE_MODE=auto with open registration", errors[1])
         self.assertIn("anyone could register a client and get tokens", errors[1])
         # Each half alone, a token, or development: accepted.
-        loadConfig(dict(PROD, AUTHORIZE_MODE="auto"))
+        loadConfig(dict(PROD, AUTHORIZE_MODE="auto", CIMD="off"))
         loadConfig(dict(PROD, DCR_OPEN="true"))
-        loadConfig(dict(PROD, AUTHORIZE_MODE="auto", DCR_OPEN="true", DCR_AUTH_TOKEN="i" * 32))
+        loadConfig(dict(PROD, AUTHORIZE_MODE="auto", DCR_OPEN="true", DCR_AUTH_TOKEN="i" * 32,
+                        CIMD="off"))
         loadConfig(valid(AUTHORIZE_MODE="auto", DCR_OPEN="true"))
+
+    def test_autoWithMetadataDocuments(self) -> None:
+        """
+        C{AUTHORIZE_MODE=auto} with Client ID Metadata Documents on (the
+        default) is refused in production, and says why: anyone can publish
+        a document. With C{CIMD=off}, or in development, it is accepted.
+        """
+        errors = self.errorsFor(dict(PROD, AUTHORIZE_MODE="auto", PORT="0"))
+        self.assertEqual(len(errors), 2, errors)
+        self.assertIn("AUTHORIZE_MODE=auto with Client ID Metadata Documents", errors[1])
+        self.assertIn("Set CIMD=off", errors[1])
+        self.assertFalse(loadConfig(dict(PROD, AUTHORIZE_MODE="auto", CIMD="off")).cimd)
+        self.assertTrue(loadConfig(dict(PROD, AUTHORIZE_MODE="consent")).cimd)
+        self.assertTrue(loadConfig(valid(AUTHORIZE_MODE="auto")).cimd)
 
     def test_sentinelWithTLSRefused(self) -> None:
         """

@@ -56,7 +56,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from attrs import field, frozen
@@ -129,7 +129,6 @@ class FetchedDocument:
     @ivar headers: the response headers of L{KEPT_HEADERS} present,
         lower-case names, values joined with C{", "}.
     @ivar fetchedAt: the clock's time when the response arrived.
-    @ivar address: the address we were connected to, when known.
     """
 
     url: str
@@ -137,7 +136,6 @@ class FetchedDocument:
     body: bytes = field(repr=False)
     headers: Mapping[str, str]
     fetchedAt: float
-    address: Optional[str] = None
 
 
 @frozen(kw_only=True)
@@ -295,8 +293,8 @@ class _PinnedEndpoint:
     scheme: str
     host: str
     port: int
-    connected: List[str]
     tlsOptions: Callable[[str], Any]
+    log: ClassVar[Logger] = Logger()
 
     async def _connect(self, protocolFactory: Any) -> Any:
         try:
@@ -337,7 +335,8 @@ class _PinnedEndpoint:
         except FetchError as e:
             protocol.transport.abortConnection()
             raise _CheckedConnection(e)
-        self.connected.append(str(peer))
+        self.log.debug("Connected to {host} at {address} for a fetch", host=self.host,
+                       address=str(peer))
         return protocol
 
     def connect(self, protocolFactory: Any) -> "Deferred[Any]":
@@ -350,13 +349,15 @@ class _PinnedEndpointFactory:
     reactor: Any
     resolve: Resolver
     policy: FetchPolicy
-    connected: List[str]
     tlsOptions: Callable[[str], Any]
 
     def endpointForURI(self, uri: Any) -> _PinnedEndpoint:
+        host = uri.host.decode("ascii")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
         return _PinnedEndpoint(
             self.reactor, self.resolve, self.policy, uri.scheme.decode("ascii"),
-            uri.host.decode("idna"), uri.port, self.connected, self.tlsOptions,
+            host, uri.port, self.tlsOptions,
         )
 
 
@@ -456,11 +457,10 @@ class SafeFetcher:
                     return deferToThreadPool(reactor, reactor.getThreadPool(), f, *a, **kw)
 
             resolve = _defaultResolver(runInThread)
-        self.connected: List[str] = []
         if agent is None:
             pool = HTTPConnectionPool(reactor, persistent=False)
             factory = _PinnedEndpointFactory(
-                reactor, resolve, policy, self.connected,
+                reactor, resolve, policy,
                 tlsOptions if tlsOptions is not None else optionsForClientTLS,
             )
             agent = Agent.usingEndpointFactory(reactor, factory, pool=pool)
@@ -531,7 +531,6 @@ class SafeFetcher:
             b"User-Agent": [_USER_AGENT],
         })
         body: Optional[_Body] = None
-        before = len(self.connected)
 
         async def exchange() -> Tuple[IResponse, bytes]:
             nonlocal body
@@ -557,8 +556,7 @@ class SafeFetcher:
             raise e.error
         except Exception as e:
             raise _translate(e)
-        return _parse(url, response, raw, self.clock.seconds(),
-                      self.connected[-1] if len(self.connected) > before else None)
+        return _parse(url, response, raw, self.clock.seconds())
 
 
 def _translate(error: Exception) -> FetchError:
@@ -611,8 +609,7 @@ def _checkResponse(response: IResponse, maxBytes: int, contentTypes: Sequence[st
                                          f"{mediaType[:60] or 'missing'}, not JSON")
 
 
-def _parse(url: str, response: IResponse, raw: bytes, now: float,
-           address: Optional[str]) -> FetchedDocument:
+def _parse(url: str, response: IResponse, raw: bytes, now: float) -> FetchedDocument:
     try:
         text = raw.decode("utf-8")
         value = json.loads(text, parse_constant=_noConstants)
@@ -625,8 +622,7 @@ def _parse(url: str, response: IResponse, raw: bytes, now: float,
         found = _header(response, name)
         if found is not None:
             kept[name] = found[:500]
-    return FetchedDocument(url=url, json=value, body=raw, headers=kept, fetchedAt=now,
-                           address=address)
+    return FetchedDocument(url=url, json=value, body=raw, headers=kept, fetchedAt=now)
 
 
 def _noConstants(name: str) -> Any:

@@ -468,6 +468,44 @@ class SecretFileTests(SynchronousTestCase):
         self.assertEqual(merged["MCP_API_KEY_FILE"], "/run/secrets/key")
 
 
+class MetadataDocumentConfigTests(SynchronousTestCase):
+    def test_defaultsAndValues(self) -> None:
+        """
+        CIMD is on by default with its bounds; every C{CIMD_*} variable is
+        read into the configuration (host entries lower-cased).
+        """
+        config = loadConfig(valid())
+        self.assertEqual((config.cimd, config.cimdAllowedHosts, config.cimdDeniedHosts,
+                          config.cimdCacheMinSeconds, config.cimdCacheMaxSeconds,
+                          config.cimdStaleIfError, config.cimdFetchTimeout),
+                         (True, (), (), 60, 86400, 3600, 5.0))
+        config = loadConfig(valid(
+            CIMD="off", CIMD_ALLOWED_HOSTS="App.Example.com, *.tools.example.org",
+            CIMD_DENIED_HOSTS="evil.example.", CIMD_CACHE_MIN_SECONDS="0",
+            CIMD_CACHE_MAX_SECONDS="600", CIMD_STALE_IF_ERROR="0", CIMD_FETCH_TIMEOUT="2.5",
+        ))
+        self.assertEqual((config.cimd, config.cimdAllowedHosts, config.cimdDeniedHosts,
+                          config.cimdCacheMinSeconds, config.cimdCacheMaxSeconds,
+                          config.cimdStaleIfError, config.cimdFetchTimeout),
+                         (False, ("app.example.com", "*.tools.example.org"), ("evil.example",),
+                          0, 600, 0, 2.5))
+
+    def test_errorsListed(self) -> None:
+        """
+        Bad C{CIMD_*} values are all reported at once.
+        """
+        with self.assertRaises(ConfigError) as cm:
+            loadConfig(valid(CIMD="maybe", CIMD_ALLOWED_HOSTS="https://app.example.com/",
+                             CIMD_DENIED_HOSTS="a..b", CIMD_CACHE_MIN_SECONDS="700",
+                             CIMD_CACHE_MAX_SECONDS="600", CIMD_STALE_IF_ERROR="-1",
+                             CIMD_FETCH_TIMEOUT="100"))
+        errors = "\n".join(cm.exception.errors)
+        for expected in ("CIMD must be on or off", "CIMD_ALLOWED_HOSTS entry",
+                         "CIMD_DENIED_HOSTS entry", "must not exceed CIMD_CACHE_MAX_SECONDS",
+                         "CIMD_STALE_IF_ERROR must be", "CIMD_FETCH_TIMEOUT must be at most 60"):
+            self.assertIn(expected, errors)
+
+
 class UnsafeCombinationTests(SynchronousTestCase):
     """
     Production refuses combinations that are unsafe by accident, with every

@@ -10,8 +10,11 @@ loopback are refused without a connection.
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import json
 import os
+import ssl
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,7 +37,7 @@ class DocumentServer:
     @ivar hits: the paths requested.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Optional[Tuple[str, str]] = None) -> None:
         self.status = 200
         self.document: Dict[str, Any] = {}
         self.headers: Dict[str, str] = {"Cache-Control": "max-age=0"}
@@ -58,6 +61,10 @@ class DocumentServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls[1], tls[0])
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.port}/oauth/client.json"
@@ -249,3 +256,138 @@ class DocumentClientEndToEndTests(SynchronousTestCase):
         }, headers={"Authorization": "Bearer " + iat})
         self.assertEqual(status, 201, body)
         self.assertNotIn("Traceback", process.output)
+
+
+def makeCertificate(directory: str) -> Tuple[str, str]:
+    """
+    A self-signed certificate for the name C{localhost} only (not for
+    127.0.0.1): its key and certificate files.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    keyPath = os.path.join(directory, "key.pem")
+    certPath = os.path.join(directory, "cert.pem")
+    with open(keyPath, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(certPath, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return keyPath, certPath
+
+
+class HTTPSDocumentTests(SynchronousTestCase):
+    """
+    A document served over https (a loopback server whose certificate the
+    mcpsvc process trusts through C{SSL_CERT_FILE}), used by the official
+    MCP SDK client: the fetch verifies the certificate for the URL's host.
+    """
+
+    def setUp(self) -> None:
+        self.workdir = os.path.abspath(self.mktemp())
+        os.makedirs(self.workdir)
+        self.keyPath, self.certPath = makeCertificate(self.workdir)
+        self.documents = DocumentServer(tls=(self.keyPath, self.certPath))
+        self.addCleanup(self.documents.stop)
+        self.documentURL = f"https://localhost:{self.documents.port}/oauth/client.json"
+        self.documents.document = {
+            "client_id": self.documentURL,
+            "client_name": "sdk document client",
+            "redirect_uris": [REDIRECT],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+        }
+        self.documents.headers = {"Cache-Control": "max-age=300"}
+        port = freePort()
+        process = McpsvcProcess(self.workdir, env={
+            "SERVER_URL": f"http://127.0.0.1:{port}",
+            "JWT_SECRET": SECRET,
+            "AUTHORIZE_MODE": "auto",
+            "STORE": "memory",
+            "SSL_CERT_FILE": self.certPath,
+        }, listen=[f"tcp:{port}:interface=127.0.0.1"])
+        self.addCleanup(process.kill)
+        self.process = process.start()
+        self.url = process.url
+
+    def test_sdkClientWithDocument(self) -> None:
+        """
+        The SDK client, given C{client_metadata_url}, sees
+        C{client_id_metadata_document_supported} and uses its URL as its
+        client id instead of registering; it authorizes, calls a tool and
+        refreshes; mcpsvc fetched the document once, over TLS.
+        """
+        from mcp import Client
+        from mcp.client.auth import OAuthClientProvider
+        from mcp.client.streamable_http import streamable_http_client
+        from mcp.shared.auth import OAuthClientMetadata
+        import httpx2
+
+        from mcpsvc.testing.sdk import MemoryStorage
+        from tests.test_sdk_e2e import BrowserStandIn
+
+        storage = MemoryStorage()
+        browser = BrowserStandIn()
+        provider = OAuthClientProvider(
+            server_url=self.url + "/mcp",
+            client_metadata=OAuthClientMetadata(
+                client_name="sdk document client", redirect_uris=[REDIRECT],
+                grant_types=["authorization_code", "refresh_token"], response_types=["code"],
+                token_endpoint_auth_method="none",
+            ),
+            storage=storage, redirect_handler=browser.redirectHandler,
+            callback_handler=browser.callbackHandler, client_metadata_url=self.documentURL,
+        )
+
+        async def session() -> Any:
+            async with httpx2.AsyncClient(auth=provider) as http_:
+                async with Client(streamable_http_client(self.url + "/mcp", http_client=http_),
+                                  mode="legacy") as client:
+                    return await client.call_tool("echo_message", {"message": "cimd over tls"})
+
+        echoed = asyncio.run(session())
+        self.assertFalse(echoed.is_error)
+        assert storage.clientInfo is not None and storage.tokens is not None
+        self.assertEqual(storage.clientInfo.client_id, self.documentURL)
+        first = storage.tokens
+        provider.context.token_expiry_time = 1.0
+        echoed = asyncio.run(session())
+        self.assertFalse(echoed.is_error)
+        self.assertNotEqual(storage.tokens.refresh_token, first.refresh_token)
+        self.assertEqual(self.documents.hits, ["/oauth/client.json"])
+        self.assertFalse(any(r.get("path") == "/oauth/register" for r in self.process.records))
+
+    def test_certificateVerified(self) -> None:
+        """
+        The same server named by an address its certificate does not cover
+        (127.0.0.1 instead of localhost) fails TLS verification: the client
+        is refused with C{invalid_client}.
+        """
+        url = f"https://127.0.0.1:{self.documents.port}/oauth/client.json"
+        self.documents.document = dict(self.documents.document, client_id=url)
+        query = urllib.parse.urlencode({
+            "response_type": "code", "client_id": url, "redirect_uri": REDIRECT,
+            "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            "code_challenge_method": "S256",
+        })
+        status, headers, body = http(self.url + "/oauth/authorize?" + query)
+        self.assertEqual((status, body["error"]), (400, "invalid_client"), body)
+        self.assertNotIn("location", headers)
+        self.assertIn("TLS handshake failed", body["error_description"])
+        self.process.waitFor(lambda r: "refused (tls)" in r.get("text", ""), 10)

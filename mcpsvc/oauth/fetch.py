@@ -102,7 +102,7 @@ class FetchError(Exception):
     A document could not be fetched, or was refused.
 
     @ivar reason: a short fixed word: C{"url"}, C{"scheme"}, C{"denied"},
-        C{"not-allowed"}, C{"address"}, C{"dns"}, C{"connect"},
+        C{"not-allowed"}, C{"address"}, C{"dns"}, C{"connect"}, C{"tls"},
         C{"timeout"}, C{"redirect"}, C{"status"}, C{"too-large"},
         C{"encoding"}, C{"content-type"}, C{"json"}.
     @ivar message: what went wrong, for logs and error descriptions.
@@ -570,11 +570,20 @@ def _translate(error: Exception) -> FetchError:
             return reason.value.error
     if isinstance(error, _CheckedConnection):
         return error.error
+    from OpenSSL.SSL import Error as TLSError
+    from service_identity import VerificationError
+
+    tlsErrors = (TLSError, VerificationError)
+    if isinstance(error, tlsErrors) or any(isinstance(r.value, tlsErrors) for r in reasons):
+        return FetchError("tls", "the TLS handshake failed (certificate not trusted or not for "
+                                 "this host?)", temporary=True)
     if isinstance(error, DNSLookupError):
         return FetchError("dns", "the host could not be resolved", temporary=True)
     if isinstance(error, (ConnectError, ConnectionLost, ResponseFailed)):
+        why = ", ".join(dict.fromkeys(type(r.value).__name__ for r in reasons))
         return FetchError("connect", f"could not connect or read the answer "
-                                     f"({type(error).__name__})", temporary=True)
+                                     f"({type(error).__name__}{': ' + why if why else ''})",
+                          temporary=True)
     return FetchError("connect", f"the fetch failed ({type(error).__name__})", temporary=True)
 
 

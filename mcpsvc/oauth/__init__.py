@@ -82,19 +82,20 @@ def buildOAuth(
     from mcpsvc.oauth.bearer import BearerAuthenticator
 
     tokens = buildAccessTokens(config)
+    if fetcher is None:
+        # No I/O until a fetch: connections and lookups happen then.
+        from mcpsvc.oauth.fetch import SafeFetcher
+
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        fetcher = SafeFetcher.forConfig(config, reactor=reactor, clock=clock,
+                                        runInThread=runInThread)
     clientDocuments = None
     if config.cimd:
         from mcpsvc.oauth.cimd import CIMDSettings, ClientDocuments
 
-        if fetcher is None:
-            from mcpsvc.oauth.fetch import SafeFetcher
-
-            if reactor is None:
-                from twisted.internet import reactor as globalReactor
-
-                reactor = globalReactor
-            fetcher = SafeFetcher.forConfig(config, reactor=reactor, clock=clock,
-                                            runInThread=runInThread)
         clientDocuments = ClientDocuments(
             store=store, fetcher=fetcher, clock=clock, settings=CIMDSettings.fromConfig(config)
         )
@@ -105,6 +106,7 @@ def buildOAuth(
         tokens=tokens,
         approver=approver if approver is not None else approverFor(config),
         clientDocuments=clientDocuments,
+        fetcher=fetcher,
     )
     bearer = BearerAuthenticator(config=config, store=store, clock=clock, verifier=tokens)
     return app, bearer

@@ -401,6 +401,9 @@ class OAuthApp:
     #: Resolves Client ID Metadata Document client ids (C{CIMD=on});
     #: C{None} when they are off.
     clientDocuments: Any = None
+    #: The L{mcpsvc.oauth.fetch.SafeFetcher} for documents named by clients
+    #: (metadata documents, key sets); built whether or not CIMD is on.
+    fetcher: Any = None
     #: Mints refresh tokens and recognises the ones we minted.
     refreshTokens: RefreshTokens = field(
         init=False, repr=False,

@@ -41,11 +41,20 @@ show: it never contains the response body). C{temporary} tells callers that
 may fall back to a copy they have (a timeout, a refused connection, a 5xx
 answer) from a definite answer (a policy refusal, a 404, a bad document).
 
-Usage, for another feature that needs a remote JSON document::
+Usage, for another feature that needs a remote JSON document (the
+authorization server's own fetcher is C{OAuthApp.fetcher}, built by
+L{mcpsvc.oauth.buildOAuth} whether or not metadata documents are on, with
+the production rules and the C{CIMD_*} host lists and timeout)::
 
-    fetcher = SafeFetcher.forConfig(config, reactor=reactor)
-    document = await fetcher.fetchJSON(url, maxBytes=64 * 1024)
-    document.json, document.headers["cache-control"], document.fetchedAt
+    try:
+        document = await app.fetcher.fetchJSON(jwksURI, maxBytes=64 * 1024,
+                                               contentTypes=["application/json"])
+    except FetchError as e:
+        ...  # e.reason, e.message, e.temporary
+    document.json, document.headers.get("cache-control"), document.fetchedAt
+
+C{mcpsvc.oauth.cimd.freshnessLifetime} turns C{document.headers} into a
+cache lifetime.
 
 L{FetchPolicy} carries the rules; tests inject a resolver and an agent (or
 a memory reactor) so that nothing leaves the machine.

@@ -192,8 +192,9 @@ def _clientBlock(ctx: PageContext) -> List[Any]:
             if ctx.firstSeenRecently:
                 seen = tags.div(
                     tags.strong("New application"),
-                    tags.span("This server has not seen this application before " + ctx.firstSeen
-                              + ". Approve only if you trust " + ctx.documentHost + "."),
+                    tags.span("This server first saw this application " + ctx.firstSeen
+                              + ": it has not been used here before that. Approve only if you "
+                              "trust " + ctx.documentHost + "."),
                     class_="warning", role="note", id="first-seen",
                 )
             document.append(seen)

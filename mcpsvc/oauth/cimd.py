@@ -45,7 +45,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 from urllib.parse import urlsplit
 
 from attrs import frozen

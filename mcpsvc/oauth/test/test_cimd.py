@@ -7,8 +7,7 @@ and the consent page.
 
 from __future__ import annotations
 
-import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
@@ -30,7 +29,7 @@ from mcpsvc.oauth.cimd import (
 )
 from mcpsvc.oauth.fetch import FetchPolicy, SafeFetcher
 from mcpsvc.oauth.test.fakehttp import FakeAgent, document
-from mcpsvc.oauth.test.helpers import SERVER, OAuthTestCase
+from mcpsvc.oauth.test.helpers import OAuthTestCase
 from mcpsvc.storage.interfaces import NoSuchClient, StoreUnavailable
 
 URL = "https://app.example.com/oauth/client.json"

@@ -244,13 +244,15 @@ class DocumentClientEndToEndTests(SynchronousTestCase):
             url = f"https://{host}:{self.documents.port}/oauth/client.json"
             status, headers, body = self.authorizeRequest(flow, REDIRECT, clientID=url)
             self.assertEqual((status, body["error"]), (400, "invalid_client"), (host, body))
-            self.assertIn("not a public address", body["error_description"])
+            self.assertIn("does not resolve to a public address", body["error_description"])
+            self.assertNotIn("127.0.0.1", body["error_description"])
             self.assertNotIn("location", headers)
         status, body = self.token({"grant_type": "refresh_token", "refresh_token": "x.y",
                                    "client_id": f"https://localhost:{self.documents.port}/c.json"})
         self.assertEqual((status, body["error"]), (401, "invalid_client"), body)
         self.assertEqual(self.documents.hits, [])
-        process.waitFor(lambda r: "refused (address)" in r.get("text", ""), 10)
+        process.waitFor(lambda r: "refused (address)" in r.get("text", "")
+                        and "is not a public address" in r.get("text", ""), 10)
         status, _, body = http(self.url + "/oauth/register", method="POST", body={
             "client_name": "dcr", "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none",
         }, headers={"Authorization": "Bearer " + iat})

@@ -95,12 +95,14 @@ class CIMDError(Exception):
         L{FetchError} reason, or C{"url"}, C{"client_id"}, C{"metadata"},
         C{"auth_method"}, C{"secret"}, C{"jwks"}).
     @ivar message: why, safe to show the client.
+    @ivar detail: more, for the server's log only (or C{None}).
     """
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, detail: Optional[str] = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.detail = detail
 
 
 @frozen(kw_only=True)
@@ -383,7 +385,8 @@ class ClientDocuments:
         except CIMDError as e:
             self.log.warn(
                 "Client metadata document {clientID} refused ({reason}): {why}",
-                clientID=clientID[:200], reason=e.reason, why=e.message,
+                clientID=clientID[:200], reason=e.reason,
+                why=e.message + (f" ({e.detail})" if e.detail else ""),
             )
             audit("client.metadata_document", "denied", request=request,
                   clientID=clientID, reason=e.reason)
@@ -397,7 +400,7 @@ class ClientDocuments:
             self.fetcher.checkURL(clientID)
         except FetchError as e:
             raise CIMDError(e.reason, "The client metadata document cannot be fetched: "
-                            + e.message)
+                            + e.message, e.detail)
         stored: Optional[ClientRecord]
         try:
             stored = await self.store.getClient(clientID)
@@ -417,14 +420,15 @@ class ClientDocuments:
                 self.log.warn(
                     "Client metadata document {clientID} could not be refreshed ({reason}: "
                     "{why}); using the copy fetched at {fetchedAt} (stale-if-error)",
-                    clientID=clientID, reason=e.reason, why=e.message,
+                    clientID=clientID, reason=e.reason,
+                    why=e.message + (f" ({e.detail})" if e.detail else ""),
                     fetchedAt=info["fetched_at"],
                 )
                 audit("client.metadata_document", "stale", request=request,
                       clientID=clientID, reason=e.reason)
                 return stored
             raise CIMDError(e.reason, "The client metadata document cannot be fetched: "
-                            + e.message)
+                            + e.message, e.detail)
         metadata = validateDocument(clientID, fetched.json, self.settings.production)
         digest = "sha256:" + hashlib.sha256(fetched.body).hexdigest()
         changed = info is None or info.get("document_sha256") != digest

@@ -101,6 +101,10 @@ DEFAULT_TIMEOUT = 5.0
 KEPT_HEADERS = ("cache-control", "expires", "date", "age", "etag", "last-modified",
                 "content-type")
 _USER_AGENT = b"mcpsvc (metadata fetcher)"
+#: What the one who named the URL is told when its host does not resolve
+#: or resolves to a refused address: the same words, so that the answer
+#: does not tell internal names that exist from names that do not.
+NOT_PUBLIC = "the host does not resolve to a public address"
 _LOOPBACK_NAMES = ("localhost", "localhost.")
 
 Resolver = Callable[[str, int], "Deferred[List[str]]"]
@@ -118,13 +122,18 @@ class FetchError(Exception):
     @ivar temporary: whether trying again later may succeed (a network
         failure, a timeout, a 5xx or 429 answer), as opposed to a policy
         refusal or a definite answer.
+    @ivar detail: more for the server's log only (the addresses a host
+        resolved to: telling them to whoever named the URL would let them
+        map internal names); C{None} when the message says it all.
     """
 
-    def __init__(self, reason: str, message: str, temporary: bool = False) -> None:
+    def __init__(self, reason: str, message: str, temporary: bool = False,
+                 detail: Optional[str] = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.temporary = temporary
+        self.detail = detail
 
 
 @frozen(kw_only=True)
@@ -192,8 +201,7 @@ class FetchPolicy:
             raise FetchError("scheme", "plain http is only allowed to a loopback address "
                                        "(development)")
         if self.production and not isPublicAddress(ip):
-            raise FetchError("address", f"the host resolves to {ip}, which is not a public "
-                                        "address")
+            raise FetchError("address", NOT_PUBLIC, detail=f"{address} is not a public address")
 
 
 def _isLoopback(ip: Union[ipaddress.IPv4Address, ipaddress.IPv6Address]) -> bool:
@@ -314,11 +322,11 @@ class _PinnedEndpoint:
                 addresses = await self.resolve(self.host, self.port)
             except Exception as e:
                 raise _CheckedConnection(FetchError(
-                    "dns", f"the host {self.host} could not be resolved ({type(e).__name__})",
-                    temporary=True))
+                    "dns", NOT_PUBLIC, temporary=True,
+                    detail=f"{self.host} could not be resolved ({type(e).__name__})"))
             if not addresses:
-                raise _CheckedConnection(FetchError("dns", f"the host {self.host} has no address",
-                                                    temporary=True))
+                raise _CheckedConnection(FetchError("dns", NOT_PUBLIC, temporary=True,
+                                                    detail=f"{self.host} has no address"))
         try:
             for address in addresses:
                 self.policy.checkAddress(address, self.scheme)
@@ -587,7 +595,7 @@ def _translate(error: Exception) -> FetchError:
         return FetchError("tls", "the TLS handshake failed (certificate not trusted or not for "
                                  "this host?)", temporary=True)
     if isinstance(error, DNSLookupError):
-        return FetchError("dns", "the host could not be resolved", temporary=True)
+        return FetchError("dns", NOT_PUBLIC, temporary=True, detail="the host could not be resolved")
     if isinstance(error, (ConnectError, ConnectionLost, ResponseFailed)):
         why = ", ".join(dict.fromkeys(type(r.value).__name__ for r in reasons))
         return FetchError("connect", f"could not connect or read the answer "

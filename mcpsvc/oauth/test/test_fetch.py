@@ -120,7 +120,9 @@ class ConnectionRulesTests(SynchronousTestCase):
                           ["fe80::1"], ["::ffff:127.0.0.1"], ["93.184.216.34", "10.0.0.1"]):
             fetcher = self.fetcher({"app.example.com": addresses})
             error = self.refused(fetcher, URL, "address")
-            self.assertIn("not a public address", error.message)
+            self.assertEqual(error.message, "the host does not resolve to a public address")
+            self.assertNotIn(addresses[-1], error.message)
+            self.assertIn(addresses[-1], error.detail)
             self.assertEqual(self.resolver.lookups, ["app.example.com"])
 
     def test_literalAddressesRefused(self) -> None:
@@ -136,11 +138,16 @@ class ConnectionRulesTests(SynchronousTestCase):
 
     def test_unresolvable(self) -> None:
         """
-        A host without addresses is a temporary C{dns} failure.
+        A host without addresses is a temporary C{dns} failure, described
+        to the caller as a refused address is (so that the answer does not
+        tell which internal names exist); the log detail says more.
         """
         fetcher = self.fetcher({})
         error = self.refused(fetcher, URL, "dns")
         self.assertTrue(error.temporary)
+        # told in the same words as a refused address
+        self.assertEqual(error.message, "the host does not resolve to a public address")
+        self.assertIn("app.example.com has no address", error.detail)
 
     def test_connectsToTheCheckedAddress(self) -> None:
         """

@@ -393,3 +393,59 @@ class HTTPSDocumentTests(SynchronousTestCase):
         self.assertNotIn("location", headers)
         self.assertIn("TLS handshake failed", body["error_description"])
         self.process.waitFor(lambda r: "refused (tls)" in r.get("text", ""), 10)
+
+
+class DocumentConsentBrowserTests(SynchronousTestCase):
+    """
+    The consent page for a client known by its metadata document, in real
+    Chromium (the fixtures of L{tests.test_authpage_browser.BrowserTests}).
+    """
+
+    from tests.test_authpage_browser import BrowserTests as _Browser
+
+    setUp = _Browser.setUp
+    startServer = _Browser.startServer
+    callback = _Browser.callback
+    authorizeURL = _Browser.authorizeURL
+    browser = _Browser.browser
+    waitFor = _Browser.waitFor
+    waitForURL = _Browser.waitForURL
+    screenshots = _Browser.screenshots
+    cspViolations = _Browser.cspViolations
+    landing = _Browser.landing
+    exchange = _Browser.exchange
+    _js = True
+    del _Browser
+
+    def test_documentHostAndNewMarker(self) -> None:
+        """
+        The page shows the document's host under "Published by" and marks
+        the application as new, before the redirect host; Approve lands on
+        the redirect URI and the code exchanges for tokens.
+        """
+        server = self.startServer("consent")
+        cb = self.callback()
+        documents = DocumentServer()
+        self.addCleanup(documents.stop)
+        documents.document = {
+            "client_id": documents.url, "client_name": "Acme Published Agent",
+            "redirect_uris": [cb.uri], "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"],
+        }
+        client = {"client_id": documents.url}
+        driver = self.browser()
+        driver.get(self.authorizeURL(server, client, cb))
+        approve = self.waitFor(driver, "#approve")
+        self.assertEqual(driver.find_element("id", "client-name").text, "Acme Published Agent")
+        self.assertEqual(driver.find_element("id", "document-host").text, "127.0.0.1")
+        self.assertIn("New application", driver.find_element("id", "first-seen").text)
+        host = driver.find_element("id", "document-host")
+        redirect = driver.find_element("id", "redirect-host")
+        self.assertLess(host.location["y"], redirect.location["y"])
+        self.assertEqual(host.value_of_css_property("font-weight"), "700")
+        self.screenshots(driver, "document-consent")
+        self.assertEqual(self.cspViolations(driver), [])
+        approve.click()
+        query = self.landing(self.waitForURL(driver, cb.uri), cb)
+        tokens = self.exchange(server, client, cb, query["code"])
+        self.assertIn("refresh_token", tokens)

@@ -79,7 +79,11 @@ class DocumentServer:
             self.thread.join(10)
 
 
-class DocumentClientEndToEndTests(SynchronousTestCase):
+class DocumentClientMixin:
+    """
+    A document server and mcpsvc processes started against it.
+    """
+
     def setUp(self) -> None:
         self.documents = DocumentServer()
         self.addCleanup(self.documents.stop)
@@ -163,6 +167,9 @@ class DocumentClientEndToEndTests(SynchronousTestCase):
         self.assertFalse(body["result"].get("isError"), body)
         self.assertIn("from a document", json.dumps(body["result"]))
 
+
+
+class DocumentClientEndToEndTests(DocumentClientMixin, SynchronousTestCase):
     def test_documentClientLifecycle(self) -> None:
         """
         The whole life of a document client: metadata advertises CIMD; code
@@ -449,3 +456,51 @@ class DocumentConsentBrowserTests(SynchronousTestCase):
         query = self.landing(self.waitForURL(driver, cb.uri), cb)
         tokens = self.exchange(server, client, cb, query["code"])
         self.assertIn("refresh_token", tokens)
+
+
+class SharedStoreTests(DocumentClientMixin, SynchronousTestCase):
+    """
+    Two instances on one Redis see the same resolved document.
+    """
+
+    def test_secondInstanceUsesTheStoredDocument(self) -> None:
+        """
+        Instance A fetches the document (fresh for 300 seconds); the
+        document's host goes down; instance B, sharing A's Redis, authorizes
+        the client and exchanges the code from the stored copy without
+        fetching, and a tool call works on A with B's token.
+        """
+        from mcpsvc.testing.redis import RedisServer
+
+        redis = RedisServer(os.path.abspath(self.mktemp())).start()
+        self.addCleanup(redis.stop)
+        self.documents.headers = {"Cache-Control": "max-age=300"}
+        shared = {"STORE": "redis", "REDIS_URL": redis.url, "CIMD_CACHE_MIN_SECONDS": "60"}
+        first = self.start(**shared)
+        firstURL = self.url
+        flow = self.flow()
+        self.assertEqual(self.authorizeRequest(flow)[0], 302)
+        self.assertEqual(len(self.documents.hits), 1)
+        self.documents.stop()
+        self.port = freePort()
+        second = self.start(SERVER_URL=firstURL, **shared)
+        query = urllib.parse.urlencode({
+            "response_type": "code", "client_id": self.documents.url, "redirect_uri": REDIRECT,
+            "code_challenge": flow.challenge, "code_challenge_method": "S256",
+            "resource": firstURL + "/mcp",
+        })
+        status, headers, body = http(second.url + "/oauth/authorize?" + query)
+        self.assertEqual(status, 302, body)
+        code = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(headers["location"]).query))["code"]
+        status, _, body = http(second.url + "/oauth/token", method="POST", form={
+            "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+            "code_verifier": flow.verifier, "client_id": self.documents.url,
+            "resource": firstURL + "/mcp",
+        })
+        self.assertEqual(status, 200, body)
+        flow.tokens = body
+        self.assertEqual(len(self.documents.hits), 1, "the second instance did not fetch")
+        self.url = firstURL
+        self.assertToolWorks(flow)
+        for process in (first, second):
+            self.assertNotIn("Traceback", process.output)

@@ -56,6 +56,10 @@ SERVICENOW_ANY_INSTANCE_PATTERN = "https://*.service-now.com/oauth_redirect.do"
 #: tenant, as L{SERVICENOW_ANY_INSTANCE_PATTERN} does.
 _SERVICENOW_SHARED_DOMAINS = (".service-now.com", ".servicenowservices.com")
 
+#: A CIMD_ALLOWED_HOSTS or CIMD_DENIED_HOSTS entry: a host name, or
+#: C{*.} and a domain.
+_HOST_ENTRY = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
 #: Every variable we read, with its default (C{None}: unset) and a comment;
 #: C{.env.example} is checked against this table by the tests.
 VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
@@ -74,6 +78,13 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "PRIVATE_KEY_JWT": ("on", "on: clients may authenticate with private_key_jwt (RFC 7523) at the token, revocation and introspection endpoints"),
     "CLIENT_ASSERTION_MAX_LIFETIME": ("300", "seconds: a client assertion whose exp is further ahead is refused"),
     "CLIENT_JWKS_CACHE_SECONDS": ("300", "seconds a client's jwks_uri key set is cached"),
+    "CIMD": ("on", "on: an https URL client_id names its Client ID Metadata Document, fetched and used without registration; off: registered clients only"),
+    "CIMD_ALLOWED_HOSTS": ("", "comma list of hosts (or *.domain) whose metadata documents are accepted; empty: any public host"),
+    "CIMD_DENIED_HOSTS": ("", "comma list of hosts (or *.domain) whose metadata documents are refused"),
+    "CIMD_CACHE_MIN_SECONDS": ("60", "shortest time a fetched metadata document is used before it is fetched again"),
+    "CIMD_CACHE_MAX_SECONDS": ("86400", "longest time a fetched metadata document is used before it is fetched again"),
+    "CIMD_STALE_IF_ERROR": ("3600", "seconds a stale metadata document is still used while its host fails; 0: never"),
+    "CIMD_FETCH_TIMEOUT": ("5", "seconds a metadata document fetch may take"),
     "MCP_API_KEY": (None, "static key accepted on /mcp (Bearer or X-API-Key); off when unset"),
     "ACCESS_TOKEN_LIFETIME": ("3600", "access token lifetime, seconds"),
     "REFRESH_TOKEN_LIFETIME": ("7776000", "refresh token lifetime, seconds (90 days)"),
@@ -188,6 +199,14 @@ class Config:
     dcrAuthToken: Optional[str] = field(default=None, repr=False)
     dcrOpen: bool = False
     dcrRedirectPatterns: Tuple[str, ...] = DEFAULT_REDIRECT_PATTERNS
+    #: Client ID Metadata Documents (CIMD and the CIMD_* variables).
+    cimd: bool = True
+    cimdAllowedHosts: Tuple[str, ...] = ()
+    cimdDeniedHosts: Tuple[str, ...] = ()
+    cimdCacheMinSeconds: int = 60
+    cimdCacheMaxSeconds: int = 86400
+    cimdStaleIfError: int = 3600
+    cimdFetchTimeout: float = 5.0
     mcpAPIKey: Optional[str] = field(default=None, repr=False)
     #: PRIVATE_KEY_JWT: private_key_jwt client authentication accepted.
     privateKeyJWT: bool = True
@@ -593,6 +612,27 @@ def loadConfig(
         if not _isHTTPURL(pattern.replace("*", "x")):
             c.errors.append(f"DCR_REDIRECT_PATTERNS entry {pattern!r} is not an http(s) URL pattern")
 
+    cimdValue = (c.get("CIMD") or "").lower()
+    if cimdValue not in ("on", "off", "true", "false"):
+        c.errors.append(f"CIMD must be on or off (got {cimdValue!r})")
+    cimd = cimdValue in ("on", "true")
+    cimdHosts = {}
+    for name in ("CIMD_ALLOWED_HOSTS", "CIMD_DENIED_HOSTS"):
+        cimdHosts[name] = tuple(h.lower().rstrip(".") for h in _split(c.get(name)))
+        for entry in cimdHosts[name]:
+            if not _HOST_ENTRY.fullmatch(entry):
+                c.errors.append(f"{name} entry {entry!r} is not a host name or *.domain")
+    cimdMin = c.integer("CIMD_CACHE_MIN_SECONDS", 0, 86400)
+    cimdMax = c.integer("CIMD_CACHE_MAX_SECONDS", 0, 30 * 86400)
+    if cimdMin > cimdMax:
+        c.errors.append(
+            f"CIMD_CACHE_MIN_SECONDS ({cimdMin}) must not exceed CIMD_CACHE_MAX_SECONDS ({cimdMax})"
+        )
+    cimdStale = c.integer("CIMD_STALE_IF_ERROR", 0, 30 * 86400)
+    cimdTimeout = c.number("CIMD_FETCH_TIMEOUT")
+    if cimdTimeout > 60:
+        c.errors.append(f"CIMD_FETCH_TIMEOUT must be at most 60 seconds (got {cimdTimeout:g})")
+
     mcpAPIKey = c.secret("MCP_API_KEY")
     if mcpAPIKey is not None and len(mcpAPIKey) < 16:
         c.errors.append(f"{c.label['MCP_API_KEY']} must be at least 16 characters")
@@ -723,6 +763,13 @@ def loadConfig(
             "get tokens without a person being asked. Set DCR_AUTH_TOKEN, or use "
             "AUTHORIZE_MODE=consent or login"
         )
+    if production and authorizeMode == "auto" and cimd:
+        c.errors.append(
+            "AUTHORIZE_MODE=auto with Client ID Metadata Documents (CIMD=on, the default) is "
+            "refused in production: anyone could publish a metadata document, use its URL as "
+            "a client_id and get tokens without a person being asked. Set CIMD=off, or use "
+            "AUTHORIZE_MODE=consent or login"
+        )
     pageTitle = c.get("AUTHORIZE_PAGE_TITLE") or "mcpsvc"
     if len(pageTitle) > 80:
         c.errors.append(f"AUTHORIZE_PAGE_TITLE must be at most 80 characters (got {len(pageTitle)})")
@@ -795,6 +842,13 @@ def loadConfig(
         dcrAuthToken=dcrToken,
         dcrOpen=dcrOpen,
         dcrRedirectPatterns=patterns,
+        cimd=cimd,
+        cimdAllowedHosts=cimdHosts["CIMD_ALLOWED_HOSTS"],
+        cimdDeniedHosts=cimdHosts["CIMD_DENIED_HOSTS"],
+        cimdCacheMinSeconds=cimdMin,
+        cimdCacheMaxSeconds=cimdMax,
+        cimdStaleIfError=cimdStale,
+        cimdFetchTimeout=cimdTimeout,
         mcpAPIKey=mcpAPIKey,
         privateKeyJWT=privateKeyJWTValue in ("on", "true"),
         clientAssertionMaxLifetime=assertionLifetime,
@@ -874,6 +928,7 @@ def summary(config: Config) -> Dict[str, Any]:
         "signing": "ES256/RS256 key" if config.jwtPrivateKeyFile or config.jwtKeysDir else "HS256",
         "dcrAuthTokenLength": secretLength(config.dcrAuthToken),
         "dcrOpen": config.dcrOpen,
+        "cimd": config.cimd,
         "mcpAPIKeyLength": secretLength(config.mcpAPIKey),
         "privateKeyJWT": config.privateKeyJWT,
         "metricsTokenLength": secretLength(config.metricsToken),

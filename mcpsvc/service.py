@@ -285,53 +285,6 @@ class Sweeper(TimerService):
                 self.metrics.activeSessions.set(await self.store.countSessions(self.clock.seconds()))
 
 
-#: Largest client JWK Set document fetched from a C{jwks_uri}, in bytes.
-JWKS_MAX_BYTES = 64 * 1024
-#: Seconds a C{jwks_uri} fetch may take.
-JWKS_FETCH_TIMEOUT = 5.0
-
-
-def jwksFetcher(config: Config, reactor: Any) -> Callable[[str], "Deferred[Any]"]:
-    """
-    The C{fetchJSON(url)} through which C{private_key_jwt} clients' C{jwks_uri}
-    documents are fetched: https only in production (http too in
-    development, for loopback test servers), no redirects, a timeout and a
-    size cap; a Deferred of the parsed JSON. The one place to replace with
-    a fetcher that also refuses private and internal addresses.
-    """
-    import json
-    from urllib.parse import urlsplit
-
-    import treq
-    from twisted.web.client import HTTPConnectionPool
-
-    # One connection per fetch: fetches are rare (cached), and nothing
-    # lingers open to the clients' servers.
-    pool = HTTPConnectionPool(reactor, persistent=False)
-
-    async def fetch(url: str) -> Any:
-        scheme = urlsplit(url).scheme
-        if scheme != "https" and not (scheme == "http" and not config.production):
-            raise ValueError(f"refusing to fetch a {scheme or 'relative'} URL (https only)")
-        response = await treq.get(
-            url, headers={"Accept": "application/json"}, allow_redirects=False,
-            timeout=JWKS_FETCH_TIMEOUT, reactor=reactor, pool=pool,
-        )
-        chunks: List[bytes] = []
-
-        def collect(data: bytes) -> None:
-            chunks.append(data)
-            if sum(map(len, chunks)) > JWKS_MAX_BYTES:
-                raise ValueError(f"larger than {JWKS_MAX_BYTES} bytes")
-
-        await treq.collect(response, collect)
-        if response.code != 200:
-            raise ValueError(f"HTTP {response.code}")
-        return json.loads(b"".join(chunks).decode("utf-8"))
-
-    return lambda url: Deferred.fromCoroutine(fetch(url))
-
-
 def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reactor: Any,
                       runInThread: Callable[..., Any], metrics: Metrics,
                       httpClient: Any = None, tasks: Any = None,
@@ -360,7 +313,7 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
     approver = buildApprover(config, store=store, clock=clock, runInThread=runInThread)
     oauthApp, bearer = buildOAuth(
         config, store=store, clock=clock, runInThread=runInThread, approver=approver,
-        fetchJSON=jwksFetcher(config, reactor),
+        reactor=reactor,
     )
     oauthResource = oauthApp.resource()
     registry = buildToolRegistry(

@@ -647,6 +647,8 @@ class NginxFullFlowTests(WorkdirMixin, SynchronousTestCase):
             "TRUSTED_PROXIES": "127.0.0.1",
             "DCR_AUTH_TOKEN": IAT,
             "AUTHORIZE_MODE": "auto",
+            # auto approval in production: only with metadata documents off
+            "CIMD": "off",
             "TOOL_PACKS": "core,conformance",
         })
         self.addCleanup(process.kill)

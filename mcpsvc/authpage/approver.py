@@ -91,6 +91,7 @@ from mcpsvc.authpage.signing import BadSignature, Signer, bindingOf, deriveKey
 from mcpsvc.authpage.users import currentFingerprint, normalizeName, verifyLogin
 from mcpsvc.config import Config
 from mcpsvc.oauth.app import Approval, AuthorizationRequest, Denial, requestAddress
+from mcpsvc.oauth.cimd import documentInfo
 from mcpsvc.oauth.redirects import isLoopback, matchesPattern
 from mcpsvc.oauth.scopes import OFFLINE_ACCESS
 from mcpsvc.storage.hashing import newSecret
@@ -125,6 +126,9 @@ LOGIN_LIMIT_ADDRESS = (20, 900.0)
 LOGIN_LIMIT_ACCOUNT = (10, 900.0)
 #: Attempts per (account, address) while the account is under attack.
 LOGIN_LIMIT_UNDER_ATTACK = (1, 900.0)
+#: A client identified by a metadata document is marked as new on the page
+#: for this long after this server first saw it, seconds.
+FIRST_SEEN_RECENTLY = 86400.0
 #: Form fields that belong to the page, never re-posted as request params.
 _OWN_FIELDS = frozenset({"csrf_token", "decision", "username", "password"})
 #: The revocation-store namespace of ended sign-in sessions.
@@ -136,6 +140,26 @@ PASSWORD_CHECKS_AT_ONCE = 2
 
 def _host(uri: str) -> str:
     return urlsplit(uri).netloc.rpartition("@")[2]
+
+
+def _ago(seconds: float) -> str:
+    """
+    C{seconds} ago, in words (for the first-seen marker).
+    """
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return "just now"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return "just now"  # pragma: no cover
+
+
+def _utc(when: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(when, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 class FormRefused(Exception):
@@ -287,7 +311,18 @@ class _PageApprover:
                 "Approve only if you recognise it.",
             ))
         name = authz.client.metadata.get("client_name")
+        documentHost = firstSeen = None
+        recently = False
+        info = documentInfo(authz.client)
+        if info is not None:
+            documentHost = str(info.get("host") or "") or None
+            age = self.now() - authz.client.createdAt
+            recently = age < FIRST_SEEN_RECENTLY
+            firstSeen = _ago(age) + " (" + _utc(authz.client.createdAt) + ")"
         return page.PageContext(
+            documentHost=documentHost,
+            firstSeen=firstSeen,
+            firstSeenRecently=recently,
             title=self.config.authorizePageTitle,
             text=self.config.authorizePageText,
             clientName=name if isinstance(name, str) and name.strip() else None,
@@ -399,9 +434,14 @@ class _PageApprover:
             return False
         wanted = set(authz.scope.split()) - {OFFLINE_ACCESS}
         families = await self.store.listFamilies(authz.client.clientID, self.now())
+        # A client identified by a metadata document: only an approval
+        # given since its document last changed counts, so a changed
+        # document (new redirect URIs, name, keys) asks again.
+        info = documentInfo(authz.client)
+        since = float(info.get("changed_at") or 0) if info is not None else 0.0
         return any(
             f.subject == subject and f.clientID == authz.client.clientID
-            and wanted <= set(f.scope.split())
+            and wanted <= set(f.scope.split()) and f.createdAt >= since
             for f in families
         )
 

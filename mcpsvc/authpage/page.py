@@ -140,6 +140,13 @@ class PageContext:
     redirectURI: str
     warnings: Sequence[Tuple[str, str]] = ()
     action: str = "/oauth/authorize"
+    #: For a client identified by a metadata document (CIMD): the host
+    #: that publishes it, shown prominently.
+    documentHost: Optional[str] = None
+    #: For such a client: when this server first saw it (text), and
+    #: whether that was recently (then marked as new).
+    firstSeen: Optional[str] = None
+    firstSeenRecently: bool = False
 
 
 def _document(heading: str, title: str, *body: Any) -> Tag:
@@ -164,13 +171,38 @@ def _clientBlock(ctx: PageContext) -> List[Any]:
     if ctx.clientName:
         name: Any = tags.p(ctx.clientName, class_="client", id="client-name")
         note = "This name was provided by the application itself; mcpsvc has not verified it."
+        if ctx.documentHost:
+            note = ("This name was published by the application at the address below; "
+                    "mcpsvc has not verified it.")
     else:
         name = tags.p("Unnamed application", class_="client", id="client-name")
         note = "The application did not give a name."
+    document: List[Any] = []
+    if ctx.documentHost:
+        document = [
+            tags.h2("Published by", id="document-label"),
+            tags.p(ctx.documentHost, class_="host", id="document-host",
+                   **{"aria-describedby": "document-label"}),
+            tags.p("The application describes itself in a document on this site: it is "
+                   "whoever controls " + ctx.documentHost + ".", class_="note"),
+        ]
+        if ctx.firstSeen:
+            seen: Any = tags.p("First seen by this server: ", ctx.firstSeen, class_="note",
+                               id="first-seen")
+            if ctx.firstSeenRecently:
+                seen = tags.div(
+                    tags.strong("New application"),
+                    tags.span("This server first saw this application " + ctx.firstSeen
+                              + ": it has not been used here before that. Approve only if you "
+                              "trust " + ctx.documentHost + "."),
+                    class_="warning", role="note", id="first-seen",
+                )
+            document.append(seen)
     return [
         tags.h2("Application"),
         name,
         tags.p(note, class_="note"),
+        *document,
         tags.h2("Will send you back to", id="redirect-label"),
         tags.p(ctx.redirectHost, class_="host", id="redirect-host", **{"aria-describedby": "redirect-label"}),
         tags.p(ctx.redirectURI, class_="uri", id="redirect-uri"),

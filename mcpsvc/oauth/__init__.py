@@ -62,6 +62,8 @@ def buildOAuth(
     runInThread: Optional[Callable[..., Any]] = None,
     approver: Optional["IApprover"] = None,
     fetchJSON: Optional[Callable[[str], Any]] = None,
+    reactor: Any = None,
+    fetcher: Any = None,
 ) -> Tuple["OAuthApp", "BearerAuthenticator"]:
     """
     Build the authorization server app and the C{/mcp} authenticator, which
@@ -72,8 +74,11 @@ def buildOAuth(
     @param approver: decides authorization requests (default:
         L{approverFor}).
     @param fetchJSON: fetches a C{private_key_jwt} client's C{jwks_uri}
-        (a Deferred of the parsed JSON); without it such clients cannot
-        authenticate.
+        (a Deferred of the parsed JSON); by default through C{fetcher}.
+    @param reactor: connects the metadata document fetcher (C{CIMD=on});
+        default: the global reactor.
+    @param fetcher: a L{mcpsvc.oauth.fetch.SafeFetcher} to use instead of
+        one built from C{config} (tests).
     @raise mcpsvc.oauth.tokens.KeyLoadError: a key file is unusable.
     """
     from mcpsvc.oauth.app import OAuthApp
@@ -81,6 +86,27 @@ def buildOAuth(
     from mcpsvc.oauth.clientauth import buildAssertionAuthenticator
 
     tokens = buildAccessTokens(config)
+    if fetcher is None:
+        # No I/O until a fetch: connections and lookups happen then.
+        from mcpsvc.oauth.fetch import SafeFetcher
+
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        fetcher = SafeFetcher.forConfig(config, reactor=reactor, clock=clock,
+                                        runInThread=runInThread)
+    if fetchJSON is None:
+        from mcpsvc.oauth.clientkeys import jwksFetch
+
+        fetchJSON = jwksFetch(fetcher)
+    clientDocuments = None
+    if config.cimd:
+        from mcpsvc.oauth.cimd import CIMDSettings, ClientDocuments
+
+        clientDocuments = ClientDocuments(
+            store=store, fetcher=fetcher, clock=clock, settings=CIMDSettings.fromConfig(config)
+        )
     app = OAuthApp(
         config=config,
         store=store,
@@ -88,6 +114,8 @@ def buildOAuth(
         tokens=tokens,
         approver=approver if approver is not None else approverFor(config),
         assertions=buildAssertionAuthenticator(config, store, clock, fetchJSON),
+        clientDocuments=clientDocuments,
+        fetcher=fetcher,
     )
     bearer = BearerAuthenticator(config=config, store=store, clock=clock, verifier=tokens)
     return app, bearer

@@ -46,6 +46,7 @@ from mcpsvc.oauth.clientauth import (
     buildAssertionAuthenticator,
     carriesAssertion,
 )
+from mcpsvc.oauth.cimd import CIMDError
 from mcpsvc.oauth.clients import (
     ClientMetadataError,
     authMethod,
@@ -320,6 +321,15 @@ _PAGES: Dict[str, Tuple[str, str, str, str]] = {
         "Go back to the application and start the connection again.",
         "If it happens again, tell the administrator of this server, with these details:",
     ),
+    "bad_document": (
+        "This application's published information cannot be used",
+        "The application identifies itself by the address {client}, but its published "
+        "information there cannot be used: {reason}.",
+        "You cannot connect it now. Try again later; if it keeps failing, tell the people "
+        "who make the application.",
+        "The client_id is a Client ID Metadata Document URL; fetching or validating the "
+        "document failed (see the server log by request ID). Details:",
+    ),
     "internal": (
         "Something went wrong on this server",
         "The server failed while handling your authorization request. Nothing was approved.",
@@ -397,6 +407,12 @@ class OAuthApp:
     clock: IReactorTime
     tokens: AccessTokens
     approver: IApprover
+    #: Resolves Client ID Metadata Document client ids (C{CIMD=on});
+    #: C{None} when they are off.
+    clientDocuments: Any = None
+    #: The L{mcpsvc.oauth.fetch.SafeFetcher} for documents named by clients
+    #: (metadata documents, key sets); built whether or not CIMD is on.
+    fetcher: Any = None
     #: Mints refresh tokens and recognises the ones we minted.
     refreshTokens: RefreshTokens = field(
         init=False, repr=False,
@@ -456,6 +472,18 @@ class OAuthApp:
             return self.config.resourceURL
         return None
 
+    async def _getClient(self, clientID: str, request: IRequest) -> ClientRecord:
+        """
+        The client C{clientID}: resolved from its metadata document when it
+        is a document URL (L{mcpsvc.oauth.cimd}), else registered.
+
+        @raise NoSuchClient: not registered.
+        @raise CIMDError: the document is unusable (logged and audited).
+        """
+        if self.clientDocuments is not None and self.clientDocuments.handles(clientID):
+            return await self.clientDocuments.resolve(clientID, request)  # type: ignore[no-any-return]
+        return await self.store.getClient(clientID)  # type: ignore[no-any-return]
+
     def _redirectPatterns(self) -> Tuple[str, ...]:
         return self.config.redirectPatterns
 
@@ -496,6 +524,8 @@ class OAuthApp:
                 "authorization_response_iss_parameter_supported": True,
             }
         )
+        if self.config.cimd and self.clientDocuments is not None:
+            md["client_id_metadata_document_supported"] = True
         if self.tokens.keys.asymmetric:
             md["jwks_uri"] = self._url("/.well-known/jwks.json")
         advertiseAssertions(md, self.assertions)
@@ -626,9 +656,11 @@ class OAuthApp:
             return _invalidClient(description, triedBasic)
 
         try:
-            client: ClientRecord = await self.store.getClient(clientID)
+            client: ClientRecord = await self._getClient(clientID, request)
         except NoSuchClient:
             raise failed("unknown client", "Client authentication failed")
+        except CIMDError as e:
+            raise failed("client metadata document " + e.reason, e.message)
         registered = authMethod(client.metadata)
         if used != registered:
             raise failed(
@@ -861,11 +893,13 @@ class OAuthApp:
         if not clientID or "client_id" in repeated:
             raise AuthorizePageError("invalid_request", "client_id is required (exactly once)", "bad_link")
         try:
-            client: ClientRecord = await self.store.getClient(clientID)
+            client: ClientRecord = await self._getClient(clientID, request)
         except NoSuchClient:
             self.log.warn("Authorization request for unknown client {clientID}",
                           clientID=truncateForLog(clientID, 100))
             raise AuthorizePageError("invalid_client", "Unknown client", "unknown_client")
+        except CIMDError as e:
+            raise AuthorizePageError("invalid_client", e.message, "bad_document")
         registered = redirectURIs(client.metadata)
         requested = params.get("redirect_uri")
         if "redirect_uri" in repeated:

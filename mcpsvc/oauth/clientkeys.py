@@ -13,8 +13,11 @@ closed); an expired one is never used.
 
 The fetching itself is injected: C{fetchJSON(url)} returns a Deferred
 firing with the parsed JSON document (a mapping), or failing with any
-exception. It owns the network policy (schemes, addresses, timeout, size);
-the composition root provides it.
+exception. It owns the network policy (schemes, addresses, timeout, size):
+L{jwksFetch} makes one from the authorization server's SSRF-safe
+L{mcpsvc.oauth.fetch.SafeFetcher} (https only and public addresses only in
+production, no redirects, a timeout and a size cap), as
+L{mcpsvc.oauth.buildOAuth} does.
 """
 
 from __future__ import annotations
@@ -31,10 +34,29 @@ from twisted.python.failure import Failure
 from mcpsvc.oauth.assertion import InvalidAssertion, InvalidJWKS, parseJWKS
 from mcpsvc.storage.interfaces import ClientRecord
 
-__all__ = ["JWKSCache", "JWKSUnavailable", "FetchJSON", "clientKeys"]
+__all__ = ["JWKSCache", "JWKSUnavailable", "FetchJSON", "JWKS_MAX_BYTES", "clientKeys", "jwksFetch"]
 
 #: C{fetchJSON(url)}: a Deferred of the parsed JSON document.
 FetchJSON = Callable[[str], "Deferred[Any]"]
+
+#: Largest client JWK Set document fetched from a C{jwks_uri}, in bytes.
+JWKS_MAX_BYTES = 64 * 1024
+
+
+def jwksFetch(fetcher: Any) -> FetchJSON:
+    """
+    The C{fetchJSON} of L{JWKSCache} through C{fetcher} (a
+    L{mcpsvc.oauth.fetch.SafeFetcher}): at most L{JWKS_MAX_BYTES}, served as
+    C{application/json} or C{application/jwk-set+json}.
+    """
+
+    def fetchJSON(url: str) -> "Deferred[Any]":
+        return fetcher.fetchJSON(
+            url, maxBytes=JWKS_MAX_BYTES,
+            contentTypes=("application/json", "application/jwk-set+json"),
+        ).addCallback(lambda document: document.json)
+
+    return fetchJSON
 
 
 class JWKSUnavailable(Exception):
@@ -119,8 +141,9 @@ class JWKSCache:
         try:
             document = await self.fetchJSON(url)
         except Exception as e:
-            self.log.warn("Fetching client keys from {url} failed: {why}",
-                          url=url[:200], why=str(e)[:200] or type(e).__name__)
+            self.log.warn("Fetching client keys from {url} failed: {why} {detail}",
+                          url=url[:200], why=str(e)[:200] or type(e).__name__,
+                          detail=str(getattr(e, "detail", None) or "")[:300])
             raise JWKSUnavailable(f"fetch failed: {str(e)[:200] or type(e).__name__}") from None
         try:
             keys = parseJWKS(document)

@@ -505,6 +505,44 @@ class SecretFileTests(SynchronousTestCase):
         self.assertEqual(merged["MCP_API_KEY_FILE"], "/run/secrets/key")
 
 
+class MetadataDocumentConfigTests(SynchronousTestCase):
+    def test_defaultsAndValues(self) -> None:
+        """
+        CIMD is on by default with its bounds; every C{CIMD_*} variable is
+        read into the configuration (host entries lower-cased).
+        """
+        config = loadConfig(valid())
+        self.assertEqual((config.cimd, config.cimdAllowedHosts, config.cimdDeniedHosts,
+                          config.cimdCacheMinSeconds, config.cimdCacheMaxSeconds,
+                          config.cimdStaleIfError, config.cimdFetchTimeout),
+                         (True, (), (), 60, 86400, 3600, 5.0))
+        config = loadConfig(valid(
+            CIMD="off", CIMD_ALLOWED_HOSTS="App.Example.com, *.tools.example.org",
+            CIMD_DENIED_HOSTS="evil.example.", CIMD_CACHE_MIN_SECONDS="0",
+            CIMD_CACHE_MAX_SECONDS="600", CIMD_STALE_IF_ERROR="0", CIMD_FETCH_TIMEOUT="2.5",
+        ))
+        self.assertEqual((config.cimd, config.cimdAllowedHosts, config.cimdDeniedHosts,
+                          config.cimdCacheMinSeconds, config.cimdCacheMaxSeconds,
+                          config.cimdStaleIfError, config.cimdFetchTimeout),
+                         (False, ("app.example.com", "*.tools.example.org"), ("evil.example",),
+                          0, 600, 0, 2.5))
+
+    def test_errorsListed(self) -> None:
+        """
+        Bad C{CIMD_*} values are all reported at once.
+        """
+        with self.assertRaises(ConfigError) as cm:
+            loadConfig(valid(CIMD="maybe", CIMD_ALLOWED_HOSTS="https://app.example.com/",
+                             CIMD_DENIED_HOSTS="a..b", CIMD_CACHE_MIN_SECONDS="700",
+                             CIMD_CACHE_MAX_SECONDS="600", CIMD_STALE_IF_ERROR="-1",
+                             CIMD_FETCH_TIMEOUT="100"))
+        errors = "\n".join(cm.exception.errors)
+        for expected in ("CIMD must be on or off", "CIMD_ALLOWED_HOSTS entry",
+                         "CIMD_DENIED_HOSTS entry", "must not exceed CIMD_CACHE_MAX_SECONDS",
+                         "CIMD_STALE_IF_ERROR must be", "CIMD_FETCH_TIMEOUT must be at most 60"):
+            self.assertIn(expected, errors)
+
+
 class UnsafeCombinationTests(SynchronousTestCase):
     """
     Production refuses combinations that are unsafe by accident, with every
@@ -521,16 +559,32 @@ class UnsafeCombinationTests(SynchronousTestCase):
         C{AUTHORIZE_MODE=auto} with C{DCR_OPEN=true} and no initial access
         token is refused in production, and says why.
         """
-        errors = self.errorsFor(dict(PROD, AUTHORIZE_MODE="auto", DCR_OPEN="true", PORT="0"))
+        errors = self.errorsFor(dict(PROD, AUTHORIZE_MODE="auto", DCR_OPEN="true", PORT="0",
+                                     CIMD="off"))
         self.assertEqual(len(errors), 2, errors)
         self.assertTrue(errors[0].startswith("PORT"))
         self.assertIn("AUTHORIZE_MODE=auto with open registration", errors[1])
         self.assertIn("anyone could register a client and get tokens", errors[1])
         # Each half alone, a token, or development: accepted.
-        loadConfig(dict(PROD, AUTHORIZE_MODE="auto"))
+        loadConfig(dict(PROD, AUTHORIZE_MODE="auto", CIMD="off"))
         loadConfig(dict(PROD, DCR_OPEN="true"))
-        loadConfig(dict(PROD, AUTHORIZE_MODE="auto", DCR_OPEN="true", DCR_AUTH_TOKEN="i" * 32))
+        loadConfig(dict(PROD, AUTHORIZE_MODE="auto", DCR_OPEN="true", DCR_AUTH_TOKEN="i" * 32,
+                        CIMD="off"))
         loadConfig(valid(AUTHORIZE_MODE="auto", DCR_OPEN="true"))
+
+    def test_autoWithMetadataDocuments(self) -> None:
+        """
+        C{AUTHORIZE_MODE=auto} with Client ID Metadata Documents on (the
+        default) is refused in production, and says why: anyone can publish
+        a document. With C{CIMD=off}, or in development, it is accepted.
+        """
+        errors = self.errorsFor(dict(PROD, AUTHORIZE_MODE="auto", PORT="0"))
+        self.assertEqual(len(errors), 2, errors)
+        self.assertIn("AUTHORIZE_MODE=auto with Client ID Metadata Documents", errors[1])
+        self.assertIn("Set CIMD=off", errors[1])
+        self.assertFalse(loadConfig(dict(PROD, AUTHORIZE_MODE="auto", CIMD="off")).cimd)
+        self.assertTrue(loadConfig(dict(PROD, AUTHORIZE_MODE="consent")).cimd)
+        self.assertTrue(loadConfig(valid(AUTHORIZE_MODE="auto")).cimd)
 
     def test_sentinelWithTLSRefused(self) -> None:
         """

@@ -315,8 +315,10 @@ class MetricsListenerTests(SynchronousTestCase):
 
 class JWKSFetcherTests(TestCase):
     """
-    L{jwksFetcher}, the composition root's fetch of C{private_key_jwt}
-    clients' C{jwks_uri}, against a real loopback HTTP server.
+    The fetch of C{private_key_jwt} clients' C{jwks_uri} that
+    L{mcpsvc.oauth.buildOAuth} wires (L{mcpsvc.oauth.clientkeys.jwksFetch}
+    over the SSRF-safe L{mcpsvc.oauth.fetch.SafeFetcher}), against a real
+    loopback HTTP server.
     """
 
     def setUp(self) -> None:
@@ -348,13 +350,19 @@ class JWKSFetcherTests(TestCase):
 
     def fetcher(self, environment: str = "development") -> Any:
         from mcpsvc.config import Config
-        from mcpsvc.service import jwksFetcher
+        from mcpsvc.oauth import buildOAuth
+        from mcpsvc.storage.memory import MemoryStore
 
-        return jwksFetcher(Config(environment=environment), self.reactor)
+        config = Config(environment=environment, jwtSecret="s" * 40)
+        app, _ = buildOAuth(config, store=MemoryStore(self.reactor), clock=self.reactor,
+                              reactor=self.reactor)
+        assert app.assertions.cache is not None
+        return app.assertions.cache.fetchJSON
 
     async def test_fetches(self) -> None:
         """
-        A JSON document is fetched and parsed (http allowed in development).
+        A JSON document is fetched and parsed (http to loopback allowed in
+        development).
         """
         self.assertEqual(await self.fetcher()(self.base + "/jwks.json"), {"keys": []})
 
@@ -363,19 +371,31 @@ class JWKSFetcherTests(TestCase):
         A non-200 answer, a body over the size cap and a body that is not
         JSON fail the fetch.
         """
+        from mcpsvc.oauth.fetch import FetchError
+
         fetch = self.fetcher()
-        for path, why in (("/missing", "HTTP 404"), ("/big.json", "larger than 65536"),
-                          ("/bad.json", "Expecting value")):
+        for path, reason in (("/missing", "status"), ("/big.json", "too-large"),
+                             ("/bad.json", "json")):
             try:
                 await fetch(self.base + path)
-            except ValueError as e:
-                self.assertIn(why, str(e))
+            except FetchError as e:
+                self.assertEqual(e.reason, reason, path)
                 continue
             self.fail(f"{path} was accepted")
 
-    def test_httpsOnlyInProduction(self) -> None:
+    async def test_productionRules(self) -> None:
         """
-        In production, a non-https URL is refused before anything is sent.
+        In production, a non-https URL is refused, and so is an https URL
+        whose host is a loopback address: nothing is sent.
         """
-        failure = self.failureResultOf(self.fetcher("production")(self.base + "/jwks.json"), ValueError)
-        self.assertIn("https only", str(failure.value))
+        from mcpsvc.oauth.fetch import FetchError
+
+        fetch = self.fetcher("production")
+        for url, reason in ((self.base + "/jwks.json", "scheme"),
+                            (f"https://127.0.0.1:{self.port.getHost().port}/jwks.json", "address")):
+            try:
+                await fetch(url)
+            except FetchError as e:
+                self.assertEqual(e.reason, reason, url)
+                continue
+            self.fail(f"{url} was accepted")

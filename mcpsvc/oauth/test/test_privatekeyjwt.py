@@ -5,7 +5,7 @@ metadata, the token, revocation and introspection endpoints, refusals.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
@@ -350,14 +350,28 @@ class JWKSURITests(PrivateKeyJWTTestCase):
         self.assertOAuthError(response, body, 401, "invalid_client")
         self.assertIn("could not be fetched", body["error_description"])
 
-    def test_noFetcher(self) -> None:
+    def test_fetchedThroughSafeFetcher(self) -> None:
         """
-        Without a fetcher (an app built without one), a jwks_uri client
-        cannot authenticate: 401, not 500.
+        By default the app fetches C{jwks_uri} through its SSRF-safe
+        fetcher (the one metadata documents use): a refusal there (here, an
+        address it will not connect to) is 401 C{invalid_client}, not 500.
         """
+        from twisted.internet.defer import fail
+
+        from mcpsvc.oauth.fetch import FetchError
+
+        asked: List[str] = []
+
+        class Refusing:
+            def fetchJSON(self, url: str, **kw: Any) -> Any:
+                asked.append(url)
+                return fail(FetchError("address", "the host's address is not public"))
+
         client = self.registerKeyClient(jwks=None, jwks_uri=JWKS_URL)
-        self.oauth, _ = buildOAuth(self.config, store=self.store, clock=self.clock)
+        self.oauth, _ = buildOAuth(self.config, store=self.store, clock=self.clock,
+                                   fetcher=Refusing())
         self.stub = StubTreq(self.oauth.resource())
         response, body = self.post("/oauth/token", dict(
             self.assertionForm(client), grant_type="client_credentials"))
         self.assertOAuthError(response, body, 401, "invalid_client")
+        self.assertEqual(asked, [JWKS_URL])

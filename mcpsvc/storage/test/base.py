@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from typing import Any, Callable, Coroutine, List, Type
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -251,6 +252,79 @@ class StoreTestsMixin:
         await self.assertFails(self.store.getClient("a"), NoSuchClient)
         self.assertEqual([c.clientID for c in await self.store.listClients()], ["b"])
         await self.assertFails(self.store.deleteClient("a"), NoSuchClient)
+
+    async def test_metadataDocumentClient(self) -> None:
+        """
+        A client resolved from a Client ID Metadata Document: its id is the
+        document's URL, its metadata carries the nested C{cimd} object and
+        C{jwks}; it round-trips, is listed, and is replaced by a newer copy.
+        """
+        url = "https://app.example.com/oauth/client.json?v=1&x=%20"
+        record = client(url, secretHash=None, metadata={
+            "client_name": "Example",
+            "redirect_uris": ["http://127.0.0.1:3000/callback"],
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks": {"keys": [{"kty": "EC", "crv": "P-256", "x": "x", "y": "y"}]},
+            "cimd": {"document_sha256": "sha256:" + "a" * 64, "fetched_at": EPOCH + 0.5,
+                     "fresh_until": EPOCH + 60.5, "changed_at": EPOCH + 0.5,
+                     "host": "app.example.com"},
+        })
+        await self.store.createClient(record)
+        self.assertEqual(await self.store.getClient(url), record)
+        self.assertIn(url, [c.clientID for c in await self.store.listClients()])
+        newer = client(url, secretHash=None, metadata=dict(
+            record.metadata, cimd=dict(record.metadata["cimd"], fresh_until=EPOCH + 120.25)))
+        await self.store.updateClient(newer)
+        self.assertEqual((await self.store.getClient(url)).metadata["cimd"]["fresh_until"],
+                         EPOCH + 120.25)
+
+    async def test_metadataDocumentSharedByInstances(self) -> None:
+        """
+        Two resolvers (two server instances) on one store: the document one
+        of them fetched is the other's stored copy, used without fetching
+        while fresh; a later fetch by either is seen by both.
+        """
+        from mcpsvc.oauth.cimd import CIMDSettings, ClientDocuments
+        from mcpsvc.oauth.fetch import FetchedDocument
+
+        url = "https://app.example.com/client.json"
+        clock = Clock()
+        clock.advance(EPOCH)
+
+        class Fetcher:
+            def __init__(self) -> None:
+                self.fetched = 0
+                self.name = "Example"
+
+            def checkURL(self, url: str) -> Any:
+                return None
+
+            def fetchJSON(self, url: str, maxBytes: int = 0) -> Any:
+                from twisted.internet.defer import succeed
+
+                self.fetched += 1
+                body = {"client_id": url, "client_name": self.name,
+                        "redirect_uris": ["http://127.0.0.1/cb"],
+                        "token_endpoint_auth_method": "none"}
+                raw = json.dumps(body).encode()
+                return succeed(FetchedDocument(url=url, json=body, body=raw,
+                                               headers={"cache-control": "max-age=60"},
+                                               fetchedAt=clock.seconds()))
+
+        one, two = Fetcher(), Fetcher()
+        settings = CIMDSettings(production=True, minLifetime=0)
+        first = ClientDocuments(store=self.store, fetcher=one, clock=clock, settings=settings)
+        second = ClientDocuments(store=self.store, fetcher=two, clock=clock, settings=settings)
+        resolved = await first.resolve(url)
+        self.assertEqual(await second.resolve(url), resolved)
+        self.assertEqual((one.fetched, two.fetched), (1, 0))
+        clock.advance(60)
+        two.name = "Renamed"
+        renamed = await second.resolve(url)
+        self.assertEqual(renamed.metadata["client_name"], "Renamed")
+        self.assertEqual(renamed.createdAt, EPOCH)
+        self.assertEqual(await first.resolve(url), renamed)
+        self.assertEqual((one.fetched, two.fetched), (1, 1))
 
     # ----------------------------------------------------------------- codes
 

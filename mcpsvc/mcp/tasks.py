@@ -60,18 +60,22 @@ from mcpsvc.mcp.protocol import (
     ProtocolError,
     Request,
 )
+from mcpsvc.audit import audit
 from mcpsvc.principal import Principal
 from mcpsvc.storage.interfaces import (
     NoSuchTask,
     TERMINAL_TASK_STATUSES,
     StoreUnavailable,
     TaskRecord,
+    TooManyTasks,
 )
 from mcpsvc.tools.interfaces import ClientRequestError, ToolProtocolError, _noClientRequests
 
 __all__ = [
     "TASKS_EXTENSION",
     "TASK_METHODS",
+    "TOO_MANY_TASKS",
+    "DEFAULT_TASK_LIMIT",
     "DEFAULT_TASK_TTL",
     "DEFAULT_POLL_INTERVAL",
     "TaskManager",
@@ -99,6 +103,11 @@ DEFAULT_TASK_TTL = 3600.0
 #: Seconds between polls, suggested to clients and used by the instance
 #: running a task to read its record (C{TASK_POLL_INTERVAL}).
 DEFAULT_POLL_INTERVAL = 1.0
+#: Most live (not over) tasks of one principal (C{TASK_LIMIT}).
+DEFAULT_TASK_LIMIT = 20
+#: The JSON-RPC error of a C{tools/call} refused because its principal
+#: has C{TASK_LIMIT} live tasks (an implementation-defined server error).
+TOO_MANY_TASKS = -32029
 #: Compare-and-set attempts before a change is given up.
 MAX_ATTEMPTS = 16
 #: Longest task id accepted in a request.
@@ -450,6 +459,8 @@ class TaskManager:
     @ivar ttl: seconds a task is kept after its creation.
     @ivar pollInterval: seconds between polls (suggested to clients, and
         between this instance's reads of its running tasks).
+    @ivar limit: the most live tasks of one principal (C{None}: no
+        limit), counted by the store atomically with the creation.
     @ivar listeners: called with every task record this instance writes
         (C{listener(record)}): the hook for C{notifications/tasks}, whose
         params are L{taskView}C{(record)}; L{owned} checks that a task a
@@ -462,8 +473,10 @@ class TaskManager:
         self, store: Any, clock: IReactorTime, *, ttl: float = DEFAULT_TASK_TTL,
         pollInterval: float = DEFAULT_POLL_INTERVAL,
         makeTaskID: Callable[[], str] = lambda: secrets.token_urlsafe(24),
+        limit: Optional[int] = DEFAULT_TASK_LIMIT,
     ) -> None:
         self.store = store
+        self.limit = limit
         self.clock = clock
         self.ttl = ttl
         self.pollInterval = pollInterval
@@ -555,7 +568,22 @@ class TaskManager:
             method=method, name=name, status="working", createdAt=now, updatedAt=now,
             expiresAt=now + self.ttl, pollInterval=self.pollInterval,
         )
-        await self.store.createTask(record)
+        try:
+            await self.store.createTask(record, limit=self.limit)
+        except TooManyTasks as e:
+            audit("task.limit", "denied", clientID=principal.clientID, subject=principal.subject,
+                  tool=name[:100], limit=e.limit)
+            self.log.warn(
+                "Client {clientID} refused a task of {tool}: at the task limit ({limit})",
+                clientID=principal.clientID, subject=principal.subject, tool=name[:100],
+                limit=e.limit,
+            )
+            raise ProtocolError(
+                TOO_MANY_TASKS,
+                f"Too many tasks: at most {e.limit} may be working or waiting for input at once"
+                "; wait for one to finish, or cancel one",
+                data={"limit": e.limit},
+            ) from None
         self.log.info(
             "Task {taskID} started: {tool} for client {clientID}", taskID=record.taskID[:12],
             tool=name, clientID=principal.clientID, subject=principal.subject,
@@ -776,12 +804,13 @@ class TaskManager:
 def buildTaskManager(config: Any, store: Any, clock: IReactorTime) -> TaskManager:
     """
     The L{TaskManager} of a configuration (C{TASK_TTL},
-    C{TASK_POLL_INTERVAL}).
+    C{TASK_POLL_INTERVAL}, C{TASK_LIMIT}).
     """
     return TaskManager(
         store, clock,
         ttl=getattr(config, "taskTTL", DEFAULT_TASK_TTL),
         pollInterval=getattr(config, "taskPollInterval", DEFAULT_POLL_INTERVAL),
+        limit=getattr(config, "taskLimit", DEFAULT_TASK_LIMIT),
     )
 
 

@@ -18,6 +18,7 @@ from mcpsvc.config import Config
 from mcpsvc.mcp.protocol import INTERNAL_ERROR
 from mcpsvc.mcp.tasks import (
     TASKS_EXTENSION,
+    TOO_MANY_TASKS,
     answered,
     asking,
     cancelled,
@@ -476,12 +477,38 @@ class TasksTests(SynchronousTestCase):
         self.assertEqual(h.jobsCancelled, 1)
         self.assertEqual(h.app.dispatcher.tasks.runningCount(), 0)
 
+    def test_limitPerPrincipal(self) -> None:
+        """
+        A principal with C{TASK_LIMIT} live tasks is refused another with
+        a JSON-RPC error naming the limit, a log line and an audit event,
+        and the tool does not run; another principal is not affected; a
+        task over (cancelled) frees its place.
+        """
+        h = TaskHarness(self, config=Config(taskLimit=2))
+        first = h.start("job")
+        h.start("job")
+        with capturedLogs() as events:
+            status, message = h.rpc("tools/call", {"name": "job", "arguments": {}})
+        self.assertEqual(status, 200)
+        self.assertEqual(message["error"]["code"], TOO_MANY_TASKS)
+        self.assertIn("2", message["error"]["message"])
+        self.assertEqual(message["error"]["data"], {"limit": 2})
+        self.assertEqual(len(h.jobs), 2)
+        self.assertTrue([e for e in events if "task limit" in e.get("log_format", "")])
+        self.assertTrue([e for e in events if e.get("action") == "task.limit"])
+        h.principal = MALLORY
+        h.start("job")
+        h.principal = Harness(self).principal
+        h.result("tasks/cancel", {"taskId": first})
+        h.start("job")
+        self.assertEqual(len(h.jobs), 4)
+
     def test_storeDownAtCreation(self) -> None:
         """
         When the store cannot create the task, the call fails closed
         (503) and the tool does not run.
         """
-        def down(record: TaskRecord) -> Any:
+        def down(record: TaskRecord, limit: Any = None) -> Any:
             from twisted.internet.defer import fail
 
             return fail(StoreUnavailable("down"))

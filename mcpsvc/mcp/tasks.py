@@ -40,6 +40,7 @@ running work is cancelled when its instance sees it.
 from __future__ import annotations
 
 import hmac
+import json
 import secrets
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -52,7 +53,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mcpsvc.mcp.mrtr import CAPABILITY_OF, MAX_INPUTS, InputRound, parseInputResponses
+from mcpsvc.mcp.mrtr import (
+    CAPABILITY_OF,
+    MAX_INPUTS,
+    InputRound,
+    answerProblem,
+    parseInputResponses,
+)
 from mcpsvc.mcp.protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -76,6 +83,8 @@ __all__ = [
     "TASK_METHODS",
     "TOO_MANY_TASKS",
     "DEFAULT_TASK_LIMIT",
+    "MAX_TASK_RESULT_BYTES",
+    "MAX_TASK_ANSWERS_BYTES",
     "DEFAULT_TASK_TTL",
     "DEFAULT_POLL_INTERVAL",
     "TaskManager",
@@ -108,6 +117,12 @@ DEFAULT_TASK_LIMIT = 20
 #: The JSON-RPC error of a C{tools/call} refused because its principal
 #: has C{TASK_LIMIT} live tasks (an implementation-defined server error).
 TOO_MANY_TASKS = -32029
+#: Largest result (or error) a task keeps, in bytes of JSON: a larger one
+#: ends the task C{failed} saying so.
+MAX_TASK_RESULT_BYTES = 1024 * 1024
+#: Largest total of the answers a task keeps for its work to take, in
+#: bytes of JSON (C{tasks/update} beyond it is C{-32602}).
+MAX_TASK_ANSWERS_BYTES = 256 * 1024
 #: Compare-and-set attempts before a change is given up.
 MAX_ATTEMPTS = 16
 #: Longest task id accepted in a request.
@@ -136,6 +151,17 @@ def missingExtension() -> ProtocolError:
         data={"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}},
         httpStatus=400,
     )
+
+
+def _jsonSize(value: Any) -> int:
+    """
+    Bytes of C{value} as compact JSON (what the store keeps).
+    """
+    try:
+        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False).encode("utf-8", "surrogatepass"))
+    except (TypeError, ValueError):
+        return MAX_TASK_RESULT_BYTES + 1  # not JSON: never kept
 
 
 def _iso(seconds: float) -> str:
@@ -537,7 +563,29 @@ class TaskManager:
         taskID = self._taskID(request, context)
         responses = parseInputResponses(request.params)
         await self.owned(taskID, context.principal)
-        record = await self._change(taskID, lambda r, now: answered(r, responses, now))
+
+        def answer(current: TaskRecord, now: float) -> Optional[TaskRecord]:
+            # Checked against the record written, inside the compare-and-set.
+            outstanding = current.payload.get("inputRequests") or {}
+            for key, value in responses.items():
+                asked = outstanding.get(key)
+                if isinstance(asked, dict):
+                    method = str(asked.get("method"))
+                    problem = answerProblem(method, value)
+                    if problem is not None:
+                        raise ProtocolError(INVALID_PARAMS, (
+                            f"inputResponses[{str(key)[:64]!r}] is not a {method[:64]} result: "
+                            f"{problem}"))
+            record = answered(current, responses, now)
+            if record is not None:
+                size = _jsonSize(record.payload.get("inputResponses"))
+                if size > MAX_TASK_ANSWERS_BYTES:
+                    raise ProtocolError(INVALID_PARAMS, (
+                        f"inputResponses too large: the task keeps at most "
+                        f"{MAX_TASK_ANSWERS_BYTES} bytes of answers"))
+            return record
+
+        record = await self._change(taskID, answer)
         if record is not None:
             self._poke(taskID, record)
         return {}
@@ -672,11 +720,20 @@ class TaskManager:
         name = running.call.name
         if not isinstance(outcome, Failure):
             result = outcome
-            running.outcome = lambda r, now: finished(r, now, result=result)
+            size = _jsonSize(result)
+            if size > MAX_TASK_RESULT_BYTES:
+                self.log.warn("Task {taskID} ({tool}): its result is too large to keep ({size} bytes)",
+                              taskID=taskID[:12], tool=name, size=size)
+                tooLarge = {"code": INTERNAL_ERROR, "message": (
+                    f"The result of the tool {name} is too large to keep "
+                    f"({size} bytes; at most {MAX_TASK_RESULT_BYTES})")}
+                running.outcome = lambda r, now: finished(r, now, error=tooLarge)
+            else:
+                running.outcome = lambda r, now: finished(r, now, result=result)
         elif outcome.check(ToolProtocolError):
             e = outcome.value
-            error: Dict[str, Any] = {"code": e.code, "message": e.message}
-            if e.data is not None:
+            error: Dict[str, Any] = {"code": e.code, "message": str(e.message)[:1000]}
+            if e.data is not None and _jsonSize(e.data) <= MAX_TASK_RESULT_BYTES:
                 error["data"] = e.data
             running.outcome = lambda r, now: finished(r, now, error=error)
         elif outcome.check(CancelledError):

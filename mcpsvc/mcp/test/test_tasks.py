@@ -17,6 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from mcpsvc.config import Config
 from mcpsvc.mcp.protocol import INTERNAL_ERROR
 from mcpsvc.mcp.tasks import (
+    MAX_TASK_ANSWERS_BYTES,
+    MAX_TASK_RESULT_BYTES,
     TASKS_EXTENSION,
     TOO_MANY_TASKS,
     answered,
@@ -381,6 +383,51 @@ class TasksTests(SynchronousTestCase):
         got = self.h.get(taskID)
         self.assertEqual(got["status"], "completed")
         self.assertEqual(got["result"]["content"][0]["text"], "Ada and Bob")
+
+    def test_updateWrongShape(self) -> None:
+        """
+        An answer to an outstanding question that is not a result of the
+        question's method is C{-32602} naming the key, and changes
+        nothing; the right answer is then accepted.
+        """
+        taskID = self.h.start("quiz")
+        self.h.pump()
+        for answer in ({"action": "accept", "content": "Ada"}, {"name": "Ada"}, {"action": "ok"}):
+            error = self.h.error("tasks/update", {"taskId": taskID, "inputResponses": {
+                "first": answer}})
+            self.assertEqual(error["code"], -32602, answer)
+            self.assertIn("first", error["message"])
+        got = self.h.get(taskID)
+        self.assertEqual(sorted(got["inputRequests"]), ["first", "second"])
+        self.h.result("tasks/update", {"taskId": taskID, "inputResponses": {
+            "first": {"action": "accept", "content": {"name": "Ada"}}}})
+        self.assertEqual(list(self.h.get(taskID)["inputRequests"]), ["second"])
+
+    def test_oversizeResult(self) -> None:
+        """
+        A task whose result is larger than the store may keep ends
+        C{failed} with an error saying so (the result is not stored).
+        """
+        taskID = self.h.start("job")
+        self.h.jobs[0].callback("x" * (MAX_TASK_RESULT_BYTES + 10))
+        self.h.pump()
+        got = self.h.get(taskID)
+        self.assertEqual(got["status"], "failed")
+        self.assertIn("too large", got["error"]["message"])
+        stored = self.successResultOf(self.h.store.getTask(taskID, self.h.clock.seconds()))
+        self.assertLess(len(json.dumps(stored.payload)), 4096)
+
+    def test_oversizeAnswers(self) -> None:
+        """
+        Answers are bounded too: C{tasks/update} answers whose encoding is
+        larger than L{MAX_TASK_ANSWERS_BYTES} are C{-32602} and not stored.
+        """
+        taskID = self.h.start("quiz")
+        self.h.pump()
+        big = {"action": "accept", "content": {"name": "x" * (MAX_TASK_ANSWERS_BYTES + 10)}}
+        error = self.h.error("tasks/update", {"taskId": taskID, "inputResponses": {"first": big}})
+        self.assertEqual(error["code"], -32602)
+        self.assertEqual(sorted(self.h.get(taskID)["inputRequests"]), ["first", "second"])
 
     def test_protocolError(self) -> None:
         """

@@ -380,6 +380,17 @@ class TaskInputs:
                 d.callback(answer)
         return delivered
 
+    def unasked(self, keys: List[str], why: str) -> None:
+        """
+        The requests C{keys} could not be published (the store): they fail
+        with L{ClientRequestError} rather than wait for answers nobody
+        can give.
+        """
+        for key in keys:
+            d = self.waiting.pop(key, None)
+            if d is not None:
+                d.errback(ClientRequestError(why))
+
     def close(self) -> None:
         """
         The work is over: cancel what still waits.
@@ -682,9 +693,18 @@ class TaskManager:
         taskID = call.record.taskID
         running = _Running(call, deferred)
         self._running[taskID] = running
-        call.inputs.publish = lambda requests: self._background(
-            self._ask(taskID, requests), "Publishing the questions of task {taskID} failed", taskID,
-        )
+        def publish(requests: Dict[str, Any]) -> None:
+            def unasked(failure: Failure) -> Failure:
+                call.inputs.unasked(list(requests), (
+                    "The question could not be asked: " + failure.getErrorMessage()[:200]))
+                return failure
+
+            d = Deferred.fromCoroutine(self._ask(taskID, requests))
+            d.addErrback(unasked)
+            d.addErrback(self._backgroundFailed,
+                         "Publishing the questions of task {taskID} failed", taskID)
+
+        call.inputs.publish = publish
         deferred.addBoth(self._ended, running, taskID)
         if self._poller is None:
             self._poller = LoopingCall(self._poll)

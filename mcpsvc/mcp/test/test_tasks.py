@@ -550,6 +550,36 @@ class TasksTests(SynchronousTestCase):
         h.start("job")
         self.assertEqual(len(h.jobs), 4)
 
+    def test_storeDownMidTask(self) -> None:
+        """
+        When the store goes down while a task runs, its questions cannot be
+        published: the tool's requests fail (it is not left waiting for
+        answers nobody can see); its outcome is written once the store is
+        back (the poll retries it), and nothing is lost or left working.
+        """
+        from twisted.internet.defer import fail
+
+        h = self.h
+        real = (h.store.getTask, h.store.replaceTask)
+
+        def down(*a: Any, **kw: Any) -> Any:
+            return fail(StoreUnavailable("down"))
+
+        h.store.getTask = down  # type: ignore[method-assign]
+        h.store.replaceTask = down  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            taskID = h.start("quiz")  # created; its questions cannot be published
+            h.pump(1)
+        self.assertTrue([e for e in events if "Publishing" in e.get("log_format", "")])
+        self.assertEqual(h.app.dispatcher.tasks.runningCount(), 1)  # outcome not written yet
+        h.store.getTask, h.store.replaceTask = real  # type: ignore[method-assign]
+        h.pump(1)
+        got = h.get(taskID)
+        self.assertEqual(got["status"], "completed")
+        self.assertTrue(got["result"]["isError"])
+        self.assertIn("could not be asked", got["result"]["content"][0]["text"])
+        self.assertEqual(h.app.dispatcher.tasks.runningCount(), 0)
+
     def test_storeDownAtCreation(self) -> None:
         """
         When the store cannot create the task, the call fails closed

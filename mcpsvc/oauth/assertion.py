@@ -319,8 +319,9 @@ def selectKey(keys: Sequence[jwt.PyJWK], kid: Optional[str], alg: str) -> jwt.Py
 
 
 def _audienceMatches(value: str, audiences: Sequence[str]) -> bool:
-    wanted = value.rstrip("/")
-    return any(wanted == a.rstrip("/") for a in audiences)
+    # Exactly, or differing by one trailing slash (an issuer is written
+    # both ways); never by more, nor by case.
+    return any(value == a or value == a + "/" or value + "/" == a for a in audiences)
 
 
 def verifyAssertion(

@@ -259,7 +259,8 @@ class ClaimRefusalTests(_Base):
         self.refused(self.key.assertion(CLIENT, aud=ISSUER, now=NOW, drop=("aud",)), "no aud")
         self.refused(self.key.assertion(CLIENT, aud=[], now=NOW), "no aud")
         self.refused(self.key.assertion(CLIENT, aud=[1], now=NOW), "no aud")
-        for aud in ("https://other.example.com", ISSUER + "/oauth/revoke", [ISSUER, "https://other"]):
+        for aud in ("https://other.example.com", ISSUER + "/oauth/revoke", [ISSUER, "https://other"],
+                    ISSUER + "//", ISSUER + "///", ISSUER + "/oauth/token//"):
             e = self.refused(self.key.assertion(CLIENT, aud=aud, now=NOW), "aud is not this server")
             self.assertIn("issuer", e.description)
 

@@ -6,7 +6,7 @@ Each event carries C{event_type: "audit"}, the C{action} (for example
 C{client.register}, C{authorize.approve}, C{authorize.deny},
 C{token.issue}, C{token.refresh}, C{token.reuse_detected}, C{token.revoke},
 C{client.auth_failed}, C{client.assertion_replay}, C{rate_limit.hit},
-C{task.limit}), its C{outcome}, and who: client
+C{task.limit}, C{task.access}), its C{outcome}, and who: client
 id, subject, client address, request id. It never carries a secret or a
 token; pass token ids (C{jti}) or hash prefixes only.
 """

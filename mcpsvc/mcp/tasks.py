@@ -540,7 +540,7 @@ class TaskManager:
             raise ProtocolError(INVALID_PARAMS, f'{request.method} needs a string "taskId"')
         return taskID
 
-    async def owned(self, taskID: str, principal: Principal) -> TaskRecord:
+    async def owned(self, taskID: str, principal: Principal, method: str = "") -> TaskRecord:
         """
         The live task C{taskID} of C{principal}.
 
@@ -561,6 +561,8 @@ class TaskManager:
                 "Client {clientID} asked about a task of another principal",
                 clientID=principal.clientID, subject=principal.subject,
             )
+            audit("task.access", "denied", clientID=principal.clientID, subject=principal.subject,
+                  method=method[:40] or None, reason="another principal's task")
             record = None
         if record is None:
             raise ProtocolError(INVALID_PARAMS, "Task not found", data={"taskId": taskID[:MAX_TASK_ID]})
@@ -568,12 +570,12 @@ class TaskManager:
 
     async def _get(self, request: Request, context: Any) -> Dict[str, Any]:
         taskID = self._taskID(request, context)
-        return taskView(await self.owned(taskID, context.principal))
+        return taskView(await self.owned(taskID, context.principal, request.method))
 
     async def _update(self, request: Request, context: Any) -> Dict[str, Any]:
         taskID = self._taskID(request, context)
         responses = parseInputResponses(request.params)
-        await self.owned(taskID, context.principal)
+        await self.owned(taskID, context.principal, request.method)
 
         def answer(current: TaskRecord, now: float) -> Optional[TaskRecord]:
             # Checked against the record written, inside the compare-and-set.
@@ -603,7 +605,7 @@ class TaskManager:
 
     async def _cancel(self, request: Request, context: Any) -> Dict[str, Any]:
         taskID = self._taskID(request, context)
-        await self.owned(taskID, context.principal)
+        await self.owned(taskID, context.principal, request.method)
         record = await self._change(taskID, cancelled)
         if record is not None:
             self.log.info(

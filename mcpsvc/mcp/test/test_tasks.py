@@ -334,6 +334,10 @@ class TasksTests(SynchronousTestCase):
                                  (unknown["code"], unknown["message"]), method)
         self.assertEqual(unknown["code"], -32602)
         self.assertTrue([e for e in events if "another principal" in e.get("log_format", "")])
+        refusals = [e for e in events if e.get("action") == "task.access"]
+        self.assertEqual([(e["outcome"], e["method"]) for e in refusals],
+                         [("denied", m) for m in ("tasks/get", "tasks/update", "tasks/cancel")])
+        self.assertNotIn(taskID, json.dumps([{k: str(v) for k, v in e.items()} for e in refusals]))
         self.assertEqual(self.h.jobsCancelled, 0)
         self.h.principal = Harness(self).principal
         self.assertEqual(self.h.get(taskID)["status"], "working")

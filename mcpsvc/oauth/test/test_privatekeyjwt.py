@@ -458,6 +458,41 @@ class JWKSURITests(PrivateKeyJWTTestCase):
         self.assertOAuthError(response, body, 401, "invalid_client")
         self.assertIn("could not be fetched", body["error_description"])
 
+    def test_badDocuments(self) -> None:
+        """
+        Whatever the C{jwks_uri} serves or however its fetch fails, the
+        client is refused with 401 invalid_client, never a 5xx: another
+        JSON type, too many keys, a private or symmetric key, keys of the
+        wrong shape, a deep document, a fetcher that raises at once.
+        """
+        client = self.registerKeyClient(jwks=None, jwks_uri=JWKS_URL)
+        public = self.key.publicJWK()
+        nested: Any = 1
+        for _ in range(500):
+            nested = {"keys": [nested]}
+        documents = [
+            [self.key.jwks()], "keys", None, {"keys": {}}, {"keys": [public] * 21},
+            {"keys": [self.key.privateJWK()]}, {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]},
+            {"keys": [dict(public, x=7)]}, {"keys": [dict(public, crv="P-999")]},
+            {"keys": [dict(public, kid=["k1"])]}, nested, TimeoutError(), ValueError("bad JSON"),
+        ]
+        for document in documents:
+            self.oauth.assertions.cache._entries.clear()
+            self.oauth.assertions.cache._lastFetch.clear()
+            self.fetch.documents[JWKS_URL] = document
+            response, body = self.post("/oauth/token", dict(
+                self.assertionForm(client), grant_type="client_credentials"))
+            self.assertOAuthError(response, body, 401, "invalid_client")
+
+        def raises(url: str) -> Any:
+            raise RuntimeError("the fetcher broke")
+
+        self.oauth.assertions.cache._lastFetch.clear()
+        self.oauth.assertions.cache.fetchJSON = raises
+        response, body = self.post("/oauth/token", dict(
+            self.assertionForm(client), grant_type="client_credentials"))
+        self.assertOAuthError(response, body, 401, "invalid_client")
+
     def test_noFetcher(self) -> None:
         """
         Without a fetcher (an app built without one), a jwks_uri client

@@ -451,6 +451,22 @@ class TaskCall:
             Deferred.fromCoroutine(self._start()).addBoth(self._startedAll)
         return d
 
+    def toolStartTask(self) -> "Deferred[bool]":
+        """
+        L{startTask} as the tool sees it (C{ToolContext.startTask}): a task
+        that cannot be created fails with L{ToolProtocolError}, which the
+        tool lets through quietly; the request's answer is L{failure}
+        itself (the dispatcher's part).
+        """
+
+        def quietly(failure: Failure) -> Failure:
+            if failure.check(ProtocolError):
+                e = failure.value
+                return Failure(ToolProtocolError(e.code, e.message, e.data))
+            return Failure(ToolProtocolError(INTERNAL_ERROR, "The task could not be created"))
+
+        return self.startTask().addErrback(quietly)
+
     async def _start(self) -> bool:
         try:
             record = await self.manager.create(self.principal, "tools/call", self.name)

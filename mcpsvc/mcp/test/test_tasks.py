@@ -554,6 +554,33 @@ class TasksTests(SynchronousTestCase):
         h.start("job")
         self.assertEqual(len(h.jobs), 4)
 
+    def test_limitWhenTheToolStartsItsTask(self) -> None:
+        """
+        A tool that starts its task itself, at the limit, gets the same
+        C{-32029} error for its request, and nothing logs a traceback.
+        """
+        h = TaskHarness(self, config=Config(taskLimit=1))
+        h.start("job")
+        first = h.result("tools/call", {"name": "composed", "arguments": {}})
+        with capturedLogs() as events:
+            error = h.error("tools/call", {
+                "name": "composed", "arguments": {}, "requestState": first["requestState"],
+                "inputResponses": {"name": {"action": "accept", "content": {"name": "Alice"}}}})
+            h.pump(1)
+        self.assertEqual(error["code"], TOO_MANY_TASKS)
+        self.assertEqual([e for e in events if e.get("log_failure") is not None], [])
+        self.assertEqual(h.app.dispatcher.tasks.runningCount(), 1)
+        # The store down: 503 (fail closed), no traceback either.
+        from twisted.internet.defer import fail
+
+        h.store.createTask = lambda *a, **kw: fail(StoreUnavailable("down"))  # type: ignore
+        with capturedLogs() as events:
+            status, message = h.rpc("tools/call", {
+                "name": "composed", "arguments": {}, "requestState": first["requestState"],
+                "inputResponses": {"name": {"action": "accept", "content": {"name": "Alice"}}}})
+        self.assertEqual(status, 503, message)
+        self.assertEqual([e for e in events if e.get("log_failure") is not None], [])
+
     def test_storeDownMidTask(self) -> None:
         """
         When the store goes down while a task runs, its questions cannot be

@@ -433,6 +433,23 @@ class TasksTests(SynchronousTestCase):
         self.assertEqual(error["code"], -32602)
         self.assertEqual(sorted(self.h.get(taskID)["inputRequests"]), ["first", "second"])
 
+    def test_inputsNotLogged(self) -> None:
+        """
+        A task's arguments and the client's answers never reach the log
+        (only the task id's prefix, the tool, the question keys).
+        """
+        with capturedLogs() as events:
+            taskID = self.h.start("quiz", {"password": "hunter2-argument"})
+            self.h.pump()
+            for key in ("first", "second"):
+                self.h.result("tasks/update", {"taskId": taskID, "inputResponses": {
+                    key: {"action": "accept", "content": {"name": "hunter2-answer"}}}})
+            self.h.pump()
+        self.assertEqual(self.h.get(taskID)["status"], "completed")
+        text = repr(events)
+        self.assertNotIn("hunter2", text)
+        self.assertNotIn(taskID, text)
+
     def test_protocolError(self) -> None:
         """
         A tool raising L{ToolProtocolError} ends its task C{failed} with

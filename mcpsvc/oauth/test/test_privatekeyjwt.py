@@ -385,6 +385,29 @@ class EndpointTests(PrivateKeyJWTTestCase):
             codes.append(response.code)
         self.assertEqual(codes, [401, 401, 401, 429, 429])
 
+    def test_nothingSecretLogged(self) -> None:
+        """
+        Neither the assertion (nor its signature, nor its claims as a
+        whole) nor key material reaches the log or the audit trail, on
+        success, refusal or replay.
+        """
+        from twisted.logger import capturedLogs, formatEvent
+
+        client = self.registerKeyClient()
+        form = dict(self.assertionForm(client, aud="https://elsewhere.example"),
+                    grant_type="client_credentials")
+        good = dict(self.assertionForm(client), grant_type="client_credentials")
+        with capturedLogs() as events:
+            self.post("/oauth/token", form)
+            self.post("/oauth/token", good)
+            self.post("/oauth/token", good)
+        text = "\n".join(formatEvent(e) + repr(e) for e in events)
+        self.assertTrue(events)
+        for secret in (form["client_assertion"], good["client_assertion"],
+                       good["client_assertion"].split(".")[2], good["client_assertion"].split(".")[1],
+                       self.key.privateJWK().get("d", "-"), self.key.publicJWK().get("x", "-")):
+            self.assertNotIn(secret, text)
+
     def test_methodMismatch(self) -> None:
         """
         A private_key_jwt client sending a secret or nothing is refused; a

@@ -743,10 +743,6 @@ class TaskManager:
         """
         return len(self._running)
 
-    def _background(self, coroutine: Any, message: str, taskID: str) -> None:
-        d = Deferred.fromCoroutine(coroutine)
-        d.addErrback(self._backgroundFailed, message, taskID)
-
     def _backgroundFailed(self, failure: Failure, message: str, taskID: str) -> None:
         if failure.check(StoreUnavailable, ProtocolError):
             self.log.warn(message + ": {why}", taskID=taskID[:12], why=failure.getErrorMessage())

@@ -160,11 +160,13 @@ class VerifiedAssertion:
 
 
 def _isNumber(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        # JSON integers have no bound: one too large for a float is not a time.
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _boundedString(value: Any, limit: int = MAX_ID_LENGTH) -> bool:

@@ -312,6 +312,8 @@ def send(site: McpsvcSite, data: bytes) -> Tuple[int, Dict[str, List[str]], byte
 _json_leaf = (
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30)
+    # JSON integers have no bound; these overflow a float.
+    | st.sampled_from([10 ** 400, -(10 ** 400), 2 ** 1024])
 )
 json_values = st.recursive(
     _json_leaf,

@@ -264,6 +264,17 @@ class ClaimRefusalTests(_Base):
             e = self.refused(self.key.assertion(CLIENT, aud=aud, now=NOW), "aud is not this server")
             self.assertIn("issuer", e.description)
 
+    def test_hugeNumbers(self) -> None:
+        """
+        Time claims that are integers too large for a float (which JSON
+        allows) are refused like any other bad value, not an exception.
+        """
+        huge = 10 ** 400
+        self.refused(self.key.assertion(CLIENT, aud=ISSUER, now=NOW, exp=huge), "no exp")
+        self.refused(self.key.assertion(CLIENT, aud=ISSUER, now=NOW, exp=-huge), "no exp")
+        self.refused(self.key.assertion(CLIENT, aud=ISSUER, now=NOW, nbf=huge), "nbf")
+        self.refused(self.key.assertion(CLIENT, aud=ISSUER, now=NOW, iat=huge), "iat")
+
     def test_expiry(self) -> None:
         """
         C{exp} is required, numeric, not past (beyond the leeway) and not

@@ -408,6 +408,17 @@ class EndpointTests(PrivateKeyJWTTestCase):
                        self.key.privateJWK().get("d", "-"), self.key.publicJWK().get("x", "-")):
             self.assertNotIn(secret, text)
 
+    def test_hugeTimeClaims(self) -> None:
+        """
+        An assertion whose C{exp}, C{nbf} or C{iat} is an integer too large
+        for a float is 401 invalid_client, not a 500.
+        """
+        client = self.registerKeyClient()
+        for claim in ("exp", "nbf", "iat"):
+            response, body = self.post("/oauth/token", dict(
+                self.assertionForm(client, **{claim: 10 ** 400}), grant_type="client_credentials"))
+            self.assertOAuthError(response, body, 401, "invalid_client")
+
     def test_methodMismatch(self) -> None:
         """
         A private_key_jwt client sending a secret or nothing is refused; a

@@ -620,6 +620,11 @@ class TasksTests(SynchronousTestCase):
             h.pump(1)
         self.assertTrue([e for e in events if "Publishing" in e.get("log_format", "")])
         self.assertEqual(h.app.dispatcher.tasks.runningCount(), 1)  # outcome not written yet
+        for method, params in (("tasks/get", {}), ("tasks/cancel", {}),
+                               ("tasks/update", {"inputResponses": {}})):
+            status, message = h.rpc(method, dict(params, taskId=taskID))
+            self.assertEqual(status, 503, (method, message))
+            self.assertIn("error", message)
         h.store.getTask, h.store.replaceTask = real  # type: ignore[method-assign]
         h.pump(1)
         got = h.get(taskID)

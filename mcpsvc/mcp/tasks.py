@@ -160,8 +160,8 @@ def _jsonSize(value: Any) -> int:
     try:
         return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False,
                               allow_nan=False).encode("utf-8", "surrogatepass"))
-    except (TypeError, ValueError):
-        return MAX_TASK_RESULT_BYTES + 1  # not JSON: never kept
+    except (TypeError, ValueError, RecursionError):
+        return MAX_TASK_RESULT_BYTES + 1  # not JSON (or too deep to encode): never kept
 
 
 def _iso(seconds: float) -> str:

@@ -421,6 +421,24 @@ class TasksTests(SynchronousTestCase):
         stored = self.successResultOf(self.h.store.getTask(taskID, self.h.clock.seconds()))
         self.assertLess(len(json.dumps(stored.payload)), 4096)
 
+    def test_unstorableResult(self) -> None:
+        """
+        A result the store could not encode (nested deeper than the JSON
+        encoder goes) ends the task C{failed}, not an unhandled error.
+        """
+        taskID = self.h.start("job")
+        deep: Any = "x"
+        for _ in range(5000):
+            deep = [deep]
+        from mcpsvc.tools.interfaces import ToolResult
+
+        self.h.jobs[0].callback(ToolResult(content=[{"type": "text", "text": "deep"}],
+                                           structuredContent={"deep": deep}))
+        self.h.pump()
+        got = self.h.get(taskID)
+        self.assertEqual(got["status"], "failed")
+        self.assertEqual(self.h.app.dispatcher.tasks.runningCount(), 0)
+
     def test_oversizeAnswers(self) -> None:
         """
         Answers are bounded too: C{tasks/update} answers whose encoding is

@@ -5,7 +5,8 @@ The audit trail: one structured event per security-relevant decision.
 Each event carries C{event_type: "audit"}, the C{action} (for example
 C{client.register}, C{authorize.approve}, C{authorize.deny},
 C{token.issue}, C{token.refresh}, C{token.reuse_detected}, C{token.revoke},
-C{client.auth_failed}, C{client.assertion_replay}, C{rate_limit.hit}), its C{outcome}, and who: client
+C{client.auth_failed}, C{client.assertion_replay}, C{rate_limit.hit},
+C{task.limit}, C{task.access}), its C{outcome}, and who: client
 id, subject, client address, request id. It never carries a secret or a
 token; pass token ids (C{jti}) or hash prefixes only.
 """

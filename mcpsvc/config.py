@@ -128,6 +128,7 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "TOOL_TIMEOUT": ("30", "default per-tool-call timeout, seconds"),
     "TOOL_RATE_LIMIT": ("600/60", "tool calls per user and client, per instance: count/seconds, or off"),
     "TASK_TTL": ("3600", "seconds a task (2026-07-28 tasks extension) is kept after its creation"),
+    "TASK_LIMIT": ("20", "most live (working or input_required) tasks of one user and client"),
     "TASK_POLL_INTERVAL": ("1", "seconds between task polls: suggested to clients, and how often an instance reads its running tasks"),
     "FILES_ROOT": (None, "root directory of the files tool pack"),
     "LLM_URL": (None, "Ollama-compatible base URL of the llm tool pack"),
@@ -257,6 +258,7 @@ class Config:
     toolRateLimit: Optional[RateLimit] = RateLimit(count=600, seconds=60)
     taskTTL: float = 3600.0
     taskPollInterval: float = 1.0
+    taskLimit: int = 20
     filesRoot: Optional[str] = None
     llmURL: Optional[str] = None
     metricsToken: Optional[str] = field(default=None, repr=False)
@@ -796,6 +798,7 @@ def loadConfig(
     toolTimeout = c.number("TOOL_TIMEOUT")
     taskTTL = float(c.integer("TASK_TTL", 10, 30 * 86400))
     taskPollInterval = c.number("TASK_POLL_INTERVAL")
+    taskLimit = c.integer("TASK_LIMIT", 1, 10000)
     if taskPollInterval > 300:
         c.errors.append(f"TASK_POLL_INTERVAL must be at most 300 seconds (got {taskPollInterval:g})")
     toolRateLimit: Optional[RateLimit] = None
@@ -893,6 +896,7 @@ def loadConfig(
         toolRateLimit=toolRateLimit,
         taskTTL=taskTTL,
         taskPollInterval=taskPollInterval,
+        taskLimit=taskLimit,
         filesRoot=filesRoot,
         llmURL=llmURL,
         metricsToken=metricsToken,

@@ -787,6 +787,13 @@ class Dispatcher:
         if taskCall is not None:
             taskCall.started.addBoth(first, "task")
         which, value = await outcome
+        if taskCall is not None and taskCall.failure is not None:
+            # The task could not be created (the limit, the store): that
+            # is the answer, whatever the tool made of it.
+            if not d.called:
+                d.cancel()
+            d.addErrback(lambda f: None)
+            taskCall.failure.raiseException()
         if which == "task":
             assert taskCall is not None
             if value is None:
@@ -926,7 +933,7 @@ class Dispatcher:
             taskCall = TaskCall(
                 self.tasks, context.principal, name, context.clientCapabilities, inputRound
             )
-            extra.update(clientRequest=taskCall.clientRequest, startTask=taskCall.startTask)
+            extra.update(clientRequest=taskCall.clientRequest, startTask=taskCall.toolStartTask)
         toolContext = ToolContext(
             clock=self.clock,
             subject=context.principal.subject,

@@ -47,6 +47,7 @@ __all__ = [
     "RequestStateSigner",
     "InvalidRequestState",
     "InputRound",
+    "answerProblem",
     "deriveStateKey",
     "parseInputResponses",
 ]
@@ -177,6 +178,48 @@ class RequestStateSigner:
         return body["r"]
 
 
+_PRIMITIVE = (str, int, float, bool)
+
+
+def answerProblem(method: str, answer: Any) -> Optional[str]:
+    """
+    Why C{answer} is not a result of the client request C{method}
+    (C{elicitation/create}: C{ElicitResult}; C{sampling/createMessage}:
+    C{CreateMessageResult}; C{roots/list}: C{ListRootsResult}), or
+    C{None} when it has that shape. A client answers the questions it is
+    asked however it likes, but only with the kind of result the question
+    calls for: a tool never sees another shape.
+    """
+    if not isinstance(answer, dict):
+        return "not an object"
+    if method == "elicitation/create":
+        action = answer.get("action")
+        if action not in ("accept", "decline", "cancel"):
+            return 'action must be "accept", "decline" or "cancel"'
+        content = answer.get("content")
+        if content is not None:
+            if not isinstance(content, dict):
+                return "content must be an object"
+            for value in content.values():
+                if not (isinstance(value, _PRIMITIVE) or (
+                        isinstance(value, list) and all(isinstance(v, str) for v in value))):
+                    return "content values must be strings, numbers, booleans or lists of strings"
+        return None
+    if method == "sampling/createMessage":
+        if not isinstance(answer.get("role"), str):
+            return "role must be a string"
+        if not isinstance(answer.get("content"), (dict, list)):
+            return "content must be an object or an array"
+        return None
+    if method == "roots/list":
+        roots = answer.get("roots")
+        if not isinstance(roots, list) or not all(
+                isinstance(r, dict) and isinstance(r.get("uri"), str) for r in roots):
+            return "roots must be an array of objects with a uri"
+        return None
+    return f"{method[:64]} is not a client request"
+
+
 def parseInputResponses(params: Mapping[str, Any]) -> Dict[str, Any]:
     """
     The C{inputResponses} of a request (empty when absent).
@@ -241,6 +284,11 @@ class InputRound:
                 f"The client did not declare the {capability} capability"
             ))
         if key in self.known:
+            problem = answerProblem(method, self.known[key])
+            if problem is not None:
+                return fail(ClientRequestError(
+                    f"The client's answer to {str(key)[:64]!r} is not a {method} result: {problem}"
+                ))
             self.asked[key] = self.known[key]
             return succeed(self.known[key])
         if key in self.pending or len(self.pending) >= MAX_INPUTS:

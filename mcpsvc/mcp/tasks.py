@@ -40,6 +40,7 @@ running work is cancelled when its instance sees it.
 from __future__ import annotations
 
 import hmac
+import json
 import secrets
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -52,7 +53,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mcpsvc.mcp.mrtr import CAPABILITY_OF, MAX_INPUTS, InputRound, parseInputResponses
+from mcpsvc.mcp.mrtr import (
+    CAPABILITY_OF,
+    MAX_INPUTS,
+    InputRound,
+    answerProblem,
+    parseInputResponses,
+)
 from mcpsvc.mcp.protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -60,18 +67,24 @@ from mcpsvc.mcp.protocol import (
     ProtocolError,
     Request,
 )
+from mcpsvc.audit import audit
 from mcpsvc.principal import Principal
 from mcpsvc.storage.interfaces import (
     NoSuchTask,
     TERMINAL_TASK_STATUSES,
     StoreUnavailable,
     TaskRecord,
+    TooManyTasks,
 )
 from mcpsvc.tools.interfaces import ClientRequestError, ToolProtocolError, _noClientRequests
 
 __all__ = [
     "TASKS_EXTENSION",
     "TASK_METHODS",
+    "TOO_MANY_TASKS",
+    "DEFAULT_TASK_LIMIT",
+    "MAX_TASK_RESULT_BYTES",
+    "MAX_TASK_ANSWERS_BYTES",
     "DEFAULT_TASK_TTL",
     "DEFAULT_POLL_INTERVAL",
     "TaskManager",
@@ -99,6 +112,17 @@ DEFAULT_TASK_TTL = 3600.0
 #: Seconds between polls, suggested to clients and used by the instance
 #: running a task to read its record (C{TASK_POLL_INTERVAL}).
 DEFAULT_POLL_INTERVAL = 1.0
+#: Most live (not over) tasks of one principal (C{TASK_LIMIT}).
+DEFAULT_TASK_LIMIT = 20
+#: The JSON-RPC error of a C{tools/call} refused because its principal
+#: has C{TASK_LIMIT} live tasks (an implementation-defined server error).
+TOO_MANY_TASKS = -32029
+#: Largest result (or error) a task keeps, in bytes of JSON: a larger one
+#: ends the task C{failed} saying so.
+MAX_TASK_RESULT_BYTES = 1024 * 1024
+#: Largest total of the answers a task keeps for its work to take, in
+#: bytes of JSON (C{tasks/update} beyond it is C{-32602}).
+MAX_TASK_ANSWERS_BYTES = 256 * 1024
 #: Compare-and-set attempts before a change is given up.
 MAX_ATTEMPTS = 16
 #: Longest task id accepted in a request.
@@ -127,6 +151,17 @@ def missingExtension() -> ProtocolError:
         data={"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}},
         httpStatus=400,
     )
+
+
+def _jsonSize(value: Any) -> int:
+    """
+    Bytes of C{value} as compact JSON (what the store keeps).
+    """
+    try:
+        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False).encode("utf-8", "surrogatepass"))
+    except (TypeError, ValueError, RecursionError):
+        return MAX_TASK_RESULT_BYTES + 1  # not JSON (or too deep to encode): never kept
 
 
 def _iso(seconds: float) -> str:
@@ -345,6 +380,17 @@ class TaskInputs:
                 d.callback(answer)
         return delivered
 
+    def unasked(self, keys: List[str], why: str) -> None:
+        """
+        The requests C{keys} could not be published (the store): they fail
+        with L{ClientRequestError} rather than wait for answers nobody
+        can give.
+        """
+        for key in keys:
+            d = self.waiting.pop(key, None)
+            if d is not None:
+                d.errback(ClientRequestError(why))
+
     def close(self) -> None:
         """
         The work is over: cancel what still waits.
@@ -405,6 +451,22 @@ class TaskCall:
             Deferred.fromCoroutine(self._start()).addBoth(self._startedAll)
         return d
 
+    def toolStartTask(self) -> "Deferred[bool]":
+        """
+        L{startTask} as the tool sees it (C{ToolContext.startTask}): a task
+        that cannot be created fails with L{ToolProtocolError}, which the
+        tool lets through quietly; the request's answer is L{failure}
+        itself (the dispatcher's part).
+        """
+
+        def quietly(failure: Failure) -> Failure:
+            if failure.check(ProtocolError):
+                e = failure.value
+                return Failure(ToolProtocolError(e.code, e.message, e.data))
+            return Failure(ToolProtocolError(INTERNAL_ERROR, "The task could not be created"))
+
+        return self.startTask().addErrback(quietly)
+
     async def _start(self) -> bool:
         try:
             record = await self.manager.create(self.principal, "tools/call", self.name)
@@ -450,6 +512,8 @@ class TaskManager:
     @ivar ttl: seconds a task is kept after its creation.
     @ivar pollInterval: seconds between polls (suggested to clients, and
         between this instance's reads of its running tasks).
+    @ivar limit: the most live tasks of one principal (C{None}: no
+        limit), counted by the store atomically with the creation.
     @ivar listeners: called with every task record this instance writes
         (C{listener(record)}): the hook for C{notifications/tasks}, whose
         params are L{taskView}C{(record)}; L{owned} checks that a task a
@@ -462,8 +526,10 @@ class TaskManager:
         self, store: Any, clock: IReactorTime, *, ttl: float = DEFAULT_TASK_TTL,
         pollInterval: float = DEFAULT_POLL_INTERVAL,
         makeTaskID: Callable[[], str] = lambda: secrets.token_urlsafe(24),
+        limit: Optional[int] = DEFAULT_TASK_LIMIT,
     ) -> None:
         self.store = store
+        self.limit = limit
         self.clock = clock
         self.ttl = ttl
         self.pollInterval = pollInterval
@@ -490,7 +556,7 @@ class TaskManager:
             raise ProtocolError(INVALID_PARAMS, f'{request.method} needs a string "taskId"')
         return taskID
 
-    async def owned(self, taskID: str, principal: Principal) -> TaskRecord:
+    async def owned(self, taskID: str, principal: Principal, method: str = "") -> TaskRecord:
         """
         The live task C{taskID} of C{principal}.
 
@@ -511,6 +577,8 @@ class TaskManager:
                 "Client {clientID} asked about a task of another principal",
                 clientID=principal.clientID, subject=principal.subject,
             )
+            audit("task.access", "denied", clientID=principal.clientID, subject=principal.subject,
+                  method=method[:40] or None, reason="another principal's task")
             record = None
         if record is None:
             raise ProtocolError(INVALID_PARAMS, "Task not found", data={"taskId": taskID[:MAX_TASK_ID]})
@@ -518,20 +586,42 @@ class TaskManager:
 
     async def _get(self, request: Request, context: Any) -> Dict[str, Any]:
         taskID = self._taskID(request, context)
-        return taskView(await self.owned(taskID, context.principal))
+        return taskView(await self.owned(taskID, context.principal, request.method))
 
     async def _update(self, request: Request, context: Any) -> Dict[str, Any]:
         taskID = self._taskID(request, context)
         responses = parseInputResponses(request.params)
-        await self.owned(taskID, context.principal)
-        record = await self._change(taskID, lambda r, now: answered(r, responses, now))
+        await self.owned(taskID, context.principal, request.method)
+
+        def answer(current: TaskRecord, now: float) -> Optional[TaskRecord]:
+            # Checked against the record written, inside the compare-and-set.
+            outstanding = current.payload.get("inputRequests") or {}
+            for key, value in responses.items():
+                asked = outstanding.get(key)
+                if isinstance(asked, dict):
+                    method = str(asked.get("method"))
+                    problem = answerProblem(method, value)
+                    if problem is not None:
+                        raise ProtocolError(INVALID_PARAMS, (
+                            f"inputResponses[{str(key)[:64]!r}] is not a {method[:64]} result: "
+                            f"{problem}"))
+            record = answered(current, responses, now)
+            if record is not None:
+                size = _jsonSize(record.payload.get("inputResponses"))
+                if size > MAX_TASK_ANSWERS_BYTES:
+                    raise ProtocolError(INVALID_PARAMS, (
+                        f"inputResponses too large: the task keeps at most "
+                        f"{MAX_TASK_ANSWERS_BYTES} bytes of answers"))
+            return record
+
+        record = await self._change(taskID, answer)
         if record is not None:
             self._poke(taskID, record)
         return {}
 
     async def _cancel(self, request: Request, context: Any) -> Dict[str, Any]:
         taskID = self._taskID(request, context)
-        await self.owned(taskID, context.principal)
+        await self.owned(taskID, context.principal, request.method)
         record = await self._change(taskID, cancelled)
         if record is not None:
             self.log.info(
@@ -555,7 +645,22 @@ class TaskManager:
             method=method, name=name, status="working", createdAt=now, updatedAt=now,
             expiresAt=now + self.ttl, pollInterval=self.pollInterval,
         )
-        await self.store.createTask(record)
+        try:
+            await self.store.createTask(record, limit=self.limit)
+        except TooManyTasks as e:
+            audit("task.limit", "denied", clientID=principal.clientID, subject=principal.subject,
+                  tool=name[:100], limit=e.limit)
+            self.log.warn(
+                "Client {clientID} refused a task of {tool}: at the task limit ({limit})",
+                clientID=principal.clientID, subject=principal.subject, tool=name[:100],
+                limit=e.limit,
+            )
+            raise ProtocolError(
+                TOO_MANY_TASKS,
+                f"Too many tasks: at most {e.limit} may be working or waiting for input at once"
+                "; wait for one to finish, or cancel one",
+                data={"limit": e.limit},
+            ) from None
         self.log.info(
             "Task {taskID} started: {tool} for client {clientID}", taskID=record.taskID[:12],
             tool=name, clientID=principal.clientID, subject=principal.subject,
@@ -606,9 +711,18 @@ class TaskManager:
         taskID = call.record.taskID
         running = _Running(call, deferred)
         self._running[taskID] = running
-        call.inputs.publish = lambda requests: self._background(
-            self._ask(taskID, requests), "Publishing the questions of task {taskID} failed", taskID,
-        )
+        def publish(requests: Dict[str, Any]) -> None:
+            def unasked(failure: Failure) -> Failure:
+                call.inputs.unasked(list(requests), (
+                    "The question could not be asked: " + failure.getErrorMessage()[:200]))
+                return failure
+
+            d = Deferred.fromCoroutine(self._ask(taskID, requests))
+            d.addErrback(unasked)
+            d.addErrback(self._backgroundFailed,
+                         "Publishing the questions of task {taskID} failed", taskID)
+
+        call.inputs.publish = publish
         deferred.addBoth(self._ended, running, taskID)
         if self._poller is None:
             self._poller = LoopingCall(self._poll)
@@ -629,10 +743,6 @@ class TaskManager:
         """
         return len(self._running)
 
-    def _background(self, coroutine: Any, message: str, taskID: str) -> None:
-        d = Deferred.fromCoroutine(coroutine)
-        d.addErrback(self._backgroundFailed, message, taskID)
-
     def _backgroundFailed(self, failure: Failure, message: str, taskID: str) -> None:
         if failure.check(StoreUnavailable, ProtocolError):
             self.log.warn(message + ": {why}", taskID=taskID[:12], why=failure.getErrorMessage())
@@ -644,11 +754,20 @@ class TaskManager:
         name = running.call.name
         if not isinstance(outcome, Failure):
             result = outcome
-            running.outcome = lambda r, now: finished(r, now, result=result)
+            size = _jsonSize(result)
+            if size > MAX_TASK_RESULT_BYTES:
+                self.log.warn("Task {taskID} ({tool}): its result is too large to keep ({size} bytes)",
+                              taskID=taskID[:12], tool=name, size=size)
+                tooLarge = {"code": INTERNAL_ERROR, "message": (
+                    f"The result of the tool {name} is too large to keep "
+                    f"({size} bytes; at most {MAX_TASK_RESULT_BYTES})")}
+                running.outcome = lambda r, now: finished(r, now, error=tooLarge)
+            else:
+                running.outcome = lambda r, now: finished(r, now, result=result)
         elif outcome.check(ToolProtocolError):
             e = outcome.value
-            error: Dict[str, Any] = {"code": e.code, "message": e.message}
-            if e.data is not None:
+            error: Dict[str, Any] = {"code": e.code, "message": str(e.message)[:1000]}
+            if e.data is not None and _jsonSize(e.data) <= MAX_TASK_RESULT_BYTES:
                 error["data"] = e.data
             running.outcome = lambda r, now: finished(r, now, error=error)
         elif outcome.check(CancelledError):
@@ -776,12 +895,13 @@ class TaskManager:
 def buildTaskManager(config: Any, store: Any, clock: IReactorTime) -> TaskManager:
     """
     The L{TaskManager} of a configuration (C{TASK_TTL},
-    C{TASK_POLL_INTERVAL}).
+    C{TASK_POLL_INTERVAL}, C{TASK_LIMIT}).
     """
     return TaskManager(
         store, clock,
         ttl=getattr(config, "taskTTL", DEFAULT_TASK_TTL),
         pollInterval=getattr(config, "taskPollInterval", DEFAULT_POLL_INTERVAL),
+        limit=getattr(config, "taskLimit", DEFAULT_TASK_LIMIT),
     )
 
 

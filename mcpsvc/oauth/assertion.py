@@ -160,11 +160,13 @@ class VerifiedAssertion:
 
 
 def _isNumber(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        # JSON integers have no bound: one too large for a float is not a time.
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _boundedString(value: Any, limit: int = MAX_ID_LENGTH) -> bool:
@@ -319,8 +321,9 @@ def selectKey(keys: Sequence[jwt.PyJWK], kid: Optional[str], alg: str) -> jwt.Py
 
 
 def _audienceMatches(value: str, audiences: Sequence[str]) -> bool:
-    wanted = value.rstrip("/")
-    return any(wanted == a.rstrip("/") for a in audiences)
+    # Exactly, or differing by one trailing slash (an issuer is written
+    # both ways); never by more, nor by case.
+    return any(value == a or value == a + "/" or value + "/" == a for a in audiences)
 
 
 def verifyAssertion(

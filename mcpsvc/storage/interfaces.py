@@ -36,6 +36,7 @@ __all__ = [
     "NoSuchFamily",
     "NoSuchSession",
     "NoSuchTask",
+    "TooManyTasks",
     "AlreadyUsed",
     "CodeMismatch",
     "Conflict",
@@ -132,6 +133,19 @@ class NoSuchTask(NotFound):
     """
     No live task has this id (never created, or past its C{expiresAt}).
     """
+
+
+class TooManyTasks(StoreError):
+    """
+    A principal already has as many live tasks as the caller allows
+    (L{ITaskStore.createTask}'s C{limit}).
+
+    @ivar limit: that number.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"at most {limit} live tasks")
+        self.limit = limit
 
 
 class AlreadyUsed(StoreError):
@@ -597,11 +611,19 @@ class ISessionStore(Interface):
 
 
 class ITaskStore(Interface):
-    def createTask(record: TaskRecord) -> Any:
+    def createTask(record: TaskRecord, limit: Optional[int] = None) -> Any:
         """
         Store a new task, durably: once this fires, L{getTask} finds it on
         every instance. Fires with C{None}; fails with L{Conflict} when a
         live task has the same id.
+
+        @param limit: when given, the most live tasks one principal may
+            have: the creation fails with L{TooManyTasks} (and stores
+            nothing) when the tasks of C{record}'s C{subject} and
+            C{clientID} that are neither over (L{TERMINAL_TASK_STATUSES})
+            nor expired at C{record.createdAt} already number C{limit}.
+            Counted and created atomically: concurrent creations on any
+            instance never exceed it.
         """
 
     def getTask(taskID: str, now: float) -> Any:

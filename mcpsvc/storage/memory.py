@@ -36,6 +36,8 @@ from mcpsvc.storage.interfaces import (
     SessionRecord,
     SweepReport,
     TaskRecord,
+    TERMINAL_TASK_STATUSES,
+    TooManyTasks,
     familyRevocationID,
 )
 
@@ -307,11 +309,19 @@ class MemoryStore:
             raise NoSuchTask(taskID)
         return record
 
-    def createTask(self, record: TaskRecord) -> "Deferred[None]":
+    def createTask(self, record: TaskRecord, limit: Optional[int] = None) -> "Deferred[None]":
         def create() -> None:
             existing = self._tasks.get(record.taskID)
             if existing is not None and self._clock.seconds() < existing.expiresAt:
                 raise Conflict(record.taskID)
+            if limit is not None:
+                live = sum(
+                    1 for r in self._tasks.values()
+                    if r.subject == record.subject and r.clientID == record.clientID
+                    and r.status not in TERMINAL_TASK_STATUSES and record.createdAt < r.expiresAt
+                )
+                if live >= limit:
+                    raise TooManyTasks(limit)
             self._tasks[record.taskID] = record
 
         return _answer(create)

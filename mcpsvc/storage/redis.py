@@ -76,6 +76,7 @@ from mcpsvc.storage.interfaces import (
     StoreUnavailable,
     SweepReport,
     TaskRecord,
+    TooManyTasks,
 )
 
 __all__ = ["RedisStore", "RedisConnection", "parseRedisURL", "redisConnector"]
@@ -341,6 +342,39 @@ end
 return {allowed, string.format('%.17g', tokens), string.format('%.17g', retry)}
 """
 
+
+#: KEYS: task, the principal's task index (a zset of task ids by
+#: expiresAt). ARGV: now, ttl ms, limit ('' for none), createdAt,
+#: expiresAt, task id, task key prefix, field, value, ... Returns 0 (a live
+#: task has this id), -1 (the principal has limit live tasks) or 1.
+#: Index members expired at createdAt, over, or gone are dropped on the way,
+#: so the index holds at most limit + 1 ids after a limited creation.
+_CREATE_TASK = """
+local exp = redis.call('HGET', KEYS[1], 'expiresAt')
+if exp and tonumber(exp) > tonumber(ARGV[1]) then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+if ARGV[3] ~= '' then
+  local live = 0
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    local h = redis.call('HMGET', ARGV[7] .. id, 'status', 'expiresAt')
+    if (h[1] == 'working' or h[1] == 'input_required') and h[2]
+        and tonumber(h[2]) > tonumber(ARGV[4]) then
+      live = live + 1
+    else
+      redis.call('ZREM', KEYS[2], id)
+    end
+  end
+  if live >= tonumber(ARGV[3]) then return -1 end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[2], math.max(1, tonumber(ARGV[2])))
+end
+return 1
+"""
 
 #: KEYS: task. ARGV: now, expected version, ttl ms, field, value, ...
 #: Returns -1 (no live task), 0 (another version) or 1 (replaced).
@@ -1135,10 +1169,34 @@ class RedisStore:
 
     # -- tasks
 
-    def createTask(self, record: TaskRecord) -> "Deferred[None]":
+    def createTask(self, record: TaskRecord, limit: Optional[int] = None) -> "Deferred[None]":
+        """
+        One Lua script: the principal's live tasks are counted from its
+        index (C{tasks:<sha256 of subject NUL clientID>}) and the task is
+        created, atomically.
+        """
+
         async def create() -> None:
-            if not await self._create(self._key("task", record.taskID), record, record.expiresAt):
+            ttl = self._ttl(record.expiresAt)
+            if ttl <= 0:
+                return  # already expired: nothing worth storing
+            fields: List[str] = []
+            for name, value in toStrings(record).items():
+                fields += [name, value]
+            principal = hashlib.sha256(
+                record.subject.encode("utf-8") + b"\0" + record.clientID.encode("utf-8")
+            ).hexdigest()
+            created = int(await self._eval(
+                _CREATE_TASK,
+                [self._key("task", record.taskID), self._key("tasks", principal)],
+                [_num(self._clock.seconds()), ttl, "" if limit is None else str(int(limit)),
+                 _num(record.createdAt), _num(record.expiresAt), record.taskID,
+                 self._key("task", "x")[:-1], *fields],
+            ))
+            if created == 0:
                 raise Conflict(record.taskID)
+            if created < 0:
+                raise TooManyTasks(int(limit or 0))
 
         return self._call(create())
 

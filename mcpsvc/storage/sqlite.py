@@ -62,6 +62,8 @@ from mcpsvc.storage.interfaces import (
     RotationResult,
     SessionRecord,
     TaskRecord,
+    TERMINAL_TASK_STATUSES,
+    TooManyTasks,
     StoreError,
     StoreUnavailable,
     SweepReport,
@@ -178,6 +180,10 @@ MIGRATIONS: List[Sequence[str]] = [
             PRIMARY KEY (clientID, jti)
         )""",
         "CREATE INDEX assertionsExpiry ON assertions (expiresAt)",
+    ),
+    (
+        # tasks limit: a principal's live tasks are counted (TASK_LIMIT).
+        "CREATE INDEX tasksPrincipal ON tasks (subject, clientID)",
     ),
 ]
 
@@ -620,15 +626,27 @@ class SQLiteStore:
             raise NoSuchTask(taskID)
         return fromRow(TaskRecord, row)
 
-    def createTask(self, record: TaskRecord) -> "Deferred[None]":
+    def createTask(self, record: TaskRecord, limit: Optional[int] = None) -> "Deferred[None]":
         now = self._clock.seconds()
 
         def create(c: sqlite3.Connection) -> None:
+            # One write transaction (BEGIN IMMEDIATE): the count and the
+            # insert are atomic.
             existing = c.execute(
                 "SELECT 1 FROM tasks WHERE taskID = ? AND expiresAt > ?", (record.taskID, now)
             ).fetchone()
             if existing is not None:
                 raise Conflict(record.taskID)
+            if limit is not None:
+                (live,) = c.execute(
+                    "SELECT COUNT(*) FROM tasks WHERE subject = ? AND clientID = ? "
+                    "AND expiresAt > ? AND status NOT IN ({})".format(
+                        ", ".join("?" * len(TERMINAL_TASK_STATUSES))),
+                    (record.subject, record.clientID, record.createdAt,
+                     *sorted(TERMINAL_TASK_STATUSES)),
+                ).fetchone()
+                if live >= limit:
+                    raise TooManyTasks(limit)
             c.execute(_INSERT_TASK, toRow(record))
 
         return self._run(create)

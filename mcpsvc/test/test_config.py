@@ -73,6 +73,18 @@ class LoadConfigTests(SynchronousTestCase):
         errors = self.errorsFor(JWT_SECRET=SECRET, TASK_POLL_INTERVAL="301")
         self.assertIn("TASK_POLL_INTERVAL must be at most 300", errors[0])
 
+    def test_taskLimit(self) -> None:
+        """
+        C{TASK_LIMIT}, the most live tasks of one principal, defaults to 20
+        and is between 1 and 10000.
+        """
+        self.assertEqual(loadConfig(valid()).taskLimit, 20)
+        self.assertEqual(loadConfig(valid(TASK_LIMIT="3")).taskLimit, 3)
+        for bad in ("0", "10001", "x"):
+            errors = self.errorsFor(JWT_SECRET=SECRET, TASK_LIMIT=bad)
+            self.assertEqual(len(errors), 1, errors)
+            self.assertIn("TASK_LIMIT", errors[0])
+
     def test_privateKeyJWT(self) -> None:
         """
         C{private_key_jwt} is on by default, with a 300 s assertion lifetime

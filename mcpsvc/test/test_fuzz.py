@@ -72,6 +72,13 @@ REDIRECT = "http://127.0.0.1:33418/callback"
 VERIFIER = "v" * 43
 OAUTH_PREFIXES = ("/oauth/", "/authorize", "/token", "/register", "/revoke")
 BIG = RateLimit(count=1_000_000, seconds=1)
+MODERN = "2026-07-28"
+TASKS_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {
+        "extensions": {"io.modelcontextprotocol/tasks": {}}, "elicitation": {}},
+    "io.modelcontextprotocol/clientInfo": {"name": "fuzz", "version": "1"},
+}
 
 
 # -- the routes ---------------------------------------------------------------
@@ -135,6 +142,7 @@ class Service:
             rateLimitRevoke=BIG,
         )
         self.metrics = Metrics()
+        self.assertions = 0
         self.auto = self._site(base)
         self.consent = self._site(base.replace(authorizeMode="consent"))
         self._provision()
@@ -193,11 +201,69 @@ class Service:
         status, _, _ = self.send(self.auto, "POST", "/mcp", self.mcpHeaders(),
                                  b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
         assert status == 202, status
+        # A private_key_jwt client (RFC 7523) with an inline JWK Set.
+        from cryptography.hazmat.primitives.asymmetric import ec
+        import jwt as pyjwt
+
+        self.assertionKey = ec.generate_private_key(ec.SECP256R1())
+        public = json.loads(pyjwt.algorithms.ECAlgorithm.to_jwk(self.assertionKey.public_key()))
+        public.update(kid="fuzz-key", alg="ES256", use="sig")
+        status, _, body = self.send(self.auto, "POST", "/oauth/register", [
+            (b"Authorization", b"Bearer " + IAT.encode()), (b"Content-Type", b"application/json"),
+        ], json.dumps({
+            "client_name": "fuzz-jwt", "grant_types": ["client_credentials"],
+            "token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [public]},
+        }).encode())
+        assert status == 201, (status, body)
+        self.jwtClient = json.loads(body)
+        # Tasks (2026-07-28 tasks extension) waiting for input: one whose
+        # id is fuzzed by get/update, one by cancel.
+        self.taskIDs = [self.startTask("multi_input") for _ in range(2)]
         # The consent page's form, whose fields (csrf_token...) are mutated.
         status, _, page = self.send(self.consent, "GET", "/oauth/authorize?" + query)
         assert status == 200, (status, page)
         self.consentFields = _hiddenFields(page.decode("utf-8"))
         assert "csrf_token" in self.consentFields, self.consentFields
+
+    def assertion(self, **changes: Any) -> str:
+        """
+        A fresh, valid client assertion of the C{private_key_jwt} client
+        (C{changes} replace claims; a C{None} removes one).
+        """
+        import jwt as pyjwt
+
+        self.assertions += 1
+        now = int(self.clock.seconds())
+        claims: Dict[str, Any] = {
+            "iss": self.jwtClient["client_id"], "sub": self.jwtClient["client_id"],
+            "aud": SERVER, "iat": now, "exp": now + 60, "jti": f"fuzz-{self.assertions:09d}",
+        }
+        claims.update(changes)
+        claims = {k: v for k, v in claims.items() if v is not None}
+        return pyjwt.api_jws.encode(json.dumps(claims).encode(), self.assertionKey,
+                                    algorithm="ES256", headers={"kid": "fuzz-key"})
+
+    def startTask(self, tool: str) -> str:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": tool, "arguments": {}, "_meta": TASKS_META}}).encode()
+        status, _, answer = self.send(self.auto, "POST", "/mcp", self.modernHeaders("tools/call", tool),
+                                      body)
+        assert status == 200, (status, answer)
+        taskID = json.loads(answer)["result"]["taskId"]
+        self.clock.advance(0)  # the task publishes its questions
+        return str(taskID)
+
+    def modernHeaders(self, method: str, name: Optional[str]) -> List[Tuple[bytes, bytes]]:
+        headers = [
+            (b"Authorization", b"Bearer " + self.tokens["access_token"].encode()),
+            (b"Content-Type", b"application/json"),
+            (b"Accept", b"application/json, text/event-stream"),
+            (b"MCP-Protocol-Version", MODERN.encode()),
+            (b"Mcp-Method", method.encode()),
+        ]
+        if name is not None:
+            headers.append((b"Mcp-Name", name.encode("utf-8", "surrogatepass")))
+        return headers
 
     def mcpHeaders(self, session: bool = True) -> List[Tuple[bytes, bytes]]:
         headers = [
@@ -246,6 +312,8 @@ def send(site: McpsvcSite, data: bytes) -> Tuple[int, Dict[str, List[str]], byte
 _json_leaf = (
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30)
+    # JSON integers have no bound; these overflow a float.
+    | st.sampled_from([10 ** 400, -(10 ** 400), 2 ** 1024])
 )
 json_values = st.recursive(
     _json_leaf,
@@ -612,6 +680,78 @@ class OAuthFuzzTests(FuzzMixin, SynchronousTestCase):
 
     @FUZZ
     @given(data=st.data())
+    def test_clientAssertion(self, data: Any) -> None:
+        """
+        C{private_key_jwt} forms: a valid assertion (fresh, replayed or
+        with claims changed), mutated, re-signed with C{none} or HS256
+        (the public key as the secret), with C{jwk}/C{jku}/C{x5u} headers,
+        with another authentication method too; never a 5xx, an
+        C{invalid_client} (or another OAuth error) otherwise.
+        """
+        import jwt as pyjwt
+
+        service = self.service
+        clientID = service.jwtClient["client_id"]
+        choice = data.draw(st.integers(0, 6), label="assertion")
+        if choice == 0:
+            assertion = service.assertion()
+        elif choice == 1:
+            claim = data.draw(st.sampled_from(["iss", "sub", "aud", "exp", "iat", "nbf", "jti"]))
+            assertion = service.assertion(**{claim: data.draw(json_values)})
+        elif choice == 2:
+            assertion = data.draw(tokens(service.assertion())).decode("utf-8", "replace")
+        elif choice == 3:
+            claims = pyjwt.decode(service.assertion(), options={"verify_signature": False})
+            assertion = pyjwt.encode(claims, None, algorithm="none")
+        elif choice == 4:
+            from cryptography.hazmat.primitives import serialization
+
+            pem = service.assertionKey.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            claims = pyjwt.decode(service.assertion(), options={"verify_signature": False})
+            head, payload, _ = service.assertion().split(".")
+            import hashlib
+            import hmac
+
+            signature = base64.urlsafe_b64encode(hmac.new(
+                pem, f"{head}.{payload}".encode(), hashlib.sha256).digest()).rstrip(b"=").decode()
+            header = base64.urlsafe_b64encode(json.dumps(
+                {"alg": "HS256", "typ": "JWT", "kid": "fuzz-key"}).encode()).rstrip(b"=").decode()
+            assertion = f"{header}.{payload}.{signature}"
+        elif choice == 5:
+            from cryptography.hazmat.primitives.asymmetric import ec
+
+            other = ec.generate_private_key(ec.SECP256R1())
+            jwk = json.loads(pyjwt.algorithms.ECAlgorithm.to_jwk(other.public_key()))
+            extra = data.draw(st.sampled_from([{"jwk": jwk}, {"jku": "http://127.0.0.1:9/jwks"},
+                                               {"x5u": "http://127.0.0.1:9/x5u"}]))
+            claims = pyjwt.decode(service.assertion(), options={"verify_signature": False})
+            assertion = pyjwt.encode(claims, other, algorithm="ES256",
+                                     headers=dict(extra, kid=data.draw(st.sampled_from(["fuzz-key", "x"]))))
+        else:
+            assertion = data.draw(st.text(max_size=60) | nasty_json_text)
+        seed = {"grant_type": "client_credentials", "client_assertion": assertion,
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_id": clientID, "scope": "mcp:tools", "token": service.tokens["access_token"]}
+        if data.draw(st.booleans()):
+            seed["client_secret"] = service.client["client_secret"]
+        path = data.draw(st.sampled_from(["/oauth/token", "/token", "/oauth/revoke", "/revoke",
+                                          "/oauth/introspect"]))
+        mutated = data.draw(st.booleans(), label="mutated")
+        body = data.draw(form_body(seed)) if mutated else urllib.parse.urlencode(seed).encode()
+        headers = [(b"Content-Type", b"application/x-www-form-urlencoded")]
+        if data.draw(st.integers(0, 4)) == 0:
+            headers.append((b"Authorization", b"Basic " + base64.b64encode(
+                f"{clientID}:x".encode())))
+        status, parsed = self.check(service.auto, "POST", path, headers, body)
+        if choice in (3, 4, 5) and not mutated:
+            # none, HS256 keyed with the public key, a key in the header:
+            # never accepted.
+            assert status == 401 or (status == 400 and parsed.get("error") == "invalid_request"), \
+                (choice, status, parsed)
+
+    @FUZZ
+    @given(data=st.data())
     def test_authorizeQuery(self, data: Any) -> None:
         """
         The authorization endpoint by query string, in both modes.
@@ -692,6 +832,44 @@ class McpFuzzTests(FuzzMixin, SynchronousTestCase):
             if result.get("isError"):
                 text = result["content"][0]["text"]
                 assert "internal error" not in text, (expression, text)
+
+
+class TasksFuzzTests(FuzzMixin, SynchronousTestCase):
+    """
+    Mutated C{tasks/get}, C{tasks/update}, C{tasks/cancel} and task
+    C{tools/call} requests (2026-07-28, tasks extension) on tasks waiting
+    for input: ids, answers of any shape and size, capabilities, headers.
+    """
+
+    @FUZZ
+    @given(data=st.data())
+    def test_tasks(self, data: Any) -> None:
+        service = self.service
+        method = data.draw(st.sampled_from(["tasks/get", "tasks/update", "tasks/cancel", "tools/call"]),
+                           label="method")
+        taskID = service.taskIDs[1 if method == "tasks/cancel" else 0]
+        answer = data.draw(st.sampled_from([
+            {"action": "accept", "content": {"name": "Ada"}}, {"action": "decline"},
+            {"action": "accept", "content": "x"}, {"role": "assistant", "content": []},
+        ]) | json_values, label="answer")
+        params: Dict[str, Any] = {"taskId": taskID, "_meta": TASKS_META}
+        if method == "tasks/update":
+            params["inputResponses"] = {data.draw(st.sampled_from(["first", "second", "other"])): answer}
+        if method == "tools/call":
+            params = {"name": data.draw(st.sampled_from(["multi_input", "confirm_delete",
+                                                         "failing_job", "protocol_error_job"])),
+                      "arguments": {}, "_meta": TASKS_META}
+        body = data.draw(st.just(json.dumps({"jsonrpc": "2.0", "id": 5, "method": method,
+                                             "params": params}).encode())
+                         | mutated_json({"jsonrpc": "2.0", "id": 5, "method": method, "params": params}),
+                         label="body")
+        name = params.get("name", taskID)
+        headers = service.modernHeaders(method, data.draw(st.sampled_from([name, None])
+                                                           | st.text(max_size=20), label="name"))
+        self.check(service.auto, "POST", "/mcp", headers, body)
+        service.clock.advance(data.draw(st.sampled_from([0, 0, 1, 30]), label="advance"))
+        bad = self.watch.take()
+        assert not bad, "the task logged:\n" + "\n".join(bad)
 
 
 class MetricsLabelTests(FuzzMixin, SynchronousTestCase):

@@ -12,6 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mcpsvc.mcp.dispatcher import Dispatcher, RequestContext
 from mcpsvc.mcp.mrtr import (
+    answerProblem,
+    InputRound,
     InvalidRequestState,
     RequestStateSigner,
     deriveStateKey,
@@ -107,6 +109,56 @@ class ParseInputResponsesTests(SynchronousTestCase):
             self.assertEqual(error.code, -32602)
 
 
+class AnswerShapeTests(SynchronousTestCase):
+    """
+    L{answerProblem}: an answer must have the shape of the result of the
+    request it answers.
+    """
+
+    def test_shapes(self) -> None:
+        good = [
+            ("elicitation/create", {"action": "accept", "content": {"name": "Ada"}}),
+            ("elicitation/create", {"action": "decline"}),
+            ("elicitation/create", {"action": "cancel"}),
+            ("sampling/createMessage", {"role": "assistant", "model": "m",
+                                        "content": {"type": "text", "text": "hi"}}),
+            ("sampling/createMessage", {"role": "assistant", "content": [{"type": "text", "text": "x"}]}),
+            ("roots/list", {"roots": [{"uri": "file:///x"}]}),
+            ("roots/list", {"roots": []}),
+        ]
+        for method, answer in good:
+            self.assertIsNone(answerProblem(method, answer), (method, answer))
+        bad = [
+            ("elicitation/create", {}),
+            ("elicitation/create", {"action": "yes"}),
+            ("elicitation/create", {"action": "accept", "content": "Ada"}),
+            ("elicitation/create", {"action": "accept", "content": {"a": {"b": 1}}}),
+            ("sampling/createMessage", {"role": "assistant"}),
+            ("sampling/createMessage", {"content": "hi"}),
+            ("roots/list", {"roots": "x"}),
+            ("roots/list", {"roots": [{"name": "no uri"}]}),
+            ("roots/list", {}),
+            ("nope/nope", {}),
+        ]
+        for method, answer in bad:
+            self.assertIsInstance(answerProblem(method, answer), str, (method, answer))
+
+    def test_roundRefusesWrongShape(self) -> None:
+        """
+        An answer in C{inputResponses} that does not fit the request the
+        tool makes fails that request (L{ClientRequestError}), rather than
+        reaching the tool.
+        """
+        round = InputRound({"name": {"action": "accept", "content": "not an object"}},
+                           {"elicitation": {}}, Clock())
+        failure = self.failureResultOf(
+            round.clientRequest("elicitation/create", {"message": "Name?"}, key="name"),
+            ClientRequestError,
+        )
+        self.assertIn("name", str(failure.value))
+        self.assertEqual(round.asked, {})
+
+
 class DispatcherMRTRTests(SynchronousTestCase):
     """
     A tool written once asks through MRTR in 2026-07-28.
@@ -127,7 +179,7 @@ class DispatcherMRTRTests(SynchronousTestCase):
         async def twoRounds(arguments: Any, context: ToolContext) -> str:
             first = await context.clientRequest("elicitation/create", _form("1?"))
             second = await context.clientRequest("sampling/createMessage", {"messages": []})
-            return f"{first['n']}+{second['n']}"
+            return f"{first['content']['n']}+{second['content']['n']}"
 
         async def together(arguments: Any, context: ToolContext) -> str:
             answers = await gatherResults([
@@ -224,13 +276,13 @@ class DispatcherMRTRTests(SynchronousTestCase):
         r1 = self.successResultOf(self.call({"name": "two"}))
         self.assertEqual(list(r1["inputRequests"]), ["input-1"])
         r2 = self.successResultOf(self.call({
-            "name": "two", "inputResponses": {"input-1": {"n": 1}},
+            "name": "two", "inputResponses": {"input-1": {"action": "accept", "content": {"n": 1}}},
             "requestState": r1["requestState"]}))
         self.assertEqual(r2["resultType"], "input_required")
         self.assertEqual(list(r2["inputRequests"]), ["input-2"])
         self.assertNotEqual(r2["requestState"], r1["requestState"])
         r3 = self.successResultOf(self.call({
-            "name": "two", "inputResponses": {"input-2": {"n": 2}},
+            "name": "two", "inputResponses": {"input-2": {"role": "assistant", "content": {"n": 2}}},
             "requestState": r2["requestState"]}))
         self.assertEqual(r3["content"][0]["text"], "1+2")
 
@@ -241,10 +293,10 @@ class DispatcherMRTRTests(SynchronousTestCase):
         """
         r1 = self.successResultOf(self.call({"name": "two"}))
         r2 = self.successResultOf(self.call({
-            "name": "two", "inputResponses": {"input-1": {"n": 1}},
+            "name": "two", "inputResponses": {"input-1": {"action": "accept", "content": {"n": 1}}},
             "requestState": r1["requestState"]}))
         r3 = self.successResultOf(self.call({
-            "name": "two", "inputResponses": {"input-1": {"n": 9}, "input-2": {"n": 2}},
+            "name": "two", "inputResponses": {"input-1": {"action": "accept", "content": {"n": 9}}, "input-2": {"role": "assistant", "content": {"n": 2}}},
             "requestState": r2["requestState"]}))
         self.assertEqual(r3["content"][0]["text"], "1+2")
 
@@ -302,7 +354,7 @@ class DispatcherMRTRTests(SynchronousTestCase):
         """
         r1 = self.successResultOf(self.call({"name": "two"}))
         failure = self.failureResultOf(self.call({
-            "name": "two", "inputResponses": {"input-1": {"n": 1, "pad": "x" * 300_000}},
+            "name": "two", "inputResponses": {"input-1": {"action": "accept", "content": {"n": 1, "pad": "x" * 300_000}}},
             "requestState": r1["requestState"]}), ProtocolError)
         self.assertEqual(failure.value.code, -32602)
 

@@ -17,7 +17,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from mcpsvc.config import Config
 from mcpsvc.mcp.protocol import INTERNAL_ERROR
 from mcpsvc.mcp.tasks import (
+    MAX_TASK_ANSWERS_BYTES,
+    MAX_TASK_RESULT_BYTES,
     TASKS_EXTENSION,
+    TOO_MANY_TASKS,
     answered,
     asking,
     cancelled,
@@ -331,6 +334,10 @@ class TasksTests(SynchronousTestCase):
                                  (unknown["code"], unknown["message"]), method)
         self.assertEqual(unknown["code"], -32602)
         self.assertTrue([e for e in events if "another principal" in e.get("log_format", "")])
+        refusals = [e for e in events if e.get("action") == "task.access"]
+        self.assertEqual([(e["outcome"], e["method"]) for e in refusals],
+                         [("denied", m) for m in ("tasks/get", "tasks/update", "tasks/cancel")])
+        self.assertNotIn(taskID, json.dumps([{k: str(v) for k, v in e.items()} for e in refusals]))
         self.assertEqual(self.h.jobsCancelled, 0)
         self.h.principal = Harness(self).principal
         self.assertEqual(self.h.get(taskID)["status"], "working")
@@ -380,6 +387,86 @@ class TasksTests(SynchronousTestCase):
         got = self.h.get(taskID)
         self.assertEqual(got["status"], "completed")
         self.assertEqual(got["result"]["content"][0]["text"], "Ada and Bob")
+
+    def test_updateWrongShape(self) -> None:
+        """
+        An answer to an outstanding question that is not a result of the
+        question's method is C{-32602} naming the key, and changes
+        nothing; the right answer is then accepted.
+        """
+        taskID = self.h.start("quiz")
+        self.h.pump()
+        for answer in ({"action": "accept", "content": "Ada"}, {"name": "Ada"}, {"action": "ok"}):
+            error = self.h.error("tasks/update", {"taskId": taskID, "inputResponses": {
+                "first": answer}})
+            self.assertEqual(error["code"], -32602, answer)
+            self.assertIn("first", error["message"])
+        got = self.h.get(taskID)
+        self.assertEqual(sorted(got["inputRequests"]), ["first", "second"])
+        self.h.result("tasks/update", {"taskId": taskID, "inputResponses": {
+            "first": {"action": "accept", "content": {"name": "Ada"}}}})
+        self.assertEqual(list(self.h.get(taskID)["inputRequests"]), ["second"])
+
+    def test_oversizeResult(self) -> None:
+        """
+        A task whose result is larger than the store may keep ends
+        C{failed} with an error saying so (the result is not stored).
+        """
+        taskID = self.h.start("job")
+        self.h.jobs[0].callback("x" * (MAX_TASK_RESULT_BYTES + 10))
+        self.h.pump()
+        got = self.h.get(taskID)
+        self.assertEqual(got["status"], "failed")
+        self.assertIn("too large", got["error"]["message"])
+        stored = self.successResultOf(self.h.store.getTask(taskID, self.h.clock.seconds()))
+        self.assertLess(len(json.dumps(stored.payload)), 4096)
+
+    def test_unstorableResult(self) -> None:
+        """
+        A result the store could not encode (nested deeper than the JSON
+        encoder goes) ends the task C{failed}, not an unhandled error.
+        """
+        taskID = self.h.start("job")
+        deep: Any = "x"
+        for _ in range(5000):
+            deep = [deep]
+        from mcpsvc.tools.interfaces import ToolResult
+
+        self.h.jobs[0].callback(ToolResult(content=[{"type": "text", "text": "deep"}],
+                                           structuredContent={"deep": deep}))
+        self.h.pump()
+        got = self.h.get(taskID)
+        self.assertEqual(got["status"], "failed")
+        self.assertEqual(self.h.app.dispatcher.tasks.runningCount(), 0)
+
+    def test_oversizeAnswers(self) -> None:
+        """
+        Answers are bounded too: C{tasks/update} answers whose encoding is
+        larger than L{MAX_TASK_ANSWERS_BYTES} are C{-32602} and not stored.
+        """
+        taskID = self.h.start("quiz")
+        self.h.pump()
+        big = {"action": "accept", "content": {"name": "x" * (MAX_TASK_ANSWERS_BYTES + 10)}}
+        error = self.h.error("tasks/update", {"taskId": taskID, "inputResponses": {"first": big}})
+        self.assertEqual(error["code"], -32602)
+        self.assertEqual(sorted(self.h.get(taskID)["inputRequests"]), ["first", "second"])
+
+    def test_inputsNotLogged(self) -> None:
+        """
+        A task's arguments and the client's answers never reach the log
+        (only the task id's prefix, the tool, the question keys).
+        """
+        with capturedLogs() as events:
+            taskID = self.h.start("quiz", {"password": "hunter2-argument"})
+            self.h.pump()
+            for key in ("first", "second"):
+                self.h.result("tasks/update", {"taskId": taskID, "inputResponses": {
+                    key: {"action": "accept", "content": {"name": "hunter2-answer"}}}})
+            self.h.pump()
+        self.assertEqual(self.h.get(taskID)["status"], "completed")
+        text = repr(events)
+        self.assertNotIn("hunter2", text)
+        self.assertNotIn(taskID, text)
 
     def test_protocolError(self) -> None:
         """
@@ -476,12 +563,100 @@ class TasksTests(SynchronousTestCase):
         self.assertEqual(h.jobsCancelled, 1)
         self.assertEqual(h.app.dispatcher.tasks.runningCount(), 0)
 
+    def test_limitPerPrincipal(self) -> None:
+        """
+        A principal with C{TASK_LIMIT} live tasks is refused another with
+        a JSON-RPC error naming the limit, a log line and an audit event,
+        and the tool does not run; another principal is not affected; a
+        task over (cancelled) frees its place.
+        """
+        h = TaskHarness(self, config=Config(taskLimit=2))
+        first = h.start("job")
+        h.start("job")
+        with capturedLogs() as events:
+            status, message = h.rpc("tools/call", {"name": "job", "arguments": {}})
+        self.assertEqual(status, 200)
+        self.assertEqual(message["error"]["code"], TOO_MANY_TASKS)
+        self.assertIn("2", message["error"]["message"])
+        self.assertEqual(message["error"]["data"], {"limit": 2})
+        self.assertEqual(len(h.jobs), 2)
+        self.assertTrue([e for e in events if "task limit" in e.get("log_format", "")])
+        self.assertTrue([e for e in events if e.get("action") == "task.limit"])
+        h.principal = MALLORY
+        h.start("job")
+        h.principal = Harness(self).principal
+        h.result("tasks/cancel", {"taskId": first})
+        h.start("job")
+        self.assertEqual(len(h.jobs), 4)
+
+    def test_limitWhenTheToolStartsItsTask(self) -> None:
+        """
+        A tool that starts its task itself, at the limit, gets the same
+        C{-32029} error for its request, and nothing logs a traceback.
+        """
+        h = TaskHarness(self, config=Config(taskLimit=1))
+        h.start("job")
+        first = h.result("tools/call", {"name": "composed", "arguments": {}})
+        with capturedLogs() as events:
+            error = h.error("tools/call", {
+                "name": "composed", "arguments": {}, "requestState": first["requestState"],
+                "inputResponses": {"name": {"action": "accept", "content": {"name": "Alice"}}}})
+            h.pump(1)
+        self.assertEqual(error["code"], TOO_MANY_TASKS)
+        self.assertEqual([e for e in events if e.get("log_failure") is not None], [])
+        self.assertEqual(h.app.dispatcher.tasks.runningCount(), 1)
+        # The store down: 503 (fail closed), no traceback either.
+        from twisted.internet.defer import fail
+
+        h.store.createTask = lambda *a, **kw: fail(StoreUnavailable("down"))  # type: ignore
+        with capturedLogs() as events:
+            status, message = h.rpc("tools/call", {
+                "name": "composed", "arguments": {}, "requestState": first["requestState"],
+                "inputResponses": {"name": {"action": "accept", "content": {"name": "Alice"}}}})
+        self.assertEqual(status, 503, message)
+        self.assertEqual([e for e in events if e.get("log_failure") is not None], [])
+
+    def test_storeDownMidTask(self) -> None:
+        """
+        When the store goes down while a task runs, its questions cannot be
+        published: the tool's requests fail (it is not left waiting for
+        answers nobody can see); its outcome is written once the store is
+        back (the poll retries it), and nothing is lost or left working.
+        """
+        from twisted.internet.defer import fail
+
+        h = self.h
+        real = (h.store.getTask, h.store.replaceTask)
+
+        def down(*a: Any, **kw: Any) -> Any:
+            return fail(StoreUnavailable("down"))
+
+        h.store.getTask = down  # type: ignore[method-assign]
+        h.store.replaceTask = down  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            taskID = h.start("quiz")  # created; its questions cannot be published
+            h.pump(1)
+        self.assertTrue([e for e in events if "Publishing" in e.get("log_format", "")])
+        self.assertEqual(h.app.dispatcher.tasks.runningCount(), 1)  # outcome not written yet
+        for method, params in (("tasks/get", {}), ("tasks/cancel", {}),
+                               ("tasks/update", {"inputResponses": {}})):
+            status, message = h.rpc(method, dict(params, taskId=taskID))
+            self.assertEqual(status, 503, (method, message))
+            self.assertIn("error", message)
+        h.store.getTask, h.store.replaceTask = real  # type: ignore[method-assign]
+        h.pump(1)
+        got = h.get(taskID)
+        self.assertEqual(got["status"], "completed")
+        self.assertTrue(got["result"]["isError"])
+        self.assertIn("could not be asked", got["result"]["content"][0]["text"])
+        self.assertEqual(h.app.dispatcher.tasks.runningCount(), 0)
+
     def test_storeDownAtCreation(self) -> None:
         """
         When the store cannot create the task, the call fails closed
         (503) and the tool does not run.
         """
-        def down(record: TaskRecord) -> Any:
+        def down(record: TaskRecord, limit: Any = None) -> Any:
             from twisted.internet.defer import fail
 
             return fail(StoreUnavailable("down"))

@@ -259,9 +259,21 @@ class ClaimRefusalTests(_Base):
         self.refused(self.key.assertion(CLIENT, aud=ISSUER, now=NOW, drop=("aud",)), "no aud")
         self.refused(self.key.assertion(CLIENT, aud=[], now=NOW), "no aud")
         self.refused(self.key.assertion(CLIENT, aud=[1], now=NOW), "no aud")
-        for aud in ("https://other.example.com", ISSUER + "/oauth/revoke", [ISSUER, "https://other"]):
+        for aud in ("https://other.example.com", ISSUER + "/oauth/revoke", [ISSUER, "https://other"],
+                    ISSUER + "//", ISSUER + "///", ISSUER + "/oauth/token//"):
             e = self.refused(self.key.assertion(CLIENT, aud=aud, now=NOW), "aud is not this server")
             self.assertIn("issuer", e.description)
+
+    def test_hugeNumbers(self) -> None:
+        """
+        Time claims that are integers too large for a float (which JSON
+        allows) are refused like any other bad value, not an exception.
+        """
+        huge = 10 ** 400
+        self.refused(self.key.assertion(CLIENT, aud=ISSUER, now=NOW, exp=huge), "no exp")
+        self.refused(self.key.assertion(CLIENT, aud=ISSUER, now=NOW, exp=-huge), "no exp")
+        self.refused(self.key.assertion(CLIENT, aud=ISSUER, now=NOW, nbf=huge), "nbf")
+        self.refused(self.key.assertion(CLIENT, aud=ISSUER, now=NOW, iat=huge), "iat")
 
     def test_expiry(self) -> None:
         """

@@ -277,6 +277,148 @@ class EndpointTests(PrivateKeyJWTTestCase):
             self.assertIn(reason, self.failedReasons()[-1])
         self.assertEqual(len(self.failedReasons()), len(cases))
 
+    def test_headerKeysIgnored(self) -> None:
+        """
+        C{jwk}, C{jku} and C{x5u} in an assertion's header are never used
+        nor fetched: an impostor's assertion carrying its own key is
+        refused; the client's own assertion carrying them is verified with
+        the registered key alone.
+        """
+        client = self.registerKeyClient()
+        now = self.clock.seconds()
+        impostor = ClientKey("ES256", kid="k1")
+        for header in ({"jwk": impostor.publicJWK()}, {"jku": "https://127.0.0.1:9/jwks"},
+                       {"x5u": "https://127.0.0.1:9/cert"}):
+            forged = impostor.assertion(client["client_id"], aud=SERVER, now=now, headers=header)
+            response, body = self.post("/oauth/token", {
+                "client_assertion_type": JWT_BEARER, "client_assertion": forged,
+                "grant_type": "client_credentials"})
+            self.assertOAuthError(response, body, 401, "invalid_client")
+            own = self.key.assertion(client["client_id"], aud=SERVER, now=now, headers=header)
+            response, body = self.post("/oauth/token", {
+                "client_assertion_type": JWT_BEARER, "client_assertion": own,
+                "grant_type": "client_credentials"})
+            self.assertEqual(response.code, 200, body)
+        self.assertEqual(self.fetch.calls, [])
+
+    def test_audienceTricks(self) -> None:
+        """
+        C{aud} must name this server: the issuer (with or without one
+        trailing slash) or the endpoint called. A list with one value that
+        is not, another endpoint's URL, a prefix, or several trailing
+        slashes are refused.
+        """
+        client = self.registerKeyClient()
+        for aud in (SERVER + "/", [SERVER, SERVER + "/oauth/token"]):
+            response, body = self.post("/oauth/token", dict(
+                self.assertionForm(client, aud=aud), grant_type="client_credentials"))
+            self.assertEqual(response.code, 200, (aud, body))
+        for aud in ([SERVER, "https://elsewhere.example"], SERVER + "/oauth/introspect",
+                    SERVER + "//", SERVER + "/oauth", SERVER + ".evil",
+                    SERVER.upper(), [], [SERVER, 7]):
+            response, body = self.post("/oauth/token", dict(
+                self.assertionForm(client, aud=aud), grant_type="client_credentials"))
+            self.assertOAuthError(response, body, 401, "invalid_client")
+
+    def test_replayAcrossEndpoints(self) -> None:
+        """
+        An assertion addressed to the issuer and used at the token endpoint
+        is refused at the introspection and revocation endpoints (one use,
+        whatever the endpoint).
+        """
+        client = self.registerKeyClient()
+        form = self.assertionForm(client)
+        response, _ = self.post("/oauth/token", dict(form, grant_type="client_credentials"))
+        self.assertEqual(response.code, 200)
+        for path in ("/oauth/introspect", "/oauth/revoke", "/revoke"):
+            response, body = self.post(path, dict(form, token="x"))
+            self.assertOAuthError(response, body, 401, "invalid_client")
+        self.assertEqual(len(self.audits.of("client.assertion_replay")), 3)
+
+    def test_usedWhenTheGrantFails(self) -> None:
+        """
+        An assertion is used up once it authenticated the client, even when
+        the request fails afterwards (here: an unknown grant type, a scope
+        the client may not have): retrying with it is a replay. One refused
+        before it was verified (a bad signature, a wrong C{aud}) uses
+        nothing up: the client's genuine assertion with that C{jti} still
+        works.
+        """
+        client = self.registerKeyClient()
+        form = self.assertionForm(client, jti="once")
+        response, body = self.post("/oauth/token", dict(form, grant_type="password"))
+        self.assertOAuthError(response, body, 400, "unsupported_grant_type")
+        response, body = self.post("/oauth/token", dict(form, grant_type="client_credentials"))
+        self.assertOAuthError(response, body, 401, "invalid_client")
+        self.assertIn("used already", body["error_description"])
+        impostor = ClientKey("ES256", kid="k1")
+        forged = impostor.assertion(client["client_id"], aud=SERVER, now=self.clock.seconds(),
+                                    jti="twice")
+        response, _ = self.post("/oauth/token", {
+            "client_assertion_type": JWT_BEARER, "client_assertion": forged,
+            "grant_type": "client_credentials"})
+        self.assertEqual(response.code, 401)
+        response, _ = self.post("/oauth/token", dict(
+            self.assertionForm(client, aud="https://elsewhere.example", jti="twice"),
+            grant_type="client_credentials"))
+        self.assertEqual(response.code, 401)
+        response, body = self.post("/oauth/token", dict(
+            self.assertionForm(client, jti="twice"), grant_type="client_credentials"))
+        self.assertEqual(response.code, 200, body)
+
+    def test_failuresRateLimited(self) -> None:
+        """
+        Failed assertion authentication counts against the endpoint's
+        per-address limit (taken before the client is known): past it, 429.
+        """
+        from mcpsvc.config import RateLimit
+
+        self.configure(self.config.replace(rateLimitToken=RateLimit(count=3, seconds=60)))
+        client = self.registerKeyClient()
+        impostor = ClientKey("ES256", kid="k1")
+        codes = []
+        for _ in range(5):
+            forged = impostor.assertion(client["client_id"], aud=SERVER, now=self.clock.seconds())
+            response, _ = self.post("/oauth/token", {
+                "client_assertion_type": JWT_BEARER, "client_assertion": forged,
+                "grant_type": "client_credentials"})
+            codes.append(response.code)
+        self.assertEqual(codes, [401, 401, 401, 429, 429])
+
+    def test_nothingSecretLogged(self) -> None:
+        """
+        Neither the assertion (nor its signature, nor its claims as a
+        whole) nor key material reaches the log or the audit trail, on
+        success, refusal or replay.
+        """
+        from twisted.logger import capturedLogs, formatEvent
+
+        client = self.registerKeyClient()
+        form = dict(self.assertionForm(client, aud="https://elsewhere.example"),
+                    grant_type="client_credentials")
+        good = dict(self.assertionForm(client), grant_type="client_credentials")
+        with capturedLogs() as events:
+            self.post("/oauth/token", form)
+            self.post("/oauth/token", good)
+            self.post("/oauth/token", good)
+        text = "\n".join(formatEvent(e) + repr(e) for e in events)
+        self.assertTrue(events)
+        for secret in (form["client_assertion"], good["client_assertion"],
+                       good["client_assertion"].split(".")[2], good["client_assertion"].split(".")[1],
+                       self.key.privateJWK().get("d", "-"), self.key.publicJWK().get("x", "-")):
+            self.assertNotIn(secret, text)
+
+    def test_hugeTimeClaims(self) -> None:
+        """
+        An assertion whose C{exp}, C{nbf} or C{iat} is an integer too large
+        for a float is 401 invalid_client, not a 500.
+        """
+        client = self.registerKeyClient()
+        for claim in ("exp", "nbf", "iat"):
+            response, body = self.post("/oauth/token", dict(
+                self.assertionForm(client, **{claim: 10 ** 400}), grant_type="client_credentials"))
+            self.assertOAuthError(response, body, 401, "invalid_client")
+
     def test_methodMismatch(self) -> None:
         """
         A private_key_jwt client sending a secret or nothing is refused; a
@@ -349,6 +491,41 @@ class JWKSURITests(PrivateKeyJWTTestCase):
             self.assertionForm(client), grant_type="client_credentials"))
         self.assertOAuthError(response, body, 401, "invalid_client")
         self.assertIn("could not be fetched", body["error_description"])
+
+    def test_badDocuments(self) -> None:
+        """
+        Whatever the C{jwks_uri} serves or however its fetch fails, the
+        client is refused with 401 invalid_client, never a 5xx: another
+        JSON type, too many keys, a private or symmetric key, keys of the
+        wrong shape, a deep document, a fetcher that raises at once.
+        """
+        client = self.registerKeyClient(jwks=None, jwks_uri=JWKS_URL)
+        public = self.key.publicJWK()
+        nested: Any = 1
+        for _ in range(500):
+            nested = {"keys": [nested]}
+        documents = [
+            [self.key.jwks()], "keys", None, {"keys": {}}, {"keys": [public] * 21},
+            {"keys": [self.key.privateJWK()]}, {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]},
+            {"keys": [dict(public, x=7)]}, {"keys": [dict(public, crv="P-999")]},
+            {"keys": [dict(public, kid=["k1"])]}, nested, TimeoutError(), ValueError("bad JSON"),
+        ]
+        for document in documents:
+            self.oauth.assertions.cache._entries.clear()
+            self.oauth.assertions.cache._lastFetch.clear()
+            self.fetch.documents[JWKS_URL] = document
+            response, body = self.post("/oauth/token", dict(
+                self.assertionForm(client), grant_type="client_credentials"))
+            self.assertOAuthError(response, body, 401, "invalid_client")
+
+        def raises(url: str) -> Any:
+            raise RuntimeError("the fetcher broke")
+
+        self.oauth.assertions.cache._lastFetch.clear()
+        self.oauth.assertions.cache.fetchJSON = raises
+        response, body = self.post("/oauth/token", dict(
+            self.assertionForm(client), grant_type="client_credentials"))
+        self.assertOAuthError(response, body, 401, "invalid_client")
 
     def test_fetchedThroughSafeFetcher(self) -> None:
         """

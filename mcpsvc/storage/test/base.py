@@ -47,6 +47,7 @@ from mcpsvc.storage.interfaces import (
     SessionRecord,
     SweepReport,
     TaskRecord,
+    TooManyTasks,
 )
 
 __all__ = [
@@ -1000,6 +1001,44 @@ class StoreTestsMixin:
         self.assertEqual(sorted(results), [False] * 5 + [True])
         winner = results.index(True)
         self.assertEqual((await self.store.getTask("task-1", now)).statusMessage, f"writer {winner}")
+
+    async def test_createTaskLimit(self) -> None:
+        """
+        With a C{limit}, C{createTask} refuses (L{TooManyTasks}) a task
+        whose principal (subject and client) already has C{limit} live
+        tasks; tasks that are over, expired, or another principal's do not
+        count; without a limit nothing is counted.
+        """
+        now = self.now()
+        await self.store.createTask(task("a"), limit=2)
+        await self.store.createTask(task("b", status="input_required"), limit=2)
+        failure = await self.assertFails(self.store.createTask(task("c"), limit=2), TooManyTasks)
+        self.assertEqual(failure.limit, 2)
+        await self.assertFails(self.store.getTask("c", now), NoSuchTask)
+        # another principal, and no limit: counted apart / not counted
+        await self.store.createTask(task("bob", subject="bob"), limit=2)
+        await self.store.createTask(task("other-client", clientID="client-2"), limit=2)
+        await self.store.createTask(task("unlimited"))
+        # a task over frees its place
+        self.assertIs(await self.store.replaceTask(task("a", version=2, status="completed"), now), True)
+        await self.store.createTask(task("c"), limit=3)
+        await self.assertFails(self.store.createTask(task("d"), limit=3), TooManyTasks)
+        # an expired task frees its place
+        await self.store.createTask(task("short", subject="carol", expiresAt=now + 5), limit=1)
+        await self.assertFails(self.store.createTask(task("e", subject="carol"), limit=1), TooManyTasks)
+        await self.store.createTask(task("e", subject="carol", createdAt=now + 5), limit=1)
+
+    async def test_createTaskLimitConcurrent(self) -> None:
+        """
+        The limit is counted atomically: of several creations racing for
+        the last places, exactly that many succeed.
+        """
+        await self.store.createTask(task("first"), limit=3)
+        results = await self.gather(*[
+            self.store.createTask(task(f"t{i}"), limit=3) for i in range(6)
+        ])
+        self.assertEqual(sum(1 for r in results if r is None), 2)
+        self.assertEqual(sum(1 for r in results if isinstance(r, TooManyTasks)), 4)
 
     # ----------------------------------------------------------------- sweep
 

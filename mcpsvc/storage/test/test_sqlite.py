@@ -19,10 +19,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mcpsvc.storage.interfaces import AlreadyUsed, CodeRecord, RotationOutcome, StoreUnavailable
+from mcpsvc.storage.interfaces import (
+    AlreadyUsed, CodeRecord, RotationOutcome, StoreUnavailable, TooManyTasks,
+)
 from mcpsvc.storage._codec import toRow
 from mcpsvc.storage.sqlite import MIGRATIONS, SQLiteStore
-from mcpsvc.storage.test.base import EPOCH, StoreTestsMixin, SweepCountTestsMixin, client, code, family
+from mcpsvc.storage.test.base import EPOCH, StoreTestsMixin, SweepCountTestsMixin, client, code, family, task
 
 
 def synchronous(f: Any) -> Any:
@@ -185,7 +187,9 @@ class SQLiteSpecificTests(SynchronousTestCase):
         assertions table, keeps its clients, and records assertion ids.
         """
         module = __import__("mcpsvc.storage.sqlite", fromlist=["MIGRATIONS"])
-        self.patch(module, "MIGRATIONS", MIGRATIONS[:-1])
+        before = next(i for i, step in enumerate(MIGRATIONS)
+                      if any("CREATE TABLE assertions" in s for s in step))
+        self.patch(module, "MIGRATIONS", MIGRATIONS[:before])
         old = self.store()
         self.successResultOf(old.createClient(client()))
         self.successResultOf(old.close())
@@ -194,6 +198,26 @@ class SQLiteSpecificTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(store.getClient("client-1")), client())
         self.assertIs(self.successResultOf(store.useAssertionID("client-1", "j", EPOCH + 60, EPOCH)), True)
         self.assertIs(self.successResultOf(store.useAssertionID("client-1", "j", EPOCH + 60, EPOCH)), False)
+
+    def test_tasksLimitFromEarlierVersion(self) -> None:
+        """
+        A database written before the tasks limit migration gains the index
+        of a principal's tasks and keeps its tasks, which count.
+        """
+        module = __import__("mcpsvc.storage.sqlite", fromlist=["MIGRATIONS"])
+        before = next(i for i, step in enumerate(MIGRATIONS)
+                      if any("tasksPrincipal" in s for s in step))
+        self.patch(module, "MIGRATIONS", MIGRATIONS[:before])
+        old = self.store()
+        self.successResultOf(old.createTask(task("old")))
+        self.successResultOf(old.close())
+        self.patch(module, "MIGRATIONS", MIGRATIONS)
+        store = self.store()
+        self.failureResultOf(store.createTask(task("new"), limit=1), TooManyTasks)
+        raw = sqlite3.connect(self.path)
+        indexes = [r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")]
+        raw.close()
+        self.assertIn("tasksPrincipal", indexes)
 
     def test_newerSchemaRefused(self) -> None:
         self.successResultOf(self.store().ping())

@@ -50,6 +50,7 @@ __all__ = [
     "answerProblem",
     "deriveStateKey",
     "parseInputResponses",
+    "refusedClientRequest",
 ]
 
 #: The client capability each server-to-client request needs.
@@ -71,6 +72,22 @@ MAX_STATE_LENGTH = 256 * 1024
 MAX_INPUTS = 32
 
 _VERSION = "m1"
+
+
+def refusedClientRequest(
+    method: str, clientCapabilities: Mapping[str, Any]
+) -> Optional[ClientRequestError]:
+    """
+    Why C{method} may not be sent to a client that declared
+    C{clientCapabilities}, or C{None} when it may: only the requests of
+    L{CAPABILITY_OF}, each only to a client that declared its capability.
+    """
+    capability = CAPABILITY_OF.get(method)
+    if capability is None:
+        return ClientRequestError(f"{method} cannot be sent to the client")
+    if capability not in clientCapabilities:
+        return ClientRequestError(f"The client did not declare the {capability} capability")
+    return None
 
 
 def deriveStateKey(secret: str) -> bytes:
@@ -276,13 +293,9 @@ class InputRound:
         self._count += 1
         if key is None:
             key = f"input-{self._count}"
-        capability = CAPABILITY_OF.get(method)
-        if capability is None:
-            return fail(ClientRequestError(f"{method} cannot be sent to the client"))
-        if capability not in self.clientCapabilities:
-            return fail(ClientRequestError(
-                f"The client did not declare the {capability} capability"
-            ))
+        refusal = refusedClientRequest(method, self.clientCapabilities)
+        if refusal is not None:
+            return fail(refusal)
         if key in self.known:
             problem = answerProblem(method, self.known[key])
             if problem is not None:

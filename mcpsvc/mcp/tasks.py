@@ -54,11 +54,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpsvc.mcp.mrtr import (
-    CAPABILITY_OF,
     MAX_INPUTS,
     InputRound,
     answerProblem,
     parseInputResponses,
+    refusedClientRequest,
 )
 from mcpsvc.mcp.protocol import (
     INTERNAL_ERROR,
@@ -341,13 +341,9 @@ class TaskInputs:
         self._count += 1
         if key is None:
             key = f"input-{self._count}"
-        capability = CAPABILITY_OF.get(method)
-        if capability is None:
-            return fail(ClientRequestError(f"{method} cannot be sent to the client"))
-        if capability not in self.clientCapabilities:
-            return fail(ClientRequestError(
-                f"The client did not declare the {capability} capability"
-            ))
+        refusal = refusedClientRequest(method, self.clientCapabilities)
+        if refusal is not None:
+            return fail(refusal)
         if key in self.keys or len(self.waiting) >= MAX_INPUTS:
             return fail(ClientRequestError(f"The input request {key!r} is repeated or one too many"))
         self.keys.add(key)

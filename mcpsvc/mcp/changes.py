@@ -20,8 +20,18 @@ reaches this instance's listeners only (and is logged). With SQLite or
 memory there is one instance (or one per worker, each reloading on the
 C{SIGHUP} the supervisor forwards), and the bus is local.
 
+Task status changes travel the same way: every task record an instance
+writes is a C{task} change (L{mcpsvc.mcp.subscriptions.taskChange}). On
+the channel it is only a hint naming the task id, never its content: an
+instance with a C{subscriptions/listen} stream following the task reads
+it from the store (the source of truth, and of the owner check) and
+notifies; the instance running the task reads it too, so that a
+cancellation or an answer received elsewhere acts at once rather than at
+its next poll. A hint lost while Redis is down is made up for by
+C{tasks/get} and by the next change of the task.
+
 Messages on the channel are JSON objects C{{"v": 1, "origin", "kind",
-"uri"?}}; a message this instance published (its C{origin}) is not
+"uri"?, "task"?}}; a message this instance published (its C{origin}) is not
 delivered twice, and anything malformed is logged and dropped.
 """
 
@@ -41,6 +51,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mcpsvc.mcp.subscriptions import Change
+from mcpsvc.mcp.tasks import MAX_TASK_ID
 
 __all__ = [
     "ChangeBus",
@@ -56,7 +67,7 @@ __all__ = [
 #: The channel is C{REDIS_PREFIX} followed by this.
 CHANNEL_SUFFIX = "changes"
 #: The kinds a message may carry.
-_KINDS = frozenset({"tools", "prompts", "resources", "resource"})
+_KINDS = frozenset({"tools", "prompts", "resources", "resource", "task"})
 #: The longest message accepted from the channel.
 _MAX_MESSAGE = 4096
 
@@ -70,6 +81,8 @@ def encodeChange(change: Change, origin: str) -> str:
     body: dict = {"v": 1, "origin": origin, "kind": change.kind}
     if change.uri is not None:
         body["uri"] = change.uri
+    if change.taskID is not None:
+        body["task"] = change.taskID
     return json.dumps(body, separators=(",", ":"))
 
 
@@ -96,6 +109,11 @@ def decodeChange(message: Any) -> Optional[tuple]:
         return None
     if kind == "resource" and not isinstance(uri, str):
         return None
+    if kind == "task":
+        taskID = body.get("task")
+        if not isinstance(taskID, str) or not 0 < len(taskID) <= MAX_TASK_ID:
+            return None
+        return origin, Change("task", taskID=taskID)
     return origin, Change(kind, uri if kind == "resource" else None)
 
 
@@ -126,7 +144,11 @@ class ChangeBus:
         Deliver C{change} here, and to the other instances through the
         relay (if any). Never raises.
         """
-        self.log.info("Change published: {kind}", kind=change.kind, uri=change.uri)
+        if change.kind == "task":
+            self.log.debug("Change published: task {taskID}", kind=change.kind,
+                           taskID=(change.taskID or "")[:12])
+        else:
+            self.log.info("Change published: {kind}", kind=change.kind, uri=change.uri)
         self._deliver(change)
         if self.relay is not None:
             self.relay.publish(encodeChange(change, self.origin))
@@ -153,8 +175,12 @@ class ChangeBus:
         origin, change = decoded
         if origin == self.origin:
             return
-        self.log.info("Change received from instance {origin}: {kind}",
-                      origin=origin, kind=change.kind, uri=change.uri)
+        if change.kind == "task":
+            self.log.debug("Change received from instance {origin}: task {taskID}",
+                           origin=origin, kind=change.kind, taskID=(change.taskID or "")[:12])
+        else:
+            self.log.info("Change received from instance {origin}: {kind}",
+                          origin=origin, kind=change.kind, uri=change.uri)
         self._deliver(change)
 
     def _deliver(self, change: Change) -> None:

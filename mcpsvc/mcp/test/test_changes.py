@@ -5,6 +5,7 @@ the Redis relay between instances (against a real C{redis-server}).
 
 from __future__ import annotations
 
+import json
 import tempfile
 from typing import Any, List, Mapping
 
@@ -50,13 +51,31 @@ class EncodingTests(SynchronousTestCase):
         self.assertEqual(decodeChange(encodeChange(Change("tools"), "me").encode()),
                          ("me", Change("tools")))
 
+    def test_taskIsAHint(self) -> None:
+        """
+        A task change crosses the channel as its id only: the record it
+        carried here stays here.
+        """
+        from mcpsvc.mcp.subscriptions import taskChange
+        from mcpsvc.storage.test.base import task
+
+        change = taskChange(task(taskID="t-1", payload={"result": {"secret": 1}}))
+        message = encodeChange(change, "me")
+        self.assertEqual(json.loads(message), {"v": 1, "origin": "me", "kind": "task", "task": "t-1"})
+        origin, decoded = decodeChange(message)
+        self.assertEqual((origin, decoded.kind, decoded.taskID, decoded.record),
+                         ("me", "task", "t-1", None))
+
     def test_malformed(self) -> None:
         """
         Anything that is not a version 1 change message is C{None}.
         """
         for message in (b"\xff", "not json", "[]", '{"v":2,"origin":"a","kind":"tools"}',
                         '{"v":1,"origin":1,"kind":"tools"}', '{"v":1,"origin":"a","kind":"x"}',
-                        '{"v":1,"origin":"a","kind":"resource"}', "x" * 5000, 42):
+                        '{"v":1,"origin":"a","kind":"resource"}', "x" * 5000, 42,
+                        '{"v":1,"origin":"a","kind":"task"}',
+                        '{"v":1,"origin":"a","kind":"task","task":""}',
+                        '{"v":1,"origin":"a","kind":"task","task":"%s"}' % ("x" * 129)):
             self.assertIsNone(decodeChange(message), message)
 
 

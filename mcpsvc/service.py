@@ -319,7 +319,7 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
     oauthResource = oauthApp.resource()
     registry = buildToolRegistry(
         config, clock=clock, runInThread=runInThread, httpClient=httpClient, metrics=metrics,
-        toolsChanged=changes.toolsChanged,
+        toolsChanged=changes.toolsChanged, promptsChanged=changes.promptsChanged,
     )
     mcpApp = McpApp(
         config=config, store=store, clock=clock, authenticate=bearer.authenticate,

@@ -461,7 +461,8 @@ class McpApp:
         default=Factory(
             lambda self: Subscriptions(
                 clock=self.clock, store=self.store, streamLimit=self.config.streamLimit,
-                keepaliveInterval=KEEPALIVE_INTERVAL, supported=frozenset({"tools", "task"}),
+                keepaliveInterval=KEEPALIVE_INTERVAL,
+                supported=frozenset({"tools", "prompts", "task"}),
             ),
             takes_self=True,
         )

@@ -4,10 +4,11 @@ Change notifications between the parts of one instance, and between
 instances.
 
 A L{Change} (the tool list changed...) is published on the L{ChangeBus}:
-by a tool pack (C{ToolPackContext.toolsChanged()}), by C{SIGHUP}, or by
-C{mcpsvc tools reload}. The bus hands it to its sinks, in order: the
-L{ToolSetReloader} rebuilds the tool registry, then the MCP endpoint tells
-its listeners (C{subscriptions/listen} streams, handshake-era GET streams).
+by a tool pack (C{ToolPackContext.toolsChanged()}, C{promptsChanged()}),
+by C{SIGHUP}, or by C{mcpsvc tools reload}. The bus hands it to its sinks,
+in order: the L{ToolSetReloader} rebuilds the tool registry (the tools,
+or the prompts and other features), then the MCP endpoint tells its
+listeners (C{subscriptions/listen} streams, handshake-era GET streams).
 
 With C{STORE=redis} the bus also relays every change through a Redis
 pub/sub channel (C{<REDIS_PREFIX>changes}), so that every instance sharing
@@ -160,6 +161,13 @@ class ChangeBus:
         """
         self.publish(Change("tools"))
 
+    def promptsChanged(self) -> None:
+        """
+        A pack's prompts changed (what packs call, through
+        C{ToolPackContext.promptsChanged}).
+        """
+        self.publish(Change("prompts"))
+
     def received(self, message: Any) -> None:
         """
         A message from the channel: deliver the change it carries, unless
@@ -199,8 +207,9 @@ class ToolSetReloader:
     """
     On a C{tools} change, rebuilds the tool registry from the enabled packs
     (C{registry.rebuild}, set by C{buildToolRegistry}) and swaps the new
-    tool set in. A pack whose new tools are invalid leaves the current set
-    in place (logged).
+    tool set in; on a C{prompts} change, swaps the new features (prompts,
+    resources, completions) in. A pack whose new tools or features are
+    invalid leaves the current ones in place (logged).
     """
 
     log = Logger()
@@ -210,7 +219,7 @@ class ToolSetReloader:
         self._rebuilding = False
 
     def __call__(self, change: Change) -> None:
-        if change.kind != "tools":
+        if change.kind not in ("tools", "prompts"):
             return
         rebuild = getattr(self.registry, "rebuild", None)
         if rebuild is None:
@@ -225,6 +234,11 @@ class ToolSetReloader:
         self._rebuilding = True
         try:
             fresh = rebuild()
+            if change.kind == "prompts":
+                self.registry.features = fresh.features
+                self.log.info("Tool pack features reloaded: {count} prompt(s)",
+                              count=len(fresh.features.prompts))
+                return
             self.registry.replaceTools(fresh)
         except Exception as e:
             self.log.error(

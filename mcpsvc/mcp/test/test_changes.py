@@ -227,6 +227,36 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(trigger.call({}, context), "test_dynamic_tool removed")
         self.assertNotIn("test_dynamic_tool", registry.names)
 
+    def test_conformancePromptTrigger(self) -> None:
+        """
+        The conformance pack's C{test_trigger_prompt_change} calls
+        C{context.promptsChanged()}: listeners hear a C{prompts} change and
+        the registry's prompts gain, then lose, C{test_dynamic_prompt}; the
+        tools stay.
+        """
+        from mcpsvc.plugins.mcpsvc_tools import conformance
+
+        bus = ChangeBus()
+        registry = buildToolRegistry(
+            Config(toolPacks=("conformance",)), clock=Clock(), providers=[conformance],
+            toolsChanged=bus.toolsChanged, promptsChanged=bus.promptsChanged,
+            runInThread=lambda f, *a, **k: succeed(f(*a, **k)),
+        )
+        heard: List[Change] = []
+        bus.subscribe(ToolSetReloader(registry))
+        bus.subscribe(heard.append)
+        tools = registry.names
+        self.assertNotIn("test_dynamic_prompt", registry.features.prompts)
+        trigger = registry.get("test_trigger_prompt_change")
+        assert trigger is not None
+        context = ToolContext(clock=Clock(), subject="s", clientID="c")
+        self.assertEqual(trigger.call({}, context), "test_dynamic_prompt added")
+        self.assertIn("test_dynamic_prompt", registry.features.prompts)
+        self.assertEqual(heard, [Change("prompts")])
+        self.assertEqual(trigger.call({}, context), "test_dynamic_prompt removed")
+        self.assertNotIn("test_dynamic_prompt", registry.features.prompts)
+        self.assertEqual(registry.names, tools)
+
 
 class BuildRelayTests(SynchronousTestCase):
     def test_onlyWithRedis(self) -> None:

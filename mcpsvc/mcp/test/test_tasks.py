@@ -748,6 +748,25 @@ class TaskNotificationTests(SynchronousTestCase):
             self.successResultOf(done)
             self.assertEqual(json.loads(b"".join(chunks))["error"]["code"], -32602, ids)
 
+    def test_needsTheTasksScope(self) -> None:
+        """
+        Following tasks needs the scope of C{tasks/get} (C{mcp:tools}), on
+        top of C{mcp:read}: a token without it gets the 403
+        C{insufficient_scope} challenge; without C{taskIds}, C{mcp:read}
+        is enough.
+        """
+        from mcpsvc.principal import Principal
+
+        taskID = self.h.start("job")
+        self.h.principal = Principal(subject="alice", clientID="client-1",
+                                     scopes=frozenset({"mcp:read"}))
+        response, chunks, done = self.listen(self.h, [taskID])
+        self.assertEqual(response.code, 403)
+        self.assertIn("insufficient_scope",
+                      response.headers.getRawHeaders("www-authenticate")[0])
+        response, chunks, done = self.listen(self.h, [])
+        self.assertEqual(response.code, 200)
+
     def test_closedStreamForgotten(self) -> None:
         """
         A stream that ends stops following its tasks.

@@ -17,9 +17,10 @@ the stream; a client that closes the stream ends the subscription.
 Which changes exist is decided elsewhere: a L{Change} reaches
 L{Subscriptions.deliver} (from L{mcpsvc.mcp.changes}, locally or from
 another instance through Redis) and goes to every stream whose filter
-wants it. mcpsvc's tool set can change at run time (a reload, a pack that
-signals it), so C{toolsListChanged} is honoured; prompts and resources are
-fixed for the life of the process, so C{promptsListChanged},
+wants it. mcpsvc's tools and prompts can change at run time (a reload, a
+pack that signals it), so C{toolsListChanged} and C{promptsListChanged}
+are honoured (as configured by L{McpApp<mcpsvc.mcp.app.McpApp>});
+resources are fixed for the life of the process, so
 C{resourcesListChanged} and C{resourceSubscriptions} are left out of the
 acknowledgement (the specification's way of saying "not supported").
 
@@ -128,12 +129,10 @@ class Change:
 
     def message(self) -> Dict[str, Any]:
         """
-        The notification that announces this change (untagged); for a
-        C{task}, from its C{record}.
+        The notification that announces this change (untagged); not for a
+        C{task}, whose notification is built per stream
+        (L{ListenStream.deliverTask}).
         """
-        if self.kind == "task":
-            assert self.record is not None
-            return notificationMessage(TASK_STATUS, taskView(self.record))
         if self.kind == "resource":
             return notificationMessage("notifications/resources/updated", {"uri": self.uri})
         return notificationMessage(_METHOD_OF_KIND[self.kind])
@@ -307,7 +306,11 @@ class ListenStream:
     def deliver(self, change: Change) -> bool:
         """
         Send C{change} if the filter wants it; return whether it was sent.
+        A C{task} change is sent only with its record, through
+        L{deliverTask} (owner and version checks).
         """
+        if change.kind == "task":
+            return change.record is not None and self.deliverTask(change.record)
         if self._closed or not self.filter.wants(change):
             return False
         self.request.write(_sseEvent(tagged(change.message(), self.subscriptionID)))

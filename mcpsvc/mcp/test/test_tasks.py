@@ -767,6 +767,32 @@ class TaskNotificationTests(SynchronousTestCase):
         response, chunks, done = self.listen(self.h, [])
         self.assertEqual(response.code, 200)
 
+    def test_storeDown(self) -> None:
+        """
+        When the store cannot answer, a listen naming tasks fails closed
+        (503); a hint that cannot be read is dropped with a warning, and
+        the next change of the task is delivered.
+        """
+        from twisted.internet.defer import fail
+
+        from mcpsvc.mcp.subscriptions import Change
+
+        taskID = self.h.start("job")
+        response, chunks, done = self.listen(self.h, [taskID])
+        getTask = self.h.store.getTask
+        self.h.store.getTask = lambda *a: fail(StoreUnavailable("down"))  # type: ignore
+        failed, _, failedDone = self.listen(self.h, [taskID], id=42)
+        self.assertEqual(failed.code, 503)
+        with capturedLogs() as events:
+            sent = self.successResultOf(Deferred.fromCoroutine(
+                self.h.app.subscriptions.deliverTask(Change("task", taskID=taskID))))
+        self.assertEqual(sent, 0)
+        self.assertTrue([e for e in events if "Could not read task" in e.get("log_format", "")])
+        self.h.store.getTask = getTask  # type: ignore[method-assign]
+        self.h.jobs[0].callback("done")
+        self.h.pump()
+        self.assertEqual(self.messages(chunks)[-1]["params"]["status"], "completed")
+
     def test_closedStreamForgotten(self) -> None:
         """
         A stream that ends stops following its tasks.

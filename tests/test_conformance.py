@@ -4,7 +4,7 @@ from the npm registry, installed into C{tests/conformance} by the test
 command) against a real C{twistd -n mcpsvc} process.
 
 Two versions are pinned in C{tests/conformance/package.json}: 0.1.16 (the
-suite's npm C{latest}, its C{active} server suite) and 0.2.0-alpha.12 (as
+suite's npm C{latest}, all its server scenarios) and 0.2.0-alpha.12 (as
 C{conformance-next}), run with C{--requirements 2025-11-25} and
 C{--requirements 2026-07-28}, and with C{--suite all} (every server
 scenario, pending and extension ones included). Each run saves every
@@ -199,10 +199,6 @@ class ConformanceSuiteTests(SynchronousTestCase):
         process.start()
         return workdir, process
 
-    def _runSuite(self, cli: str, *args: str) -> Tuple[str, subprocess.CompletedProcess]:
-        output, result, _ = self._runSaved(cli, *args)
-        return output, result
-
     def _runSaved(
         self, cli: str, *args: str
     ) -> Tuple[str, subprocess.CompletedProcess, Dict[str, List[Dict[str, Any]]]]:
@@ -223,12 +219,17 @@ class ConformanceSuiteTests(SynchronousTestCase):
 
     def test_serverScenarios(self) -> None:
         """
-        Every active server scenario of 0.1.16 passes, with no failed check.
+        Every server scenario of 0.1.16 (C{--suite all}: active and
+        pending) passes, every check of it: none failed, skipped or
+        warning.
         """
-        output, result = self._runSuite(CLI, "--suite", "active")
+        output, result, results = self._runSaved(CLI, "--suite", "all")
         scenarios, (passed, failed) = parseSummary(output)
-        self.assertEqual(failed, 0, output[output.rfind("=== SUMMARY ===") :])
-        self.assertGreaterEqual(passed, 30)
+        summary = output[output.rfind("=== SUMMARY ===") :]
+        self.assertEqual(failed, 0, summary)
+        self.assertGreaterEqual(passed, 40)
+        self.assertEqual(notPassing(results), {}, summary)
+        self.assertEqual(sorted(results), sorted(scenarios), "a scenario saved no checks")
         self.assertEqual(result.returncode, 0)
 
     def _checked(self, run: str, minimum: int, *args: str) -> None:

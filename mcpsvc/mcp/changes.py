@@ -371,6 +371,7 @@ class RedisChangeRelay(MultiService):
         self._connection: Optional[Any] = None
         self._everConnected = False
         self._failedLogged = False
+        self._publishFailing = False
         self.client = ClientService(
             _ReportingEndpoint(endpoint, self), _SubscriberFactory(self),
             retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=maxDelay),
@@ -411,19 +412,31 @@ class RedisChangeRelay(MultiService):
 
     def publish(self, message: str) -> None:
         """
-        Publish C{message}; a failure is logged, never raised.
+        Publish C{message}; a failure is logged (once until a publish
+        succeeds again: every task write publishes), never raised.
         """
         try:
             d = self._publish(self.channel, message)
         except Exception as e:
-            self.log.warn("Could not relay a change to the other instances: {why}", why=str(e))
+            self._publishFailed(str(e))
             return
         d.addTimeout(self.timeout, self.clock)
-        d.addErrback(
-            lambda f: self.log.warn(
-                "Could not relay a change to the other instances: {why}",
-                why=f.getErrorMessage() or f.type.__name__,
-            )
+        d.addCallbacks(self._published,
+                       lambda f: self._publishFailed(f.getErrorMessage() or f.type.__name__))
+
+    def _published(self, ignored: Any) -> None:
+        if self._publishFailing:
+            self._publishFailing = False
+            self.log.info("Relaying changes to the other instances again")
+
+    def _publishFailed(self, why: str) -> None:
+        if self._publishFailing:
+            self.log.debug("Could not relay a change to the other instances: {why}", why=why)
+            return
+        self._publishFailing = True
+        self.log.warn(
+            "Could not relay a change to the other instances: {why} (logged once until "
+            "relaying works again)", why=why,
         )
 
     def stopService(self) -> "Deferred[None]":

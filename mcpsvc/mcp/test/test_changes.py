@@ -283,6 +283,38 @@ class BuildRelayTests(SynchronousTestCase):
         self.assertIsInstance(relay.endpoint, SentinelMasterEndpoint)
 
 
+class RelayPublishTests(SynchronousTestCase):
+    def test_failuresLoggedOnce(self) -> None:
+        """
+        Publishing failures are logged once (a warning), until a publish
+        succeeds again (logged), then once more at the next failure.
+        """
+        from twisted.internet.defer import fail
+        from twisted.logger import capturedLogs
+
+        outcomes: List[Any] = []
+
+        def publish(channel: str, message: str) -> Any:
+            outcome = outcomes.pop(0)
+            if isinstance(outcome, Exception):
+                return fail(outcome)
+            return succeed(outcome)
+
+        relay = RedisChangeRelay(ChangeBus(), endpoint=None, channel="c", publish=publish,
+                                 clock=Clock())
+        outcomes += [ConnectionError("down"), ConnectionError("down"), 1, ConnectionError("again")]
+        with capturedLogs() as events:
+            for _ in range(4):
+                relay.publish("m")
+        texts = [(e["log_level"].name, e["log_format"].split(":")[0]) for e in events]
+        self.assertEqual(texts, [
+            ("warn", "Could not relay a change to the other instances"),
+            ("debug", "Could not relay a change to the other instances"),
+            ("info", "Relaying changes to the other instances again"),
+            ("warn", "Could not relay a change to the other instances"),
+        ])
+
+
 class RedisRelayTests(TestCase):
     """
     Two relays (two instances) on one real Redis.

@@ -296,7 +296,8 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
         C{store}).
     @param changes: the L{mcpsvc.mcp.changes.ChangeBus} (a new one by
         default): tool set changes reload the registry and reach the MCP
-        endpoint's listeners.
+        endpoint's listeners; task records written here are published on it
+        (C{notifications/tasks}, on this and the other instances).
     """
     from mcpsvc.mcp.changes import ChangeBus, ToolSetReloader
 
@@ -318,11 +319,11 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
     oauthResource = oauthApp.resource()
     registry = buildToolRegistry(
         config, clock=clock, runInThread=runInThread, httpClient=httpClient, metrics=metrics,
-        toolsChanged=changes.toolsChanged,
+        toolsChanged=changes.toolsChanged, promptsChanged=changes.promptsChanged,
     )
     mcpApp = McpApp(
         config=config, store=store, clock=clock, authenticate=bearer.authenticate,
-        registry=registry, tasks=tasks,
+        registry=registry, tasks=tasks, changes=changes,
     )
     # In order: the registry takes the new tool set, then listeners hear.
     changes.subscribe(ToolSetReloader(registry))

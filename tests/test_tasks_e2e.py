@@ -3,7 +3,11 @@ The tasks extension across instances: two C{twistd -n mcpsvc} processes
 sharing one real C{redis-server}, on loopback. A task started on A is read
 and cancelled on B, and the work running on A stops (A sees the
 cancellation at its next poll of the store); a task waiting for input on
-A is answered through B and completes on A.
+A is answered through B and completes on A. Task status notifications
+(C{notifications/tasks} on C{subscriptions/listen}) cross instances
+through the Redis change relay: a stream on B hears a task running on A
+change, and a cancellation received by B reaches streams on both and the
+work on A at once (not at A's next poll).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mcpsvc.testing.redis import RedisServer, freePort
 from tests.flow import http
 from tests.process import SECRET, McpsvcProcess
+from tests.test_subscriptions_e2e import SSEClient
 
 EXTENSION = "io.modelcontextprotocol/tasks"
 META = {
@@ -40,6 +45,9 @@ def rpc(base: str, method: str, params: Dict[str, Any], name: Optional[str] = No
 
 
 class TwoInstancesTasksTests(SynchronousTestCase):
+    #: TASK_POLL_INTERVAL of both instances.
+    pollInterval = "0.2"
+
     def setUp(self) -> None:
         redis = RedisServer(os.path.abspath(self.mktemp())).start()
         self.addCleanup(redis.stop)
@@ -49,7 +57,7 @@ class TwoInstancesTasksTests(SynchronousTestCase):
             "JWT_SECRET": SECRET,
             "AUTH_MODE": "none",
             "TOOL_PACKS": "core,conformance",
-            "TASK_POLL_INTERVAL": "0.2",
+            "TASK_POLL_INTERVAL": self.pollInterval,
         }
         self.processes: List[McpsvcProcess] = []
         ports = [freePort(), freePort()]
@@ -130,3 +138,91 @@ class TwoInstancesTasksTests(SynchronousTestCase):
         task = self.get(b.url, taskID)
         self.assertEqual(task["status"], "completed")
         self.assertEqual(task["result"]["content"][0]["text"], "Deleted x.txt")
+
+
+class TaskNotificationsAcrossInstancesTests(TwoInstancesTasksTests):
+    """
+    C{notifications/tasks} across two instances. The instances poll their
+    running tasks' records only every 60 seconds here, so whatever
+    happens within the test's timeouts came through the change relay.
+    """
+
+    pollInterval = "60"
+
+    def listen(self, process: McpsvcProcess, taskID: str, id: str) -> SSEClient:
+        assert process.port is not None
+        client = SSEClient(process.port, "POST", {
+            "jsonrpc": "2.0", "id": id, "method": "subscriptions/listen",
+            "params": {"_meta": META, "notifications": {"taskIds": [taskID]}},
+        }, {"Content-Type": "application/json", "Accept": "text/event-stream",
+            "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "subscriptions/listen"})
+        self.addCleanup(client.close)
+        self.assertIn(" 200 ", client.head.splitlines()[0])
+        ack = client.nextMessage()
+        self.assertEqual(ack["method"], "notifications/subscriptions/acknowledged")
+        self.assertEqual(ack["params"]["notifications"], {"taskIds": [taskID]})
+        return client
+
+    def statusUntil(self, client: SSEClient, final: str) -> List[Dict[str, Any]]:
+        """
+        The task notifications of C{client} up to the one with status
+        C{final}.
+        """
+        seen = []
+        while True:
+            message = client.nextMessage()
+            self.assertEqual(message["method"], "notifications/tasks", message)
+            seen.append(message["params"])
+            if message["params"]["status"] == final:
+                return seen
+
+    def test_runningOnOneHeardOnOther(self) -> None:
+        """
+        A stream on B follows a task running on A: it gets the task's
+        state at once (waiting for input), then, as A writes them, the
+        task working again and completed, result inlined, each tagged with
+        the subscription id.
+        """
+        a, b = self.processes
+        status, message = rpc(a.url, "tools/call", {
+            "name": "confirm_delete", "arguments": {"filename": "y.txt"}}, "confirm_delete")
+        taskID = message["result"]["taskId"]
+        a.waitFor(lambda r: "asks the client" in r.get("text", "")
+                  and r.get("taskID") == taskID[:12], timeout=10)
+        client = self.listen(b, taskID, "on-b")
+        [current] = self.statusUntil(client, "input_required")
+        self.assertEqual(list(current["inputRequests"]), ["confirm"])
+        status, message = rpc(a.url, "tasks/update", {"taskId": taskID, "inputResponses": {
+            "confirm": {"action": "accept", "content": {"confirm": True}}}}, taskID)
+        self.assertEqual(status, 200, message)
+        seen = self.statusUntil(client, "completed")
+        completed = seen[-1]
+        self.assertEqual(completed["taskId"], taskID)
+        self.assertEqual(completed["result"]["content"][0]["text"], "Deleted y.txt")
+        self.assertEqual(completed["_meta"], {"io.modelcontextprotocol/subscriptionId": "on-b"})
+        got = self.get(b.url, taskID)
+        self.assertEqual(got["lastUpdatedAt"], completed["lastUpdatedAt"])
+        self.assertNotIn("Traceback", "\n".join(a.lines + b.lines))
+
+    def test_cancelOnOther(self) -> None:
+        """
+        B receives C{tasks/cancel} for a task running on A: streams on A
+        and on B hear C{cancelled}, and the work on A ends at once (a poll
+        is a minute away).
+        """
+        a, b = self.processes
+        status, message = rpc(a.url, "tools/call", {
+            "name": "slow_compute", "arguments": {"seconds": 60}}, "slow_compute")
+        taskID = message["result"]["taskId"]
+        onA, onB = self.listen(a, taskID, "on-a"), self.listen(b, taskID, "on-b")
+        self.assertEqual(self.statusUntil(onA, "working")[-1]["taskId"], taskID)
+        self.statusUntil(onB, "working")
+        status, message = rpc(b.url, "tasks/cancel", {"taskId": taskID}, taskID)
+        self.assertEqual(status, 200, message)
+        self.assertEqual(self.statusUntil(onB, "cancelled")[-1]["taskId"], taskID)
+        cancelled = self.statusUntil(onA, "cancelled")[-1]
+        self.assertEqual(cancelled["_meta"], {"io.modelcontextprotocol/subscriptionId": "on-a"})
+        ended = a.waitFor(lambda r: "ended" in r.get("text", "") and r.get("taskID") == taskID[:12],
+                          timeout=10)
+        self.assertEqual(ended["status"], "cancelled")
+        self.assertNotIn("Traceback", "\n".join(a.lines + b.lines))

@@ -107,8 +107,8 @@ from mcpsvc.mcp.protocol import (
     resultMessage,
 )
 from mcpsvc.mcp.mrtr import deriveStateKey
-from mcpsvc.mcp.tasks import TASK_METHODS, TaskManager, buildTaskManager
-from mcpsvc.mcp.subscriptions import LISTEN_METHOD, Change, Subscriptions
+from mcpsvc.mcp.tasks import TASK_METHODS, TaskManager, buildTaskManager, optedIn
+from mcpsvc.mcp.subscriptions import LISTEN_METHOD, Change, Subscriptions, taskChange
 from mcpsvc.audit import audit
 from mcpsvc.oauth.bearer import insufficientScope
 from mcpsvc.principal import Principal
@@ -417,6 +417,10 @@ class McpApp:
     @ivar makeSessionID: returns a new session id (visible ASCII).
     @ivar tasks: the tasks extension's L{TaskManager} (by default one on
         C{store}).
+    @ivar changes: the L{mcpsvc.mcp.changes.ChangeBus} the task records
+        written here are published on (so that other instances hear of
+        them), or C{None}: they go straight to L{changed}. The bus's sinks
+        must include L{changed}.
     """
 
     log: ClassVar[Logger] = Logger()
@@ -431,6 +435,7 @@ class McpApp:
     serverInfo: ServerInfo = ServerInfo()
     makeSessionID: Callable[[], str] = lambda: secrets.token_urlsafe(32)
     tasks: Optional[TaskManager] = None
+    changes: Any = None
     dispatcher: Dispatcher = field(
         default=Factory(
             lambda self: Dispatcher(
@@ -457,11 +462,29 @@ class McpApp:
             lambda self: Subscriptions(
                 clock=self.clock, store=self.store, streamLimit=self.config.streamLimit,
                 keepaliveInterval=KEEPALIVE_INTERVAL,
+                supported=frozenset({"tools", "prompts", "task"}),
             ),
             takes_self=True,
         )
     )
     _streams: Dict[str, _EventStream] = field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        tasks = self.dispatcher.tasks
+        if tasks is not None:
+            tasks.listeners.append(self._taskWritten)
+
+    def _taskWritten(self, record: Any) -> None:
+        """
+        A task record was written here: announce it (on the bus, which
+        also relays a hint to the other instances, or straight to this
+        instance's streams).
+        """
+        change = taskChange(record)
+        if self.changes is not None:
+            self.changes.publish(change)
+        else:
+            self.changed(change)
     #: Open streams by principal (subject, client), for C{STREAM_LIMIT}.
     _streamCounts: Dict[Tuple[str, str], int] = field(factory=dict, init=False)
     _trusted: Tuple[Any, ...] = field(
@@ -1023,7 +1046,8 @@ class McpApp:
             raise self._insufficientScope(request, context.principal, e, message.id)
         try:
             return await self.subscriptions.listen(
-                request, context.principal, message.id, message.params, accept.sse
+                request, context.principal, message.id, message.params, accept.sse,
+                tasksDeclared=optedIn(context.clientCapabilities),
             )
         except ProtocolError as e:
             raise self._httpError(e.withID(message.id), 400)
@@ -1141,13 +1165,29 @@ class McpApp:
         """
         Tell this instance's listeners about C{change}: the
         C{subscriptions/listen} streams whose filter wants it and, for the
-        tool list, the handshake era's GET streams.
+        tool list, the handshake era's GET streams. A C{task} change goes
+        to the streams following the task, and, when it comes from another
+        instance, to the task's running work here (L{TaskManager.hinted}).
         """
+        if change.kind == "task":
+            assert change.taskID is not None
+            tasks = self.dispatcher.tasks
+            if change.record is None and tasks is not None:
+                tasks.hinted(change.taskID)
+            d = Deferred.fromCoroutine(self.subscriptions.deliverTask(change))
+            d.addCallback(self._taskDelivered, change.taskID)
+            d.addErrback(lambda f: self.log.failure("Delivering a task notification failed", f))
+            return
         delivered = self.subscriptions.deliver(change)
         if change.kind == "tools":
             delivered += self.notifyToolsListChanged()
         self.log.info("Notified {count} stream(s) of a {kind} change",
                       count=delivered, kind=change.kind)
+
+    def _taskDelivered(self, count: int, taskID: str) -> None:
+        if count:
+            self.log.debug("Notified {count} stream(s) of task {taskID}",
+                           count=count, taskID=taskID[:12])
 
     @property
     def openStreams(self) -> int:

@@ -4,10 +4,11 @@ Change notifications between the parts of one instance, and between
 instances.
 
 A L{Change} (the tool list changed...) is published on the L{ChangeBus}:
-by a tool pack (C{ToolPackContext.toolsChanged()}), by C{SIGHUP}, or by
-C{mcpsvc tools reload}. The bus hands it to its sinks, in order: the
-L{ToolSetReloader} rebuilds the tool registry, then the MCP endpoint tells
-its listeners (C{subscriptions/listen} streams, handshake-era GET streams).
+by a tool pack (C{ToolPackContext.toolsChanged()}, C{promptsChanged()}),
+by C{SIGHUP}, or by C{mcpsvc tools reload}. The bus hands it to its sinks,
+in order: the L{ToolSetReloader} rebuilds the tool registry (the tools,
+or the prompts and other features), then the MCP endpoint tells its
+listeners (C{subscriptions/listen} streams, handshake-era GET streams).
 
 With C{STORE=redis} the bus also relays every change through a Redis
 pub/sub channel (C{<REDIS_PREFIX>changes}), so that every instance sharing
@@ -20,8 +21,18 @@ reaches this instance's listeners only (and is logged). With SQLite or
 memory there is one instance (or one per worker, each reloading on the
 C{SIGHUP} the supervisor forwards), and the bus is local.
 
+Task status changes travel the same way: every task record an instance
+writes is a C{task} change (L{mcpsvc.mcp.subscriptions.taskChange}). On
+the channel it is only a hint naming the task id, never its content: an
+instance with a C{subscriptions/listen} stream following the task reads
+it from the store (the source of truth, and of the owner check) and
+notifies; the instance running the task reads it too, so that a
+cancellation or an answer received elsewhere acts at once rather than at
+its next poll. A hint lost while Redis is down is made up for by
+C{tasks/get} and by the next change of the task.
+
 Messages on the channel are JSON objects C{{"v": 1, "origin", "kind",
-"uri"?}}; a message this instance published (its C{origin}) is not
+"uri"?, "task"?}}; a message this instance published (its C{origin}) is not
 delivered twice, and anything malformed is logged and dropped.
 """
 
@@ -41,6 +52,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mcpsvc.mcp.subscriptions import Change
+from mcpsvc.mcp.tasks import MAX_TASK_ID
 
 __all__ = [
     "ChangeBus",
@@ -56,7 +68,7 @@ __all__ = [
 #: The channel is C{REDIS_PREFIX} followed by this.
 CHANNEL_SUFFIX = "changes"
 #: The kinds a message may carry.
-_KINDS = frozenset({"tools", "prompts", "resources", "resource"})
+_KINDS = frozenset({"tools", "prompts", "resources", "resource", "task"})
 #: The longest message accepted from the channel.
 _MAX_MESSAGE = 4096
 
@@ -70,6 +82,8 @@ def encodeChange(change: Change, origin: str) -> str:
     body: dict = {"v": 1, "origin": origin, "kind": change.kind}
     if change.uri is not None:
         body["uri"] = change.uri
+    if change.taskID is not None:
+        body["task"] = change.taskID
     return json.dumps(body, separators=(",", ":"))
 
 
@@ -96,6 +110,11 @@ def decodeChange(message: Any) -> Optional[tuple]:
         return None
     if kind == "resource" and not isinstance(uri, str):
         return None
+    if kind == "task":
+        taskID = body.get("task")
+        if not isinstance(taskID, str) or not 0 < len(taskID) <= MAX_TASK_ID:
+            return None
+        return origin, Change("task", taskID=taskID)
     return origin, Change(kind, uri if kind == "resource" else None)
 
 
@@ -126,7 +145,11 @@ class ChangeBus:
         Deliver C{change} here, and to the other instances through the
         relay (if any). Never raises.
         """
-        self.log.info("Change published: {kind}", kind=change.kind, uri=change.uri)
+        if change.kind == "task":
+            self.log.debug("Change published: task {taskID}", kind=change.kind,
+                           taskID=(change.taskID or "")[:12])
+        else:
+            self.log.info("Change published: {kind}", kind=change.kind, uri=change.uri)
         self._deliver(change)
         if self.relay is not None:
             self.relay.publish(encodeChange(change, self.origin))
@@ -137,6 +160,13 @@ class ChangeBus:
         C{ToolPackContext.toolsChanged}).
         """
         self.publish(Change("tools"))
+
+    def promptsChanged(self) -> None:
+        """
+        A pack's prompts changed (what packs call, through
+        C{ToolPackContext.promptsChanged}).
+        """
+        self.publish(Change("prompts"))
 
     def received(self, message: Any) -> None:
         """
@@ -153,8 +183,12 @@ class ChangeBus:
         origin, change = decoded
         if origin == self.origin:
             return
-        self.log.info("Change received from instance {origin}: {kind}",
-                      origin=origin, kind=change.kind, uri=change.uri)
+        if change.kind == "task":
+            self.log.debug("Change received from instance {origin}: task {taskID}",
+                           origin=origin, kind=change.kind, taskID=(change.taskID or "")[:12])
+        else:
+            self.log.info("Change received from instance {origin}: {kind}",
+                          origin=origin, kind=change.kind, uri=change.uri)
         self._deliver(change)
 
     def _deliver(self, change: Change) -> None:
@@ -173,8 +207,9 @@ class ToolSetReloader:
     """
     On a C{tools} change, rebuilds the tool registry from the enabled packs
     (C{registry.rebuild}, set by C{buildToolRegistry}) and swaps the new
-    tool set in. A pack whose new tools are invalid leaves the current set
-    in place (logged).
+    tool set in; on a C{prompts} change, swaps the new features (prompts,
+    resources, completions) in. A pack whose new tools or features are
+    invalid leaves the current ones in place (logged).
     """
 
     log = Logger()
@@ -184,7 +219,7 @@ class ToolSetReloader:
         self._rebuilding = False
 
     def __call__(self, change: Change) -> None:
-        if change.kind != "tools":
+        if change.kind not in ("tools", "prompts"):
             return
         rebuild = getattr(self.registry, "rebuild", None)
         if rebuild is None:
@@ -199,6 +234,11 @@ class ToolSetReloader:
         self._rebuilding = True
         try:
             fresh = rebuild()
+            if change.kind == "prompts":
+                self.registry.features = fresh.features
+                self.log.info("Tool pack features reloaded: {count} prompt(s)",
+                              count=len(fresh.features.prompts))
+                return
             self.registry.replaceTools(fresh)
         except Exception as e:
             self.log.error(
@@ -331,6 +371,7 @@ class RedisChangeRelay(MultiService):
         self._connection: Optional[Any] = None
         self._everConnected = False
         self._failedLogged = False
+        self._publishFailing = False
         self.client = ClientService(
             _ReportingEndpoint(endpoint, self), _SubscriberFactory(self),
             retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=maxDelay),
@@ -371,19 +412,31 @@ class RedisChangeRelay(MultiService):
 
     def publish(self, message: str) -> None:
         """
-        Publish C{message}; a failure is logged, never raised.
+        Publish C{message}; a failure is logged (once until a publish
+        succeeds again: every task write publishes), never raised.
         """
         try:
             d = self._publish(self.channel, message)
         except Exception as e:
-            self.log.warn("Could not relay a change to the other instances: {why}", why=str(e))
+            self._publishFailed(str(e))
             return
         d.addTimeout(self.timeout, self.clock)
-        d.addErrback(
-            lambda f: self.log.warn(
-                "Could not relay a change to the other instances: {why}",
-                why=f.getErrorMessage() or f.type.__name__,
-            )
+        d.addCallbacks(self._published,
+                       lambda f: self._publishFailed(f.getErrorMessage() or f.type.__name__))
+
+    def _published(self, ignored: Any) -> None:
+        if self._publishFailing:
+            self._publishFailing = False
+            self.log.info("Relaying changes to the other instances again")
+
+    def _publishFailed(self, why: str) -> None:
+        if self._publishFailing:
+            self.log.debug("Could not relay a change to the other instances: {why}", why=why)
+            return
+        self._publishFailing = True
+        self.log.warn(
+            "Could not relay a change to the other instances: {why} (logged once until "
+            "relaying works again)", why=why,
         )
 
     def stopService(self) -> "Deferred[None]":

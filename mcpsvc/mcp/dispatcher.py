@@ -430,7 +430,9 @@ class Dispatcher:
     def requiredScopes(self, request: Request) -> List[str]:
         """
         The scopes C{request} needs: its method's (L{METHOD_SCOPES}) and,
-        for C{tools/call} of a known tool, the tool's C{requiredScope}.
+        for C{tools/call} of a known tool, the tool's C{requiredScope}; a
+        C{subscriptions/listen} naming C{taskIds} needs what C{tasks/get}
+        needs too (its notifications carry the same content).
         """
         if request.method in TOKEN_ONLY_METHODS:
             return []
@@ -440,6 +442,10 @@ class Dispatcher:
             tool = self.registry.get(name, count=False) if isinstance(name, str) else None
             if tool is not None and tool.requiredScope and tool.requiredScope not in needed:
                 needed.append(tool.requiredScope)
+        if request.method == "subscriptions/listen":
+            notifications = request.params.get("notifications")
+            if isinstance(notifications, dict) and notifications.get("taskIds"):
+                needed += [s for s in METHOD_SCOPES["tasks/get"] if s not in needed]
         return needed
 
     def checkScopes(self, request: Request, context: RequestContext) -> None:

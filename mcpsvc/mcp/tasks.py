@@ -25,7 +25,8 @@ Where things live:
     its running tasks' records every C{pollInterval} seconds (on the
     injected clock) and so sees answers and cancellations written
     elsewhere; one received on the running instance itself is acted on at
-    once. Polling needs nothing but the store (any backend, no second Redis
+    once, and so is one announced by another instance through the change
+    relay (C{STORE=redis}: L{TaskManager.hinted}). Polling needs nothing but the store (any backend, no second Redis
     connection), and costs one read per running task per interval.
 
 A task is bound to its principal (subject and client): anyone else asking
@@ -93,6 +94,7 @@ __all__ = [
     "TaskCall",
     "TaskInputs",
     "optedIn",
+    "ownedBy",
     "missingExtension",
     "taskView",
     "createResult",
@@ -138,6 +140,18 @@ def optedIn(clientCapabilities: Mapping[str, Any]) -> bool:
     """
     extensions = clientCapabilities.get("extensions")
     return isinstance(extensions, dict) and isinstance(extensions.get(TASKS_EXTENSION), dict)
+
+
+def ownedBy(record: TaskRecord, principal: Principal) -> bool:
+    """
+    Whether C{record} is a task of C{principal} (subject and client,
+    compared in constant time).
+    """
+    subject = hmac.compare_digest(
+        record.subject.encode("utf-8"), principal.subject.encode("utf-8"))
+    client = hmac.compare_digest(
+        record.clientID.encode("utf-8"), principal.clientID.encode("utf-8"))
+    return subject and client
 
 
 def missingExtension() -> ProtocolError:
@@ -511,9 +525,9 @@ class TaskManager:
     @ivar limit: the most live tasks of one principal (C{None}: no
         limit), counted by the store atomically with the creation.
     @ivar listeners: called with every task record this instance writes
-        (C{listener(record)}): the hook for C{notifications/tasks}, whose
-        params are L{taskView}C{(record)}; L{owned} checks that a task a
-        client names is its own.
+        (C{listener(record)}): the MCP endpoint publishes each as a C{task}
+        change (L{mcpsvc.mcp.subscriptions.taskChange}) for
+        C{notifications/tasks}, whose params are L{taskView}C{(record)}.
     """
 
     log = Logger()
@@ -563,12 +577,7 @@ class TaskManager:
             record = await self.store.getTask(taskID, self.clock.seconds())
         except NoSuchTask:
             record = None
-        if record is not None and not (
-            hmac.compare_digest(record.subject.encode("utf-8"), principal.subject.encode("utf-8"))
-            and hmac.compare_digest(
-                record.clientID.encode("utf-8"), principal.clientID.encode("utf-8")
-            )
-        ):
+        if record is not None and not ownedBy(record, principal):
             self.log.warn(
                 "Client {clientID} asked about a task of another principal",
                 clientID=principal.clientID, subject=principal.subject,
@@ -784,6 +793,15 @@ class TaskManager:
 
     def _poll(self) -> None:
         for taskID in list(self._running):
+            self._check(taskID)
+
+    def hinted(self, taskID: str) -> None:
+        """
+        Another instance wrote the task C{taskID} (a hint relayed between
+        instances): if it runs here, read it now (an answer or a
+        cancellation acts at once) rather than at the next poll.
+        """
+        if taskID in self._running:
             self._check(taskID)
 
     def _poke(self, taskID: str, record: TaskRecord) -> None:

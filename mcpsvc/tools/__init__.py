@@ -84,6 +84,7 @@ def buildToolRegistry(
     providers: Optional[Iterable[Any]] = None,
     metrics: Any = None,
     toolsChanged: Optional[Callable[[], None]] = None,
+    promptsChanged: Optional[Callable[[], None]] = None,
     state: Optional[Dict[str, Any]] = None,
 ) -> ToolRegistry:
     """
@@ -99,6 +100,8 @@ def buildToolRegistry(
         tool call (C{mcpsvc_tool_calls}), or C{None}.
     @param toolsChanged: what C{ToolPackContext.toolsChanged} calls (the
         change bus's C{toolsChanged}); by default nothing.
+    @param promptsChanged: what C{ToolPackContext.promptsChanged} calls
+        (the change bus's C{promptsChanged}); by default nothing.
     @param state: the packs' C{ToolPackContext.state} (kept by
         C{registry.rebuild}, which builds the same way).
     @raise InvalidTool: a tool is misdefined (bad name, duplicate, invalid
@@ -115,6 +118,7 @@ def buildToolRegistry(
         runInThread=runInThread if runInThread is not None else _deferToThread,
         httpClient=httpClient,
         toolsChanged=toolsChanged if toolsChanged is not None else _nothing,
+        promptsChanged=promptsChanged if promptsChanged is not None else _nothing,
         state=state,
     )
     candidates = list(providers) if providers is not None else discoverProviders()
@@ -146,6 +150,7 @@ def buildToolRegistry(
         return buildToolRegistry(
             config, clock=clock, runInThread=runInThread, httpClient=httpClient,
             providers=providers, toolsChanged=toolsChanged, state=state,
+            promptsChanged=promptsChanged,
         )
 
     registry.rebuild = rebuild

@@ -15,7 +15,8 @@ C{protocol_error_job}, C{confirm_delete}, C{multi_input} and
 C{test_tool_with_task} are the fixtures of the tasks extension's
 scenarios (SEP-2663, C{tasks-*}); C{test_trigger_tool_change} changes the
 tool list (adds or removes C{test_dynamic_tool}) for the
-C{subscriptions/listen} checks. The pack also offers the suite's
+C{subscriptions/listen} checks, and C{test_trigger_prompt_change} the prompt
+list (adds or removes C{test_dynamic_prompt}). The pack also offers the suite's
 resources (C{test://static-text}, C{test://static-binary},
 C{test://watched-resource}, template C{test://template/{id}/data}),
 prompts and completions, through L{mcpsvc.tools.features}: with the pack
@@ -444,6 +445,9 @@ _SLOW_COMPUTE_SCHEMA = {
 #: The key of C{ToolPackContext.state} saying whether C{test_dynamic_tool}
 #: is listed.
 _DYNAMIC = "conformance.dynamicTool"
+#: The key of C{ToolPackContext.state} saying whether
+#: C{test_dynamic_prompt} is listed.
+_DYNAMIC_PROMPT = "conformance.dynamicPrompt"
 
 
 def _stringArgument(name: str) -> Mapping[str, Any]:
@@ -465,6 +469,12 @@ def conformanceTools(context: ToolPackContext) -> List[Tool]:
         context.toolsChanged()
         return "test_dynamic_tool " + ("added" if context.state[_DYNAMIC] else "removed")
 
+    def triggerPromptChange(arguments: Mapping[str, Any], toolContext: ToolContext) -> str:
+        # The same for the prompt list: add (or remove) test_dynamic_prompt.
+        context.state[_DYNAMIC_PROMPT] = not context.state.get(_DYNAMIC_PROMPT, False)
+        context.promptsChanged()
+        return "test_dynamic_prompt " + ("added" if context.state[_DYNAMIC_PROMPT] else "removed")
+
     dynamic = []
     if context.state.get(_DYNAMIC, False):
         dynamic.append(tool("test_dynamic_tool", "Appears after test_trigger_tool_change.",
@@ -473,6 +483,9 @@ def conformanceTools(context: ToolPackContext) -> List[Tool]:
         tool("test_trigger_tool_change",
              "Adds or removes test_dynamic_tool: the tool list changes (list_changed).",
              triggerToolChange),
+        tool("test_trigger_prompt_change",
+             "Adds or removes test_dynamic_prompt: the prompt list changes (list_changed).",
+             triggerPromptChange),
         tool("test_simple_text", "Returns a simple text response.", _simpleText),
         tool("test_image_content", "Returns a 1x1 PNG image.", _image),
         tool("test_audio_content", "Returns a short WAV audio clip.", _audio),
@@ -593,6 +606,11 @@ def conformanceFeatures(context: ToolPackContext) -> Features:
         return [{"uri": uri, "mimeType": "application/json",
                  "text": json.dumps(body, separators=(",", ":"))}]
 
+    dynamic = []
+    if context.state.get(_DYNAMIC_PROMPT, False):
+        dynamic.append(Prompt(
+            name="test_dynamic_prompt", description="Appears after test_trigger_prompt_change.",
+            get=lambda a: [{"role": "user", "content": _text("A dynamic prompt.")}]))
     return Features(
         resources=[
             Resource(uri="test://static-text", name="static-text", mimeType="text/plain",
@@ -638,6 +656,7 @@ def conformanceFeatures(context: ToolPackContext) -> Features:
                 get=_mrtrPrompt,
                 asksForInput=True,
             ),
+            *dynamic,
             Prompt(
                 name="test_prompt_with_image",
                 description="A prompt with an image.",

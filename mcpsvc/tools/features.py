@@ -219,7 +219,10 @@ class FeatureSet:
                 resources["subscribe"] = True
             capabilities["resources"] = resources
         if self.hasPrompts:
-            capabilities["prompts"] = {"listChanged": False}
+            # 2026-07-28: a pack may change its prompts
+            # (ToolPackContext.promptsChanged), announced on
+            # subscriptions/listen.
+            capabilities["prompts"] = {"listChanged": modern}
         if self.hasCompletions:
             capabilities["completions"] = {}
         return capabilities

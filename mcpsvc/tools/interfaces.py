@@ -103,6 +103,10 @@ class ToolPackContext:
         C{tools(context)} would now return other tools): every instance
         rebuilds its registry, calling C{tools} again, and tells the
         clients listening for C{notifications/tools/list_changed}.
+    @ivar promptsChanged: call it when the pack's prompts changed (its
+        C{features(context)} would now return other prompts): every
+        instance rebuilds its features and tells the clients listening for
+        C{notifications/prompts/list_changed}.
     @ivar state: a dictionary kept for the life of the process, the same
         one on every rebuild: where a pack keeps what decides its tool set.
     """
@@ -113,6 +117,7 @@ class ToolPackContext:
     httpClient: Any = None
     toolsChanged: Callable[[], None] = field(default=lambda: None)
     state: Dict[str, Any] = field(factory=dict)
+    promptsChanged: Callable[[], None] = field(default=lambda: None)
 
 
 CallResult = Union[Any, "Deferred[Any]", Awaitable[Any]]

@@ -68,6 +68,7 @@ class Harness:
         store: Optional[MemoryStore] = None,
         clock: Optional[Clock] = None,
         pageSize: int = 100,
+        changes: Any = None,
     ) -> None:
         self.testCase = testCase
         self.clock = clock if clock is not None else Clock()
@@ -86,6 +87,7 @@ class Harness:
             clock=self.clock,
             authenticate=self.authenticate,
             registry=self.registry,
+            changes=changes,
         )
         self.stub = StubTreq(self.app.resource())
 

@@ -5,6 +5,7 @@ the Redis relay between instances (against a real C{redis-server}).
 
 from __future__ import annotations
 
+import json
 import tempfile
 from typing import Any, List, Mapping
 
@@ -50,13 +51,31 @@ class EncodingTests(SynchronousTestCase):
         self.assertEqual(decodeChange(encodeChange(Change("tools"), "me").encode()),
                          ("me", Change("tools")))
 
+    def test_taskIsAHint(self) -> None:
+        """
+        A task change crosses the channel as its id only: the record it
+        carried here stays here.
+        """
+        from mcpsvc.mcp.subscriptions import taskChange
+        from mcpsvc.storage.test.base import task
+
+        change = taskChange(task(taskID="t-1", payload={"result": {"secret": 1}}))
+        message = encodeChange(change, "me")
+        self.assertEqual(json.loads(message), {"v": 1, "origin": "me", "kind": "task", "task": "t-1"})
+        origin, decoded = decodeChange(message)
+        self.assertEqual((origin, decoded.kind, decoded.taskID, decoded.record),
+                         ("me", "task", "t-1", None))
+
     def test_malformed(self) -> None:
         """
         Anything that is not a version 1 change message is C{None}.
         """
         for message in (b"\xff", "not json", "[]", '{"v":2,"origin":"a","kind":"tools"}',
                         '{"v":1,"origin":1,"kind":"tools"}', '{"v":1,"origin":"a","kind":"x"}',
-                        '{"v":1,"origin":"a","kind":"resource"}', "x" * 5000, 42):
+                        '{"v":1,"origin":"a","kind":"resource"}', "x" * 5000, 42,
+                        '{"v":1,"origin":"a","kind":"task"}',
+                        '{"v":1,"origin":"a","kind":"task","task":""}',
+                        '{"v":1,"origin":"a","kind":"task","task":"%s"}' % ("x" * 129)):
             self.assertIsNone(decodeChange(message), message)
 
 
@@ -208,6 +227,36 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(trigger.call({}, context), "test_dynamic_tool removed")
         self.assertNotIn("test_dynamic_tool", registry.names)
 
+    def test_conformancePromptTrigger(self) -> None:
+        """
+        The conformance pack's C{test_trigger_prompt_change} calls
+        C{context.promptsChanged()}: listeners hear a C{prompts} change and
+        the registry's prompts gain, then lose, C{test_dynamic_prompt}; the
+        tools stay.
+        """
+        from mcpsvc.plugins.mcpsvc_tools import conformance
+
+        bus = ChangeBus()
+        registry = buildToolRegistry(
+            Config(toolPacks=("conformance",)), clock=Clock(), providers=[conformance],
+            toolsChanged=bus.toolsChanged, promptsChanged=bus.promptsChanged,
+            runInThread=lambda f, *a, **k: succeed(f(*a, **k)),
+        )
+        heard: List[Change] = []
+        bus.subscribe(ToolSetReloader(registry))
+        bus.subscribe(heard.append)
+        tools = registry.names
+        self.assertNotIn("test_dynamic_prompt", registry.features.prompts)
+        trigger = registry.get("test_trigger_prompt_change")
+        assert trigger is not None
+        context = ToolContext(clock=Clock(), subject="s", clientID="c")
+        self.assertEqual(trigger.call({}, context), "test_dynamic_prompt added")
+        self.assertIn("test_dynamic_prompt", registry.features.prompts)
+        self.assertEqual(heard, [Change("prompts")])
+        self.assertEqual(trigger.call({}, context), "test_dynamic_prompt removed")
+        self.assertNotIn("test_dynamic_prompt", registry.features.prompts)
+        self.assertEqual(registry.names, tools)
+
 
 class BuildRelayTests(SynchronousTestCase):
     def test_onlyWithRedis(self) -> None:
@@ -232,6 +281,38 @@ class BuildRelayTests(SynchronousTestCase):
                    redisSentinelMaster="m"), ChangeBus(), StoreService(), reactor=reactor)
         assert relay is not None
         self.assertIsInstance(relay.endpoint, SentinelMasterEndpoint)
+
+
+class RelayPublishTests(SynchronousTestCase):
+    def test_failuresLoggedOnce(self) -> None:
+        """
+        Publishing failures are logged once (a warning), until a publish
+        succeeds again (logged), then once more at the next failure.
+        """
+        from twisted.internet.defer import fail
+        from twisted.logger import capturedLogs
+
+        outcomes: List[Any] = []
+
+        def publish(channel: str, message: str) -> Any:
+            outcome = outcomes.pop(0)
+            if isinstance(outcome, Exception):
+                return fail(outcome)
+            return succeed(outcome)
+
+        relay = RedisChangeRelay(ChangeBus(), endpoint=None, channel="c", publish=publish,
+                                 clock=Clock())
+        outcomes += [ConnectionError("down"), ConnectionError("down"), 1, ConnectionError("again")]
+        with capturedLogs() as events:
+            for _ in range(4):
+                relay.publish("m")
+        texts = [(e["log_level"].name, e["log_format"].split(":")[0]) for e in events]
+        self.assertEqual(texts, [
+            ("warn", "Could not relay a change to the other instances"),
+            ("debug", "Could not relay a change to the other instances"),
+            ("info", "Relaying changes to the other instances again"),
+            ("warn", "Could not relay a change to the other instances"),
+        ])
 
 
 class RedisRelayTests(TestCase):

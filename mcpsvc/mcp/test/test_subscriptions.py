@@ -116,7 +116,7 @@ class ListenTests(SynchronousTestCase):
         arrives tagged the same way; other kinds never arrive.
         """
         response, chunks, done = self.listen(
-            {"toolsListChanged": True, "promptsListChanged": True,
+            {"toolsListChanged": True, "resourcesListChanged": True,
              "resourceSubscriptions": ["test://x"]})
         self.assertEqual(response.code, 200)
         self.assertEqual(response.headers.getRawHeaders("content-type"), ["text/event-stream"])
@@ -125,6 +125,7 @@ class ListenTests(SynchronousTestCase):
         self.assertEqual(ack, {"jsonrpc": "2.0", "method": ACKNOWLEDGED, "params": {
             "_meta": {META_SUBSCRIPTION_ID: 41}, "notifications": {"toolsListChanged": True}}})
         self.h.app.changed(Change("prompts"))
+        self.h.app.changed(Change("resources"))
         self.h.app.changed(Change("resource", "test://x"))
         self.h.app.changed(Change("tools"))
         self.h.pump()
@@ -135,15 +136,23 @@ class ListenTests(SynchronousTestCase):
 
     def test_filterHonoured(self) -> None:
         """
-        A stream that asked for prompts only gets the acknowledgement (with
-        an empty filter: prompts never change) and no tool list change.
+        A stream that asked for prompts only gets the acknowledgement
+        naming them, no tool list change, and a prompt list change; one
+        that asked for resources only (they never change) gets an empty
+        acknowledgement.
         """
         response, chunks, done = self.listen({"promptsListChanged": True}, id="p")
         self.h.app.changed(Change("tools"))
+        self.h.app.changed(Change("prompts"))
         self.h.pump()
         self.assertEqual(self.messages(chunks), [{
             "jsonrpc": "2.0", "method": ACKNOWLEDGED,
-            "params": {"_meta": {META_SUBSCRIPTION_ID: "p"}, "notifications": {}}}])
+            "params": {"_meta": {META_SUBSCRIPTION_ID: "p"},
+                       "notifications": {"promptsListChanged": True}}}, {
+            "jsonrpc": "2.0", "method": "notifications/prompts/list_changed",
+            "params": {"_meta": {META_SUBSCRIPTION_ID: "p"}}}])
+        response, chunks, done = self.listen({"resourcesListChanged": True}, id="r")
+        self.assertEqual(self.messages(chunks)[0]["params"]["notifications"], {})
 
     def test_keepAliveAndGracefulEnd(self) -> None:
         """

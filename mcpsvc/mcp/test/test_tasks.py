@@ -767,3 +767,282 @@ class RegistryTaskSupportTests(SynchronousTestCase):
         for kw in ({"taskSupport": "sometimes"}, {"startsTaskItself": True}):
             tool = Tool(name="t", description="d", inputSchema=obj, call=lambda a, c: "", **kw)
             self.assertRaises(InvalidTool, ToolRegistry, [tool], clock=Clock())
+
+
+class _Link:
+    """
+    Stands for the Redis relay between two instances' change buses: what
+    one publishes, the other receives (as the channel message).
+    """
+
+    def __init__(self) -> None:
+        self.to: Any = None
+        self.messages: List[str] = []
+
+    def publish(self, message: str) -> None:
+        self.messages.append(message)
+        self.to.received(message)
+
+
+class TaskNotificationTests(SynchronousTestCase):
+    """
+    C{notifications/tasks} on C{subscriptions/listen} streams (SEP-2663).
+    """
+
+    def setUp(self) -> None:
+        self.h = TaskHarness(self)
+
+    def listen(
+        self, h: TaskHarness, taskIDs: List[str], id: Any = 41, meta: Mapping[str, Any] = EXT_META,
+    ) -> Tuple[Any, List[bytes], "Deferred[None]"]:
+        return h.open("POST", h.call(id, "subscriptions/listen", {
+            "_meta": meta, "notifications": {"taskIds": taskIDs}}),
+            h.modernHeaders("subscriptions/listen"))
+
+    def messages(self, chunks: List[bytes]) -> List[Dict[str, Any]]:
+        from mcpsvc.mcp.test.helpers import parseSSE
+
+        return parseSSE(b"".join(chunks))
+
+    def test_statusChanges(self) -> None:
+        """
+        The acknowledgement names the followed task; the stream then gets
+        the task's current state, and a C{notifications/tasks} at each
+        change, each tagged with the subscription id and equal to what
+        C{tasks/get} answers at that moment (the result inlined).
+        """
+        from mcpsvc.mcp.subscriptions import META_SUBSCRIPTION_ID
+
+        taskID = self.h.start("job")
+        response, chunks, done = self.listen(self.h, [taskID])
+        self.assertEqual(response.code, 200)
+        ack, current = self.messages(chunks)
+        self.assertEqual(ack["params"]["notifications"], {"taskIds": [taskID]})
+        self.assertEqual(current["method"], "notifications/tasks")
+        self.assertEqual(current["params"]["status"], "working")
+        self.assertEqual(current["params"]["_meta"], {META_SUBSCRIPTION_ID: 41})
+        self.h.jobs[0].callback("done")
+        self.h.pump()
+        [completed] = self.messages(chunks)[2:]
+        view = self.h.get(taskID)
+        del view["resultType"]
+        self.assertEqual(completed["params"], dict(view, _meta={META_SUBSCRIPTION_ID: 41}))
+        self.assertEqual(completed["params"]["status"], "completed")
+        taskID = self.h.start("quiz")
+        response, chunks, done = self.listen(self.h, [taskID], id="s2")
+        ack, asking = self.messages(chunks)
+        self.assertEqual(asking["params"]["status"], "input_required")
+        self.assertEqual(sorted(asking["params"]["inputRequests"]), ["first", "second"])
+        answer = {"action": "accept", "content": {"name": "Y"}}
+        self.h.result("tasks/update", {"taskId": taskID, "inputResponses": {
+            "first": answer, "second": answer}})
+        self.h.pump()
+        statuses = [m["params"]["status"] for m in self.messages(chunks)[3:]]
+        self.assertEqual(statuses[0], "working")
+        self.assertEqual(statuses[-1], "completed")
+        last = self.messages(chunks)[-1]["params"]
+        self.assertEqual(last["result"]["content"], [{"type": "text", "text": "Y and Y"}])
+        self.assertEqual(last["_meta"], {META_SUBSCRIPTION_ID: "s2"})
+        self.assertNoResult(done)
+
+    def test_onlyTheOwnersTasks(self) -> None:
+        """
+        Another principal naming a task gets no notification for it: the
+        acknowledgement leaves it out, as it leaves out an unknown id, and
+        its changes never reach that stream.
+        """
+        taskID = self.h.start("job")
+        self.h.principal = MALLORY
+        with capturedLogs() as events:
+            response, chunks, done = self.listen(self.h, [taskID, "no-such-task"])
+        self.assertTrue([e for e in events if "another principal" in e.get("log_format", "")])
+        [ack] = self.messages(chunks)
+        self.assertEqual(ack["params"]["notifications"], {})
+        self.h.jobs[0].callback("done")
+        self.h.pump()
+        self.assertEqual(len(self.messages(chunks)), 1)
+        self.assertEqual(self.h.app.subscriptions.following(taskID), 0)
+
+    def test_principalCheckedAtDelivery(self) -> None:
+        """
+        At each delivery the owner is checked again on the record read
+        from the store: a record that names another principal is not sent.
+        """
+        from mcpsvc.mcp.subscriptions import Change
+
+        taskID = self.h.start("job")
+        response, chunks, done = self.listen(self.h, [taskID])
+        self.assertEqual(len(self.messages(chunks)), 2)
+        now = self.h.clock.seconds()
+        stored = self.successResultOf(self.h.store.getTask(taskID, now))
+        import attrs
+
+        self.assertTrue(self.successResultOf(self.h.store.replaceTask(
+            attrs.evolve(stored, subject="mallory", version=stored.version + 1), now)))
+        sent = self.successResultOf(Deferred.fromCoroutine(
+            self.h.app.subscriptions.deliverTask(Change("task", taskID=taskID))))
+        self.assertEqual(sent, 0)
+        self.assertEqual(len(self.messages(chunks)), 2)
+
+    def test_neverOlder(self) -> None:
+        """
+        A hint read after a newer version was sent sends nothing: a stream
+        never goes back to an older state, nor repeats one.
+        """
+        from mcpsvc.mcp.subscriptions import Change
+
+        taskID = self.h.start("job")
+        response, chunks, done = self.listen(self.h, [taskID])
+        old = self.successResultOf(self.h.store.getTask(taskID, self.h.clock.seconds()))
+        self.h.jobs[0].callback("done")
+        self.h.pump()
+        self.assertEqual(self.messages(chunks)[-1]["params"]["status"], "completed")
+        count = len(self.messages(chunks))
+        subscriptions = self.h.app.subscriptions
+        for change in (Change("task", taskID=taskID), Change("task", taskID=taskID, record=old)):
+            self.assertEqual(self.successResultOf(
+                Deferred.fromCoroutine(subscriptions.deliverTask(change))), 0)
+        self.assertEqual(len(self.messages(chunks)), count)
+
+    def test_needsTheExtension(self) -> None:
+        """
+        C{taskIds} from a request that does not declare the extension is
+        C{-32021}; more than 100 ids, or ids that are not strings, are
+        C{-32602}.
+        """
+        taskID = self.h.start("job")
+        response, chunks, done = self.listen(self.h, [taskID], meta=PLAIN_META)
+        self.assertEqual(response.code, 400)
+        self.successResultOf(done)
+        error = json.loads(b"".join(chunks))["error"]
+        self.assertEqual(error["code"], -32021)
+        self.assertEqual(error["data"]["requiredCapabilities"],
+                         {"extensions": {TASKS_EXTENSION: {}}})
+        for ids in (["t"] * 101, [1], [""], ["x" * 129]):
+            response, chunks, done = self.listen(self.h, ids)  # type: ignore[arg-type]
+            self.successResultOf(done)
+            self.assertEqual(json.loads(b"".join(chunks))["error"]["code"], -32602, ids)
+
+    def test_needsTheTasksScope(self) -> None:
+        """
+        Following tasks needs the scope of C{tasks/get} (C{mcp:tools}), on
+        top of C{mcp:read}: a token without it gets the 403
+        C{insufficient_scope} challenge; without C{taskIds}, C{mcp:read}
+        is enough.
+        """
+        from mcpsvc.principal import Principal
+
+        taskID = self.h.start("job")
+        self.h.principal = Principal(subject="alice", clientID="client-1",
+                                     scopes=frozenset({"mcp:read"}))
+        response, chunks, done = self.listen(self.h, [taskID])
+        self.assertEqual(response.code, 403)
+        self.assertIn("insufficient_scope",
+                      response.headers.getRawHeaders("www-authenticate")[0])
+        response, chunks, done = self.listen(self.h, [])
+        self.assertEqual(response.code, 200)
+
+    def test_storeDown(self) -> None:
+        """
+        When the store cannot answer, a listen naming tasks fails closed
+        (503); a hint that cannot be read is dropped with a warning, and
+        the next change of the task is delivered.
+        """
+        from twisted.internet.defer import fail
+
+        from mcpsvc.mcp.subscriptions import Change
+
+        taskID = self.h.start("job")
+        response, chunks, done = self.listen(self.h, [taskID])
+        getTask = self.h.store.getTask
+        self.h.store.getTask = lambda *a: fail(StoreUnavailable("down"))  # type: ignore
+        failed, _, failedDone = self.listen(self.h, [taskID], id=42)
+        self.assertEqual(failed.code, 503)
+        with capturedLogs() as events:
+            sent = self.successResultOf(Deferred.fromCoroutine(
+                self.h.app.subscriptions.deliverTask(Change("task", taskID=taskID))))
+        self.assertEqual(sent, 0)
+        self.assertTrue([e for e in events if "Could not read task" in e.get("log_format", "")])
+        self.h.store.getTask = getTask  # type: ignore[method-assign]
+        self.h.jobs[0].callback("done")
+        self.h.pump()
+        self.assertEqual(self.messages(chunks)[-1]["params"]["status"], "completed")
+
+    def test_closedStreamForgotten(self) -> None:
+        """
+        A stream that ends stops following its tasks.
+        """
+        taskID = self.h.start("job")
+        response, chunks, done = self.listen(self.h, [taskID])
+        self.assertEqual(self.h.app.subscriptions.following(taskID), 1)
+        self.h.app.subscriptions.closeAll()
+        self.h.pump()
+        self.successResultOf(done)
+        self.assertEqual(self.h.app.subscriptions.following(taskID), 0)
+        self.h.jobs[0].callback("done")
+        self.h.pump()
+
+
+class TaskNotificationsAcrossInstancesTests(SynchronousTestCase):
+    """
+    Two instances sharing a store, their change buses linked as the Redis
+    relay links them: a status change written on either reaches a stream
+    on the other, read from the store.
+    """
+
+    def setUp(self) -> None:
+        from mcpsvc.mcp.changes import ChangeBus
+
+        self.busA, self.busB = ChangeBus("a"), ChangeBus("b")
+        self.a = TaskHarness(self, config=Config(taskPollInterval=2.0), changes=self.busA)
+        self.b = TaskHarness(self, config=Config(taskPollInterval=2.0), changes=self.busB,
+                             store=self.a.store, clock=self.a.clock)
+        self.busA.subscribe(self.a.app.changed)
+        self.busB.subscribe(self.b.app.changed)
+        toB, toA = _Link(), _Link()
+        toB.to, toA.to = self.busB, self.busA
+        self.busA.relay, self.busB.relay = toB, toA  # type: ignore[assignment]
+        self.toB = toB
+
+    def listenOn(self, h: TaskHarness, taskID: str) -> List[bytes]:
+        response, chunks, done = h.open("POST", h.call(7, "subscriptions/listen", {
+            "_meta": EXT_META, "notifications": {"taskIds": [taskID]}}),
+            h.modernHeaders("subscriptions/listen"))
+        self.assertEqual(response.code, 200)
+        return chunks
+
+    def statuses(self, chunks: List[bytes]) -> List[str]:
+        from mcpsvc.mcp.test.helpers import parseSSE
+
+        return [m["params"]["status"] for m in parseSSE(b"".join(chunks))
+                if m.get("method") == "notifications/tasks"]
+
+    def test_finishedOnOther(self) -> None:
+        """
+        A task running on A completes: a stream on B gets the completed
+        task, result inlined; the relayed message names the task only.
+        """
+        taskID = self.a.start("job")
+        chunks = self.listenOn(self.b, taskID)
+        self.a.jobs[0].callback("from A")
+        self.a.pump()
+        self.b.pump()
+        self.assertEqual(self.statuses(chunks), ["working", "completed"])
+        self.assertEqual(json.loads(self.toB.messages[-1]),
+                         {"v": 1, "origin": "a", "kind": "task", "task": taskID})
+
+    def test_cancelOnOther(self) -> None:
+        """
+        C{tasks/cancel} received by B: streams on A and on B hear
+        C{cancelled}, and the work on A is cancelled at once (the hint),
+        not at its next poll.
+        """
+        taskID = self.a.start("job")
+        onA, onB = self.listenOn(self.a, taskID), self.listenOn(self.b, taskID)
+        self.b.result("tasks/cancel", {"taskId": taskID})
+        self.assertEqual(self.a.jobsCancelled, 1)
+        self.a.pump()
+        self.b.pump()
+        self.assertEqual(self.statuses(onA), ["working", "cancelled"])
+        self.assertEqual(self.statuses(onB), ["working", "cancelled"])
+        self.assertEqual(self.a.app.dispatcher.tasks.runningCount(), 0)

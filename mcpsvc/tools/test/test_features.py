@@ -75,6 +75,10 @@ class ConformanceFeaturesOverHTTPTests(SynchronousTestCase):
         self.assertEqual(capabilities["resources"], {"listChanged": False, "subscribe": True})
         self.assertEqual(capabilities["prompts"], {"listChanged": False})
         self.assertEqual(capabilities["completions"], {})
+        # 2026-07-28: prompt list changes reach subscriptions/listen streams.
+        modern = self.h.app.dispatcher.capabilities(modern=True)
+        self.assertEqual(modern["prompts"], {"listChanged": True})
+        self.assertEqual(modern["resources"], {"listChanged": False})
 
     def test_resources(self) -> None:
         """

@@ -330,6 +330,7 @@ class RedisRelayTests(TestCase):
         connection = RedisConnection(redisConnector(url=self.server.url, maxRetryDelay=0.5))
         connection.open()
         self.addCleanup(connection.close)
+        self.__dict__.setdefault("connections", {})[name] = connection
         bus = ChangeBus(origin=name)
         relay = RedisChangeRelay(
             bus, endpoint=TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port),
@@ -382,6 +383,10 @@ class RedisRelayTests(TestCase):
         self.assertEqual(seenA, [Change("tools")])
         self.server.start()
         await self.until(lambda: relayA.subscribed and relayB.subscribed)
+        # The store connection that publishes reconnects on its own
+        # schedule: wait until it answers again (a publish while it is
+        # still down is lost by design, which is what the first half shows).
+        await self.connections["a"].handler.ping()
         a.toolsChanged()
         await self.until(lambda: seenB == [Change("tools")])
         formats = [str(e.get("log_format")) for e in events]

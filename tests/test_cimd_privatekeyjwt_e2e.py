@@ -95,18 +95,29 @@ class KeyDocumentEndToEndTests(DocumentClientMixin, SynchronousTestCase):
         process.waitFor(lambda r: "metadata document" in r.get("text", "")
                         and "changed" in r.get("text", ""), 10)
 
-        # The admin command: confidential, no secret.
-        result = subprocess.run(
-            [MCPSVC, "clients", "show", self.documents.url], cwd=self.workdir,
-            env=dict(os.environ, STORE="sqlite", STORE_PATH=os.path.join(self.workdir, "store.sqlite3"),
-                     VAR_DIR=os.path.join(self.workdir, "var")),
-            capture_output=True, text=True, timeout=60,
-        )
-        self.assertEqual(result.returncode, 0, result.stderr)
+        # The admin commands: confidential, no secret, a document client,
+        # not exported (fetched again on first use).
+        def admin(*args: str) -> subprocess.CompletedProcess:
+            result = subprocess.run(
+                [MCPSVC, "clients", *args], cwd=self.workdir,
+                env=dict(os.environ, STORE="sqlite",
+                         STORE_PATH=os.path.join(self.workdir, "store.sqlite3"),
+                         VAR_DIR=os.path.join(self.workdir, "var")),
+                capture_output=True, text=True, timeout=60,
+            )
+            self.assertEqual(result.returncode, 0, result.stderr)
+            return result
+
+        result = admin("show", self.documents.url)
         shown = json.loads(result.stdout)
-        self.assertIs(shown["confidential"], True)
-        self.assertEqual(shown["metadata"]["token_endpoint_auth_method"], "private_key_jwt")
+        self.assertEqual((shown["confidential"], shown["has_secret"], shown["metadata_document"],
+                          shown["auth_method"]), (True, False, True, "private_key_jwt"))
         self.assertNotIn("client_secret", result.stdout)
+        self.assertIn(f"{self.documents.url}\tconfidential\tprivate_key_jwt\tdocument\t",
+                      admin("list").stdout)
+        result = admin("export")
+        self.assertEqual(json.loads(result.stdout)["clients"], [])
+        self.assertIn("1 metadata document client(s) not exported", result.stderr)
         self.assertNotIn("Traceback", process.output)
 
     def test_inlineJWKS(self) -> None:

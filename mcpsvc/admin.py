@@ -305,6 +305,7 @@ async def _oauthClientCommand(
                 redirectURIs=options["redirect-uris"], grantTypes=grants,
                 authMethod=options["auth-method"], scope=options["scope"],
                 jwks=jwks, jwksURI=options["jwks-uri"], privateKeyJWT=config.privateKeyJWT,
+                production=config.production,
             )
         except oauthAdmin.AdminError as e:
             err.write(f"Cannot add client: {e}\n")

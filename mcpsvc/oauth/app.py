@@ -46,13 +46,15 @@ from mcpsvc.oauth.clientauth import (
     buildAssertionAuthenticator,
     carriesAssertion,
 )
-from mcpsvc.oauth.cimd import CIMDError, isDocumentClient
+from mcpsvc.oauth.cimd import CIMDError
 from mcpsvc.oauth.clients import (
+    OPEN_REGISTRATION,
     ClientMetadataError,
     authMethod,
     clientScopes,
     grantTypes,
     isConfidential,
+    isSelfAsserted,
     newClientID,
     normalizeMetadata,
     redirectURIs,
@@ -381,12 +383,13 @@ def mayIntrospectAny(client: ClientRecord) -> bool:
     """
     Whether C{client} may introspect access tokens issued to other clients
     (a resource server or an operator's tool): a confidential client
-    (secret or C{private_key_jwt}) that an operator or the registration
-    endpoint admitted. A public client proves only its id, and a client
-    identified by a metadata document is self-asserted (anyone can publish
-    one with keys of their own): both may introspect their own tokens only.
+    (secret or C{private_key_jwt}) that an operator or the initial access
+    token admitted. A public client proves only its id, and a
+    self-asserted client (L{isSelfAsserted}: a metadata document, anyone
+    can publish one with keys of their own, or open registration) proves
+    only that someone made it: they may introspect their own tokens only.
     """
-    return isConfidential(client.metadata) and not isDocumentClient(client)
+    return isConfidential(client.metadata) and not isSelfAsserted(client.metadata)
 
 
 def _invalidClient(description: str, basic: bool) -> OAuthError:
@@ -764,8 +767,17 @@ class OAuthApp:
         try:
             metadata = normalizeMetadata(
                 body, patterns=self._redirectPatterns(),
-                privateKeyJWT=self.assertions.enabled,
+                privateKeyJWT=self.assertions.enabled, production=self.config.production,
             )
+            if how == "open":
+                # Anyone may register: a grant no person approves is not
+                # for such clients (see clients.isSelfAsserted).
+                if "client_credentials" in metadata["grant_types"]:
+                    raise ClientMetadataError(
+                        "invalid_client_metadata",
+                        "client_credentials needs registration with an initial access token "
+                        "(or mcpsvc clients add)")
+                metadata["registration"] = OPEN_REGISTRATION
         except ClientMetadataError as e:
             self.log.warn("Registration rejected: {error}: {description}",
                           error=e.error, description=e.description)
@@ -1282,12 +1294,12 @@ class OAuthApp:
     ) -> bytes:
         if not isConfidential(client.metadata):
             raise OAuthError("unauthorized_client", "client_credentials requires a confidential client")
-        if isDocumentClient(client):
-            # Never stored in a document client's grants (cimd.py); kept
-            # here too, as the rule is about who vouches for the client.
+        if isSelfAsserted(client.metadata):
+            # Never stored in such a client's grants (cimd.py, register);
+            # kept here too, as the rule is about who vouches for it.
             raise OAuthError("unauthorized_client",
-                             "client_credentials is not available to a client identified by a "
-                             "metadata document")
+                             "client_credentials is not available to a client that anyone could "
+                             "have made (a metadata document, or open registration)")
         try:
             scope = grantScope(form.get("scope"), clientScopes(client.metadata), DEFAULT_SCOPES)
         except InvalidScope as e:

@@ -227,6 +227,9 @@ def clientsCommand(options: Any, out: TextIO, err: TextIO) -> int:
                 if sub == "show":
                     out.write(json.dumps(_describe(await store.getClient(clientID)), indent=2) + "\n")
                 else:
+                    from mcpsvc.storage.admin import isDocumentRecord
+
+                    document = isDocumentRecord(await store.getClient(clientID))
                     await store.deleteClient(clientID)
                     # Its access tokens are refused from now on (they would
                     # otherwise live until they expire).
@@ -235,6 +238,12 @@ def clientsCommand(options: Any, out: TextIO, err: TextIO) -> int:
                     await store.revokeJTI(clientRevocationID(clientID),
                                           reactor.seconds() + config.accessTokenLifetime)
                     out.write(f"Removed client {clientID}; its access tokens are refused from now on\n")
+                    if document:
+                        out.write(
+                            "It is a metadata document client: its next request fetches its "
+                            "document again (access tokens it gets in the next "
+                            f"{config.accessTokenLifetime} seconds are refused too); to keep it "
+                            "out, add its host to CIMD_DENIED_HOSTS\n")
             except NoSuchClient:
                 err.write(f"No such client: {clientID}\n")
                 return 1

@@ -118,6 +118,8 @@ class KeyDocumentEndToEndTests(DocumentClientMixin, SynchronousTestCase):
         result = admin("export")
         self.assertEqual(json.loads(result.stdout)["clients"], [])
         self.assertIn("1 metadata document client(s) not exported", result.stderr)
+        self.assertIn("It is a metadata document client: its next request fetches",
+                      admin("remove", self.documents.url).stdout)
         self.assertNotIn("Traceback", process.output)
 
     def test_inlineJWKS(self) -> None:

@@ -269,16 +269,25 @@ class Sweeper(TimerService):
         self.store = store
         self.metrics = metrics
         #: C{CIMD_IDLE_RETENTION}: metadata document clients unused for this
-        #: long (and with no live grant) are removed; 0: never.
+        #: long (and with no live grant) are removed; 0: never. That pass
+        #: reads every document client's record, so it runs at most every
+        #: L{DOCUMENT_SWEEP_INTERVAL} seconds (retention is days).
         self.documentClientIdle = documentClientIdle
+        self._lastDocumentSweep: Optional[float] = None
         self.setName("sweeper")
+
+    #: Least seconds between two passes over metadata document clients.
+    DOCUMENT_SWEEP_INTERVAL = 3600.0
 
     async def sweepOnce(self) -> None:
         with log.failuresHandled("Sweep failed; the next one runs in {interval}s", interval=self.step):
             now = self.clock.seconds()
             report = await self.store.sweep(now)
             removed = dict(report.removed)
-            if self.documentClientIdle > 0:
+            last = self._lastDocumentSweep
+            if self.documentClientIdle > 0 and (
+                    last is None or now - last >= self.DOCUMENT_SWEEP_INTERVAL):
+                self._lastDocumentSweep = now
                 removed["documentClients"] = await self.store.removeIdleDocumentClients(
                     now - self.documentClientIdle, now)
             total = sum(removed.values())

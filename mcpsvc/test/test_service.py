@@ -187,6 +187,16 @@ class SweeperTests(SynchronousTestCase):
         self.assertEqual([c.clientID for c in self.successResultOf(store.listClients())],
                          ["registered"])
         self.assertEqual([e["removed"]["documentClients"] for e in events if "removed" in e], [1])
+        # That pass runs at most hourly (it reads every document client).
+        self.successResultOf(store.createClient(ClientRecord(
+            clientID=url, secretHash=None, metadata={"cimd": {"fresh_until": 1000.0}},
+            createdAt=0)))
+        clock.advance(3599)
+        self.successResultOf(Deferred.fromCoroutine(sweeper.sweepOnce()))
+        self.assertEqual(len(self.successResultOf(store.listClients())), 2)
+        clock.advance(1)
+        self.successResultOf(Deferred.fromCoroutine(sweeper.sweepOnce()))
+        self.assertEqual(len(self.successResultOf(store.listClients())), 1)
 
     def test_stopWaitsForSweep(self) -> None:
         """

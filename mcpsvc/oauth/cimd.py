@@ -24,7 +24,7 @@ The decisions are sans-IO and separate:
     here) or C{private_key_jwt} with C{jwks_uri} or C{jwks}; no shared
     secret of any kind (C{client_secret}, C{client_secret_expires_at},
     C{client_secret_*} methods); grant types C{authorization_code} and
-    C{refresh_token}: C{client_credentials} is dropped (logged), as a
+    C{refresh_token}: C{client_credentials} is dropped, as a
     document is self-asserted and that grant involves no person; an
     operator who wants such a client registers it (C{mcpsvc clients add}),
     or pre-registers its URL (a record without C{cimd} under that id is
@@ -60,6 +60,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpsvc.audit import audit
+from mcpsvc.oauth.assertion import InvalidJWKS, publicJWKS
 from mcpsvc.oauth.clients import ClientMetadataError, normalizeMetadata
 from mcpsvc.oauth.fetch import FetchedDocument, FetchError
 from mcpsvc.oauth.redirects import LOOPBACK_HOSTS
@@ -242,8 +243,6 @@ def validateDocument(url: str, document: Mapping[str, Any], production: bool,
         else:
             problem = _jwksProblem(jwks)
             if problem is None:
-                from mcpsvc.oauth.assertion import InvalidJWKS, publicJWKS
-
                 try:
                     jwks = publicJWKS(jwks)
                 except InvalidJWKS as e:

@@ -88,11 +88,23 @@ def _confidential(record: Any) -> bool:
 
 
 def _describe(record: Any) -> Dict[str, Any]:
+    """
+    A client for C{clients list --json} and C{clients show}: whether it is
+    confidential (from its method: a secret or C{private_key_jwt}),
+    whether it has a secret, and whether it is a metadata document client
+    (its record is a cached copy of the document at its URL).
+    """
+    from mcpsvc.oauth.clients import authMethod, usesSecret
+    from mcpsvc.storage.admin import isDocumentRecord
+
     metadata = dict(record.metadata)
     return {
         "client_id": record.clientID,
         "client_name": metadata.get("client_name"),
+        "auth_method": authMethod(metadata),
         "confidential": _confidential(record),
+        "has_secret": usesSecret(metadata) and record.secretHash is not None,
+        "metadata_document": isDocumentRecord(record),
         "created_at": record.createdAt,
         "metadata": metadata,
     }
@@ -199,11 +211,14 @@ def clientsCommand(options: Any, out: TextIO, err: TextIO) -> int:
             if subOptions["json"]:
                 out.write(json.dumps([_describe(r) for r in records], indent=2) + "\n")
             else:
-                from mcpsvc.oauth.clients import isConfidential
+                from mcpsvc.oauth.clients import authMethod
+                from mcpsvc.storage.admin import isDocumentRecord
 
                 for r in records:
-                    kind = "confidential" if isConfidential(r.metadata) else "public"
-                    out.write(f"{r.clientID}\t{kind}\t{r.metadata.get('client_name') or ''}\n")
+                    kind = "confidential" if _confidential(r) else "public"
+                    origin = "document" if isDocumentRecord(r) else "registered"
+                    out.write(f"{r.clientID}\t{kind}\t{authMethod(r.metadata)}\t{origin}\t"
+                              f"{r.metadata.get('client_name') or ''}\n")
                 out.write(f"{len(records)} client(s)\n")
             return 0
         if sub in ("show", "remove"):
@@ -212,6 +227,9 @@ def clientsCommand(options: Any, out: TextIO, err: TextIO) -> int:
                 if sub == "show":
                     out.write(json.dumps(_describe(await store.getClient(clientID)), indent=2) + "\n")
                 else:
+                    from mcpsvc.storage.admin import isDocumentRecord
+
+                    document = isDocumentRecord(await store.getClient(clientID))
                     await store.deleteClient(clientID)
                     # Its access tokens are refused from now on (they would
                     # otherwise live until they expire).
@@ -220,12 +238,23 @@ def clientsCommand(options: Any, out: TextIO, err: TextIO) -> int:
                     await store.revokeJTI(clientRevocationID(clientID),
                                           reactor.seconds() + config.accessTokenLifetime)
                     out.write(f"Removed client {clientID}; its access tokens are refused from now on\n")
+                    if document:
+                        out.write(
+                            "It is a metadata document client: its next request fetches its "
+                            "document again (access tokens it gets in the next "
+                            f"{config.accessTokenLifetime} seconds are refused too); to keep it "
+                            "out, add its host to CIMD_DENIED_HOSTS\n")
             except NoSuchClient:
                 err.write(f"No such client: {clientID}\n")
                 return 1
             return 0
         if sub == "export":
-            data = json.dumps(await exportClients(store), indent=2) + "\n"
+            exported = await exportClients(store)
+            data = json.dumps(exported, indent=2) + "\n"
+            skipped = len(await store.listClients()) - len(exported["clients"])
+            if skipped > 0:
+                err.write(f"{skipped} metadata document client(s) not exported: they are "
+                          "fetched again from their URL on first use\n")
             if subOptions["file"] == "-":
                 out.write(data)
             else:
@@ -285,6 +314,7 @@ async def _oauthClientCommand(
                 redirectURIs=options["redirect-uris"], grantTypes=grants,
                 authMethod=options["auth-method"], scope=options["scope"],
                 jwks=jwks, jwksURI=options["jwks-uri"], privateKeyJWT=config.privateKeyJWT,
+                production=config.production,
             )
         except oauthAdmin.AdminError as e:
             err.write(f"Cannot add client: {e}\n")

@@ -84,6 +84,7 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "CIMD_CACHE_MIN_SECONDS": ("60", "shortest time a fetched metadata document is used before it is fetched again"),
     "CIMD_CACHE_MAX_SECONDS": ("86400", "longest time a fetched metadata document is used before it is fetched again"),
     "CIMD_STALE_IF_ERROR": ("3600", "seconds a stale metadata document is still used while its host fails; 0: never"),
+    "CIMD_IDLE_RETENTION": ("2592000", "seconds a metadata document client's stored copy is kept unused (and with no live grant) before the sweeper removes it; 0: kept forever"),
     "CIMD_FETCH_TIMEOUT": ("5", "seconds a metadata document fetch may take"),
     "MCP_API_KEY": (None, "static key accepted on /mcp (Bearer or X-API-Key); off when unset"),
     "ACCESS_TOKEN_LIFETIME": ("3600", "access token lifetime, seconds"),
@@ -207,6 +208,8 @@ class Config:
     cimdCacheMinSeconds: int = 60
     cimdCacheMaxSeconds: int = 86400
     cimdStaleIfError: int = 3600
+    #: CIMD_IDLE_RETENTION: idle document client records are swept after it (0: never).
+    cimdIdleRetention: int = 2592000
     cimdFetchTimeout: float = 5.0
     mcpAPIKey: Optional[str] = field(default=None, repr=False)
     #: PRIVATE_KEY_JWT: private_key_jwt client authentication accepted.
@@ -631,6 +634,9 @@ def loadConfig(
             f"CIMD_CACHE_MIN_SECONDS ({cimdMin}) must not exceed CIMD_CACHE_MAX_SECONDS ({cimdMax})"
         )
     cimdStale = c.integer("CIMD_STALE_IF_ERROR", 0, 30 * 86400)
+    cimdIdle = c.integer("CIMD_IDLE_RETENTION", 0, 10 * 365 * 86400)
+    if 0 < cimdIdle < 86400:
+        c.errors.append(f"CIMD_IDLE_RETENTION must be 0 or at least 86400 seconds (got {cimdIdle})")
     cimdTimeout = c.number("CIMD_FETCH_TIMEOUT")
     if cimdTimeout > 60:
         c.errors.append(f"CIMD_FETCH_TIMEOUT must be at most 60 seconds (got {cimdTimeout:g})")
@@ -851,6 +857,7 @@ def loadConfig(
         cimdCacheMinSeconds=cimdMin,
         cimdCacheMaxSeconds=cimdMax,
         cimdStaleIfError=cimdStale,
+        cimdIdleRetention=cimdIdle,
         cimdFetchTimeout=cimdTimeout,
         mcpAPIKey=mcpAPIKey,
         privateKeyJWT=privateKeyJWTValue in ("on", "true"),

@@ -263,21 +263,39 @@ class Sweeper(TimerService):
     """
 
     def __init__(self, interval: float, store: Any, clock: IReactorTime,
-                 metrics: Optional[Metrics] = None) -> None:
+                 metrics: Optional[Metrics] = None, documentClientIdle: float = 0) -> None:
         super().__init__(interval, self.sweepOnce)
         self.clock = clock
         self.store = store
         self.metrics = metrics
+        #: C{CIMD_IDLE_RETENTION}: metadata document clients unused for this
+        #: long (and with no live grant) are removed; 0: never. That pass
+        #: reads every document client's record, so it runs at most every
+        #: L{DOCUMENT_SWEEP_INTERVAL} seconds (retention is days).
+        self.documentClientIdle = documentClientIdle
+        self._lastDocumentSweep: Optional[float] = None
         self.setName("sweeper")
+
+    #: Least seconds between two passes over metadata document clients.
+    DOCUMENT_SWEEP_INTERVAL = 3600.0
 
     async def sweepOnce(self) -> None:
         with log.failuresHandled("Sweep failed; the next one runs in {interval}s", interval=self.step):
-            report = await self.store.sweep(self.clock.seconds())
-            if report.total:
+            now = self.clock.seconds()
+            report = await self.store.sweep(now)
+            removed = dict(report.removed)
+            last = self._lastDocumentSweep
+            if self.documentClientIdle > 0 and (
+                    last is None or now - last >= self.DOCUMENT_SWEEP_INTERVAL):
+                self._lastDocumentSweep = now
+                removed["documentClients"] = await self.store.removeIdleDocumentClients(
+                    now - self.documentClientIdle, now)
+            total = sum(removed.values())
+            if total:
                 log.info(
                     "Sweep removed {total} expired record(s): {removed}",
-                    total=report.total,
-                    removed=dict(report.removed),
+                    total=total,
+                    removed=removed,
                 )
         if self.metrics is not None:
             with log.failuresHandled("Counting sessions failed; the next count runs in {interval}s",
@@ -376,7 +394,8 @@ def buildService(
     root.setName("mcpsvc")
     storeService.setName("store")
     storeService.setServiceParent(root)
-    Sweeper(config.sweepInterval, store, clock, metrics).setServiceParent(root)
+    Sweeper(config.sweepInterval, store, clock, metrics,
+            documentClientIdle=config.cimdIdleRetention).setServiceParent(root)
     from mcpsvc.mcp.tasks import TaskService, buildTaskManager
 
     # Stops after HTTP has drained, before the store: running tasks end

@@ -32,7 +32,8 @@ REDIRECT2 = "http://127.0.0.1:33418/v2/callback"
 class DocumentServer:
     """
     A loopback HTTP server publishing one client metadata document, whose
-    body, status and headers a test changes as it goes.
+    body, status and headers a test changes as it goes, and other JSON
+    documents at the paths of C{others} (a key set for C{jwks_uri}).
 
     @ivar hits: the paths requested.
     """
@@ -40,6 +41,7 @@ class DocumentServer:
     def __init__(self, tls: Optional[Tuple[str, str]] = None) -> None:
         self.status = 200
         self.document: Dict[str, Any] = {}
+        self.others: Dict[str, Any] = {}
         self.headers: Dict[str, str] = {"Cache-Control": "max-age=0"}
         self.hits: List[str] = []
         server = self
@@ -47,7 +49,7 @@ class DocumentServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
                 server.hits.append(self.path)
-                body = json.dumps(server.document).encode()
+                body = json.dumps(server.others.get(self.path, server.document)).encode()
                 self.send_response(server.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -68,6 +70,12 @@ class DocumentServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.port}/oauth/client.json"
+
+    def urlOf(self, path: str) -> str:
+        """
+        The URL of C{path} on this server.
+        """
+        return self.url.split("/oauth/client.json")[0] + path
 
     def stop(self) -> None:
         """

@@ -61,6 +61,7 @@ async def addClient(
     jwks: Optional[Dict[str, Any]] = None,
     jwksURI: Optional[str] = None,
     privateKeyJWT: bool = True,
+    production: bool = False,
 ) -> Tuple[ClientRecord, Optional[str]]:
     """
     Register a client by hand. Redirect URIs must be https (or loopback
@@ -70,6 +71,7 @@ async def addClient(
     @param jwksURI: or the URL it publishes them at.
     @param privateKeyJWT: whether C{private_key_jwt} is enabled
         (C{PRIVATE_KEY_JWT}).
+    @param production: a production server (a C{jwks_uri} must be https).
 
     @return: the stored record and the plaintext secret (C{None} for a
         public client), to be shown once.
@@ -90,7 +92,8 @@ async def addClient(
     from mcpsvc.oauth.clients import ClientMetadataError
 
     try:
-        metadata = normalizeMetadata(raw, patterns=None, privateKeyJWT=privateKeyJWT)
+        metadata = normalizeMetadata(raw, patterns=None, privateKeyJWT=privateKeyJWT,
+                                     production=production)
     except ClientMetadataError as e:
         raise AdminError(f"{e.error}: {e.description}")
     secret = newSecret(32) if usesSecret(metadata) else None

@@ -48,11 +48,13 @@ from mcpsvc.oauth.clientauth import (
 )
 from mcpsvc.oauth.cimd import CIMDError
 from mcpsvc.oauth.clients import (
+    OPEN_REGISTRATION,
     ClientMetadataError,
     authMethod,
     clientScopes,
     grantTypes,
     isConfidential,
+    isSelfAsserted,
     newClientID,
     normalizeMetadata,
     redirectURIs,
@@ -102,6 +104,7 @@ __all__ = [
     "UnavailableApprover",
     "canonicalURL",
     "requestAddress",
+    "mayIntrospectAny",
 ]
 
 #: Headers of every response that carries a token or credential.
@@ -376,6 +379,19 @@ def _wantsHTML(request: IRequest) -> bool:
     return html_ > 0 and html_ >= _acceptQuality(accept, "application/json")
 
 
+def mayIntrospectAny(client: ClientRecord) -> bool:
+    """
+    Whether C{client} may introspect access tokens issued to other clients
+    (a resource server or an operator's tool): a confidential client
+    (secret or C{private_key_jwt}) that an operator or the initial access
+    token admitted. A public client proves only its id, and a
+    self-asserted client (L{isSelfAsserted}: a metadata document, anyone
+    can publish one with keys of their own, or open registration) proves
+    only that someone made it: they may introspect their own tokens only.
+    """
+    return isConfidential(client.metadata) and not isSelfAsserted(client.metadata)
+
+
 def _invalidClient(description: str, basic: bool) -> OAuthError:
     headers = {"WWW-Authenticate": 'Basic realm="mcpsvc"'} if basic else None
     return OAuthError("invalid_client", description, code=401, headers=headers)
@@ -590,7 +606,10 @@ class OAuthApp:
         Authenticate the client of a token, revocation or introspection
         request with the method it registered. A request carrying a client
         assertion (C{private_key_jwt}) is decided by C{self.assertions}
-        (L{mcpsvc.oauth.clientauth}) from the client record alone.
+        (L{mcpsvc.oauth.clientauth}) from the client record alone; the
+        record of a metadata document client is resolved (fetched again
+        once stale) by both paths, so a changed document (new keys, a
+        method) applies to assertions as it does to the other methods.
 
         @raise OAuthError: C{invalid_client} (401, with C{WWW-Authenticate:
             Basic} when Basic was tried) or C{invalid_request}.
@@ -598,7 +617,7 @@ class OAuthApp:
         if carriesAssertion(form):
             return await self.assertions.authenticate(
                 request, form, audiences=assertionAudiences(self.config, request),
-                getClient=self.store.getClient,
+                getClient=lambda clientID: self._getClient(clientID, request),
             )
         header = request.getHeader("authorization") or ""
         basic: Optional[Tuple[str, str]] = None
@@ -748,8 +767,17 @@ class OAuthApp:
         try:
             metadata = normalizeMetadata(
                 body, patterns=self._redirectPatterns(),
-                privateKeyJWT=self.assertions.enabled,
+                privateKeyJWT=self.assertions.enabled, production=self.config.production,
             )
+            if how == "open":
+                # Anyone may register: a grant no person approves is not
+                # for such clients (see clients.isSelfAsserted).
+                if "client_credentials" in metadata["grant_types"]:
+                    raise ClientMetadataError(
+                        "invalid_client_metadata",
+                        "client_credentials needs registration with an initial access token "
+                        "(or mcpsvc clients add)")
+                metadata["registration"] = OPEN_REGISTRATION
         except ClientMetadataError as e:
             self.log.warn("Registration rejected: {error}: {description}",
                           error=e.error, description=e.description)
@@ -1266,6 +1294,12 @@ class OAuthApp:
     ) -> bytes:
         if not isConfidential(client.metadata):
             raise OAuthError("unauthorized_client", "client_credentials requires a confidential client")
+        if isSelfAsserted(client.metadata):
+            # Never stored in such a client's grants (cimd.py, register);
+            # kept here too, as the rule is about who vouches for it.
+            raise OAuthError("unauthorized_client",
+                             "client_credentials is not available to a client that anyone could "
+                             "have made (a metadata document, or open registration)")
         try:
             scope = grantScope(form.get("scope"), clientScopes(client.metadata), DEFAULT_SCOPES)
         except InvalidScope as e:
@@ -1350,6 +1384,9 @@ class OAuthApp:
             request.setHeader(name, value)
         return b""
 
+    # Introspection: who may inspect whose tokens is decided by
+    # mayIntrospectAny (module level).
+
     @app.route("/oauth/introspect", methods=["POST"])
     async def introspect(self, request: IRequest) -> bytes:
         await self._rateLimit(request, "token", self.config.rateLimitToken)
@@ -1381,12 +1418,12 @@ class OAuthApp:
                 claims = None
             if (
                 claims is not None
-                and not isConfidential(client.metadata)
+                and not mayIntrospectAny(client)
                 and claims.clientID != client.clientID
             ):
-                # A public client proves nothing but its id: it may inspect
-                # only its own tokens. Confidential clients (resource servers,
-                # operators) may inspect any.
+                # See mayIntrospectAny: a public client, or one anyone could
+                # stand up (a metadata document), may inspect only its own
+                # tokens.
                 claims = None
             if claims is not None and not await self.store.isAnyRevoked(revocationIDs(claims), now):
                 body = {

@@ -24,8 +24,13 @@ The decisions are sans-IO and separate:
     here) or C{private_key_jwt} with C{jwks_uri} or C{jwks}; no shared
     secret of any kind (C{client_secret}, C{client_secret_expires_at},
     C{client_secret_*} methods); grant types C{authorization_code} and
-    C{refresh_token} (C{client_credentials} only with C{private_key_jwt});
-    then the registration rules of L{mcpsvc.oauth.clients} for the rest;
+    C{refresh_token}: C{client_credentials} is dropped, as a
+    document is self-asserted and that grant involves no person; an
+    operator who wants such a client registers it (C{mcpsvc clients add}),
+    or pre-registers its URL (a record without C{cimd} under that id is
+    used as is); then the registration rules of L{mcpsvc.oauth.clients}
+    for the rest (a C{jwks} as registration checks it: public keys of
+    supported types);
   - L{freshnessLifetime}: how long a fetched document is used without
     fetching it again, from C{Cache-Control} (C{no-store}, C{no-cache},
     C{s-maxage}, C{max-age}, minus C{Age}) or C{Expires}, bounded by
@@ -55,6 +60,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpsvc.audit import audit
+from mcpsvc.oauth.assertion import InvalidJWKS, publicJWKS
 from mcpsvc.oauth.clients import ClientMetadataError, normalizeMetadata
 from mcpsvc.oauth.fetch import FetchedDocument, FetchError
 from mcpsvc.oauth.redirects import LOOPBACK_HOSTS
@@ -116,11 +122,15 @@ class CIMDSettings:
     minLifetime: float = 60.0
     maxLifetime: float = 86400.0
     staleIfError: float = 3600.0
+    #: C{PRIVATE_KEY_JWT}: off refuses documents naming C{private_key_jwt}
+    #: (such a client could never authenticate).
+    privateKeyJWT: bool = True
 
     @classmethod
     def fromConfig(cls, config: Any) -> "CIMDSettings":
         return cls(
             production=config.production,
+            privateKeyJWT=config.privateKeyJWT,
             minLifetime=float(config.cimdCacheMinSeconds),
             maxLifetime=float(config.cimdCacheMaxSeconds),
             staleIfError=float(config.cimdStaleIfError),
@@ -186,12 +196,14 @@ def _jwksProblem(jwks: Any) -> Optional[str]:
     return None
 
 
-def validateDocument(url: str, document: Mapping[str, Any], production: bool) -> Dict[str, Any]:
+def validateDocument(url: str, document: Mapping[str, Any], production: bool,
+                     privateKeyJWT: bool = True) -> Dict[str, Any]:
     """
     Validate a fetched document for C{url} and return the client metadata
     to store (as registration would normalise it, plus C{jwks_uri} or
     C{jwks} for C{private_key_jwt}).
 
+    @param privateKeyJWT: whether C{private_key_jwt} is enabled.
     @raise CIMDError: with the reason.
     """
     if not isinstance(document, Mapping):
@@ -211,6 +223,8 @@ def validateDocument(url: str, document: Mapping[str, Any], production: bool) ->
             f"token_endpoint_auth_method {str(method)[:40]!r} is not allowed in a client "
             "metadata document; use none or private_key_jwt",
         )
+    if method == "private_key_jwt" and not privateKeyJWT:
+        raise CIMDError("auth_method", "private_key_jwt is not enabled on this server")
     if not document.get("redirect_uris"):
         raise CIMDError("metadata", "The document has no redirect_uris")
     keys: Dict[str, Any] = {}
@@ -228,15 +242,25 @@ def validateDocument(url: str, document: Mapping[str, Any], production: bool) ->
             keys["jwks_uri"] = jwksURI
         else:
             problem = _jwksProblem(jwks)
+            if problem is None:
+                try:
+                    jwks = publicJWKS(jwks)
+                except InvalidJWKS as e:
+                    problem = f"jwks: {e}"
             if problem is not None:
                 raise CIMDError("jwks", problem)
             keys["jwks"] = jwks
+    raw = dict(document)
     grants = document.get("grant_types")
-    if isinstance(grants, list) and "client_credentials" in grants and method == "none":
-        raise CIMDError("metadata", "client_credentials needs private_key_jwt")
+    if isinstance(grants, list) and "client_credentials" in grants:
+        # Self-asserted: no person approves that grant, so a document
+        # cannot obtain it (an operator registers such clients).
+        raw["grant_types"] = [g for g in grants if g != "client_credentials"]
+        if not raw["grant_types"]:
+            raise CIMDError("metadata", "client_credentials is not available to a client "
+                            "identified by a metadata document; register the client instead")
     # The registration rules for the rest; a method they know stands in
     # for private_key_jwt (the one that allows the same grants).
-    raw = dict(document)
     raw["token_endpoint_auth_method"] = "none" if method == "none" else "client_secret_basic"
     try:
         metadata = normalizeMetadata(raw, patterns=None)
@@ -429,7 +453,8 @@ class ClientDocuments:
                 return stored
             raise CIMDError(e.reason, "The client metadata document cannot be fetched: "
                             + e.message, e.detail)
-        metadata = validateDocument(clientID, fetched.json, self.settings.production)
+        metadata = validateDocument(clientID, fetched.json, self.settings.production,
+                                    self.settings.privateKeyJWT)
         digest = "sha256:" + hashlib.sha256(fetched.body).hexdigest()
         changed = info is None or info.get("document_sha256") != digest
         metadata["cimd"] = {

@@ -38,6 +38,7 @@ from mcpsvc.oauth.assertion import (
     selectKey,
     verifyAssertion,
 )
+from mcpsvc.oauth.cimd import CIMDError
 from mcpsvc.oauth.clientkeys import FetchJSON, JWKSCache, clientKeys
 from mcpsvc.oauth.clients import PRIVATE_KEY_JWT, authMethod
 from mcpsvc.storage.interfaces import ClientRecord, NoSuchClient
@@ -118,8 +119,9 @@ class AssertionAuthenticator:
 
         @param audiences: the accepted C{aud} values: our issuer and the
             URL(s) of the endpoint being called.
-        @param getClient: looks a client up by id (fails with
-            L{NoSuchClient}).
+        @param getClient: looks a client up by id, resolving a metadata
+            document URL (fails with L{NoSuchClient}, or L{CIMDError} when
+            the client's document is unusable).
         @return: the client's record.
         @raise OAuthError: C{invalid_client} (401), or C{invalid_request}
             when another authentication method is used as well.
@@ -147,6 +149,8 @@ class AssertionAuthenticator:
             client = await getClient(clientID)
         except NoSuchClient:
             raise self._refuse(request, "unknown client", "Client authentication failed", clientID)
+        except CIMDError as e:
+            raise self._refuse(request, "client metadata document " + e.reason, e.message, clientID)
         registered = authMethod(client.metadata)
         if registered != METHOD:
             raise self._refuse(request, f"used {METHOD}, registered {registered}",

@@ -114,7 +114,10 @@ class JWKSCache:
         if url not in self._waiting and last is not None and now - last < self.minInterval:
             if entry is not None and fresh:
                 return entry.keys  # an unknown kid: no refetch yet
-            raise JWKSUnavailable("the last fetch failed; not retried yet")
+            if entry is None or entry.fetchedAt < last:
+                raise JWKSUnavailable("the last fetch failed; not retried yet")
+            # The last fetch succeeded and its set has expired (a lifetime
+            # shorter than minInterval): fetch, as the lifetime says.
         return await self._shared(url)
 
     def _shared(self, url: str) -> "Deferred[List[jwt.PyJWK]]":

@@ -19,6 +19,13 @@ Decisions:
     C{refresh_token} without C{authorization_code} is dropped (inert).
   - unknown fields are ignored (dropped); unknown scopes are dropped (see
     L{mcpsvc.oauth.scopes}); no known scope means the default scopes.
+
+Confidential or public is decided from the method alone (L{isConfidential},
+L{usesSecret}): C{private_key_jwt} is confidential and has no secret.
+Whether a client is I{self-asserted} (L{isSelfAsserted}: anyone could have
+made it, a metadata document client or one registered through open
+registration) decides what being confidential allows: such a client gets
+no C{client_credentials} and may introspect only its own tokens.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ __all__ = [
     "normalizeMetadata",
     "isConfidential",
     "usesSecret",
+    "isSelfAsserted",
+    "OPEN_REGISTRATION",
     "validateJWKSURI",
     "authMethod",
     "grantTypes",
@@ -98,10 +107,16 @@ def _stringList(raw: Mapping[str, Any], name: str) -> Optional[List[str]]:
     return list(dict.fromkeys(value))
 
 
-def validateJWKSURI(value: Any) -> str:
+#: The C{registration} metadata value of a client registered without an
+#: initial access token (C{DCR_OPEN}).
+OPEN_REGISTRATION = "open"
+
+
+def validateJWKSURI(value: Any, production: bool = False) -> str:
     """
-    A C{jwks_uri}: an absolute https URL (http only on a loopback host),
-    without credentials or fragment, of at most 2000 characters.
+    A C{jwks_uri}: an absolute https URL (in development, http on a
+    loopback host too: the fetcher refuses http in production), without
+    credentials or fragment, of at most 2000 characters.
 
     @raise ClientMetadataError: it is not.
     """
@@ -114,14 +129,15 @@ def validateJWKSURI(value: Any) -> str:
         raise _bad("jwks_uri is not a valid URL") from None
     if parts.scheme not in ("https", "http") or not host:
         raise _bad("jwks_uri must be an absolute https URL")
-    if parts.scheme == "http" and host not in _LOOPBACK_HOSTS:
-        raise _bad("jwks_uri must be https (http only on a loopback host)")
+    if parts.scheme == "http" and (production or host not in _LOOPBACK_HOSTS):
+        raise _bad("jwks_uri must be https" + ("" if production else
+                                                " (http only on a loopback host)"))
     if "@" in parts.netloc or parts.fragment:
         raise _bad("jwks_uri must not carry credentials or a fragment")
     return value
 
 
-def _keyMetadata(raw: Mapping[str, Any], method: str) -> Dict[str, Any]:
+def _keyMetadata(raw: Mapping[str, Any], method: str, production: bool) -> Dict[str, Any]:
     """
     The C{jwks} or C{jwks_uri} of a C{private_key_jwt} client.
     """
@@ -133,7 +149,7 @@ def _keyMetadata(raw: Mapping[str, Any], method: str) -> Dict[str, Any]:
     if jwks is None and jwksURI is None:
         raise _bad("private_key_jwt requires jwks or jwks_uri (the client's public keys)")
     if jwksURI is not None:
-        return {"jwks_uri": validateJWKSURI(jwksURI)}
+        return {"jwks_uri": validateJWKSURI(jwksURI, production)}
     from mcpsvc.oauth.assertion import InvalidJWKS, publicJWKS
 
     try:
@@ -147,6 +163,7 @@ def normalizeMetadata(
     *,
     patterns: Optional[Sequence[str]] = None,
     privateKeyJWT: bool = True,
+    production: bool = False,
 ) -> Dict[str, Any]:
     """
     Validate registration metadata and return what we store.
@@ -157,6 +174,8 @@ def normalizeMetadata(
         requires https or loopback http.
     @param privateKeyJWT: whether C{private_key_jwt} is accepted
         (C{PRIVATE_KEY_JWT}).
+    @param production: whether this is a production server (a C{jwks_uri}
+        must be https then).
     @raise ClientMetadataError: with the RFC 7591 error code.
     """
     if not isinstance(raw, Mapping):
@@ -171,7 +190,7 @@ def normalizeMetadata(
             "use none, client_secret_basic, client_secret_post"
             + (" or private_key_jwt" if privateKeyJWT else "")
         )
-    keyMetadata = _keyMetadata(raw, method)
+    keyMetadata = _keyMetadata(raw, method, production)
 
     grants = _stringList(raw, "grant_types")
     if grants is None:
@@ -278,6 +297,18 @@ def isConfidential(metadata: Mapping[str, Any]) -> bool:
     return authMethod(metadata) in SECRET_AUTH_METHODS or authMethod(metadata) == PRIVATE_KEY_JWT
 
 
+def isSelfAsserted(metadata: Mapping[str, Any]) -> bool:
+    """
+    Whether anyone could have made this client: one described by a Client
+    ID Metadata Document (its metadata has a C{cimd} object) or registered
+    without an initial access token (C{registration} is
+    L{OPEN_REGISTRATION}). Confidential or not, such a client gets no
+    C{client_credentials} and may introspect only its own tokens.
+    """
+    return (isinstance(metadata.get("cimd"), Mapping)
+            or metadata.get("registration") == OPEN_REGISTRATION)
+
+
 def usesSecret(metadata: Mapping[str, Any]) -> bool:
     """
     Whether the client authenticates with a client secret (and so is given
@@ -320,6 +351,7 @@ def registrationResponse(
     C{client_secret} and C{client_secret_expires_at} (0: never).
     """
     body: Dict[str, Any] = dict(metadata)
+    body.pop("registration", None)  # ours, not RFC 7591 metadata
     body["client_id"] = clientID
     body["client_id_issued_at"] = int(issuedAt)
     if secret is not None:

@@ -31,6 +31,22 @@ __all__ = [
 ]
 
 
+def isIdleDocumentClient(metadata: Any, staleBefore: float) -> bool:
+    """
+    Whether a client's C{metadata} is a metadata document client's whose
+    document went stale (C{cimd.fresh_until}) before C{staleBefore}: a
+    record unused since then (its use after that time would have fetched
+    the document again and renewed C{fresh_until}).
+    """
+    info = metadata.get("cimd") if hasattr(metadata, "get") else None
+    if not hasattr(info, "get"):
+        return False
+    try:
+        return float(info.get("fresh_until")) < staleBefore
+    except (TypeError, ValueError):
+        return False
+
+
 def hashEquals(a: Optional[str], b: Optional[str]) -> bool:
     """
     Constant-time comparison of two stored hashes; C{None} matches nothing.

@@ -6,6 +6,18 @@ backends, migrating from the ServiceNow guide's Node server).
 Import policy: a client whose id already exists is B{skipped} (left
 untouched and not counted), unless C{replace=True}: an import never
 silently changes the secret of a client that is in use.
+
+Clients described by a Client ID Metadata Document (their metadata has a
+C{cimd} object) are B{not exported}, and skipped on import: their record
+is a cached copy of a document anyone can publish, fetched again on its
+first use (only when it was first seen is lost). Everything else,
+C{jwks} and C{jwks_uri} included, round-trips as stored.
+
+Each imported entry is checked against its authentication method: a
+C{client_secret_basic} or C{client_secret_post} client needs a secret; a
+C{private_key_jwt} client needs exactly one of C{jwks} and C{jwks_uri}
+and holds no secret; a C{none} client holds no secret. A bad entry fails
+the whole import (nothing is imported).
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ from twisted.logger import Logger
 from mcpsvc.storage.hashing import hashSecret
 from mcpsvc.storage.interfaces import ClientRecord, Conflict, IStore
 
-__all__ = ["exportClients", "importClients", "EXPORT_FORMAT"]
+__all__ = ["exportClients", "importClients", "parseClients", "isDocumentRecord", "EXPORT_FORMAT"]
 
 log = Logger()
 
@@ -26,9 +38,18 @@ log = Logger()
 EXPORT_FORMAT = "mcpsvc-clients"
 
 
+def isDocumentRecord(record: ClientRecord) -> bool:
+    """
+    Whether C{record} is a cached metadata document client (see
+    L{mcpsvc.oauth.cimd}), as opposed to a registered client.
+    """
+    return isinstance(record.metadata.get("cimd"), Mapping)
+
+
 async def exportClients(store: IStore) -> Dict[str, Any]:
     """
-    Return every client as a JSON-serialisable document::
+    Return every registered client (not the cached metadata document
+    clients) as a JSON-serialisable document::
 
         {"format": "mcpsvc-clients", "version": 1,
          "clients": [{"clientID": ..., "secretHash": "sha256:..." or null,
@@ -36,7 +57,9 @@ async def exportClients(store: IStore) -> Dict[str, Any]:
 
     Secrets appear only as their stored hashes.
     """
-    clients: List[ClientRecord] = await store.listClients()
+    clients: List[ClientRecord] = [
+        c for c in await store.listClients() if not isDocumentRecord(c)
+    ]
     return {
         "format": EXPORT_FORMAT,
         "version": 1,
@@ -104,6 +127,12 @@ def _fromGuide(clientID: str, entry: Mapping[str, Any], now: float) -> ClientRec
     scope = entry.get("scope")
     if scope:
         metadata["scope"] = scope
+    jwks = entry.get("jwks")
+    jwksURI = entry.get("jwksUri") or entry.get("jwks_uri")
+    if jwks is not None:
+        metadata["jwks"] = jwks
+    if jwksURI is not None:
+        metadata["jwks_uri"] = jwksURI
     return ClientRecord(
         clientID=str(entry.get("clientId") or clientID),
         secretHash=hashSecret(secret) if secret else None,
@@ -122,8 +151,35 @@ def parseClients(data: Any, now: float) -> List[ClientRecord]:
     if not isinstance(data, Mapping):
         raise ValueError("expected a JSON object")
     if data.get("format") == EXPORT_FORMAT:
-        return [_fromExport(entry, now) for entry in data.get("clients") or []]
-    return [_fromGuide(str(clientID), entry, now) for clientID, entry in data.items()]
+        records = [_fromExport(entry, now) for entry in data.get("clients") or []]
+    else:
+        records = [_fromGuide(str(clientID), entry, now) for clientID, entry in data.items()]
+    for record in records:
+        _checkCredentials(record)
+    return records
+
+
+def _checkCredentials(record: ClientRecord) -> None:
+    """
+    The credentials of C{record} agree with its method (see the module
+    docstring).
+
+    @raise ValueError: they do not.
+    """
+    from mcpsvc.oauth.clients import AUTH_METHODS, PRIVATE_KEY_JWT, authMethod, usesSecret
+
+    if isDocumentRecord(record):
+        return  # skipped on import
+    method = authMethod(record.metadata)
+    where = f"client {record.clientID!r}"
+    if method not in AUTH_METHODS:
+        raise ValueError(f"{where}: unknown token_endpoint_auth_method {method[:50]!r}")
+    if usesSecret(record.metadata) and not record.secretHash:
+        raise ValueError(f"{where}: {method} needs a secret, and the entry has none")
+    if not usesSecret(record.metadata) and record.secretHash:
+        raise ValueError(f"{where}: a {method} client has no secret, and the entry has one")
+    if method == PRIVATE_KEY_JWT and (record.jwks is None) == (record.jwksURI is None):
+        raise ValueError(f"{where}: private_key_jwt needs exactly one of jwks and jwks_uri")
 
 
 async def importClients(store: IStore, data: Any, now: float, *, replace: bool = False) -> int:
@@ -140,6 +196,10 @@ async def importClients(store: IStore, data: Any, now: float, *, replace: bool =
     records = parseClients(data, now)
     count = 0
     for record in records:
+        if isDocumentRecord(record):
+            log.info("Client {clientID} is a metadata document client: not imported "
+                     "(fetched again on first use)", clientID=record.clientID)
+            continue
         try:
             await store.createClient(record)
         except Conflict:

@@ -452,6 +452,19 @@ class IClientStore(Interface):
         Remove a client. Fires with C{None}; fails with L{NoSuchClient}.
         """
 
+    def removeIdleDocumentClients(staleBefore: float, now: float) -> Any:
+        """
+        Remove the records of metadata document clients (a C{cimd} object
+        in their metadata, see L{mcpsvc.oauth.cimd}) that have not been
+        used since C{staleBefore}, and hold no live refresh family at
+        C{now} (not revoked, not expired). A document client's record is
+        renewed whenever it is used after its document went stale, so
+        C{cimd.fresh_until} earlier than C{staleBefore} means no use since
+        (L{mcpsvc.storage._logic.isIdleDocumentClient}). Registered clients
+        are never removed. A record renewed meanwhile (its metadata
+        changed) is kept. Fires with how many were removed.
+        """
+
 
 class ICodeStore(Interface):
     def storeCode(record: CodeRecord) -> Any:

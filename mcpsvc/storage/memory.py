@@ -17,7 +17,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mcpsvc.storage._logic import bucketFullAt, checkCode, rotation, takeFromBucket
+from mcpsvc.storage._logic import (
+    bucketFullAt,
+    checkCode,
+    isIdleDocumentClient,
+    rotation,
+    takeFromBucket,
+)
 from mcpsvc.storage.interfaces import (
     AlreadyUsed,
     ClientRecord,
@@ -123,6 +129,18 @@ class MemoryStore:
                 raise NoSuchClient(clientID)
 
         return _answer(delete)
+
+    def removeIdleDocumentClients(self, staleBefore: float, now: float) -> "Deferred[int]":
+        def remove() -> int:
+            live = {f.clientID for f, revoked in self._families.values()
+                    if not revoked and now < f.expiresAt}
+            idle = [clientID for clientID, record in self._clients.items()
+                    if clientID not in live and isIdleDocumentClient(record.metadata, staleBefore)]
+            for clientID in idle:
+                del self._clients[clientID]
+            return len(idle)
+
+        return _answer(remove)
 
     # -- codes
 

@@ -54,7 +54,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mcpsvc.storage._codec import fromStrings, toStrings
-from mcpsvc.storage._logic import RevocationBatch, RevocationBatches, takeFromBucket
+from mcpsvc.storage._logic import (
+    RevocationBatch,
+    RevocationBatches,
+    isIdleDocumentClient,
+    takeFromBucket,
+)
 from mcpsvc.storage.interfaces import (
     AlreadyUsed,
     ClientRecord,
@@ -160,6 +165,15 @@ _DELETE = """
 local n = redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 return n
+"""
+
+#: KEYS: client record, index. ARGV: member, the record's metadata as read.
+#: Removes the record only if its metadata is still that (not renewed).
+_DELETE_UNCHANGED = """
+if redis.call('HGET', KEYS[1], 'metadata') ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
 """
 
 #: KEYS: code. ARGV: now, then for client id, redirect URI and code
@@ -900,6 +914,40 @@ class RedisStore:
                 raise NoSuchClient(clientID)
 
         return self._call(delete())
+
+    def removeIdleDocumentClients(self, staleBefore: float, now: float) -> "Deferred[int]":
+        """
+        Not one atomic step (the decision reads JSON metadata and the
+        families): each record is removed only if its metadata is still
+        the one read (a use meanwhile renews it), and a family created in
+        between can only be for a client resolved just now, whose record
+        was renewed then. Removing a document client's record is harmless
+        anyway: it is a cached copy, fetched again on its next use.
+        """
+
+        async def remove() -> int:
+            ids = [i for i in await self._command("SMEMBERS", self._key("clients")) or []
+                   if i[:4].lower() == "http"]
+            hashes = await self._hashes([self._key("client", i) for i in sorted(ids)])
+            idle = [h for h in hashes
+                    if h and isIdleDocumentClient(fromStrings(ClientRecord, h).metadata, staleBefore)]
+            if not idle:
+                return 0
+            familyIDs = await self._command(
+                "ZRANGEBYSCORE", self._key("families"), f"({_num(now)}", "+inf") or []
+            families = await self._hashes([self._key("family", f) for f in sorted(familyIDs)])
+            live = {f.get("clientID") for f in families if self._isLive(f, now)}
+            removed = 0
+            for h in idle:
+                if h["clientID"] in live:
+                    continue
+                removed += int(await self._eval(
+                    _DELETE_UNCHANGED, [self._key("client", h["clientID"]), self._key("clients")],
+                    [h["clientID"], h.get("metadata", "")],
+                ))
+            return removed
+
+        return self._call(remove())
 
     # -- codes
 

@@ -42,6 +42,7 @@ from mcpsvc.storage._logic import (
     RevocationBatches,
     bucketFullAt,
     checkCode,
+    isIdleDocumentClient,
     rotation,
     takeFromBucket,
 )
@@ -379,6 +380,23 @@ class SQLiteStore:
                 raise NoSuchClient(clientID)
 
         return self._run(delete)
+
+    def removeIdleDocumentClients(self, staleBefore: float, now: float) -> "Deferred[int]":
+        def remove(c: sqlite3.Connection) -> int:
+            # Document clients' ids are URLs: the others are not decoded.
+            rows = c.execute(
+                "SELECT * FROM clients WHERE clientID LIKE 'http%' AND clientID NOT IN "
+                "(SELECT clientID FROM families WHERE revoked = 0 AND expiresAt > ?)", (now,)
+            ).fetchall()
+            removed = 0
+            for row in rows:
+                record = fromRow(ClientRecord, row)
+                if isIdleDocumentClient(record.metadata, staleBefore):
+                    removed += c.execute("DELETE FROM clients WHERE clientID = ?",
+                                         (record.clientID,)).rowcount
+            return removed
+
+        return self._run(remove)
 
     # -- codes
 

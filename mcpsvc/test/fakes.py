@@ -16,8 +16,8 @@ from mcpsvc.storage.interfaces import StoreUnavailable, SweepReport
 
 class PingStore:
     """
-    A store that only answers L{ping}, L{sweep} (as scripted) and
-    L{countSessions} (always 0).
+    A store that only answers L{ping}, L{sweep} (as scripted),
+    L{countSessions} and L{removeIdleDocumentClients} (always 0).
     """
 
     backendName = "fake"
@@ -33,6 +33,9 @@ class PingStore:
         return fail(StoreUnavailable("connection refused"))
 
     def countSessions(self, now: float) -> "Deferred[int]":
+        return succeed(0) if self.up else fail(StoreUnavailable("connection refused"))
+
+    def removeIdleDocumentClients(self, staleBefore: float, now: float) -> "Deferred[int]":
         return succeed(0) if self.up else fail(StoreUnavailable("connection refused"))
 
     def sweep(self, now: float) -> "Deferred[SweepReport]":

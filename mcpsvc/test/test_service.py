@@ -162,6 +162,42 @@ class SweeperTests(SynchronousTestCase):
         self.assertEqual(len(removed), 1)
         self.successResultOf(sweeper.stopService())
 
+    def test_idleDocumentClientsRemoved(self) -> None:
+        """
+        With C{documentClientIdle}, each sweep removes the metadata
+        document clients unused for that long (and holding no grant), and
+        logs how many; registered clients stay. With 0, none is removed.
+        """
+        from mcpsvc.storage.interfaces import ClientRecord
+        from mcpsvc.storage.memory import MemoryStore
+
+        clock = MemoryReactorClock()
+        clock.advance(100_000)
+        store = MemoryStore(clock)
+        url = "https://app.example.com/client.json"
+        for clientID, metadata in ((url, {"cimd": {"fresh_until": 1000.0}}), ("registered", {})):
+            self.successResultOf(store.createClient(ClientRecord(
+                clientID=clientID, secretHash=None, metadata=metadata, createdAt=0)))
+        keeping = Sweeper(60, store, clock, documentClientIdle=0)
+        self.successResultOf(Deferred.fromCoroutine(keeping.sweepOnce()))
+        self.assertEqual(len(self.successResultOf(store.listClients())), 2)
+        sweeper = Sweeper(60, store, clock, documentClientIdle=86400)
+        with capturedLogs() as events:
+            self.successResultOf(Deferred.fromCoroutine(sweeper.sweepOnce()))
+        self.assertEqual([c.clientID for c in self.successResultOf(store.listClients())],
+                         ["registered"])
+        self.assertEqual([e["removed"]["documentClients"] for e in events if "removed" in e], [1])
+        # That pass runs at most hourly (it reads every document client).
+        self.successResultOf(store.createClient(ClientRecord(
+            clientID=url, secretHash=None, metadata={"cimd": {"fresh_until": 1000.0}},
+            createdAt=0)))
+        clock.advance(3599)
+        self.successResultOf(Deferred.fromCoroutine(sweeper.sweepOnce()))
+        self.assertEqual(len(self.successResultOf(store.listClients())), 2)
+        clock.advance(1)
+        self.successResultOf(Deferred.fromCoroutine(sweeper.sweepOnce()))
+        self.assertEqual(len(self.successResultOf(store.listClients())), 1)
+
     def test_stopWaitsForSweep(self) -> None:
         """
         Stopping waits for an in-flight sweep to finish.

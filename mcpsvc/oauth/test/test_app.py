@@ -201,6 +201,59 @@ class RegistrationTests(OAuthTestCase):
         self.configure(makeConfig(dcrAuthToken=None, dcrOpen=True))
         self.register({"redirect_uris": [SNOW]}, token=None)
 
+    def test_openRegistrationIsSelfAsserted(self) -> None:
+        """
+        A client registered openly (anyone could have) cannot register
+        C{client_credentials}; a confidential one it registers introspects
+        its own access tokens but not another client's (a client registered
+        with the initial access token still may); the registration response
+        does not carry our marker.
+        """
+        trusted = self.registerConfidential()
+        theirs = self.obtainTokens(trusted)
+        self.configure(makeConfig(dcrOpen=True).replace(dcrAuthToken=None))
+        response, body = self.request("POST", "/oauth/register", json={
+            "redirect_uris": [SNOW], "grant_types": ["authorization_code", "client_credentials"]})
+        self.assertOAuthError(response, body, 400, "invalid_client_metadata")
+        self.assertIn("initial access token", body["error_description"])
+        client = self.register({
+            "client_name": "anyone", "redirect_uris": [SNOW],
+            "grant_types": ["authorization_code", "refresh_token"]}, token=None)
+        self.assertNotIn("registration", client)
+        record = self.successResultOf(self.store.getClient(client["client_id"]))
+        self.assertEqual(record.metadata["registration"], "open")
+        own = self.obtainTokens(client)
+        auth = {"Authorization": basic(client["client_id"], client["client_secret"])}
+        for token, active in ((own["access_token"], True), (theirs["access_token"], False)):
+            response, body = self.request("POST", "/oauth/introspect", data={"token": token},
+                                          headers=auth)
+            self.assertEqual((response.code, body["active"]), (200, active))
+        response, body = self.request(
+            "POST", "/oauth/introspect", data={"token": own["access_token"]},
+            headers={"Authorization": basic(trusted["client_id"], trusted["client_secret"])})
+        self.assertEqual(body["active"], True)
+        # Granted by an operator later (a record edited by hand): still refused.
+        self.successResultOf(self.store.updateClient(record.__class__(
+            clientID=record.clientID, secretHash=record.secretHash, createdAt=record.createdAt,
+            metadata=dict(record.metadata, grant_types=["authorization_code", "client_credentials"]))))
+        response, body = self.request("POST", "/oauth/token", data={
+            "grant_type": "client_credentials"}, headers=auth)
+        self.assertOAuthError(response, body, 400, "unauthorized_client")
+
+    def test_jwksURIHTTPSInProduction(self) -> None:
+        """
+        In production a C{jwks_uri} must be https, loopback or not (the
+        fetcher would refuse it); development accepts http on loopback.
+        """
+        metadata = {"redirect_uris": [SNOW], "token_endpoint_auth_method": "private_key_jwt",
+                    "jwks_uri": "http://127.0.0.1:8000/jwks.json"}
+        self.register(dict(metadata))
+        self.configure(self.config.replace(environment="production"))
+        response, body = self.request("POST", "/oauth/register", json=metadata,
+                                      headers={"Authorization": "Bearer " + IAT})
+        self.assertOAuthError(response, body, 400, "invalid_client_metadata")
+        self.assertIn("https", body["error_description"])
+
     def test_httpNonLoopbackRedirect(self) -> None:
         """
         An http redirect URI on a non-loopback host is 400

@@ -31,6 +31,7 @@ from mcpsvc.oauth.fetch import FetchPolicy, SafeFetcher
 from mcpsvc.oauth.test.fakehttp import FakeAgent, document
 from mcpsvc.oauth.test.helpers import OAuthTestCase
 from mcpsvc.storage.interfaces import NoSuchClient, StoreUnavailable
+from mcpsvc.testing.clientkeys import ClientKey
 
 URL = "https://app.example.com/oauth/client.json"
 WEB_REDIRECT = "https://app.example.com/callback"
@@ -158,12 +159,26 @@ class DocumentRulesTests(OAuthTestCase):
         self.assertEqual(self.reason(clientDocument(grant_types=["client_credentials"])),
                          "metadata")
 
+    def test_clientCredentialsDropped(self) -> None:
+        """
+        A document naming C{client_credentials} among other grants is used
+        without it (a self-asserted client gets no grant that no person
+        approves), whatever its method.
+        """
+        for method, extra in (("none", {}),
+                              ("private_key_jwt", {"jwks": ClientKey("ES256").jwks()})):
+            metadata = validateDocument(URL, clientDocument(
+                token_endpoint_auth_method=method,
+                grant_types=["authorization_code", "refresh_token", "client_credentials"],
+                **extra), production=True)
+            self.assertEqual(metadata["grant_types"], ["authorization_code", "refresh_token"])
+
     def test_privateKeyJWT(self) -> None:
         """
         C{private_key_jwt} needs exactly one of C{jwks_uri} (https) and
         C{jwks} (public keys only); they are kept on the metadata.
         """
-        jwks = {"keys": [{"kty": "EC", "crv": "P-256", "x": "x", "y": "y", "kid": "1"}]}
+        jwks = ClientKey("ES256", kid="1").jwks()
         metadata = validateDocument(URL, clientDocument(
             token_endpoint_auth_method="private_key_jwt",
             jwks_uri="https://app.example.com/jwks.json"), production=True)
@@ -176,9 +191,14 @@ class DocumentRulesTests(OAuthTestCase):
                       {"jwks_uri": "http://app.example.com/j"},
                       {"jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}},
                       {"jwks": {"keys": [dict(jwks["keys"][0], d="private")]}},
-                      {"jwks": {"keys": []}}):
+                      {"jwks": {"keys": []}},
+                      {"jwks": {"keys": [{"kty": "EC", "crv": "P-256", "x": "x", "y": "y"}]}}):
             self.assertEqual(self.reason(clientDocument(
                 token_endpoint_auth_method="private_key_jwt", **extra)), "jwks", extra)
+        with self.assertRaises(CIMDError) as cm:
+            validateDocument(URL, clientDocument(token_endpoint_auth_method="private_key_jwt",
+                                                 jwks=jwks), production=True, privateKeyJWT=False)
+        self.assertEqual(cm.exception.reason, "auth_method")
 
 
 class FreshnessTests(OAuthTestCase):

@@ -126,6 +126,21 @@ class JWKSCacheTests(SynchronousTestCase):
         self.fetch.documents[URL] = ConnectionRefusedError("down")
         self.unavailable("k1")
 
+    def test_lifetimeShorterThanMinInterval(self) -> None:
+        """
+        With a lifetime shorter than the minimum interval (the smallest
+        C{CLIENT_JWKS_CACHE_SECONDS} is 10, the interval 30), an expired set
+        is fetched again once its lifetime has passed (a rotated key is
+        seen, the old one no longer is), not refused as if the last fetch
+        had failed.
+        """
+        self.cache = JWKSCache(fetchJSON=self.fetch, clock=self.clock, lifetime=10, minInterval=30)
+        self.assertEqual(self.keys("k1"), ["k1"])
+        self.fetch.documents[URL] = self.key2.jwks()
+        self.clock.advance(10)
+        self.assertEqual(self.keys("k1"), ["k2"])
+        self.assertEqual(len(self.fetch.calls), 2)
+
     def test_unusableSet(self) -> None:
         """
         A document that is not a usable JWK Set (a private key, not an

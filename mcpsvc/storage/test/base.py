@@ -279,6 +279,48 @@ class StoreTestsMixin:
         self.assertEqual((await self.store.getClient(url)).metadata["cimd"]["fresh_until"],
                          EPOCH + 120.25)
 
+    async def test_removeIdleDocumentClients(self) -> None:
+        """
+        Document clients whose document went stale before the bound and
+        that hold no live refresh family are removed; one with a live
+        family, one used since (its copy renewed), and registered clients
+        (even stale-looking ones, even under a URL id) are kept; a revoked
+        or expired family does not keep a client.
+        """
+        def documentClient(url: str, freshUntil: float) -> ClientRecord:
+            return client(url, secretHash=None, metadata={
+                "client_name": "doc", "redirect_uris": ["http://127.0.0.1/cb"],
+                "token_endpoint_auth_method": "none",
+                "cimd": {"document_sha256": "sha256:x", "fetched_at": freshUntil - 60,
+                         "fresh_until": freshUntil, "changed_at": freshUntil - 60,
+                         "host": "app.example.com"},
+            })
+
+        base = "https://app.example.com/"
+        await self.store.createClient(documentClient(base + "idle", EPOCH - 100))
+        await self.store.createClient(documentClient(base + "granted", EPOCH - 100))
+        await self.store.createClient(documentClient(base + "revoked", EPOCH - 100))
+        await self.store.createClient(documentClient(base + "expired", EPOCH - 100))
+        await self.store.createClient(documentClient(base + "recent", EPOCH - 10))
+        await self.store.createClient(client("registered"))
+        await self.store.createClient(client(base + "preregistered", secretHash=None))
+        await self.store.createFamily(family("f1", clientID=base + "granted"))
+        await self.store.createFamily(family("f2", clientID=base + "revoked"))
+        await self.store.revokeFamily("f2", self.now())
+        await self.store.createFamily(family("f3", clientID=base + "expired",
+                                             expiresAt=EPOCH + 10))
+        self.clock.advance(20)
+        self.assertEqual(await self.store.removeIdleDocumentClients(EPOCH - 50, self.now()), 3)
+        self.assertEqual(
+            [c.clientID for c in await self.store.listClients()],
+            sorted([base + "granted", base + "recent", "registered", base + "preregistered"]))
+        self.assertEqual(await self.store.removeIdleDocumentClients(EPOCH - 50, self.now()), 0)
+        await self.assertFails(self.store.getClient(base + "idle"), NoSuchClient)
+        # Gone: a later use creates the record again.
+        await self.store.createClient(documentClient(base + "idle", self.now() + 60))
+        self.assertEqual(await self.store.removeIdleDocumentClients(self.now(), self.now()), 1)
+        self.assertEqual(len(await self.store.listClients()), 4, "recent went stale too")
+
     async def test_metadataDocumentSharedByInstances(self) -> None:
         """
         Two resolvers (two server instances) on one store: the document one

@@ -6,6 +6,7 @@ Tests for L{mcpsvc.storage.admin}.
 from __future__ import annotations
 
 import json
+from typing import Any, Dict
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -64,12 +65,69 @@ class AdminTests(SynchronousTestCase):
         self.assertEqual([c["clientID"] for c in exported["clients"]], ["mcp-client-abc", "public-1"])
 
     def test_roundTrip(self) -> None:
+        """
+        Registered clients of every method round-trip as stored, keys
+        (C{jwks}, C{jwks_uri}) included; a metadata document client's
+        cached record is not exported.
+        """
+        from mcpsvc.testing.clientkeys import ClientKey
+
+        public = dict(client("b").metadata, token_endpoint_auth_method="none")
         self.successResultOf(self.store.createClient(client("a")))
-        self.successResultOf(self.store.createClient(client("b", secretHash=None)))
+        self.successResultOf(self.store.createClient(client("b", secretHash=None, metadata=public)))
+        for name, keys in (("c", {"jwks": ClientKey("ES256").jwks()}),
+                           ("d", {"jwks_uri": "https://agent.example.com/jwks.json"})):
+            metadata = dict(client(name).metadata, token_endpoint_auth_method="private_key_jwt", **keys)
+            self.successResultOf(self.store.createClient(client(name, secretHash=None, metadata=metadata)))
+        document = dict(public, cimd={"document_sha256": "sha256:x", "fetched_at": EPOCH,
+                                      "fresh_until": EPOCH + 60, "changed_at": EPOCH,
+                                      "host": "app.example.com"})
+        url = "https://app.example.com/client.json"
+        self.successResultOf(self.store.createClient(client(url, secretHash=None, metadata=document)))
         exported = json.loads(json.dumps(self.run_(exportClients(self.store))))
+        self.assertEqual([c["clientID"] for c in exported["clients"]], ["a", "b", "c", "d"])
         other = MemoryStore(Clock())
-        self.assertEqual(self.run_(importClients(other, exported, EPOCH + 5)), 2)
-        self.assertEqual(self.successResultOf(other.listClients()), self.successResultOf(self.store.listClients()))
+        self.assertEqual(self.run_(importClients(other, exported, EPOCH + 5)), 4)
+        self.assertEqual(self.successResultOf(other.listClients()),
+                         [c for c in self.successResultOf(self.store.listClients()) if c.clientID != url])
+
+    def test_documentClientsNotImported(self) -> None:
+        """
+        A metadata document client in an export (made by an older version)
+        is skipped, not counted.
+        """
+        exported = {"format": "mcpsvc-clients", "version": 1, "clients": [{
+            "clientID": "https://app.example.com/client.json", "secretHash": None,
+            "metadata": {"token_endpoint_auth_method": "none", "cimd": {"host": "app.example.com"}},
+        }]}
+        self.assertEqual(self.run_(importClients(self.store, exported, EPOCH)), 0)
+        self.assertEqual(self.successResultOf(self.store.listClients()), [])
+
+    def test_credentialsAgreeWithMethod(self) -> None:
+        """
+        An entry whose credentials contradict its method (a secret method
+        without a secret, a secret on a public or private_key_jwt client,
+        private_key_jwt without keys) fails the import; nothing is
+        imported. A guide entry carries its keys.
+        """
+        def entry(clientID: str, method: str, secretHash: Any = None, **metadata: Any) -> Dict[str, Any]:
+            return {"clientID": clientID, "secretHash": secretHash,
+                    "metadata": dict(metadata, token_endpoint_auth_method=method)}
+
+        for bad in (entry("x", "client_secret_basic"), entry("x", "none", "sha256:h"),
+                    entry("x", "private_key_jwt", "sha256:h", jwks_uri="https://a.example/j"),
+                    entry("x", "private_key_jwt"), entry("x", "client_secret_jwt", "sha256:h")):
+            data = {"format": "mcpsvc-clients", "version": 1,
+                    "clients": [entry("ok", "none"), bad]}
+            self.failureResultOf(Deferred.fromCoroutine(importClients(self.store, data, EPOCH)),
+                                 ValueError)
+        self.assertEqual(self.successResultOf(self.store.listClients()), [])
+        guide = {"agent": {"clientName": "agent", "redirectUris": ["https://a.example/cb"],
+                           "tokenEndpointAuthMethod": "private_key_jwt",
+                           "jwksUri": "https://a.example/jwks.json"}}
+        self.assertEqual(self.run_(importClients(self.store, guide, EPOCH)), 1)
+        record = self.successResultOf(self.store.getClient("agent"))
+        self.assertEqual((record.jwksURI, record.secretHash), ("https://a.example/jwks.json", None))
 
     def test_existingSkipped(self) -> None:
         self.successResultOf(self.store.createClient(client("mcp-client-abc")))

@@ -46,7 +46,7 @@ from mcpsvc.oauth.clientauth import (
     buildAssertionAuthenticator,
     carriesAssertion,
 )
-from mcpsvc.oauth.cimd import CIMDError
+from mcpsvc.oauth.cimd import CIMDError, isDocumentClient
 from mcpsvc.oauth.clients import (
     ClientMetadataError,
     authMethod,
@@ -482,7 +482,12 @@ class OAuthApp:
         """
         if self.clientDocuments is not None and self.clientDocuments.handles(clientID):
             return await self.clientDocuments.resolve(clientID, request)  # type: ignore[no-any-return]
-        return await self.store.getClient(clientID)  # type: ignore[no-any-return]
+        client: ClientRecord = await self.store.getClient(clientID)
+        if self.clientDocuments is None and isDocumentClient(client):
+            # Resolved while CIMD was on: with it off, never fetched again,
+            # so never used.
+            raise NoSuchClient(clientID)
+        return client
 
     def _redirectPatterns(self) -> Tuple[str, ...]:
         return self.config.redirectPatterns

@@ -143,6 +143,20 @@ class DocumentRulesTests(OAuthTestCase):
                              "auth_method")
         self.assertEqual(self.reason(clientDocument(client_secret="x")), "secret")
         self.assertEqual(self.reason(clientDocument(client_secret_expires_at=0)), "secret")
+        # any client_secret_* member, whatever its value
+        self.assertEqual(self.reason(clientDocument(client_secret_hash="x")), "secret")
+        self.assertEqual(self.reason(clientDocument(client_secret_issued_at=None,
+                                                    CLIENT_SECRET="x")), "secret")
+
+    def test_privateKeysRefusedWhateverTheMethod(self) -> None:
+        """
+        A C{jwks} with private or symmetric key members is refused even
+        when the document does not use C{private_key_jwt} (it was
+        published: the key is compromised, and it must not be stored).
+        """
+        for key in ({"kty": "oct", "k": "c2VjcmV0"}, {"kty": "EC", "crv": "P-256", "x": "a",
+                                                   "y": "b", "d": "c"}):
+            self.assertEqual(self.reason(clientDocument(jwks={"keys": [key]})), "jwks")
 
     def test_requiredFields(self) -> None:
         """
@@ -467,6 +481,25 @@ class DocumentClientTests(DocumentMixin, OAuthTestCase):
         self.assertOAuthError(response, body, 400, "invalid_client")
         self.assertEqual(body["error_description"], "Unknown client")
         self.assertEqual(self.agent.requests, [])
+
+    def test_offIgnoresStoredDocuments(self) -> None:
+        """
+        With CIMD turned off, a client resolved from its document while it
+        was on is unknown: its stored record (which would never be fetched
+        again) is not used, at the authorization or the token endpoint.
+        """
+        self.serveDocument()
+        response, _ = self.authorize(self.client)
+        self.assertEqual(response.code, 302)
+        self.successResultOf(self.store.getClient(URL))
+        self.configure(self.config.replace(cimd=False))
+        response, body = self.authorize(self.client)
+        self.assertOAuthError(response, body, 400, "invalid_client")
+        self.assertEqual(body["error_description"], "Unknown client")
+        response, body = self.request("POST", "/oauth/token", data={
+            "grant_type": "authorization_code", "code": "x", "client_id": URL,
+            "redirect_uri": WEB_REDIRECT, "code_verifier": "v" * 43})
+        self.assertOAuthError(response, body, 401, "invalid_client")
 
     def test_registrationUnchanged(self) -> None:
         """

@@ -636,6 +636,29 @@ class DocumentConsentTests(DocumentMixin, PageTestCase):
         self.assertNotIn("New application", forms.allText)
         self.assertIn("First seen by this server: 2 days ago", forms.allText)
 
+    def test_nameCannotImpersonateAnotherHost(self) -> None:
+        """
+        A name that mentions a host other than the document's (a URL, a
+        domain) gets a warning naming both; invisible and direction
+        controlling characters (which could make the name read as another)
+        are not shown. A name mentioning the document's own host, or a
+        host under it, gets no warning.
+        """
+        self.serveDocument(clientDocument(
+            client_name="Google Drive \u202e(moc.elgoog.stnuocca)\u200b https://accounts.google.com"),
+            Cache_Control="max-age=0")
+        _, forms = self.showPage(self.client)
+        text = forms.allText
+        self.assertNotIn("\u202e", text)
+        self.assertNotIn("\u200b", text)
+        self.assertIn("The name mentions moc.elgoog.stnuocca, accounts.google.com.", text)
+        self.assertIn("app.example.com", text)
+        self.serveDocument(clientDocument(client_name="Example (docs.app.example.com) v2.1"),
+                           Cache_Control="max-age=0")
+        self.clock.advance(61)
+        _, forms = self.showPage(self.client)
+        self.assertNotIn("The name mentions", forms.allText)
+
     def test_registeredClientPageUnchanged(self) -> None:
         """
         A registered client's page has no document host.

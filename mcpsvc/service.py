@@ -123,12 +123,21 @@ class OrderedMultiService(MultiService):
         """
         reactor = self._reactor
         reload = self.reloadTools
+        pending = [False]
+
+        def reloadOnce() -> None:
+            pending[0] = False
+            assert reload is not None
+            reload()
 
         def hangUp(number: int, frame: Any) -> None:
-            if reload is None:
+            # A storm of signals is one reload: none is asked for while
+            # one is waiting for the reactor thread.
+            if reload is None or pending[0]:
                 return
+            pending[0] = True
             log.info("Received SIGHUP, reloading the tool packs")
-            reactor.callFromThread(reload)
+            reactor.callFromThread(reloadOnce)
 
         signal.signal(signal.SIGHUP, hangUp)
 
@@ -385,7 +394,7 @@ def buildService(
 
     from mcpsvc.mcp.changes import ChangeBus, buildChangeRelay
 
-    changes = ChangeBus()
+    changes = ChangeBus(clock=clock)
     relay = buildChangeRelay(config, changes, storeService, reactor=reactor)
     if relay is not None:
         # After the store (it publishes through the store's connection),

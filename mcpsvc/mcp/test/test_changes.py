@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import globalLogPublisher
+from twisted.logger import capturedLogs, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpsvc.config import Config
@@ -56,8 +56,35 @@ class EncodingTests(SynchronousTestCase):
         """
         for message in (b"\xff", "not json", "[]", '{"v":2,"origin":"a","kind":"tools"}',
                         '{"v":1,"origin":1,"kind":"tools"}', '{"v":1,"origin":"a","kind":"x"}',
-                        '{"v":1,"origin":"a","kind":"resource"}', "x" * 5000, 42):
+                        '{"v":1,"origin":"a","kind":"resource"}', "x" * 5000, 42,
+                        # unhashable or odd kinds, origins and uris
+                        '{"v":1,"origin":"a","kind":[]}', '{"v":1,"origin":"a","kind":{}}',
+                        '{"v":1,"origin":[],"kind":"tools"}',
+                        '{"v":1,"origin":"a","kind":"resource","uri":["x"]}',
+                        '{"v":[1],"origin":"a","kind":"tools"}',
+                        # deep nesting, constants, duplicate members
+                        "[" * 2000 + "]" * 2000, '{"v":' * 900 + "1" + "}" * 900,
+                        '{"v":1,"origin":"a","kind":"tools","x":NaN}',
+                        '{"v":1,"origin":"a","kind":"tools","kind":"resources"}',
+                        b"\x00" * 4096, bytearray(b"{}"), None):
             self.assertIsNone(decodeChange(message), message)
+
+    def test_garbageNeverRaises(self) -> None:
+        """
+        Whatever a process with access to the Redis publishes on the
+        channel, receiving it never raises and logs no traceback; the log
+        line quotes at most 200 characters of it.
+        """
+        bus = ChangeBus(origin="here")
+        seen: List[Change] = []
+        bus.subscribe(seen.append)
+        with capturedLogs() as events:
+            for message in ('{"v":1,"origin":"a","kind":[]}', "[" * 3000 + "]" * 3000,
+                            b"x" * 10_000_000, ["list"], {"kind": "tools"}):
+                bus.received(message)
+        self.assertEqual(seen, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertTrue(all(len(e.get("message", "")) <= 200 for e in events))
 
 
 class BusTests(SynchronousTestCase):
@@ -109,6 +136,33 @@ class BusTests(SynchronousTestCase):
         bus.received(encodeChange(Change("tools"), "here"))
         bus.received(b"garbage")
         self.assertEqual(seen, [Change("tools")])
+
+
+class ThrottleTests(SynchronousTestCase):
+    def test_stormCoalesced(self) -> None:
+        """
+        With a clock, a change is delivered at once, and the same change
+        again within C{minInterval} seconds is delivered once, at the end
+        of the interval, however many times it came (a storm of reloads
+        from the channel, a pack, SIGHUP); other changes are not held up.
+        """
+        clock = Clock()
+        bus = ChangeBus(origin="here", clock=clock, minInterval=1.0)
+        seen: List[Change] = []
+        bus.subscribe(seen.append)
+        for _ in range(500):
+            bus.received(encodeChange(Change("tools"), "elsewhere"))
+            bus.toolsChanged()
+        self.assertEqual(seen, [Change("tools")])
+        bus.received(encodeChange(Change("resource", "file:///a"), "elsewhere"))
+        self.assertEqual(seen, [Change("tools"), Change("resource", "file:///a")])
+        clock.advance(1.0)
+        self.assertEqual(seen, [Change("tools"), Change("resource", "file:///a"),
+                                Change("tools")])
+        clock.advance(5.0)
+        self.assertEqual(len(seen), 3)
+        bus.toolsChanged()
+        self.assertEqual(len(seen), 4)
 
 
 class ReloadTests(SynchronousTestCase):

@@ -456,6 +456,8 @@ class McpApp:
         default=Factory(
             lambda self: Subscriptions(
                 clock=self.clock, store=self.store, streamLimit=self.config.streamLimit,
+                totalLimit=self.config.streamLimitTotal,
+                otherStreams=lambda: len(self._streams),
                 keepaliveInterval=KEEPALIVE_INTERVAL,
             ),
             takes_self=True,
@@ -1089,6 +1091,17 @@ class McpApp:
             )
         who = (principal.subject, principal.clientID)
         limit = self.config.streamLimit
+        if len(self._streams) + self.subscriptions.open >= self.config.streamLimitTotal:
+            self.log.warn(
+                "Refused a stream for client {clientID}: {limit} streams already open on this "
+                "instance (STREAM_LIMIT_TOTAL)", clientID=principal.clientID,
+                subject=principal.subject, limit=self.config.streamLimitTotal,
+                requestID=getattr(request, "requestID", None),
+            )
+            raise HTTPError(
+                "Too many open streams on this server: use the responses to POST requests",
+                code=429, error="too_many_streams", jsonrpcCode=INVALID_REQUEST,
+            )
         if self._streamCounts.get(who, 0) >= limit:
             self.log.warn(
                 "Refused a stream for client {clientID}: {limit} already open (STREAM_LIMIT)",

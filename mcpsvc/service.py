@@ -297,7 +297,7 @@ class Sweeper(TimerService):
 def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reactor: Any,
                       runInThread: Callable[..., Any], metrics: Metrics,
                       httpClient: Any = None, tasks: Any = None,
-                      changes: Any = None) -> IResource:
+                      changes: Any = None, fetcher: Any = None) -> IResource:
     """
     Build the whole HTTP resource tree for C{config}.
 
@@ -306,6 +306,8 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
     @param changes: the L{mcpsvc.mcp.changes.ChangeBus} (a new one by
         default): tool set changes reload the registry and reach the MCP
         endpoint's listeners.
+    @param fetcher: the L{mcpsvc.oauth.fetch.SafeFetcher} for documents
+        named by clients (by default one built from C{config}).
     """
     from mcpsvc.mcp.changes import ChangeBus, ToolSetReloader
 
@@ -322,7 +324,7 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
     approver = buildApprover(config, store=store, clock=clock, runInThread=runInThread)
     oauthApp, bearer = buildOAuth(
         config, store=store, clock=clock, runInThread=runInThread, approver=approver,
-        reactor=reactor,
+        reactor=reactor, fetcher=fetcher,
     )
     oauthResource = oauthApp.resource()
     registry = buildToolRegistry(

@@ -1107,6 +1107,14 @@ class OAuthApp:
                 clientID=client.clientID, familyID=e.record.familyID,
             )
             raise OAuthError("invalid_grant", "The authorization code has already been used")
+        if isDocumentClient(client) and findRegistered(record.redirectURI,
+                                                       redirectURIs(client.metadata)) is None:
+            # The metadata document changed since the code was issued and
+            # no longer lists where it went: its publisher withdrew it.
+            audit("token.code_refused", "denied", request=request, clientID=client.clientID,
+                  mismatch="redirect_uri withdrawn")
+            raise OAuthError("invalid_grant", "The client's metadata document no longer lists "
+                                              "the redirect_uri of this authorization")
         if "resource" in form:
             resource = self._resourceFor(form["resource"])
             if resource is None or resource != record.resource:

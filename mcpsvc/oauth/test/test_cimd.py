@@ -357,6 +357,21 @@ class DocumentClientTests(DocumentMixin, OAuthTestCase):
         [failed] = self.events.audits("client.auth_failed")
         self.assertIn("metadata document", failed["reason"])
 
+    def test_documentChangedBetweenAuthorizeAndToken(self) -> None:
+        """
+        A code issued for a redirect URI that the document no longer lists
+        when the code is exchanged (the document changed meanwhile) is
+        refused: the publisher withdrew that address.
+        """
+        self.serveDocument(Cache_Control="max-age=60")
+        code = self.getCode(self.client)
+        self.serveDocument(clientDocument(redirect_uris=["https://app.example.com/v2/callback"]),
+                           Cache_Control="max-age=60")
+        self.clock.advance(61)
+        response, body = self.exchange(self.client, code)
+        self.assertOAuthError(response, body, 400, "invalid_grant")
+        self.assertIn("no longer", body["error_description"])
+
     def test_changedDocumentAfterLifetime(self) -> None:
         """
         The stored copy is used for its cache lifetime; after it, the

@@ -325,6 +325,18 @@ class ConnectionRulesTests(SynchronousTestCase):
         fetcher.fetchJSON("http://localhost:8080/c.json")
         self.assertEqual(self.reactor.tcpClients[0][:2], ("127.0.0.1", 8080))
 
+    def test_schemeCaseStillTLS(self) -> None:
+        """
+        An upper-case scheme is still https: the connection is made with
+        TLS naming the host (never plain TCP to port 443).
+        """
+        fetcher = self.fetcher({"app.example.com": ["93.184.216.34"]})
+        fetcher.fetchJSON("HTTPS://app.example.com/c.json")
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("93.184.216.34", 443))
+        self.assertEqual(self.serverNames, ["app.example.com"])
+        self.refused(self.fetcher({"app.example.com": ["93.184.216.34"]}),
+                     "HTTP://app.example.com/c.json", "scheme")
+
     def test_concurrencyBounded(self) -> None:
         """
         At most C{maxPerHost} fetches run at once to one host and

@@ -337,6 +337,27 @@ class RedisRelayTests(TestCase):
         self.assertEqual(seenA, [Change("tools")])
         self.assertEqual(seenB, [Change("tools")])
 
+    async def test_garbageOnTheChannel(self) -> None:
+        """
+        Whatever someone with access to the Redis publishes on the channel
+        (oversize, binary, deeply nested, wrongly typed), the subscription
+        drops it without a traceback and stays subscribed: the next real
+        change arrives.
+        """
+        a, relayA, seenA = self.instance("a")
+        await self.until(lambda: relayA.subscribed)
+        connection = RedisConnection(redisConnector(url=self.server.url, maxRetryDelay=0.5))
+        connection.open()
+        self.addCleanup(connection.close)
+        for message in ("x" * 1_000_000, b"\xff\xfe\x00" * 100, "[" * 3000 + "]" * 3000,
+                        '{"v":1,"origin":"z","kind":[]}', '{"v":1,"origin":"z","kind":{"a":1}}',
+                        "", "1e999"):
+            await connection.handler.publish("test:changes", message)
+        await connection.handler.publish("test:changes", encodeChange(Change("tools"), "z"))
+        await self.until(lambda: seenA == [Change("tools")])
+        self.assertTrue(relayA.subscribed)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     async def test_redisDrops(self) -> None:
         """
         When Redis goes away the relay logs it and a publish fails quietly

@@ -43,7 +43,9 @@ L{SafeFetcher.fetchJSON} applies these rules to every fetch:
     must be a JSON object in UTF-8, nested at most L{MAX_DEPTH} levels,
     without a repeated member name.
   - B{concurrency}: at most L{FetchPolicy.maxConcurrent} fetches at once
-    and L{FetchPolicy.maxPerHost} to one host; one more is refused at once
+    and L{FetchPolicy.maxPerHost} to one host, and at most
+    L{FetchPolicy.maxLookups} name lookups running in the shared thread
+    pool (counted until their thread returns); one more is refused at once
     (C{busy}, temporary), never queued.
   - B{no cookies, no credentials}: nothing is sent but C{Accept},
     C{Accept-Encoding} and C{User-Agent}.
@@ -114,6 +116,9 @@ DEFAULT_TIMEOUT = 5.0
 #: Fetches under way at once (in all, and to one host) unless told.
 DEFAULT_MAX_CONCURRENT = 16
 DEFAULT_MAX_PER_HOST = 4
+#: Name lookups running at once unless told (the reactor's thread pool,
+#: which they share with other work, has 10 threads by default).
+DEFAULT_MAX_LOOKUPS = 4
 #: Deepest nesting of arrays and objects accepted in a document.
 MAX_DEPTH = 32
 #: Headers kept on a L{FetchedDocument} (for caching decisions).
@@ -189,6 +194,9 @@ class FetchPolicy:
     @ivar maxConcurrent: fetches under way at once, in all; one more is
         refused (C{busy}) rather than queued.
     @ivar maxPerHost: fetches under way at once to one host.
+    @ivar maxLookups: name lookups running at once, counted until their
+        thread returns (a lookup cannot be stopped: a fetch that timed out
+        may leave its lookup running in the shared thread pool).
     """
 
     production: bool = True
@@ -197,6 +205,7 @@ class FetchPolicy:
     timeout: float = DEFAULT_TIMEOUT
     maxConcurrent: int = DEFAULT_MAX_CONCURRENT
     maxPerHost: int = DEFAULT_MAX_PER_HOST
+    maxLookups: int = DEFAULT_MAX_LOOKUPS
 
     def checkHost(self, host: str) -> None:
         """
@@ -390,6 +399,40 @@ def _defaultResolver(runInThread: Callable[..., Any]) -> Resolver:
     return resolve
 
 
+def _boundedResolver(resolve: Resolver, limit: int) -> Resolver:
+    """
+    C{resolve}, with at most C{limit} lookups running at once. A lookup
+    counts until it really ends: cancelling what the caller holds (a
+    timeout) does not stop a thread, so the caller gets its own Deferred
+    and the lookup's is never cancelled. Over the limit: C{busy}.
+    """
+    running = [0]
+
+    def bounded(host: str, port: int) -> "Deferred[List[str]]":
+        if running[0] >= limit:
+            raise FetchError("busy", "too many documents are being fetched at the moment; try "
+                                     "again later", temporary=True,
+                             detail=f"{running[0]} name lookups still running")
+        running[0] += 1
+        outer: "Deferred[List[str]]" = Deferred()
+        inner = resolve(host, port)
+
+        def ended(result: Any) -> None:
+            running[0] -= 1
+            if not outer.called:
+                if isinstance(result, Failure):
+                    outer.errback(result)
+                else:
+                    outer.callback(result)
+            elif isinstance(result, Failure):
+                result.trap(Exception)  # the fetch is over: nobody waits for it
+
+        inner.addBoth(ended)
+        return outer
+
+    return bounded
+
+
 class _CheckedConnection(Exception):
     """
     The connection reached an address the policy refuses (carried out of
@@ -425,6 +468,10 @@ class _PinnedEndpoint:
         except ValueError:
             try:
                 addresses = await self.resolve(self.host, self.port)
+            except FetchError as e:
+                raise _CheckedConnection(e)
+            except CancelledError:
+                raise  # the timeout: reported as such
             except Exception as e:
                 raise _CheckedConnection(FetchError(
                     "dns", NOT_PUBLIC, temporary=True,
@@ -581,6 +628,7 @@ class SafeFetcher:
                     return deferToThreadPool(reactor, reactor.getThreadPool(), f, *a, **kw)
 
             resolve = _defaultResolver(runInThread)
+        resolve = _boundedResolver(resolve, policy.maxLookups)
         if agent is None:
             pool = HTTPConnectionPool(reactor, persistent=False)
             factory = _PinnedEndpointFactory(

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
 
 from mcpsvc.oauth.fetch import (
+    DEFAULT_TIMEOUT,
     FetchedDocument,
     FetchError,
     FetchPolicy,
@@ -324,6 +325,39 @@ class ConnectionRulesTests(SynchronousTestCase):
         fetcher = self.fetcher({"localhost": ["127.0.0.1"]}, production=False)
         fetcher.fetchJSON("http://localhost:8080/c.json")
         self.assertEqual(self.reactor.tcpClients[0][:2], ("127.0.0.1", 8080))
+
+    def test_lookupThreadsBounded(self) -> None:
+        """
+        Lookups run in the reactor's thread pool, which other work shares,
+        and a lookup cannot be stopped once its thread runs it: at most
+        C{maxLookups} run at once, counted until their thread returns (not
+        until their fetch times out), so hosts whose DNS never answers
+        cannot queue up lookups and starve the pool. One more fetch is
+        refused (C{busy}) without a lookup.
+        """
+        self.reactor = MemoryReactorClock()
+        started: List[Deferred] = []
+
+        def runInThread(f: Any, *a: Any, **kw: Any) -> Deferred:
+            d: Deferred = Deferred()
+            started.append(d)
+            return d
+
+        fetcher = SafeFetcher(reactor=self.reactor, runInThread=runInThread,
+                              policy=FetchPolicy(production=True, maxLookups=2))
+        first = fetcher.fetchJSON("https://h0.example.com/c.json")
+        second = fetcher.fetchJSON("https://h1.example.com/c.json")
+        self.assertEqual(len(started), 2)
+        self.reactor.advance(DEFAULT_TIMEOUT)
+        for d in (first, second):
+            self.assertEqual(self.failureResultOf(d, FetchError).value.reason, "timeout")
+        busy = self.failureResultOf(fetcher.fetchJSON("https://h2.example.com/c.json"),
+                                    FetchError).value
+        self.assertEqual((busy.reason, busy.temporary), ("busy", True))
+        self.assertEqual(len(started), 2, "no third lookup while two threads still run")
+        started[0].callback(["93.184.216.34"])
+        fetcher.fetchJSON("https://h3.example.com/c.json")
+        self.assertEqual(len(started), 3)
 
     def test_schemeCaseStillTLS(self) -> None:
         """

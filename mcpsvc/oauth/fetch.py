@@ -37,7 +37,9 @@ L{SafeFetcher.fetchJSON} applies these rules to every fetch:
     URL cannot bounce us to an internal one.
   - B{limits}: one overall timeout (connect, TLS, response and body), a
     response size cap (a C{Content-Length} over it is refused before the
-    body is read; a body growing past it is cut off), no content coding
+    body is read; a body growing past it is cut off; a connection receiving
+    more than L{MAX_WIRE_BYTES} in all, headers included, is cut off), no
+    content coding
     (we ask for C{identity} and refuse anything else), a content type check
     (C{application/json} or C{application/*+json} by default), and the body
     must be a JSON object in UTF-8, nested at most L{MAX_DEPTH} levels,
@@ -92,6 +94,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
@@ -107,6 +110,7 @@ __all__ = [
     "hostMatches",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_TIMEOUT",
+    "MAX_WIRE_BYTES",
 ]
 
 #: Largest response body L{SafeFetcher.fetchJSON} reads unless told.
@@ -119,6 +123,9 @@ DEFAULT_MAX_PER_HOST = 4
 #: Name lookups running at once unless told (the reactor's thread pool,
 #: which they share with other work, has 10 threads by default).
 DEFAULT_MAX_LOOKUPS = 4
+#: Most bytes one connection may receive (status line, headers and body):
+#: Twisted's client parser bounds each header line, not their number.
+MAX_WIRE_BYTES = 1024 * 1024
 #: Deepest nesting of arrays and objects accepted in a document.
 MAX_DEPTH = 32
 #: Headers kept on a L{FetchedDocument} (for caching decisions).
@@ -433,6 +440,47 @@ def _boundedResolver(resolve: Resolver, limit: int) -> Resolver:
     return bounded
 
 
+class _CountingProtocol(ProtocolWrapper):
+    """
+    Cut the connection once it has received more than the factory's
+    C{limit} bytes; the HTTP client is then told it was refused as
+    C{too-large}.
+    """
+
+    factory: "_CountingFactory"
+
+    def __init__(self, factory: "_CountingFactory", wrappedProtocol: Any) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self.received = 0
+        self.overflowed = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.overflowed:
+            return
+        self.received += len(data)
+        if self.received > self.factory.limit:
+            self.overflowed = True
+            self.transport.abortConnection()
+            return
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self.overflowed:
+            reason = Failure(_CheckedConnection(FetchError(
+                "too-large", f"the answer (headers and body) is larger than "
+                             f"{self.factory.limit} bytes")))
+        super().connectionLost(reason)
+
+
+class _CountingFactory(WrappingFactory):
+    protocol = _CountingProtocol
+    noisy = False
+
+    def __init__(self, wrappedFactory: Any, limit: int) -> None:
+        super().__init__(wrappedFactory)
+        self.limit = limit
+
+
 class _CheckedConnection(Exception):
     """
     The connection reached an address the policy refuses (carried out of
@@ -495,14 +543,15 @@ class _PinnedEndpoint:
                                           timeout=max(1, int(self.policy.timeout)))
         if self.scheme == "https":
             endpoint = wrapClientTLS(self.tlsOptions(self.host), endpoint)
-        protocol = await endpoint.connect(protocolFactory)
-        peer = getattr(protocol.transport.getPeer(), "host", None)
+        wrapper = await endpoint.connect(_CountingFactory(protocolFactory, MAX_WIRE_BYTES))
+        protocol = wrapper.wrappedProtocol
+        peer = getattr(wrapper.transport.getPeer(), "host", None)
         try:
             if peer is None:
                 raise FetchError("address", "the connection has no peer address")
             self.policy.checkAddress(str(peer), self.scheme)
         except FetchError as e:
-            protocol.transport.abortConnection()
+            wrapper.transport.abortConnection()
             raise _CheckedConnection(e)
         self.log.debug("Connected to {host} at {address} for a fetch", host=self.host,
                        address=str(peer))

@@ -21,6 +21,7 @@ from twisted.web.client import ResponseDone
 
 from mcpsvc.oauth.fetch import (
     DEFAULT_TIMEOUT,
+    MAX_WIRE_BYTES,
     FetchedDocument,
     FetchError,
     FetchPolicy,
@@ -240,6 +241,30 @@ class ConnectionRulesTests(SynchronousTestCase):
         self.assertEqual(result.json, {"hello": "world"})
         self.assertEqual(result.headers["cache-control"], "max-age=60")
         self.assertTrue(any("over plain http" in str(e.get("log_format")) for e in events))
+
+    def test_headerFloodCutOff(self) -> None:
+        """
+        A server that sends headers without end (Twisted's client parser
+        bounds each line, not their number) is cut off once the
+        connection has received L{MAX_WIRE_BYTES}: a bounded, temporary
+        failure rather than memory growing until the timeout.
+        """
+        fetcher = self.fetcher({"localhost": ["127.0.0.1"]}, production=False)
+        d = fetcher.fetchJSON("http://localhost:8080/client.json")
+        factory = self.reactor.tcpClients[0][2]
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\n")
+        line = b"X-Flood: " + b"x" * 1000 + b"\r\n"
+        for _ in range(MAX_WIRE_BYTES // len(line) + 2):
+            if transport.disconnecting or getattr(transport, "disconnected", False):
+                break
+            protocol.dataReceived(line)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        error = self.failureResultOf(d, FetchError).value
+        self.assertEqual(error.reason, "too-large")
 
     def test_peerCheckedOnConnect(self) -> None:
         """

@@ -11,6 +11,8 @@ L{SafeFetcher.fetchJSON} applies these rules to every fetch:
   - B{scheme}: C{https} only in production. In development, plain C{http}
     is also accepted when the host resolves to a loopback address (a test
     server on this machine); every such fetch is logged as a warning.
+    Development relaxes the address rules for loopback only: private,
+    link-local and other internal addresses are refused there too.
   - B{hosts}: the operator's deny-list (L{FetchPolicy.deniedHosts}) always
     wins; when an allow-list is set (L{FetchPolicy.allowedHosts}) only the
     hosts on it are fetched. Entries are host names, or C{*.example.com}
@@ -246,8 +248,9 @@ class FetchPolicy:
         """
         Whether we may connect to C{address} for a C{scheme} URL.
 
-        @raise FetchError: C{address} (not public in production), or
-            C{scheme} (plain http to anything but loopback).
+        @raise FetchError: C{address} (not public; in development,
+            loopback is accepted too), or C{scheme} (plain http to anything
+            but loopback).
         """
         try:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -256,7 +259,8 @@ class FetchPolicy:
         if scheme == "http" and not _isLoopback(ip):
             raise FetchError("scheme", "plain http is only allowed to a loopback address "
                                        "(development)")
-        if self.production and not isPublicAddress(ip):
+        if not isPublicAddress(ip) and (self.production or not _isLoopback(ip)):
+            # Development relaxes the rules for this machine only.
             raise FetchError("address", NOT_PUBLIC, detail=f"{address} is not a public address")
 
 

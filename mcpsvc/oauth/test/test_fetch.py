@@ -208,6 +208,24 @@ class ConnectionRulesTests(SynchronousTestCase):
         self.refused(fetcher, "http://10.0.0.1/client.json", "scheme")
         self.refused(fetcher, "http://localhost:8080/client.json", "scheme")
 
+    def test_developmentStillRefusesInternalAddresses(self) -> None:
+        """
+        Development (the default ENVIRONMENT) relaxes the rules for a test
+        server on this machine only: https to a private, link-local or
+        otherwise internal address is still refused; loopback and public
+        addresses are fetched.
+        """
+        for addresses in (["10.0.0.5"], ["192.168.1.1"], ["169.254.169.254"], ["fd00::1"],
+                          ["93.184.216.34", "172.16.0.1"]):
+            fetcher = self.fetcher({"internal.example": addresses}, production=False)
+            self.refused(fetcher, "https://internal.example/c.json", "address")
+        fetcher = self.fetcher({}, production=False)
+        self.refused(fetcher, "https://10.1.2.3/c.json", "address")
+        for address in ("127.0.0.1", "93.184.216.34"):
+            fetcher = self.fetcher({"ok.example": [address]}, production=False)
+            fetcher.fetchJSON("https://ok.example:8443/c.json")
+            self.assertEqual(self.reactor.tcpClients[0][:2], (address, 8443))
+
     def test_developmentFetchOverLoopback(self) -> None:
         """
         In development an http URL on localhost is fetched from the

@@ -753,6 +753,10 @@ class SafeFetcher:
     async def _fetch(self, url: str, maxBytes: int, contentTypes: Tuple[str, ...]) -> FetchedDocument:
         scheme, host, _ = self.checkURL(url)
         host = host.lower().rstrip(".")
+        try:
+            host = str(ipaddress.ip_address(host))  # one key per address
+        except ValueError:
+            pass
         if (self._inflight >= self.policy.maxConcurrent
                 or self._perHost.get(host, 0) >= self.policy.maxPerHost):
             self.log.warn("Refused a fetch of {url}: {count} fetch(es) under way ({hostCount} to "

@@ -369,6 +369,18 @@ class ConnectionRulesTests(SynchronousTestCase):
         fetcher.fetchJSON("http://localhost:8080/c.json")
         self.assertEqual(self.reactor.tcpClients[0][:2], ("127.0.0.1", 8080))
 
+    def test_perHostCountsAnAddressOnce(self) -> None:
+        """
+        The per-host bound counts an address literal however it is
+        written (IPv6 zero compression, upper case).
+        """
+        fetcher = self.fetcher({}, maxPerHost=2)
+        fetcher.fetchJSON("https://[2606:4700::1111]/a.json")
+        fetcher.fetchJSON("https://[2606:4700:0:0::1111]/b.json")
+        busy = self.failureResultOf(fetcher.fetchJSON("https://[2606:4700:0000::1111]/c.json"),
+                                    FetchError).value
+        self.assertEqual(busy.reason, "busy")
+
     def test_lookupThreadsBounded(self) -> None:
         """
         Lookups run in the reactor's thread pool, which other work shares,

@@ -368,6 +368,35 @@ class ListenTests(SynchronousTestCase):
         self.assertEqual(json.loads(body)["id"], 98)
         self.assertEqual(self.h.app.subscriptions.open, 3)
 
+    def test_legacyStreamEndsWithItsToken(self) -> None:
+        """
+        The handshake era's GET stream is bound to its token too: it ends
+        when the token expires, and at the next keep-alive after the token,
+        its grant or its client is revoked (not only when its session
+        ends).
+        """
+        now = self.h.clock.seconds()
+        self.h.principal = Principal(subject="alice", clientID="client-1",
+                                     scopes=frozenset({"mcp:read"}), expiresAt=now + 10)
+        sid = self.h.initialize()
+        response, chunks, done = self.h.open("GET", headers={
+            "Mcp-Session-Id": sid, "Accept": "text/event-stream"})
+        self.h.pump(9)
+        self.assertNoResult(done)
+        self.h.pump(1)
+        self.successResultOf(done)
+        self.h.principal = Principal(
+            subject="alice", clientID="client-1", scopes=frozenset({"mcp:read"}), jti="jti-9",
+            revocationIDs=("jti-9", "client:client-1", "family:f-9"))
+        sid = self.h.initialize()
+        response, chunks, done = self.h.open("GET", headers={
+            "Mcp-Session-Id": sid, "Accept": "text/event-stream"})
+        self.h.pump(25)
+        self.assertNoResult(done)
+        self.h.store.revokeJTI("family:f-9", self.h.clock.seconds() + 3600)
+        self.h.pump(25)
+        self.successResultOf(done)
+
     def test_legacyStreamsToo(self) -> None:
         """
         A tool list change also reaches the handshake era's GET streams.

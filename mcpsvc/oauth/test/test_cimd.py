@@ -148,6 +148,14 @@ class DocumentRulesTests(OAuthTestCase):
         self.assertEqual(self.reason(clientDocument(client_secret_issued_at=None,
                                                     CLIENT_SECRET="x")), "secret")
 
+    def test_controlCharactersInNameRefused(self) -> None:
+        """
+        A document's name with control characters (a terminal escape for
+        whoever runs C{mcpsvc clients list}, a forged log line) is refused.
+        """
+        for name in ("App\x1b[2J", "App\nClient metadata document changed"):
+            self.assertEqual(self.reason(clientDocument(client_name=name)), "metadata")
+
     def test_privateKeysRefusedWhateverTheMethod(self) -> None:
         """
         A C{jwks} with private or symmetric key members is refused even

@@ -100,7 +100,10 @@ def decodeChange(message: Any) -> Optional[tuple]:
     origin, kind, uri = body.get("origin"), body.get("kind"), body.get("uri")
     if not isinstance(origin, str) or not isinstance(kind, str) or kind not in _KINDS:
         return None
-    if kind == "resource" and not isinstance(uri, str):
+    if not 0 < len(origin) <= 64 or not origin.isprintable():
+        return None  # logged: bounded, no forged lines
+    if kind == "resource" and not (isinstance(uri, str) and 0 < len(uri) <= 2048
+                                   and uri.isprintable()):
         return None
     return origin, Change(kind, uri if kind == "resource" else None)
 

@@ -66,7 +66,12 @@ class EncodingTests(SynchronousTestCase):
                         "[" * 2000 + "]" * 2000, '{"v":' * 900 + "1" + "}" * 900,
                         '{"v":1,"origin":"a","kind":"tools","x":NaN}',
                         '{"v":1,"origin":"a","kind":"tools","kind":"resources"}',
-                        b"\x00" * 4096, bytearray(b"{}"), None):
+                        b"\x00" * 4096, bytearray(b"{}"), None,
+                        # logged fields: bounded and printable
+                        '{"v":1,"origin":"' + "o" * 65 + '","kind":"tools"}',
+                        '{"v":1,"origin":"a\\nforged log line","kind":"tools"}',
+                        '{"v":1,"origin":"a","kind":"resource","uri":"x\\u001b[2J"}',
+                        '{"v":1,"origin":"a","kind":"resource","uri":"' + "u" * 2049 + '"}'):
             self.assertIsNone(decodeChange(message), message)
 
     def test_garbageNeverRaises(self) -> None:

@@ -177,6 +177,19 @@ class ConnectionRulesTests(SynchronousTestCase):
         self.assertEqual(error.reason, "connect")
         self.assertTrue(error.temporary)
 
+    def test_proxyEnvironmentIgnored(self) -> None:
+        """
+        C{HTTPS_PROXY}, C{HTTP_PROXY} and C{ALL_PROXY} in the environment
+        do not route a fetch: the connection goes to the checked address.
+        """
+        import os
+
+        for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+            self.patch(os, "environ", {**os.environ, name: "http://10.0.0.1:3128"})
+        fetcher = self.fetcher({"app.example.com": ["93.184.216.34"]})
+        fetcher.fetchJSON(URL)
+        self.assertEqual([c[:2] for c in self.reactor.tcpClients], [("93.184.216.34", 443)])
+
     def test_ipv6(self) -> None:
         """
         A host with a public IPv6 address, or a public IPv6 literal, is

@@ -304,13 +304,14 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 #: IPv6 ranges refused whatever L{ipaddress} says of them: IPv4-compatible
 #: (deprecated, C{::a.b.c.d}), IPv4-translated (SIIT), local-use NAT64
 #: (RFC 8215: translated to anything the operator chose), site-local
-#: (deprecated, still routed by some networks).
+#: (deprecated, still routed by some networks), documentation (RFC 9637)
+#: and SRv6 SIDs (RFC 9602), newer than some Python versions' tables.
 _REFUSED_V6 = tuple(ipaddress.ip_network(n) for n in (
-    "::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48", "fec0::/10",
+    "::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48", "fec0::/10", "3fff::/20", "5f00::/16",
 ))
 #: IPv4 ranges refused whatever L{ipaddress} says of them (versions differ):
-#: IETF protocol assignments.
-_REFUSED_V4 = (ipaddress.ip_network("192.0.0.0/24"),)
+#: IETF protocol assignments, the deprecated 6to4 relay anycast.
+_REFUSED_V4 = tuple(ipaddress.ip_network(n) for n in ("192.0.0.0/24", "192.88.99.0/24"))
 
 
 def hostMatches(host: str, entry: str) -> bool:

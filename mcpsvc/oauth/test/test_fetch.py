@@ -53,8 +53,10 @@ class AddressTests(SynchronousTestCase):
             "::127.0.0.1", "::10.0.0.1", "::93.184.216.34",
             # local-use NAT64 (RFC 8215), IPv4-translated (SIIT), site-local
             "64:ff9b:1::a00:1", "64:ff9b:1::5db8:d822", "::ffff:0:7f00:1", "fec0::1",
-            # IETF protocol assignments
-            "192.0.0.8", "192.0.0.170",
+            # IETF protocol assignments, the deprecated 6to4 relay anycast,
+            # ranges newer than some Python versions' tables: IPv6
+            # documentation (RFC 9637), SRv6 SIDs (RFC 9602)
+            "192.0.0.8", "192.0.0.170", "192.88.99.1", "3fff::1", "5f00::1",
         ):
             self.assertFalse(isPublicAddress(address), address)
 

@@ -124,6 +124,7 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "SESSION_IDLE_TIMEOUT": ("3600", "seconds an idle MCP session lives"),
     "SESSION_LIMIT": ("100", "live MCP sessions per user and client; a new one ends the least recently used"),
     "STREAM_LIMIT": ("10", "open GET streams, and subscriptions/listen streams, per user and client, per instance; more are refused (429)"),
+    "STREAM_LIMIT_TOTAL": ("1000", "open GET and subscriptions/listen streams on an instance, whoever opens them; more are refused (429)"),
     "RATE_LIMIT_INITIALIZE": ("120/60", "MCP initialize requests per user and client: count/seconds"),
     "TOOL_PACKS": ("core", "comma list of enabled tool packs"),
     "TOOL_TIMEOUT": ("30", "default per-tool-call timeout, seconds"),
@@ -254,6 +255,7 @@ class Config:
     sessionIdleTimeout: int = 3600
     sessionLimit: int = 100
     streamLimit: int = 10
+    streamLimitTotal: int = 1000
     rateLimitInitialize: RateLimit = RateLimit(count=120, seconds=60)
     toolPacks: Tuple[str, ...] = ("core",)
     toolTimeout: float = 30.0
@@ -800,6 +802,7 @@ def loadConfig(
     idle = c.integer("SESSION_IDLE_TIMEOUT")
     sessionLimit = c.integer("SESSION_LIMIT", maximum=100_000)
     streamLimit = c.integer("STREAM_LIMIT", maximum=100_000)
+    streamLimitTotal = c.integer("STREAM_LIMIT_TOTAL", maximum=1_000_000)
     packs = _split(c.get("TOOL_PACKS"))
     toolTimeout = c.number("TOOL_TIMEOUT")
     taskTTL = float(c.integer("TASK_TTL", 10, 30 * 86400))
@@ -914,6 +917,7 @@ def loadConfig(
         rateLimitInitialize=rates["RATE_LIMIT_INITIALIZE"],
         sessionLimit=sessionLimit,
         streamLimit=streamLimit,
+        streamLimitTotal=streamLimitTotal,
         varDir=c.get("VAR_DIR") or "./var",
         notices=tuple(notices),
     )

@@ -5,7 +5,7 @@ Who is calling: the result of authenticating a request to C{/mcp}.
 
 from __future__ import annotations
 
-from typing import FrozenSet, Optional
+from typing import FrozenSet, Optional, Tuple
 
 from attrs import frozen
 
@@ -23,6 +23,9 @@ class Principal:
     @ivar jti: the access token id (C{None} for API-key and no-auth callers).
     @ivar expiresAt: the token's C{exp} (0 when it has none).
     @ivar method: C{"bearer"}, C{"api-key"} or C{"none"}.
+    @ivar revocationIDs: the deny-list ids any of which, revoked, refuses
+        the token (its C{jti}, its client's, its grant's); a long-lived
+        stream checks them all. Empty: just C{jti}, if any.
     """
 
     subject: str
@@ -31,3 +34,4 @@ class Principal:
     jti: Optional[str] = None
     expiresAt: float = 0
     method: str = "bearer"
+    revocationIDs: Tuple[str, ...] = ()

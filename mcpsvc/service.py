@@ -123,12 +123,21 @@ class OrderedMultiService(MultiService):
         """
         reactor = self._reactor
         reload = self.reloadTools
+        pending = [False]
+
+        def reloadOnce() -> None:
+            pending[0] = False
+            assert reload is not None
+            reload()
 
         def hangUp(number: int, frame: Any) -> None:
-            if reload is None:
+            # A storm of signals is one reload: none is asked for while
+            # one is waiting for the reactor thread.
+            if reload is None or pending[0]:
                 return
+            pending[0] = True
             log.info("Received SIGHUP, reloading the tool packs")
-            reactor.callFromThread(reload)
+            reactor.callFromThread(reloadOnce)
 
         signal.signal(signal.SIGHUP, hangUp)
 
@@ -306,7 +315,7 @@ class Sweeper(TimerService):
 def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reactor: Any,
                       runInThread: Callable[..., Any], metrics: Metrics,
                       httpClient: Any = None, tasks: Any = None,
-                      changes: Any = None) -> IResource:
+                      changes: Any = None, fetcher: Any = None) -> IResource:
     """
     Build the whole HTTP resource tree for C{config}.
 
@@ -316,6 +325,8 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
         default): tool set changes reload the registry and reach the MCP
         endpoint's listeners; task records written here are published on it
         (C{notifications/tasks}, on this and the other instances).
+    @param fetcher: the L{mcpsvc.oauth.fetch.SafeFetcher} for documents
+        named by clients (by default one built from C{config}).
     """
     from mcpsvc.mcp.changes import ChangeBus, ToolSetReloader
 
@@ -332,7 +343,7 @@ def buildRootResource(config: Config, *, store: Any, clock: IReactorTime, reacto
     approver = buildApprover(config, store=store, clock=clock, runInThread=runInThread)
     oauthApp, bearer = buildOAuth(
         config, store=store, clock=clock, runInThread=runInThread, approver=approver,
-        reactor=reactor,
+        reactor=reactor, fetcher=fetcher,
     )
     oauthResource = oauthApp.resource()
     registry = buildToolRegistry(
@@ -405,7 +416,7 @@ def buildService(
 
     from mcpsvc.mcp.changes import ChangeBus, buildChangeRelay
 
-    changes = ChangeBus()
+    changes = ChangeBus(clock=clock)
     relay = buildChangeRelay(config, changes, storeService, reactor=reactor)
     if relay is not None:
         # After the store (it publishes through the store's connection),

@@ -75,6 +75,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import unicodedata
 from typing import Any, Callable, List, Optional, Tuple, Union
 from urllib.parse import urlencode, urlsplit
 
@@ -106,6 +108,8 @@ __all__ = [
     "LOGIN_LIMIT_ADDRESS",
     "LOGIN_LIMIT_PAIR",
     "LOGIN_LIMIT_UNDER_ATTACK",
+    "displayName",
+    "foreignHosts",
 ]
 
 Decision = Union[Approval, Denial, bytes]
@@ -136,6 +140,35 @@ _SESSION_REVOKED = "authpage-session:"
 #: Password checks running at once (each is scrypt N=2**17: 128 MiB and
 #: ~0.7 s of a core, in a thread); more sign-ins wait their turn.
 PASSWORD_CHECKS_AT_ONCE = 2
+
+
+#: A host name mentioned in a client's name (with or without a scheme):
+#: labels of letters or digits (any script) and a last label of letters.
+_MENTIONED_HOST = re.compile(r"(?:[^\W_](?:[\w-]*[^\W_])?\.)+[^\W\d_]{2,63}(?![\w-])")
+
+
+def displayName(name: str) -> str:
+    """
+    C{name} as shown on the page: without control, format (invisible,
+    direction overriding) characters, which could make it read as
+    something else, and with runs of white space made one space.
+    """
+    kept = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf"))
+    return " ".join(kept.split())
+
+
+def foreignHosts(name: str, documentHost: str) -> List[str]:
+    """
+    The host names C{name} mentions that are neither C{documentHost} nor
+    under it (a name that borrows another site's authority).
+    """
+    own = documentHost.lower().rstrip(".")
+    found: List[str] = []
+    for match in _MENTIONED_HOST.finditer(name):
+        host = match.group(0).lower().rstrip(".")
+        if host != own and not host.endswith("." + own) and host not in found:
+            found.append(host)
+    return found
 
 
 def _host(uri: str) -> str:
@@ -311,11 +344,20 @@ class _PageApprover:
                 "Approve only if you recognise it.",
             ))
         name = authz.client.metadata.get("client_name")
+        name = displayName(name) if isinstance(name, str) else None
         documentHost = firstSeen = None
         recently = False
         info = documentInfo(authz.client)
         if info is not None:
             documentHost = str(info.get("host") or "") or None
+            others = foreignHosts(name or "", documentHost or "")
+            if others and documentHost:
+                warnings.insert(0, (
+                    f"The name mentions {', '.join(others[:3])[:200]}.",
+                    f"This application's document is published by {documentHost}, not by "
+                    "the site its name mentions. Approve only if you trust "
+                    f"{documentHost}.",
+                ))
             age = self.now() - authz.client.createdAt
             recently = age < FIRST_SEEN_RECENTLY
             firstSeen = _ago(age) + " (" + _utc(authz.client.createdAt) + ")"
@@ -325,7 +367,7 @@ class _PageApprover:
             firstSeenRecently=recently,
             title=self.config.authorizePageTitle,
             text=self.config.authorizePageText,
-            clientName=name if isinstance(name, str) and name.strip() else None,
+            clientName=name or None,
             clientID=authz.client.clientID,
             redirectHost=host,
             redirectURI=uri,

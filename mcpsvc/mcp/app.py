@@ -289,11 +289,14 @@ class _EventStream:
 
     def __init__(
         self, app: "McpApp", request: IRequest, sessionID: str,
-        principal: Tuple[str, str] = ("", ""),
+        principal: Tuple[str, str] = ("", ""), token: Optional[Principal] = None,
     ) -> None:
         self.app = app
         self.request = request
         self.sessionID = sessionID
+        #: The caller: the stream ends with its token (expiry, revocation).
+        self.token = token
+        self._expiry: Optional[Any] = None
         self.principal = principal
         self.done: Deferred[None] = Deferred(lambda d: self._cleanup())
         self._keepalive = LoopingCall(self._ping)
@@ -308,14 +311,34 @@ class _EventStream:
         request.setHeader("X-Accel-Buffering", "no")
         request.write(b": stream opened\n\n")
         self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
+        if self.token is not None and self.token.expiresAt:
+            # Ends when the token does, not at the next keep-alive after.
+            delay = max(0.0, self.token.expiresAt - self.app.clock.seconds())
+            self._expiry = self.app.clock.callLater(delay, self._tokenEnded, "expired")
         return self.done
+
+    def _tokenEnded(self, why: str) -> None:
+        self._expiry = None
+        self.app.log.info("Closed the stream of a session: its token {why}", why=why,
+                          sessionID=self.sessionID)
+        self.close()
 
     def _ping(self) -> None:
         self.request.write(b": keep-alive\n\n")
+        now = self.app.clock.seconds()
         # A session ended elsewhere (DELETE or SESSION_LIMIT on another
         # instance, idle expiry) ends its stream by the next keep-alive.
-        d = self.app.store.getSession(self.sessionID, self.app.clock.seconds())
+        d = self.app.store.getSession(self.sessionID, now)
         d.addCallbacks(lambda record: None, self._checkFailed)
+        token = self.token
+        ids = () if token is None else (
+            token.revocationIDs or ((token.jti,) if token.jti is not None else ()))
+        if ids:
+            # So does a revoked token, grant (refresh family) or client.
+            revoked = self.app.store.isAnyRevoked(ids, now)
+            revoked.addCallbacks(
+                lambda yes: self._tokenEnded("was revoked") if yes and not self._closed else None,
+                self._checkFailed)
 
     def _checkFailed(self, failure: Failure) -> None:
         if failure.check(NoSuchSession):
@@ -337,6 +360,9 @@ class _EventStream:
         self._closed = True
         if self._keepalive.running:
             self._keepalive.stop()
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
         if self.app._streams.pop(self.sessionID, None) is self:
             counts = self.app._streamCounts
             counts[self.principal] -= 1
@@ -461,6 +487,8 @@ class McpApp:
         default=Factory(
             lambda self: Subscriptions(
                 clock=self.clock, store=self.store, streamLimit=self.config.streamLimit,
+                totalLimit=self.config.streamLimitTotal,
+                otherStreams=lambda: len(self._streams),
                 keepaliveInterval=KEEPALIVE_INTERVAL,
                 supported=frozenset({"tools", "prompts", "task"}),
             ),
@@ -1113,6 +1141,17 @@ class McpApp:
             )
         who = (principal.subject, principal.clientID)
         limit = self.config.streamLimit
+        if len(self._streams) + self.subscriptions.open >= self.config.streamLimitTotal:
+            self.log.warn(
+                "Refused a stream for client {clientID}: {limit} streams already open on this "
+                "instance (STREAM_LIMIT_TOTAL)", clientID=principal.clientID,
+                subject=principal.subject, limit=self.config.streamLimitTotal,
+                requestID=getattr(request, "requestID", None),
+            )
+            raise HTTPError(
+                "Too many open streams on this server: use the responses to POST requests",
+                code=429, error="too_many_streams", jsonrpcCode=INVALID_REQUEST,
+            )
         if self._streamCounts.get(who, 0) >= limit:
             self.log.warn(
                 "Refused a stream for client {clientID}: {limit} already open (STREAM_LIMIT)",
@@ -1124,7 +1163,7 @@ class McpApp:
                 "(DELETE its session) or use the responses to POST requests",
                 code=429, error="too_many_streams", jsonrpcCode=INVALID_REQUEST,
             )
-        stream = _EventStream(self, request, record.sessionID, who)
+        stream = _EventStream(self, request, record.sessionID, who, principal)
         self._streams[record.sessionID] = stream
         self._streamCounts[who] = self._streamCounts.get(who, 0) + 1
         closers = getattr(getattr(request, "site", None), "streamClosers", None)

@@ -33,14 +33,18 @@ C{tasks/get} and by the next change of the task.
 
 Messages on the channel are JSON objects C{{"v": 1, "origin", "kind",
 "uri"?, "task"?}}; a message this instance published (its C{origin}) is not
-delivered twice, and anything malformed is logged and dropped.
+delivered twice, and anything malformed (over 4096 bytes, not strict JSON,
+repeated members, odd types) is logged (200 characters of it) and dropped.
+Whoever can publish on the channel can do no more than ask for reloads and
+notifications, and a storm of them is coalesced (L{ChangeBus}: one per
+second per kind of change).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
@@ -93,6 +97,8 @@ def decodeChange(message: Any) -> Optional[tuple]:
     one of ours (malformed, another version, an unknown kind).
     """
     if isinstance(message, bytes):
+        if len(message) > _MAX_MESSAGE:
+            return None
         try:
             message = message.decode("utf-8")
         except UnicodeDecodeError:
@@ -100,15 +106,18 @@ def decodeChange(message: Any) -> Optional[tuple]:
     if not isinstance(message, str) or len(message) > _MAX_MESSAGE:
         return None
     try:
-        body = json.loads(message)
-    except ValueError:
+        body = json.loads(message, parse_constant=_noConstant, object_pairs_hook=_unique)
+    except (ValueError, RecursionError):
         return None
-    if not isinstance(body, dict) or body.get("v") != 1:
+    if not isinstance(body, dict) or body.get("v") != 1 or isinstance(body.get("v"), bool):
         return None
     origin, kind, uri = body.get("origin"), body.get("kind"), body.get("uri")
-    if not isinstance(origin, str) or kind not in _KINDS:
+    if not isinstance(origin, str) or not isinstance(kind, str) or kind not in _KINDS:
         return None
-    if kind == "resource" and not isinstance(uri, str):
+    if not 0 < len(origin) <= 64 or not origin.isprintable():
+        return None  # logged: bounded, no forged lines
+    if kind == "resource" and not (isinstance(uri, str) and 0 < len(uri) <= 2048
+                                   and uri.isprintable()):
         return None
     if kind == "task":
         taskID = body.get("task")
@@ -118,20 +127,42 @@ def decodeChange(message: Any) -> Optional[tuple]:
     return origin, Change(kind, uri if kind == "resource" else None)
 
 
+def _noConstant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _unique(pairs: List[Any]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("repeated member")
+    return out
+
+
 class ChangeBus:
     """
     Delivers changes to this instance's sinks, and relays them to the other
     instances when a relay is attached.
+
+    With a C{clock}, a storm of the same change (reloads from the channel,
+    a pack in a loop, signals) is coalesced: a change is delivered at once,
+    and the same change again within C{minInterval} seconds is delivered
+    once, when the interval ends. Task changes are not coalesced: each one
+    is a task write, bounded by the writes themselves.
 
     @ivar origin: this instance's id on the channel (random per process).
     """
 
     log = Logger()
 
-    def __init__(self, origin: Optional[str] = None) -> None:
+    def __init__(self, origin: Optional[str] = None, *, clock: Optional[IReactorTime] = None,
+                 minInterval: float = 1.0) -> None:
         self.origin = origin if origin is not None else secrets.token_hex(8)
         self._sinks: List[Callable[[Change], Any]] = []
         self.relay: Optional["RedisChangeRelay"] = None
+        self.clock = clock
+        self.minInterval = minInterval
+        self._lastDelivered: Dict[Change, float] = {}
+        self._pending: Dict[Change, Any] = {}
 
     def subscribe(self, sink: Callable[[Change], Any]) -> None:
         """
@@ -175,9 +206,10 @@ class ChangeBus:
         """
         decoded = decodeChange(message)
         if decoded is None:
+            quoted = message[:200] if isinstance(message, (str, bytes, bytearray)) else message
             self.log.warn(
-                "Dropped a malformed message on the change channel: {message!r}",
-                message=str(message)[:200],
+                "Dropped a malformed message on the change channel: {message}",
+                message=repr(quoted)[:200],
             )
             return
         origin, change = decoded
@@ -192,6 +224,33 @@ class ChangeBus:
         self._deliver(change)
 
     def _deliver(self, change: Change) -> None:
+        clock = self.clock
+        if clock is None or change.kind == "task":
+            # Task changes are never coalesced: each is a write (or a hint
+            # to read one) that listeners and the running work must see,
+            # and a local record and another instance's hint compare equal.
+            self._deliverNow(change)
+            return
+        if change in self._pending:
+            return
+        now = clock.seconds()
+        last = self._lastDelivered.get(change)
+        if last is not None and now - last < self.minInterval:
+            self._pending[change] = clock.callLater(last + self.minInterval - now,
+                                                    self._deliverPending, change)
+            return
+        self._lastDelivered = {c: t for c, t in self._lastDelivered.items()
+                               if now - t < self.minInterval}
+        self._lastDelivered[change] = now
+        self._deliverNow(change)
+
+    def _deliverPending(self, change: Change) -> None:
+        del self._pending[change]
+        assert self.clock is not None
+        self._lastDelivered[change] = self.clock.seconds()
+        self._deliverNow(change)
+
+    def _deliverNow(self, change: Change) -> None:
         for sink in self._sinks:
             try:
                 d = maybeDeferred(sink, change)

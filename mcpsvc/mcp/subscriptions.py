@@ -38,19 +38,21 @@ stream never receives an older version of a task than one it was sent.
 Asking for C{taskIds} without declaring the extension is C{-32021}.
 
 Each stream is bound to its principal: C{STREAM_LIMIT} streams per subject
-and client on an instance (one more is refused with 429), and the stream
-ends at the keep-alive after the token expires or is revoked. The
+and client on an instance, C{STREAM_LIMIT_TOTAL} streams in all on an
+instance (one more is refused with 429); the stream ends when the token
+expires, and at the next keep-alive after the token, its grant (refresh
+family) or its client is revoked. The
 decisions (L{parseFilter}, L{SubscriptionFilter.wants}, L{tagged}) are
 sans-I/O; L{ListenStream} writes them to the request.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, FrozenSet, Iterable, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, Iterable, Mapping, Optional, Set, Tuple
 
 from attrs import field, frozen
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -285,6 +287,7 @@ class ListenStream:
         self._closed = False
         #: The version of each task last sent (at most one per filter id).
         self._sentVersions: Dict[str, int] = {}
+        self._expiry: Optional[IDelayedCall] = None
 
     def open(self, current: Iterable[TaskRecord] = ()) -> "Deferred[bytes]":
         """
@@ -301,7 +304,19 @@ class ListenStream:
         for record in current:
             self.deliverTask(record)
         self._keepalive.start(self.owner.keepaliveInterval, now=False)
+        if self.principal.expiresAt:
+            # Ends when the token does, not at the next keep-alive after.
+            delay = max(0.0, self.principal.expiresAt - self.owner.clock.seconds())
+            self._expiry = self.owner.clock.callLater(delay, self._expired)
         return self.done
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self.owner.log.info(
+            "Ended a subscriptions/listen stream: the token of client {clientID} expired",
+            clientID=self.principal.clientID, subject=self.principal.subject,
+        )
+        self.close()
 
     def deliver(self, change: Change) -> bool:
         """
@@ -351,8 +366,11 @@ class ListenStream:
             )
             self.close()
             return
-        if principal.jti is not None and self.owner.store is not None:
-            d = self.owner.store.isRevoked(principal.jti, now)
+        ids = principal.revocationIDs or ((principal.jti,) if principal.jti is not None else ())
+        if ids and self.owner.store is not None:
+            # The token, its grant (refresh family) and its client: any
+            # revoked ends the stream.
+            d = self.owner.store.isAnyRevoked(ids, now)
             d.addCallbacks(self._revocationChecked, self._checkFailed)
 
     def _revocationChecked(self, revoked: bool) -> None:
@@ -375,6 +393,9 @@ class ListenStream:
         self._closed = True
         if self._keepalive.running:
             self._keepalive.stop()
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
         self.owner._forget(self)
         self._sentVersions.clear()
         closers = getattr(getattr(self.request, "site", None), "streamClosers", None)
@@ -410,6 +431,10 @@ class Subscriptions:
     @ivar clock: the time source (keep-alives, token expiry).
     @ivar store: answers C{isRevoked} (or C{None}: not checked).
     @ivar streamLimit: streams per principal (C{STREAM_LIMIT}).
+    @ivar totalLimit: streams on this instance, whoever opens them
+        (C{STREAM_LIMIT_TOTAL}).
+    @ivar otherStreams: how many other streams (the handshake era's GET
+        streams) count against C{totalLimit}.
     @ivar supported: the change kinds honoured (see L{Change}); C{task}
         needs C{store} (an C{ITaskStore}).
     @ivar keepaliveInterval: seconds between keep-alive comments.
@@ -420,6 +445,8 @@ class Subscriptions:
     clock: IReactorTime
     store: Any = None
     streamLimit: int = 5
+    totalLimit: int = 1000
+    otherStreams: Callable[[], int] = lambda: 0
     supported: FrozenSet[str] = frozenset({"tools"})
     keepaliveInterval: float = 25.0
     _streams: Dict[int, ListenStream] = field(factory=dict, init=False)
@@ -453,6 +480,17 @@ class Subscriptions:
                 id=subscriptionID,
             )
         who = (principal.subject, principal.clientID)
+        if len(self._streams) + self.otherStreams() >= self.totalLimit:
+            self.log.warn(
+                "Refused a subscriptions/listen stream for client {clientID}: {limit} streams "
+                "already open on this instance (STREAM_LIMIT_TOTAL)",
+                clientID=principal.clientID, subject=principal.subject, limit=self.totalLimit,
+                requestID=getattr(request, "requestID", None),
+            )
+            raise JSONRPCHTTPError(
+                429, INVALID_REQUEST,
+                "Too many open streams on this server: try again later", id=subscriptionID,
+            )
         if self._counts.get(who, 0) >= self.streamLimit:
             self.log.warn(
                 "Refused a subscriptions/listen stream for client {clientID}: {limit} already "

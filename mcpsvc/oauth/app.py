@@ -46,7 +46,7 @@ from mcpsvc.oauth.clientauth import (
     buildAssertionAuthenticator,
     carriesAssertion,
 )
-from mcpsvc.oauth.cimd import CIMDError
+from mcpsvc.oauth.cimd import CIMDError, isDocumentClient
 from mcpsvc.oauth.clients import (
     OPEN_REGISTRATION,
     ClientMetadataError,
@@ -498,7 +498,12 @@ class OAuthApp:
         """
         if self.clientDocuments is not None and self.clientDocuments.handles(clientID):
             return await self.clientDocuments.resolve(clientID, request)  # type: ignore[no-any-return]
-        return await self.store.getClient(clientID)  # type: ignore[no-any-return]
+        client: ClientRecord = await self.store.getClient(clientID)
+        if self.clientDocuments is None and isDocumentClient(client):
+            # Resolved while CIMD was on: with it off, never fetched again,
+            # so never used.
+            raise NoSuchClient(clientID)
+        return client
 
     def _redirectPatterns(self) -> Tuple[str, ...]:
         return self.config.redirectPatterns
@@ -1130,6 +1135,14 @@ class OAuthApp:
                 clientID=client.clientID, familyID=e.record.familyID,
             )
             raise OAuthError("invalid_grant", "The authorization code has already been used")
+        if isDocumentClient(client) and findRegistered(record.redirectURI,
+                                                       redirectURIs(client.metadata)) is None:
+            # The metadata document changed since the code was issued and
+            # no longer lists where it went: its publisher withdrew it.
+            audit("token.code_refused", "denied", request=request, clientID=client.clientID,
+                  mismatch="redirect_uri withdrawn")
+            raise OAuthError("invalid_grant", "The client's metadata document no longer lists "
+                                              "the redirect_uri of this authorization")
         if "resource" in form:
             resource = self._resourceFor(form["resource"])
             if resource is None or resource != record.resource:

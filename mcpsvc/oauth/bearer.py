@@ -206,6 +206,7 @@ class BearerAuthenticator:
             jti=claims.jti,
             expiresAt=claims.expiresAt,
             method="bearer",
+            revocationIDs=tuple(revocationIDs(claims)),
         )
 
 

@@ -22,8 +22,9 @@ The decisions are sans-IO and separate:
     C{client_id} equals the URL exactly; C{client_name} and
     C{redirect_uris}; C{token_endpoint_auth_method} C{none} (the default
     here) or C{private_key_jwt} with C{jwks_uri} or C{jwks}; no shared
-    secret of any kind (C{client_secret}, C{client_secret_expires_at},
-    C{client_secret_*} methods); grant types C{authorization_code} and
+    secret of any kind (no C{client_secret*} member, no
+    C{client_secret_*} method); a C{jwks}, whatever the method, holds
+    public keys only; grant types C{authorization_code} and
     C{refresh_token}: C{client_credentials} is dropped, as a
     document is self-asserted and that grant involves no person; an
     operator who wants such a client registers it (C{mcpsvc clients add}),
@@ -210,9 +211,16 @@ def validateDocument(url: str, document: Mapping[str, Any], production: bool,
         raise CIMDError("metadata", "The client metadata document is not a JSON object")
     if document.get("client_id") != url:
         raise CIMDError("client_id", "The document's client_id does not equal its URL")
-    for name in ("client_secret", "client_secret_expires_at"):
-        if name in document:
-            raise CIMDError("secret", f"A client metadata document must not contain {name}")
+    for name in document:
+        if isinstance(name, str) and name.lower().startswith("client_secret"):
+            raise CIMDError("secret", f"A client metadata document must not contain "
+                                      f"{name[:40]} (no shared secret without registration)")
+    if "jwks" in document:
+        # Published private keys are compromised whatever the method, and
+        # must not be stored.
+        problem = _jwksProblem(document["jwks"])
+        if problem is not None:
+            raise CIMDError("jwks", problem)
     name = document.get("client_name")
     if not isinstance(name, str) or not name.strip():
         raise CIMDError("metadata", "The document has no client_name")
@@ -477,7 +485,7 @@ class ClientDocuments:
                 "Client metadata document {clientID} {what}: {clientName} "
                 "method={method} redirects={redirectURIs} hash={digest}",
                 clientID=clientID, what="first seen" if stored is None else "changed",
-                clientName=metadata.get("client_name"),
+                clientName=str(metadata.get("client_name"))[:100],
                 method=metadata["token_endpoint_auth_method"],
                 redirectURIs=metadata["redirect_uris"], digest=digest[:23],
             )

@@ -31,6 +31,7 @@ no C{client_credentials} and may introspect only its own tokens.
 from __future__ import annotations
 
 import secrets
+import unicodedata
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
@@ -267,6 +268,10 @@ def normalizeMetadata(
             continue
         if not isinstance(value, str) or len(value) > limit:
             raise _bad(f"{name} must be a string of at most {limit} characters")
+        if any(unicodedata.category(c) == "Cc" for c in value):
+            # Printed by the admin commands, logged, shown: no terminal
+            # escapes, no forged log lines.
+            raise _bad(f"{name} must not contain control characters")
         metadata[name] = value
     contacts = _stringList(raw, "contacts")
     if contacts is not None:

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -69,6 +69,13 @@ IAT = "fuzz-initial-access-token-0123456789"
 SECRET = "f" * 40
 METRICS_TOKEN = "fuzz-metrics-token-0123456789"
 REDIRECT = "http://127.0.0.1:33418/callback"
+#: The metadata document client (served by a scripted agent: the fuzz
+#: suite never resolves a name nor connects anywhere).
+DOC_URL = "https://client.example.com/fuzz/client.json"
+DOCUMENT = {"client_id": DOC_URL, "client_name": "fuzz document client",
+            "redirect_uris": [REDIRECT], "grant_types": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_method": "none"}
+MODERN = "2026-07-28"
 VERIFIER = "v" * 43
 OAUTH_PREFIXES = ("/oauth/", "/authorize", "/token", "/register", "/revoke")
 BIG = RateLimit(count=1_000_000, seconds=1)
@@ -151,9 +158,20 @@ class Service:
         def runInThread(f: Any, *a: Any, **kw: Any) -> Any:
             return maybeDeferred(f, *a, **kw)
 
+        from mcpsvc.oauth.fetch import FetchPolicy, SafeFetcher
+        from mcpsvc.oauth.test.fakehttp import FakeAgent, document
+
+        # Production fetch rules (https, port 443, public hosts: checked on
+        # the URL), a scripted agent and a resolver that knows nothing:
+        # no lookup, no connection.
+        agent = FakeAgent()
+        agent.serve(DOC_URL, document(DOCUMENT, Cache_Control="max-age=60"))
+        fetcher = SafeFetcher(reactor=None, clock=self.clock, agent=agent,
+                              resolve=lambda host, port: succeed([]),
+                              policy=FetchPolicy(production=True))
         resource = buildRootResource(
             config, store=self.store, clock=self.clock, reactor=self.clock,
-            runInThread=runInThread, metrics=self.metrics,
+            runInThread=runInThread, metrics=self.metrics, fetcher=fetcher,
         )
         self.resource = resource
         return McpsvcSite(resource, clock=self.clock, metrics=self.metrics, logRequests=False)
@@ -443,6 +461,38 @@ def query_string(draw: Any, seed: str) -> str:
     if fields and draw(st.booleans()):
         del fields[draw(st.integers(0, len(fields) - 1))]
     return "?" + urllib.parse.urlencode(fields, encoding="utf-8", errors="surrogatepass")
+
+
+#: Ways to spell, or nearly spell, a client id URL: other hosts and
+#: address forms, user information, ports, encodings, dot segments,
+#: fragments, plain http, IDNA, trailing dots, spaces, control characters.
+URL_PARTS = [
+    "https://", "http://", "HTTPS://", "https:/", "https:///", "//", "https://user@",
+    "https://client.example.com@", "https://client.example.com:", ":443", ":8443", ":0",
+    ":99999", "127.0.0.1", "2130706433", "0x7f.1", "0177.0.0.1", "[::1]", "[fe80::1%25eth0]",
+    "[::ffff:127.0.0.1]", "[64:ff9b::a00:1]", "[2002:a00:1::]", "169.254.169.254", "localhost",
+    "app.localhost.", "xn--80ak6aa92e.com", "ex%61mple.com", "client.example.com.",
+    "/./", "/../", "/%2e%2e/", "#frag", "?q=1", "\\", " ", "\t", "\x00", "%00",
+    "\u0430", "\u202e", "/" * 3, "a" * 300,
+]
+
+
+@st.composite
+def client_id_urls(draw: Any) -> str:
+    """
+    The metadata document URL, mutated with the parts of L{URL_PARTS}
+    (inserted, appended or replacing a piece), or one built from them.
+    """
+    if draw(st.integers(0, 4)) == 0:
+        parts = draw(st.lists(st.sampled_from(URL_PARTS), min_size=1, max_size=5))
+        return "".join(parts)
+    url = DOC_URL
+    for _ in range(draw(st.integers(0, 3))):
+        position = draw(st.integers(0, len(url)))
+        cut = draw(st.integers(0, 12))
+        inserted = draw(st.sampled_from(URL_PARTS) | st.text(max_size=4))
+        url = url[:position] + inserted + url[position + cut:]
+    return url
 
 
 METHODS = ["GET", "POST", "DELETE", "HEAD", "OPTIONS", "PUT", "PATCH"]
@@ -779,6 +829,102 @@ class OAuthFuzzTests(FuzzMixin, SynchronousTestCase):
         body = data.draw(st.just(urllib.parse.urlencode(fields).encode()) | form_body(fields))
         self.check(service.consent, "POST", "/oauth/authorize",
                    [(b"Content-Type", b"application/x-www-form-urlencoded")], body)
+
+
+class DocumentClientFuzzTests(FuzzMixin, SynchronousTestCase):
+    """
+    Authorization and token requests whose C{client_id} is a URL (Client ID
+    Metadata Documents): the document URL mutated into other hosts, address
+    forms, ports and encodings.
+    """
+
+    def test_reached(self) -> None:
+        """
+        The unmutated document client is resolved and authorized (so the
+        mutations start from a request that works); a listen stream opens.
+        """
+        service = self.service
+        fields = dict(urllib.parse.parse_qsl(service.authorizeQuery), client_id=DOC_URL)
+        status, _ = self.check(service.auto, "GET",
+                               "/oauth/authorize?" + urllib.parse.urlencode(fields), [], b"")
+        self.assertEqual(status, 302)
+        for url in ("https://client.example.com:8443/fuzz/client.json",
+                    "https://2130706433/fuzz/client.json"):
+            fields["client_id"] = url
+            status, body = self.check(service.auto, "GET",
+                                      "/oauth/authorize?" + urllib.parse.urlencode(fields),
+                                      [(b"Accept", b"application/json")], b"")
+            self.assertEqual((status, body["error"]), (400, "invalid_client"))
+        body = json.dumps({"jsonrpc": "2.0", "id": 9, "method": "subscriptions/listen", "params": {
+            "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
+                      "io.modelcontextprotocol/clientCapabilities": {},
+                      "io.modelcontextprotocol/clientInfo": {"name": "fuzz", "version": "1"}},
+            "notifications": {"toolsListChanged": True}}}).encode()
+        status, _ = self.check(service.auto, "POST", "/mcp",
+                               service.modernHeaders("subscriptions/listen", None), body)
+        self.assertEqual(status, 200)
+
+    @FUZZ
+    @given(data=st.data())
+    def test_authorize(self, data: Any) -> None:
+        service = self.service
+        site = data.draw(st.sampled_from([service.auto, service.consent]), label="site")
+        clientID = data.draw(client_id_urls() | st.just(DOC_URL), label="client_id")
+        fields = dict(urllib.parse.parse_qsl(service.authorizeQuery))
+        fields["client_id"] = clientID
+        query = urllib.parse.urlencode(fields, encoding="utf-8", errors="surrogatepass")
+        target = "/oauth/authorize" + data.draw(query_string(query) | st.just("?" + query))
+        self.check(site, "GET", target, [(b"Accept", data.draw(st.sampled_from(
+            [b"text/html", b"application/json", b""])))], b"")
+
+    @FUZZ
+    @given(data=st.data())
+    def test_tokenEndpoints(self, data: Any) -> None:
+        service = self.service
+        path = data.draw(st.sampled_from(["/oauth/token", "/oauth/revoke", "/oauth/introspect"]))
+        seed = {
+            "grant_type": data.draw(st.sampled_from(["authorization_code", "refresh_token",
+                                                     "client_credentials"])),
+            "client_id": data.draw(client_id_urls() | st.just(DOC_URL), label="client_id"),
+            "code": "x", "redirect_uri": REDIRECT, "code_verifier": VERIFIER,
+            "refresh_token": service.tokens["refresh_token"], "token": "t",
+        }
+        if data.draw(st.booleans()):
+            seed["client_secret"] = "s"
+        if data.draw(st.booleans()):
+            ctype, body = b"application/x-www-form-urlencoded", data.draw(form_body(seed))
+        else:
+            ctype = b"application/x-www-form-urlencoded"
+            body = urllib.parse.urlencode(seed, encoding="utf-8", errors="surrogatepass").encode()
+        self.check(service.auto, "POST", path, [(b"Content-Type", ctype)], body)
+
+
+class ListenFuzzTests(FuzzMixin, SynchronousTestCase):
+    """
+    C{subscriptions/listen} (2026-07-28) with mutated filters, ids and
+    headers: a stream, or a JSON-RPC error, never a 5xx.
+    """
+
+    @FUZZ
+    @given(data=st.data())
+    def test_listen(self, data: Any) -> None:
+        service = self.service
+        seed = {"jsonrpc": "2.0", "id": 9, "method": "subscriptions/listen", "params": {
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "fuzz", "version": "1"},
+            },
+            "notifications": {"toolsListChanged": True, "promptsListChanged": False,
+                              "resourceSubscriptions": ["file:///hello.txt"]},
+        }}
+        body = data.draw(mutated_json(seed) | st.just(json.dumps(seed).encode()))
+        headers = service.modernHeaders("subscriptions/listen", None)
+        if data.draw(st.booleans()):
+            index = data.draw(st.integers(0, len(headers) - 1))
+            name, _ = headers[index]
+            headers[index] = (name, data.draw(header_bytes | header_text))
+        self.check(service.auto, "POST", "/mcp", headers, body)
 
 
 class McpFuzzTests(FuzzMixin, SynchronousTestCase):

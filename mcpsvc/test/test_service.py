@@ -140,6 +140,37 @@ class HangUpTests(SynchronousTestCase):
             handlers[signalModule.SIGHUP](signalModule.SIGHUP, None)
         self.assertEqual(called, ["reload"])
 
+    def test_sighupStormCoalesced(self) -> None:
+        """
+        SIGHUPs that arrive before the reactor thread has run the reload
+        already asked for are one reload; one arriving after it is
+        another.
+        """
+        from mcpsvc import service
+
+        handlers: Dict[int, Any] = {}
+        self.patch(service.signal, "signal", lambda number, f: handlers.__setitem__(number, f))
+        reactor = MemoryReactorClock()
+        queued: List[Any] = []
+        reactor.callFromThread = lambda f, *a: queued.append((f, a))  # type: ignore[method-assign]
+        called: List[Any] = []
+        parent = OrderedMultiService(reactor=reactor, handleSignals=True)
+        parent.reloadTools = lambda: called.append("reload")
+        with capturedLogs():
+            parent.startService()
+            hangUp = handlers[service.signal.SIGHUP]
+            for _ in range(1000):
+                hangUp(service.signal.SIGHUP, None)
+            while queued:
+                f, a = queued.pop(0)
+                f(*a)
+            self.assertEqual(called, ["reload"])
+            hangUp(service.signal.SIGHUP, None)
+            while queued:
+                f, a = queued.pop(0)
+                f(*a)
+        self.assertEqual(called, ["reload", "reload"])
+
 
 class SweeperTests(SynchronousTestCase):
     def test_survivesFailingSweep(self) -> None:

@@ -13,7 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import globalLogPublisher
+from twisted.logger import capturedLogs, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpsvc.config import Config
@@ -75,8 +75,40 @@ class EncodingTests(SynchronousTestCase):
                         '{"v":1,"origin":"a","kind":"resource"}', "x" * 5000, 42,
                         '{"v":1,"origin":"a","kind":"task"}',
                         '{"v":1,"origin":"a","kind":"task","task":""}',
-                        '{"v":1,"origin":"a","kind":"task","task":"%s"}' % ("x" * 129)):
+                        '{"v":1,"origin":"a","kind":"task","task":"%s"}' % ("x" * 129),
+                        # unhashable or odd kinds, origins and uris
+                        '{"v":1,"origin":"a","kind":[]}', '{"v":1,"origin":"a","kind":{}}',
+                        '{"v":1,"origin":[],"kind":"tools"}',
+                        '{"v":1,"origin":"a","kind":"resource","uri":["x"]}',
+                        '{"v":[1],"origin":"a","kind":"tools"}',
+                        # deep nesting, constants, duplicate members
+                        "[" * 2000 + "]" * 2000, '{"v":' * 900 + "1" + "}" * 900,
+                        '{"v":1,"origin":"a","kind":"tools","x":NaN}',
+                        '{"v":1,"origin":"a","kind":"tools","kind":"resources"}',
+                        b"\x00" * 4096, bytearray(b"{}"), None,
+                        # logged fields: bounded and printable
+                        '{"v":1,"origin":"' + "o" * 65 + '","kind":"tools"}',
+                        '{"v":1,"origin":"a\\nforged log line","kind":"tools"}',
+                        '{"v":1,"origin":"a","kind":"resource","uri":"x\\u001b[2J"}',
+                        '{"v":1,"origin":"a","kind":"resource","uri":"' + "u" * 2049 + '"}'):
             self.assertIsNone(decodeChange(message), message)
+
+    def test_garbageNeverRaises(self) -> None:
+        """
+        Whatever a process with access to the Redis publishes on the
+        channel, receiving it never raises and logs no traceback; the log
+        line quotes at most 200 characters of it.
+        """
+        bus = ChangeBus(origin="here")
+        seen: List[Change] = []
+        bus.subscribe(seen.append)
+        with capturedLogs() as events:
+            for message in ('{"v":1,"origin":"a","kind":[]}', "[" * 3000 + "]" * 3000,
+                            b"x" * 10_000_000, ["list"], {"kind": "tools"}):
+                bus.received(message)
+        self.assertEqual(seen, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertTrue(all(len(e.get("message", "")) <= 200 for e in events))
 
 
 class BusTests(SynchronousTestCase):
@@ -129,6 +161,53 @@ class BusTests(SynchronousTestCase):
         bus.received(b"garbage")
         self.assertEqual(seen, [Change("tools")])
 
+
+class ThrottleTests(SynchronousTestCase):
+    def test_stormCoalesced(self) -> None:
+        """
+        With a clock, a change is delivered at once, and the same change
+        again within C{minInterval} seconds is delivered once, at the end
+        of the interval, however many times it came (a storm of reloads
+        from the channel, a pack, SIGHUP); other changes are not held up.
+        """
+        clock = Clock()
+        bus = ChangeBus(origin="here", clock=clock, minInterval=1.0)
+        seen: List[Change] = []
+        bus.subscribe(seen.append)
+        for _ in range(500):
+            bus.received(encodeChange(Change("tools"), "elsewhere"))
+            bus.toolsChanged()
+        self.assertEqual(seen, [Change("tools")])
+        bus.received(encodeChange(Change("resource", "file:///a"), "elsewhere"))
+        self.assertEqual(seen, [Change("tools"), Change("resource", "file:///a")])
+        clock.advance(1.0)
+        self.assertEqual(seen, [Change("tools"), Change("resource", "file:///a"),
+                                Change("tools")])
+        clock.advance(5.0)
+        self.assertEqual(len(seen), 3)
+        bus.toolsChanged()
+        self.assertEqual(len(seen), 4)
+
+
+    def test_taskChangesNotCoalesced(self) -> None:
+        """
+        Task changes are never held back: this instance's own writes of a
+        task and another instance's hint about it, close together, are all
+        delivered at once (a hint held back or merged with a local record
+        would leave the running work waiting for an answer it was sent).
+        """
+        from mcpsvc.mcp.subscriptions import taskChange
+        from mcpsvc.storage.test.base import task
+
+        clock = Clock()
+        bus = ChangeBus(origin="here", clock=clock, minInterval=1.0)
+        seen: List[Change] = []
+        bus.subscribe(seen.append)
+        bus.publish(taskChange(task(taskID="t-1")))
+        bus.publish(taskChange(task(taskID="t-1")))
+        bus.received(encodeChange(Change("task", taskID="t-1"), "elsewhere"))
+        self.assertEqual(len(seen), 3)
+        self.assertEqual([c.record is None for c in seen], [False, False, True])
 
 class ReloadTests(SynchronousTestCase):
     def test_replaceTools(self) -> None:
@@ -363,6 +442,27 @@ class RedisRelayTests(TestCase):
         await deferLater(reactor, 0.2, lambda: None)
         self.assertEqual(seenA, [Change("tools")])
         self.assertEqual(seenB, [Change("tools")])
+
+    async def test_garbageOnTheChannel(self) -> None:
+        """
+        Whatever someone with access to the Redis publishes on the channel
+        (oversize, binary, deeply nested, wrongly typed), the subscription
+        drops it without a traceback and stays subscribed: the next real
+        change arrives.
+        """
+        a, relayA, seenA = self.instance("a")
+        await self.until(lambda: relayA.subscribed)
+        connection = RedisConnection(redisConnector(url=self.server.url, maxRetryDelay=0.5))
+        connection.open()
+        self.addCleanup(connection.close)
+        for message in ("x" * 1_000_000, b"\xff\xfe\x00" * 100, "[" * 3000 + "]" * 3000,
+                        '{"v":1,"origin":"z","kind":[]}', '{"v":1,"origin":"z","kind":{"a":1}}',
+                        "", "1e999"):
+            await connection.handler.publish("test:changes", message)
+        await connection.handler.publish("test:changes", encodeChange(Change("tools"), "z"))
+        await self.until(lambda: seenA == [Change("tools")])
+        self.assertTrue(relayA.subscribed)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     async def test_redisDrops(self) -> None:
         """

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from mcpsvc.config import Config
 from mcpsvc.mcp.protocol import ProtocolError
 from mcpsvc.mcp.subscriptions import (
     ACKNOWLEDGED,
@@ -321,6 +322,87 @@ class ListenTests(SynchronousTestCase):
         self.h.pump(25)
         self.assertNoResult(done)
         self.h.store.revokeJTI("jti-1", self.h.clock.seconds() + 3600)
+        self.h.pump(25)
+        self.successResultOf(done)
+
+    def test_endsAtExpiryNotAfter(self) -> None:
+        """
+        A stream ends when its token expires, not at the next keep-alive
+        after that.
+        """
+        now = self.h.clock.seconds()
+        self.h.principal = Principal(subject="alice", clientID="client-1",
+                                     scopes=frozenset({"mcp:read"}), expiresAt=now + 10)
+        response, chunks, done = self.listen({"toolsListChanged": True})
+        self.h.pump(9)
+        self.assertNoResult(done)
+        self.h.pump(1)
+        self.successResultOf(done)
+        self.assertEqual(self.h.app.subscriptions.open, 0)
+
+    def test_endsWhenGrantOrClientRevoked(self) -> None:
+        """
+        Revoking the token's grant (its refresh family) or removing its
+        client, not only the token itself, ends the stream at the next
+        keep-alive.
+        """
+        for n, revoked in enumerate(("family:f-1", "client:client-2")):
+            self.h.principal = Principal(
+                subject="alice", clientID=f"client-{n + 1}", scopes=frozenset({"mcp:read"}),
+                jti="jti-2", revocationIDs=("jti-2", f"client:client-{n + 1}", f"family:f-{n + 1}"))
+            response, chunks, done = self.listen({"toolsListChanged": True})
+            self.h.pump(25)
+            self.assertNoResult(done)
+            self.h.store.revokeJTI(revoked, self.h.clock.seconds() + 3600)
+            self.h.pump(25)
+            self.successResultOf(done)
+
+    def test_totalLimit(self) -> None:
+        """
+        C{STREAM_LIMIT_TOTAL} bounds the streams open on the instance,
+        whoever opens them: one more is refused with 429, the JSON-RPC
+        error carrying the request id.
+        """
+        self.h = Harness(self, config=Config(streamLimitTotal=3))
+        for i in range(3):
+            self.h.principal = Principal(subject=f"user-{i}", clientID="client-1",
+                                         scopes=frozenset({"mcp:read"}))
+            self.assertEqual(self.listen({})[0].code, 200)
+        self.h.principal = Principal(subject="user-9", clientID="client-9",
+                                     scopes=frozenset({"mcp:read"}))
+        response, body = self.h.post(
+            self.h.call(98, LISTEN, {"_meta": MODERN_META, "notifications": {}}),
+            self.h.modernHeaders(LISTEN))
+        self.assertEqual(response.code, 429)
+        self.assertEqual(json.loads(body)["id"], 98)
+        self.assertEqual(self.h.app.subscriptions.open, 3)
+
+    def test_legacyStreamEndsWithItsToken(self) -> None:
+        """
+        The handshake era's GET stream is bound to its token too: it ends
+        when the token expires, and at the next keep-alive after the token,
+        its grant or its client is revoked (not only when its session
+        ends).
+        """
+        now = self.h.clock.seconds()
+        self.h.principal = Principal(subject="alice", clientID="client-1",
+                                     scopes=frozenset({"mcp:read"}), expiresAt=now + 10)
+        sid = self.h.initialize()
+        response, chunks, done = self.h.open("GET", headers={
+            "Mcp-Session-Id": sid, "Accept": "text/event-stream"})
+        self.h.pump(9)
+        self.assertNoResult(done)
+        self.h.pump(1)
+        self.successResultOf(done)
+        self.h.principal = Principal(
+            subject="alice", clientID="client-1", scopes=frozenset({"mcp:read"}), jti="jti-9",
+            revocationIDs=("jti-9", "client:client-1", "family:f-9"))
+        sid = self.h.initialize()
+        response, chunks, done = self.h.open("GET", headers={
+            "Mcp-Session-Id": sid, "Accept": "text/event-stream"})
+        self.h.pump(25)
+        self.assertNoResult(done)
+        self.h.store.revokeJTI("family:f-9", self.h.clock.seconds() + 3600)
         self.h.pump(25)
         self.successResultOf(done)
 

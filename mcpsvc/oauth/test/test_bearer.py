@@ -79,6 +79,10 @@ class BearerTests(OAuthTestCase):
             (self.client["client_id"], frozenset({"mcp:tools", "mcp:read"}), "bearer"),
         )
         self.assertTrue(principal.subject.startswith("auto-"))
+        # what a long-lived stream checks: the token, its client, its grant
+        self.assertEqual(principal.revocationIDs[:2],
+                         (principal.jti, "client:" + self.client["client_id"]))
+        self.assertEqual(len(principal.revocationIDs), 3)
 
     def test_noToken(self) -> None:
         """

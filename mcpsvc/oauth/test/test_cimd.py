@@ -144,6 +144,28 @@ class DocumentRulesTests(OAuthTestCase):
                              "auth_method")
         self.assertEqual(self.reason(clientDocument(client_secret="x")), "secret")
         self.assertEqual(self.reason(clientDocument(client_secret_expires_at=0)), "secret")
+        # any client_secret_* member, whatever its value
+        self.assertEqual(self.reason(clientDocument(client_secret_hash="x")), "secret")
+        self.assertEqual(self.reason(clientDocument(client_secret_issued_at=None,
+                                                    CLIENT_SECRET="x")), "secret")
+
+    def test_controlCharactersInNameRefused(self) -> None:
+        """
+        A document's name with control characters (a terminal escape for
+        whoever runs C{mcpsvc clients list}, a forged log line) is refused.
+        """
+        for name in ("App\x1b[2J", "App\nClient metadata document changed"):
+            self.assertEqual(self.reason(clientDocument(client_name=name)), "metadata")
+
+    def test_privateKeysRefusedWhateverTheMethod(self) -> None:
+        """
+        A C{jwks} with private or symmetric key members is refused even
+        when the document does not use C{private_key_jwt} (it was
+        published: the key is compromised, and it must not be stored).
+        """
+        for key in ({"kty": "oct", "k": "c2VjcmV0"}, {"kty": "EC", "crv": "P-256", "x": "a",
+                                                   "y": "b", "d": "c"}):
+            self.assertEqual(self.reason(clientDocument(jwks={"keys": [key]})), "jwks")
 
     def test_requiredFields(self) -> None:
         """
@@ -363,6 +385,21 @@ class DocumentClientTests(DocumentMixin, OAuthTestCase):
         [failed] = self.events.audits("client.auth_failed")
         self.assertIn("metadata document", failed["reason"])
 
+    def test_documentChangedBetweenAuthorizeAndToken(self) -> None:
+        """
+        A code issued for a redirect URI that the document no longer lists
+        when the code is exchanged (the document changed meanwhile) is
+        refused: the publisher withdrew that address.
+        """
+        self.serveDocument(Cache_Control="max-age=60")
+        code = self.getCode(self.client)
+        self.serveDocument(clientDocument(redirect_uris=["https://app.example.com/v2/callback"]),
+                           Cache_Control="max-age=60")
+        self.clock.advance(61)
+        response, body = self.exchange(self.client, code)
+        self.assertOAuthError(response, body, 400, "invalid_grant")
+        self.assertIn("no longer", body["error_description"])
+
     def test_changedDocumentAfterLifetime(self) -> None:
         """
         The stored copy is used for its cache lifetime; after it, the
@@ -487,6 +524,25 @@ class DocumentClientTests(DocumentMixin, OAuthTestCase):
         self.assertOAuthError(response, body, 400, "invalid_client")
         self.assertEqual(body["error_description"], "Unknown client")
         self.assertEqual(self.agent.requests, [])
+
+    def test_offIgnoresStoredDocuments(self) -> None:
+        """
+        With CIMD turned off, a client resolved from its document while it
+        was on is unknown: its stored record (which would never be fetched
+        again) is not used, at the authorization or the token endpoint.
+        """
+        self.serveDocument()
+        response, _ = self.authorize(self.client)
+        self.assertEqual(response.code, 302)
+        self.successResultOf(self.store.getClient(URL))
+        self.configure(self.config.replace(cimd=False))
+        response, body = self.authorize(self.client)
+        self.assertOAuthError(response, body, 400, "invalid_client")
+        self.assertEqual(body["error_description"], "Unknown client")
+        response, body = self.request("POST", "/oauth/token", data={
+            "grant_type": "authorization_code", "code": "x", "client_id": URL,
+            "redirect_uri": WEB_REDIRECT, "code_verifier": "v" * 43})
+        self.assertOAuthError(response, body, 401, "invalid_client")
 
     def test_registrationUnchanged(self) -> None:
         """
@@ -622,6 +678,29 @@ class DocumentConsentTests(DocumentMixin, PageTestCase):
         response, forms = self.showPage(self.client)
         self.assertNotIn("New application", forms.allText)
         self.assertIn("First seen by this server: 2 days ago", forms.allText)
+
+    def test_nameCannotImpersonateAnotherHost(self) -> None:
+        """
+        A name that mentions a host other than the document's (a URL, a
+        domain) gets a warning naming both; invisible and direction
+        controlling characters (which could make the name read as another)
+        are not shown. A name mentioning the document's own host, or a
+        host under it, gets no warning.
+        """
+        self.serveDocument(clientDocument(
+            client_name="Google Drive \u202e(moc.elgoog.stnuocca)\u200b https://accounts.google.com"),
+            Cache_Control="max-age=0")
+        _, forms = self.showPage(self.client)
+        text = forms.allText
+        self.assertNotIn("\u202e", text)
+        self.assertNotIn("\u200b", text)
+        self.assertIn("The name mentions moc.elgoog.stnuocca, accounts.google.com.", text)
+        self.assertIn("app.example.com", text)
+        self.serveDocument(clientDocument(client_name="Example (docs.app.example.com) v2.1"),
+                           Cache_Control="max-age=0")
+        self.clock.advance(61)
+        _, forms = self.showPage(self.client)
+        self.assertNotIn("The name mentions", forms.allText)
 
     def test_registeredClientPageUnchanged(self) -> None:
         """

@@ -162,6 +162,23 @@ class NormalizeTests(SynchronousTestCase):
             "invalid_client_metadata", {"redirect_uris": [SNOW], "token_endpoint_auth_method": 1}
         )
 
+    def test_controlCharactersRefused(self) -> None:
+        """
+        Text fields (a name that the admin commands print to a terminal,
+        the logs and the consent page show) may not contain control
+        characters: no terminal escape sequences, no forged log lines.
+        Other scripts and direction marks are kept.
+        """
+        for name in ("x\x1b]0;pwned\x07", "x\nFAKE LOG LINE", "x\r", "x\x00", "x\x9b31m",
+                     "x\x7f"):
+            self.assertMetadataError("invalid_client_metadata",
+                                     {"redirect_uris": [SNOW], "client_name": name})
+        self.assertMetadataError("invalid_client_metadata",
+                                 {"redirect_uris": [SNOW], "client_uri": "https://a.example/\x1b"})
+        md = normalizeMetadata({"redirect_uris": [SNOW], "client_name": "\u05e9\u05dc\u05d5\u05dd \u200fApp"},
+                               patterns=DEFAULT_REDIRECT_PATTERNS)
+        self.assertEqual(md["client_name"], "\u05e9\u05dc\u05d5\u05dd \u200fApp")
+
     def test_registrationResponse(self) -> None:
         """
         The response carries the metadata, the id, the issue time and, for

@@ -11,14 +11,17 @@ from typing import Any, Dict, List
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseDone
 
 from mcpsvc.oauth.fetch import (
+    DEFAULT_TIMEOUT,
+    MAX_WIRE_BYTES,
     FetchedDocument,
     FetchError,
     FetchPolicy,
@@ -46,6 +49,14 @@ class AddressTests(SynchronousTestCase):
             "::1", "::", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1", "2001:db8::1",
             "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::a00:1", "2002:a00:1::1",
             "2001:0:4136:e378:8000:63bf:3fff:fdd2", "fe80::1%eth0", "not-an-address",
+            # IPv4-compatible (deprecated ::/96), whatever it embeds
+            "::127.0.0.1", "::10.0.0.1", "::93.184.216.34",
+            # local-use NAT64 (RFC 8215), IPv4-translated (SIIT), site-local
+            "64:ff9b:1::a00:1", "64:ff9b:1::5db8:d822", "::ffff:0:7f00:1", "fec0::1",
+            # IETF protocol assignments, the deprecated 6to4 relay anycast,
+            # ranges newer than some Python versions' tables: IPv6
+            # documentation (RFC 9637), SRv6 SIDs (RFC 9602)
+            "192.0.0.8", "192.0.0.170", "192.88.99.1", "3fff::1", "5f00::1",
         ):
             self.assertFalse(isPublicAddress(address), address)
 
@@ -155,7 +166,8 @@ class ConnectionRulesTests(SynchronousTestCase):
         second lookup), on the URL's port, with TLS naming the host (SNI
         and certificate); a refused connection is a temporary failure.
         """
-        fetcher = self.fetcher({"app.example.com": ["93.184.216.34", "93.184.216.35"]})
+        fetcher = self.fetcher({"app.example.com": ["93.184.216.34", "93.184.216.35"]},
+                               allowedHosts=("app.example.com",))
         d = fetcher.fetchJSON("https://app.example.com:8443/client.json")
         self.assertEqual(len(self.reactor.tcpClients), 1)
         host, port, factory, _, _ = self.reactor.tcpClients[0]
@@ -167,6 +179,19 @@ class ConnectionRulesTests(SynchronousTestCase):
         self.assertEqual(error.reason, "connect")
         self.assertTrue(error.temporary)
 
+    def test_proxyEnvironmentIgnored(self) -> None:
+        """
+        C{HTTPS_PROXY}, C{HTTP_PROXY} and C{ALL_PROXY} in the environment
+        do not route a fetch: the connection goes to the checked address.
+        """
+        import os
+
+        for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+            self.patch(os, "environ", {**os.environ, name: "http://10.0.0.1:3128"})
+        fetcher = self.fetcher({"app.example.com": ["93.184.216.34"]})
+        fetcher.fetchJSON(URL)
+        self.assertEqual([c[:2] for c in self.reactor.tcpClients], [("93.184.216.34", 443)])
+
     def test_ipv6(self) -> None:
         """
         A host with a public IPv6 address, or a public IPv6 literal, is
@@ -176,8 +201,8 @@ class ConnectionRulesTests(SynchronousTestCase):
         fetcher.fetchJSON(URL)
         self.assertEqual(self.reactor.tcpClients[0][:2], ("2606:4700:4700::1111", 443))
         fetcher = self.fetcher({})
-        fetcher.fetchJSON("https://[2606:4700:4700::1111]:8443/c.json")
-        self.assertEqual(self.reactor.tcpClients[0][:2], ("2606:4700:4700::1111", 8443))
+        fetcher.fetchJSON("https://[2606:4700:4700::1111]/c.json")
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("2606:4700:4700::1111", 443))
         self.assertEqual(self.resolver.lookups, [], "a literal address is not looked up")
 
     def test_httpRefusedInProduction(self) -> None:
@@ -197,6 +222,24 @@ class ConnectionRulesTests(SynchronousTestCase):
         self.refused(fetcher, "http://app.example.com/client.json", "scheme")
         self.refused(fetcher, "http://10.0.0.1/client.json", "scheme")
         self.refused(fetcher, "http://localhost:8080/client.json", "scheme")
+
+    def test_developmentStillRefusesInternalAddresses(self) -> None:
+        """
+        Development (the default ENVIRONMENT) relaxes the rules for a test
+        server on this machine only: https to a private, link-local or
+        otherwise internal address is still refused; loopback and public
+        addresses are fetched.
+        """
+        for addresses in (["10.0.0.5"], ["192.168.1.1"], ["169.254.169.254"], ["fd00::1"],
+                          ["93.184.216.34", "172.16.0.1"]):
+            fetcher = self.fetcher({"internal.example": addresses}, production=False)
+            self.refused(fetcher, "https://internal.example/c.json", "address")
+        fetcher = self.fetcher({}, production=False)
+        self.refused(fetcher, "https://10.1.2.3/c.json", "address")
+        for address in ("127.0.0.1", "93.184.216.34"):
+            fetcher = self.fetcher({"ok.example": [address]}, production=False)
+            fetcher.fetchJSON("https://ok.example:8443/c.json")
+            self.assertEqual(self.reactor.tcpClients[0][:2], (address, 8443))
 
     def test_developmentFetchOverLoopback(self) -> None:
         """
@@ -232,6 +275,30 @@ class ConnectionRulesTests(SynchronousTestCase):
         self.assertEqual(result.headers["cache-control"], "max-age=60")
         self.assertTrue(any("over plain http" in str(e.get("log_format")) for e in events))
 
+    def test_headerFloodCutOff(self) -> None:
+        """
+        A server that sends headers without end (Twisted's client parser
+        bounds each line, not their number) is cut off once the
+        connection has received L{MAX_WIRE_BYTES}: a bounded, temporary
+        failure rather than memory growing until the timeout.
+        """
+        fetcher = self.fetcher({"localhost": ["127.0.0.1"]}, production=False)
+        d = fetcher.fetchJSON("http://localhost:8080/client.json")
+        factory = self.reactor.tcpClients[0][2]
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\n")
+        line = b"X-Flood: " + b"x" * 1000 + b"\r\n"
+        for _ in range(MAX_WIRE_BYTES // len(line) + 2):
+            if transport.disconnecting or getattr(transport, "disconnected", False):
+                break
+            protocol.dataReceived(line)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        error = self.failureResultOf(d, FetchError).value
+        self.assertEqual(error.reason, "too-large")
+
     def test_peerCheckedOnConnect(self) -> None:
         """
         The socket's peer address is checked again once connected: a
@@ -258,6 +325,148 @@ class ConnectionRulesTests(SynchronousTestCase):
         self.refused(fetcher, "https://a.evil.example/c.json", "denied")
         self.refused(fetcher, "https://other.example.com/c.json", "not-allowed")
         self.assertEqual(self.resolver.lookups, [])
+
+    def test_nonCanonicalHostsRefused(self) -> None:
+        """
+        A host that is not a plain DNS name or a standard address literal
+        is refused before any lookup: IPv4 in decimal, octal, hex or short
+        forms (which C{getaddrinfo} would turn into an address), percent
+        encoding, empty or oversize labels, underscores, IPv6 zone ids,
+        backslashes.
+        """
+        fetcher = self.fetcher({})
+        for url in ("https://2130706433/c.json", "https://0x7f000001/c.json",
+                    "https://0x7f.1/c.json", "https://017700000001/c.json",
+                    "https://127.1/c.json", "https://0177.0.0.1/c.json",
+                    "https://127.000.000.001/c.json", "https://ex%61mple.com/c.json",
+                    "https://app..example.com/c.json", "https://-app.example.com/c.json",
+                    "https://app_1.example.com/c.json", "https://[fe80::1%25eth0]/c.json",
+                    "https://[2606:4700::1111%25eth0]/c.json",
+                    "https://" + "a" * 64 + ".example.com/c.json",
+                    "https://app.example.com\\@evil.example/c.json",
+                    "https://app.example.com:/c.json", "https://app.example.com:0/c.json"):
+            self.refused(fetcher, url, "url")
+        self.assertEqual(self.resolver.lookups, [])
+
+    def test_localhostNamesRefused(self) -> None:
+        """
+        In production C{localhost} and every name under it (RFC 6761), with
+        or without a trailing dot, are refused before any lookup.
+        """
+        fetcher = self.fetcher({"localhost": ["93.184.216.34"],
+                                "app.localhost": ["93.184.216.34"]})
+        for url in ("https://localhost/c.json", "https://LOCALHOST./c.json",
+                    "https://app.localhost/c.json", "https://app.localhost./c.json"):
+            error = self.refused(fetcher, url, "address")
+            self.assertEqual(error.message, "the host does not resolve to a public address")
+        self.assertEqual(self.resolver.lookups, [])
+
+    def test_portsInProduction(self) -> None:
+        """
+        In production only port 443 is fetched (anything else would let a
+        client probe the ports of public hosts through us), unless the
+        host is on the allow-list; in development any port.
+        """
+        fetcher = self.fetcher({"app.example.com": ["93.184.216.34"]})
+        for url in ("https://app.example.com:8443/c.json", "https://app.example.com:22/c.json",
+                    "https://[2606:4700:4700::1111]:6379/c.json",
+                    "https://93.184.216.34:25/c.json"):
+            self.refused(fetcher, url, "port")
+        self.assertEqual(self.resolver.lookups, [])
+        fetcher = self.fetcher({"app.example.com": ["93.184.216.34"]})
+        fetcher.fetchJSON("https://app.example.com:443/c.json")
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("93.184.216.34", 443))
+        fetcher = self.fetcher({"app.example.com": ["93.184.216.34"]},
+                               allowedHosts=("app.example.com",))
+        fetcher.fetchJSON("https://app.example.com:8443/c.json")
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("93.184.216.34", 8443))
+        fetcher = self.fetcher({"localhost": ["127.0.0.1"]}, production=False)
+        fetcher.fetchJSON("http://localhost:8080/c.json")
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("127.0.0.1", 8080))
+
+    def test_perHostCountsAnAddressOnce(self) -> None:
+        """
+        The per-host bound counts an address literal however it is
+        written (IPv6 zero compression, upper case).
+        """
+        fetcher = self.fetcher({}, maxPerHost=2)
+        fetcher.fetchJSON("https://[2606:4700::1111]/a.json")
+        fetcher.fetchJSON("https://[2606:4700:0:0::1111]/b.json")
+        busy = self.failureResultOf(fetcher.fetchJSON("https://[2606:4700:0000::1111]/c.json"),
+                                    FetchError).value
+        self.assertEqual(busy.reason, "busy")
+
+    def test_lookupThreadsBounded(self) -> None:
+        """
+        Lookups run in the reactor's thread pool, which other work shares,
+        and a lookup cannot be stopped once its thread runs it: at most
+        C{maxLookups} run at once, counted until their thread returns (not
+        until their fetch times out), so hosts whose DNS never answers
+        cannot queue up lookups and starve the pool. One more fetch is
+        refused (C{busy}) without a lookup.
+        """
+        self.reactor = MemoryReactorClock()
+        started: List[Deferred] = []
+
+        def runInThread(f: Any, *a: Any, **kw: Any) -> Deferred:
+            d: Deferred = Deferred()
+            started.append(d)
+            return d
+
+        fetcher = SafeFetcher(reactor=self.reactor, runInThread=runInThread,
+                              policy=FetchPolicy(production=True, maxLookups=2))
+        first = fetcher.fetchJSON("https://h0.example.com/c.json")
+        second = fetcher.fetchJSON("https://h1.example.com/c.json")
+        self.assertEqual(len(started), 2)
+        self.reactor.advance(DEFAULT_TIMEOUT)
+        for d in (first, second):
+            self.assertEqual(self.failureResultOf(d, FetchError).value.reason, "timeout")
+        busy = self.failureResultOf(fetcher.fetchJSON("https://h2.example.com/c.json"),
+                                    FetchError).value
+        self.assertEqual((busy.reason, busy.temporary), ("busy", True))
+        self.assertEqual(len(started), 2, "no third lookup while two threads still run")
+        started[0].callback(["93.184.216.34"])
+        fetcher.fetchJSON("https://h3.example.com/c.json")
+        self.assertEqual(len(started), 3)
+
+    def test_schemeCaseStillTLS(self) -> None:
+        """
+        An upper-case scheme is still https: the connection is made with
+        TLS naming the host (never plain TCP to port 443).
+        """
+        fetcher = self.fetcher({"app.example.com": ["93.184.216.34"]})
+        fetcher.fetchJSON("HTTPS://app.example.com/c.json")
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("93.184.216.34", 443))
+        self.assertEqual(self.serverNames, ["app.example.com"])
+        self.refused(self.fetcher({"app.example.com": ["93.184.216.34"]}),
+                     "HTTP://app.example.com/c.json", "scheme")
+
+    def test_concurrencyBounded(self) -> None:
+        """
+        At most C{maxPerHost} fetches run at once to one host and
+        C{maxConcurrent} in all; more are refused at once (a temporary
+        C{busy} failure) without a lookup or a connection, and the slots
+        are given back when fetches end.
+        """
+        answers = {f"h{i}.example.com": ["93.184.216.34"] for i in range(5)}
+        fetcher = self.fetcher(answers, maxPerHost=2, maxConcurrent=3)
+        first = fetcher.fetchJSON("https://h0.example.com/a.json")
+        fetcher.fetchJSON("https://h0.example.com/b.json")
+        busy = self.failureResultOf(fetcher.fetchJSON("https://h0.example.com/c.json"),
+                                    FetchError).value
+        self.assertEqual(busy.reason, "busy")
+        self.assertTrue(busy.temporary)
+        fetcher.fetchJSON("https://h1.example.com/a.json")
+        busy = self.failureResultOf(fetcher.fetchJSON("https://h2.example.com/a.json"),
+                                    FetchError).value
+        self.assertEqual(busy.reason, "busy")
+        self.assertEqual(len(self.reactor.tcpClients), 3)
+        self.assertNotIn("h2.example.com", self.resolver.lookups)
+        factory = self.reactor.tcpClients[0][2]
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.failureResultOf(first, FetchError)
+        fetcher.fetchJSON("https://h2.example.com/a.json")
+        self.assertEqual(len(self.reactor.tcpClients), 4)
 
     def test_badURLs(self) -> None:
         """
@@ -396,6 +605,50 @@ class ResponseRulesTests(SynchronousTestCase):
         self.clock.advance(5)
         self.assertEqual(self.failureResultOf(d, FetchError).value.reason, "timeout")
         self.assertEqual(slow.transport.producerState, "stopped")
+
+    def test_duplicateKeysRefused(self) -> None:
+        """
+        An object with a repeated member name is refused (parsers disagree
+        on which one counts: C{client_id} twice could mean two clients),
+        at any depth.
+        """
+        for body in (b'{"client_id": "https://a.example/c", "client_id": "https://b.example/c"}',
+                     b'{"a": {"x": 1, "x": 2}}', b'{"a": [{"x": 1, "x": 1}]}'):
+            self.agent.serve(URL, document(body))
+            self.refused("json")
+
+    def test_deepNestingRefused(self) -> None:
+        """
+        Deeply nested JSON (a parser bomb) is refused as C{json}, whatever
+        the size cap.
+        """
+        for body in (b"[" * 100000 + b"]" * 100000, b'{"a":' * 50000 + b"1" + b"}" * 50000,
+                     b'{"a": ' + b"[" * 65 + b"]" * 65 + b"}"):
+            self.agent.serve(URL, document(body))
+            self.refused("json", maxBytes=1024 * 1024)
+
+    def test_bodyEndsAfterTimeout(self) -> None:
+        """
+        A body that ends (or is cut) after the fetch timed out changes
+        nothing and logs no error.
+        """
+        holder: List[Any] = []
+
+        class Slow(FakeResponse):
+            def deliverBody(self, protocol: Any) -> None:
+                holder.append(protocol)
+                protocol.makeConnection(self.transport)
+                protocol.dataReceived(b"{")
+
+        for reason in (ResponseDone(), ConnectionLost()):
+            self.agent.serve(URL, Slow(200, {"Content-Type": "application/json"}, b"",
+                                       length=UNKNOWN))
+            d = self.fetcher.fetchJSON(URL)
+            self.clock.advance(5)
+            self.assertEqual(self.failureResultOf(d, FetchError).value.reason, "timeout")
+            holder[-1].dataReceived(b"}")
+            holder[-1].connectionLost(Failure(reason))
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_agentFailure(self) -> None:
         """

@@ -618,8 +618,9 @@ class Dispatcher:
         return result
 
     async def _resourcesList(self, request: Request, context: RequestContext) -> Dict[str, Any]:
-        return self._listed(request, context, "resources",
-                            self.registry.features.resourceList())
+        features = self.registry.features
+        skills = await features.currentSkills() if features.hasSkills else None
+        return self._listed(request, context, "resources", features.resourceList(skills))
 
     async def _templatesList(self, request: Request, context: RequestContext) -> Dict[str, Any]:
         features = self.registry.features
@@ -645,6 +646,9 @@ class Dispatcher:
                 if isinstance(outcome, _InputRequired):
                     return outcome.result
                 contents = outcome
+        elif uri.startswith("skill://") and self.registry.features.skillSource is not None:
+            # Skills read at request time (SKILLS_DIR).
+            contents = (await self.registry.features.currentSkills()).read(uri)
         if not contents:
             # 2026-07-28 moved "resource not found" to -32602.
             code = INVALID_PARAMS if context.modern else RESOURCE_NOT_FOUND
@@ -665,7 +669,8 @@ class Dispatcher:
         return uri
 
     async def _skillsList(self, request: Request, context: RequestContext) -> Dict[str, Any]:
-        found = self.registry.features.skills.page(request.params.get("cursor"))
+        skills = await self.registry.features.currentSkills()
+        found = skills.page(request.params.get("cursor"))
         if found is None:
             raise ProtocolError(INVALID_PARAMS, "Invalid cursor")
         skills, nextCursor = found
@@ -678,7 +683,7 @@ class Dispatcher:
 
     async def _skillsGet(self, request: Request, context: RequestContext) -> Dict[str, Any]:
         uri = self._uriParam(request)
-        skill = self.registry.features.skills.get(uri)
+        skill = (await self.registry.features.currentSkills()).get(uri)
         if skill is None:
             raise ProtocolError(
                 INVALID_PARAMS, f"No skill is served at {uri[:200]}", data={"uri": uri[:500]}
@@ -687,7 +692,7 @@ class Dispatcher:
 
     async def _directoryRead(self, request: Request, context: RequestContext) -> Dict[str, Any]:
         uri = self._uriParam(request)
-        skills = self.registry.features.skills
+        skills = await self.registry.features.currentSkills()
         if not skills.isDirectory(uri):
             raise ProtocolError(
                 INVALID_PARAMS, f"{uri[:200]} is not a directory resource", data={"uri": uri[:500]}

@@ -25,6 +25,7 @@ import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Pattern, Sequence, Tuple
 
 from attrs import field, frozen
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import Attribute, Interface
 
 from mcpsvc.tools.skills import SKILLS_EXTENSION, Skill, SkillSet
@@ -172,6 +173,11 @@ class Features:
         change, so no update is ever sent).
     @ivar skills: skills (the skills extension), served at
         C{skill://<path>/<file>}.
+    @ivar skillSource: skills read at request time (the C{skills} pack's
+        L{mcpsvc.tools.skilldir.DirectorySkills}): an object whose
+        C{current(packSkills)} returns a Deferred firing with the
+        L{SkillSet} to serve, the packs' skills included. At most one pack
+        gives one.
     """
 
     resources: Sequence[Resource] = ()
@@ -180,6 +186,7 @@ class Features:
     complete: Optional[Callable[[Mapping[str, Any], str, str], List[str]]] = None
     subscribable: bool = False
     skills: Sequence[Skill] = ()
+    skillSource: Any = None
 
 
 class FeatureSet:
@@ -213,6 +220,10 @@ class FeatureSet:
                 self.completers.append(f.complete)
             self.subscribable = self.subscribable or f.subscribable
         self.skills = SkillSet(skill for f in features for skill in f.skills)
+        sources = [f.skillSource for f in features if f.skillSource is not None]
+        if len(sources) > 1:
+            raise ValueError("more than one pack reads skills at request time")
+        self.skillSource = sources[0] if sources else None
         for uri in self.resources:
             if self.skills.read(uri) is not None or self.skills.isDirectory(uri):
                 raise ValueError(f"resource {uri!r} is also a skill's")
@@ -220,18 +231,30 @@ class FeatureSet:
     @property
     def hasResources(self) -> bool:
         # Skill files are resources.
-        return bool(self.resources or self.templates or self.skills)
+        return bool(self.resources or self.templates or self.hasSkills)
 
     @property
     def hasSkills(self) -> bool:
-        return bool(self.skills)
+        return bool(self.skills) or self.skillSource is not None
 
-    def resourceList(self) -> List[Dict[str, Any]]:
+    def currentSkills(self) -> "Deferred[SkillSet]":
+        """
+        The skills to serve now: the packs', and those of the skill source
+        if there is one.
+        """
+        if self.skillSource is None:
+            return succeed(self.skills)
+        return self.skillSource.current(self.skills)  # type: ignore[no-any-return]
+
+    def resourceList(self, skills: Optional[SkillSet] = None) -> List[Dict[str, Any]]:
         """
         The C{resources/list} entries: the resources, then each skill's
         C{SKILL.md} (its other files are listed in its skill entry).
+
+        @param skills: the skills (default: the packs').
         """
-        return [r.descriptor() for r in self.resources.values()] + self.skills.resources()
+        skills = self.skills if skills is None else skills
+        return [r.descriptor() for r in self.resources.values()] + skills.resources()
 
     @property
     def hasPrompts(self) -> bool:

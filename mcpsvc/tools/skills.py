@@ -50,6 +50,7 @@ __all__ = [
     "Skill",
     "SkillSet",
     "parseFrontmatter",
+    "compileSkill",
 ]
 
 #: The extension's identifier.
@@ -229,7 +230,15 @@ class _Entry:
         return {"uri": self.uri, "frontmatter": self.frontmatter, "resources": self.resources}
 
 
-def _compile(skill: Skill) -> Tuple[_Entry, List[_File]]:
+_Compiled = Tuple[_Entry, List[_File]]
+
+
+def compileSkill(skill: Skill) -> _Compiled:
+    """
+    Check C{skill} and compute its entry (digests included) and files.
+
+    @raise InvalidSkill: it is unusable.
+    """
     where = f"skill {str(skill.path)[:200]!r}"
     parts = _segments(skill.path, "the skill path")
     name = parts[-1]
@@ -278,6 +287,10 @@ def _compile(skill: Skill) -> Tuple[_Entry, List[_File]]:
     return _Entry(f"{root}/{SKILL_FILE}", name, frontmatter, resources), files
 
 
+def _data(files: List[_File], uri: str) -> bytes:
+    return next(f.data for f in files if f.uri == uri)
+
+
 class SkillSet:
     """
     The skills of every enabled pack, checked and indexed.
@@ -285,12 +298,13 @@ class SkillSet:
     @ivar entries: the skill entries, in path order.
     """
 
-    def __init__(self, skills: Iterable[Skill] = ()) -> None:
+    def __init__(self, skills: Iterable[Skill] = (), compiled: Iterable[_Compiled] = ()) -> None:
         """
+        @param compiled: skills already checked by L{compileSkill}.
         @raise InvalidSkill: a skill is unusable, there are too many, or
             two define one URI differently.
         """
-        compiled = [_compile(skill) for skill in skills]
+        compiled = [compileSkill(skill) for skill in skills] + list(compiled)
         if len(compiled) > MAX_SKILLS:
             raise InvalidSkill(f"{len(compiled)} skills, over the limit of {MAX_SKILLS}")
         compiled.sort(key=lambda c: c[0].uri)
@@ -332,6 +346,48 @@ class SkillSet:
 
     def __bool__(self) -> bool:
         return bool(self.entries)
+
+    def withSkills(self, skills: Iterable[Skill]) -> Tuple["SkillSet", List[str]]:
+        """
+        These skills and as many of C{skills} as are usable: a skill that is
+        invalid, or that takes a URI of these skills (or of an earlier one
+        of C{skills}), is left out. Returns the new set and why each skill
+        was left out.
+        """
+        problems: List[str] = []
+        kept: List[_Compiled] = [(e, [self._files[r["uri"]] for r in e.resources])
+                                 for e in self.entries]
+        known: Dict[str, bytes] = {uri: f.data for uri, f in self._files.items()}
+        directories = {"skill://" + d for d in self._directories}
+        for skill in skills:
+            try:
+                entry, files = compileSkill(skill)
+            except InvalidSkill as e:
+                problems.append(str(e))
+                continue
+            prefixes = set()
+            for f in files:
+                segments = f.uri.split("/")
+                prefixes.update("/".join(segments[:i]) for i in range(3, len(segments)))
+            # A nested skill's files are its enclosing skill's too: the
+            # same bytes at the same URI are no clash.
+            clash = sorted(
+                [f.uri for f in files if f.uri in directories
+                 or known.get(f.uri, f.data) != f.data]
+                + [p for p in prefixes if p in known]
+            )
+            if entry.uri in (e.uri for e, _ in kept):
+                clash.insert(0, entry.uri)
+            if clash:
+                problems.append(f"skill {skill.path!r}: {clash[0]} is already served")
+                continue
+            if len(kept) >= MAX_SKILLS:
+                problems.append(f"skill {skill.path!r}: over the limit of {MAX_SKILLS} skills")
+                continue
+            kept.append((entry, files))
+            known.update((f.uri, f.data) for f in files)
+            directories |= prefixes
+        return SkillSet(compiled=kept), problems
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -237,9 +237,15 @@ class DirectorySkills:
             self._settle(pack, self._current if self._pack is pack and self._current is not None
                          else pack)
 
+        def broken(failure: Failure) -> None:
+            # A bug here must not leave requests waiting.
+            self.log.failure("Serving the skills of SKILLS_DIR failed", failure)
+            if self._loading:
+                self._settle(pack, pack)
+
         d = self.runInThread(self._read, pack)
         d.addCallbacks(loaded, failed)
-        d.addErrback(lambda f: self.log.failure("Serving the skills of SKILLS_DIR failed", f))
+        d.addErrback(broken)
 
     def _settle(self, pack: SkillSet, skills: SkillSet) -> None:
         self._pack = pack

@@ -9,7 +9,7 @@ import json
 import os
 from typing import Any, Dict, List, Tuple
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -221,6 +221,16 @@ class DirectorySkillsTests(SynchronousTestCase):
         self.clock.advance(skilldir.REFRESH_AFTER)
         with capturedLogs():
             self.assertEqual(len(self.successResultOf(source.current(pack))), 3)
+
+    def test_bugDoesNotHang(self) -> None:
+        """
+        Should serving a read fail unexpectedly, waiting requests still get
+        the packs' skills, and the failure is logged with its traceback.
+        """
+        source = DirectorySkills(self.root, clock=self.clock,
+                                 runInThread=lambda f, *a: succeed(None))
+        self.assertIs(self.successResultOf(source.current(self.pack)), self.pack)
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
 
     def test_problemsLoggedWhenTheyChange(self) -> None:
         """

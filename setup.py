@@ -106,6 +106,8 @@ setup(
         "prometheus-client>=0.20",
         "hyperlink>=21.0",
         "zope.interface>=6.0",
+        # SKILL.md front matter (the skills extension).
+        "pyyaml>=6.0",
     ],
     extras_require={
         "test": [

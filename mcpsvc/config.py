@@ -133,6 +133,7 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "TASK_LIMIT": ("20", "most live (working or input_required) tasks of one user and client"),
     "TASK_POLL_INTERVAL": ("1", "seconds between task polls: suggested to clients, and how often an instance reads its running tasks"),
     "FILES_ROOT": (None, "root directory of the files tool pack"),
+    "SKILLS_DIR": (None, "directory of Agent Skills (folders with a SKILL.md) served by the skills extension"),
     "LLM_URL": (None, "Ollama-compatible base URL of the llm tool pack"),
     "METRICS_TOKEN": (None, "bearer token required on /metrics"),
     "RATE_LIMIT_REGISTER": ("20/3600", "registrations per address: count/seconds"),
@@ -265,6 +266,7 @@ class Config:
     taskPollInterval: float = 1.0
     taskLimit: int = 20
     filesRoot: Optional[str] = None
+    skillsDir: Optional[str] = None
     llmURL: Optional[str] = None
     metricsToken: Optional[str] = field(default=None, repr=False)
     rateLimitRegister: RateLimit = RateLimit(count=20, seconds=3600)
@@ -816,6 +818,9 @@ def loadConfig(
     filesRoot = c.get("FILES_ROOT")
     if filesRoot is not None and not os.path.isdir(filesRoot):
         c.errors.append(f"FILES_ROOT {filesRoot!r} is not a directory")
+    skillsDir = c.get("SKILLS_DIR")
+    if skillsDir is not None and not os.path.isdir(skillsDir):
+        c.errors.append(f"SKILLS_DIR {skillsDir!r} is not a directory")
     llmURL = c.get("LLM_URL")
     if llmURL is not None and not _isHTTPURL(llmURL):
         c.errors.append(f"LLM_URL must be an http(s) URL (got {llmURL!r})")
@@ -908,6 +913,7 @@ def loadConfig(
         taskPollInterval=taskPollInterval,
         taskLimit=taskLimit,
         filesRoot=filesRoot,
+        skillsDir=skillsDir,
         llmURL=llmURL,
         metricsToken=metricsToken,
         rateLimitRegister=rates["RATE_LIMIT_REGISTER"],

@@ -16,8 +16,10 @@ per run, as C{scenario/check-id} (or C{scenario/*}: every check of the
 scenario): one not listed fails the test, and so does a listed one that
 passes (the list must stay honest).
 
-The suite's fixture tools, resources and prompts come from the test-only
-C{conformance} pack, enabled only here. Authentication is off for this run
+The suite's fixture tools, resources, prompts and skills (the skills
+extension's scenarios, C{sep-2640-skills-*}, which the suite runs on the
+2026-07-28 wire) come from the test-only C{conformance} pack, enabled only
+here. Authentication is off for this run
 (C{AUTH_MODE=none}): the server scenarios speak MCP without OAuth.
 """
 

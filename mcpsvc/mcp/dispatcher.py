@@ -146,6 +146,10 @@ METHOD_SCOPES: Mapping[str, Tuple[str, ...]] = {
     # The tasks extension: a task is a tool call.
     **{method: (MCP_TOOLS,) for method in TASK_METHODS},
     "subscriptions/listen": (MCP_READ,),
+    # The skills extension: reading, as resources/read.
+    "skills/list": (MCP_READ,),
+    "skills/get": (MCP_READ,),
+    "resources/directory/read": (MCP_READ,),
 }
 
 
@@ -359,6 +363,12 @@ class Dispatcher:
         if features.hasCompletions:
             for table in (self._legacy, self._modern):
                 table["completion/complete"] = self._complete
+        if features.hasSkills:
+            # The skills extension (2026-07-28); in the handshake eras the
+            # skill files are ordinary resources.
+            self._modern["skills/list"] = self._skillsList
+            self._modern["skills/get"] = self._skillsGet
+            self._modern["resources/directory/read"] = self._directoryRead
 
     # -- capabilities and lifecycle -----------------------------------------
 
@@ -565,8 +575,12 @@ class Dispatcher:
             "cacheScope": "private",
         }
         if self.tasks is not None and optedIn(context.clientCapabilities):
-            # Offered to the clients that declare it.
-            result["capabilities"]["extensions"] = {TASKS_EXTENSION: {}}
+            # Offered to the clients that declare it (it changes what
+            # tools/call answers); the skills extension, declared whenever
+            # skills are served, only adds methods.
+            extensions = dict(result["capabilities"].get("extensions") or {})
+            extensions[TASKS_EXTENSION] = {}
+            result["capabilities"]["extensions"] = extensions
         if self.instructions:
             result["instructions"] = self.instructions
         return result
@@ -605,8 +619,8 @@ class Dispatcher:
 
     async def _resourcesList(self, request: Request, context: RequestContext) -> Dict[str, Any]:
         features = self.registry.features
-        return self._listed(request, context, "resources",
-                            [r.descriptor() for r in features.resources.values()])
+        skills = await features.currentSkills() if features.hasSkills else None
+        return self._listed(request, context, "resources", features.resourceList(skills))
 
     async def _templatesList(self, request: Request, context: RequestContext) -> Dict[str, Any]:
         features = self.registry.features
@@ -632,6 +646,9 @@ class Dispatcher:
                 if isinstance(outcome, _InputRequired):
                     return outcome.result
                 contents = outcome
+        elif uri.startswith("skill://") and self.registry.features.skillSource is not None:
+            # Skills read at request time (SKILLS_DIR).
+            contents = (await self.registry.features.currentSkills()).read(uri)
         if not contents:
             # 2026-07-28 moved "resource not found" to -32602.
             code = INVALID_PARAMS if context.modern else RESOURCE_NOT_FOUND
@@ -640,6 +657,53 @@ class Dispatcher:
         if context.modern:
             result["ttlMs"] = LIST_TTL_MS
             result["cacheScope"] = "private"
+        return result
+
+    # -- the skills extension (only when a pack offers skills) --------------
+
+    @staticmethod
+    def _uriParam(request: Request) -> str:
+        uri = request.params.get("uri")
+        if not isinstance(uri, str) or not uri:
+            raise ProtocolError(INVALID_PARAMS, f'{request.method} needs a string "uri"')
+        return uri
+
+    async def _skillsList(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        skills = await self.registry.features.currentSkills()
+        found = skills.page(request.params.get("cursor"))
+        if found is None:
+            raise ProtocolError(INVALID_PARAMS, "Invalid cursor")
+        skills, nextCursor = found
+        result: Dict[str, Any] = {"skills": skills}
+        if nextCursor is not None:
+            result["nextCursor"] = nextCursor
+        result["ttlMs"] = LIST_TTL_MS
+        result["cacheScope"] = "private"
+        return result
+
+    async def _skillsGet(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        uri = self._uriParam(request)
+        skill = (await self.registry.features.currentSkills()).get(uri)
+        if skill is None:
+            raise ProtocolError(
+                INVALID_PARAMS, f"No skill is served at {uri[:200]}", data={"uri": uri[:500]}
+            )
+        return {"skill": skill, "ttlMs": LIST_TTL_MS, "cacheScope": "private"}
+
+    async def _directoryRead(self, request: Request, context: RequestContext) -> Dict[str, Any]:
+        uri = self._uriParam(request)
+        skills = await self.registry.features.currentSkills()
+        if not skills.isDirectory(uri):
+            raise ProtocolError(
+                INVALID_PARAMS, f"{uri[:200]} is not a directory resource", data={"uri": uri[:500]}
+            )
+        found = skills.directory(uri, request.params.get("cursor"))
+        if found is None:
+            raise ProtocolError(INVALID_PARAMS, "Invalid cursor")
+        resources, nextCursor = found
+        result: Dict[str, Any] = {"resources": resources}
+        if nextCursor is not None:
+            result["nextCursor"] = nextCursor
         return result
 
     async def _subscribe(self, request: Request, context: RequestContext) -> Dict[str, Any]:

@@ -1,7 +1,8 @@
 # -*- test-case-name: mcpsvc.tools.test.test_build -*-
 """
-mcpsvc's built-in tool packs, as plugins: C{core}, C{files}, C{llm} and
-the test-only C{conformance}. Each pack builds its tools only when it is
+mcpsvc's built-in tool packs, as plugins: C{core}, C{files}, C{llm},
+C{skills} (no tools: the skills of C{SKILLS_DIR}) and the test-only
+C{conformance}. Each pack builds its tools only when it is
 enabled (see L{mcpsvc.tools.enabledPacks}).
 """
 
@@ -51,6 +52,7 @@ class _BuiltinFeaturePack(_BuiltinPack):
 core = _BuiltinPack("core", "mcpsvc.tools.core", "coreTools")
 files = _BuiltinPack("files", "mcpsvc.tools.files", "filesTools")
 llm = _BuiltinPack("llm", "mcpsvc.tools.llm", "llmTools")
+skills = _BuiltinFeaturePack("skills", "mcpsvc.tools.skilldir", "skillsTools", "skillsFeatures")
 conformance = _BuiltinFeaturePack(
     "conformance", "mcpsvc.tools.conformance", "conformanceTools", "conformanceFeatures"
 )

@@ -80,6 +80,11 @@ VERIFIER = "v" * 43
 OAUTH_PREFIXES = ("/oauth/", "/authorize", "/token", "/register", "/revoke")
 BIG = RateLimit(count=1_000_000, seconds=1)
 MODERN = "2026-07-28"
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "fuzz", "version": "1"},
+}
 TASKS_META = {
     "io.modelcontextprotocol/protocolVersion": MODERN,
     "io.modelcontextprotocol/clientCapabilities": {
@@ -1016,6 +1021,42 @@ class TasksFuzzTests(FuzzMixin, SynchronousTestCase):
         service.clock.advance(data.draw(st.sampled_from([0, 0, 1, 30]), label="advance"))
         bad = self.watch.take()
         assert not bad, "the task logged:\n" + "\n".join(bad)
+
+
+class SkillsFuzzTests(FuzzMixin, SynchronousTestCase):
+    """
+    Mutated C{skills/list}, C{skills/get}, C{resources/directory/read} and
+    C{resources/read} of skill files (2026-07-28, the skills extension):
+    URIs near the served ones (traversal, encodings, prefixes), cursors of
+    any shape, headers.
+    """
+
+    @FUZZ
+    @given(data=st.data())
+    def test_skills(self, data: Any) -> None:
+        service = self.service
+        method = data.draw(st.sampled_from(["skills/list", "skills/get", "resources/directory/read",
+                                            "resources/read"]), label="method")
+        uri = data.draw(st.sampled_from([
+            "skill://release-notes/SKILL.md", "skill://release-notes", "skill://acme",
+            "skill://release-notes/templates/major", "skill://release-notes/../acme/SKILL.md",
+            "skill://release-notes/%2e%2e/SKILL.md", "skill:///SKILL.md", "skill://", "file:///etc/passwd",
+        ]) | st.text(max_size=40).map(lambda t: "skill://" + t) | json_values, label="uri")
+        params: Dict[str, Any] = {"uri": uri, "_meta": MODERN_META}
+        if method == "skills/list":
+            params = {"_meta": MODERN_META}
+        if data.draw(st.booleans(), label="cursor?"):
+            params["cursor"] = data.draw(st.text(max_size=30) | json_values, label="cursor")
+        body = data.draw(st.just(json.dumps({"jsonrpc": "2.0", "id": 9, "method": method,
+                                             "params": params}).encode())
+                         | mutated_json({"jsonrpc": "2.0", "id": 9, "method": method, "params": params}),
+                         label="body")
+        name = uri if method == "resources/read" and isinstance(uri, str) else None
+        headers = service.modernHeaders(method, name)
+        status, parsed = self.check(service.auto, "POST", "/mcp", headers, body)
+        if status == 200 and isinstance(parsed, dict) and "error" in parsed:
+            # Bad input is invalid params (or an unknown method), never internal.
+            assert parsed["error"]["code"] != -32603, parsed
 
 
 class MetricsLabelTests(FuzzMixin, SynchronousTestCase):

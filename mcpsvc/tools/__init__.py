@@ -6,7 +6,8 @@ registry of enabled tools.
 L{buildToolRegistry} finds every tool pack with
 C{twisted.plugin.getPlugins(IToolProvider, mcpsvc.plugins)} and keeps the
 enabled ones: those listed in C{TOOL_PACKS}, plus C{files} when
-C{FILES_ROOT} is set and C{llm} when C{LLM_URL} is set.
+C{FILES_ROOT} is set, C{skills} when C{SKILLS_DIR} is set and C{llm} when
+C{LLM_URL} is set.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def enabledPacks(config: Any) -> FrozenSet[str]:
     packs = set(config.toolPacks)
     if config.filesRoot:
         packs.add("files")
+    if getattr(config, "skillsDir", None):
+        packs.add("skills")
     if config.llmURL:
         packs.add("llm")
     return frozenset(packs)

@@ -20,7 +20,11 @@ list (adds or removes C{test_dynamic_prompt}). The pack also offers the suite's
 resources (C{test://static-text}, C{test://static-binary},
 C{test://watched-resource}, template C{test://template/{id}/data}),
 prompts and completions, through L{mcpsvc.tools.features}: with the pack
-enabled, and only then, mcpsvc declares those capabilities. Not provided:
+enabled, and only then, mcpsvc declares those capabilities. Its skills
+(L{CONFORMANCE_SKILLS}: C{skill://release-notes/SKILL.md} with files in
+subdirectories, and C{skill://acme/billing/refunds/SKILL.md} under a path
+prefix) are the fixtures of the skills extension's scenarios
+(SEP-2640, C{sep-2640-skills-*}). Not provided:
 C{test_reconnection} (SSE resumption, which mcpsvc does not implement).
 """
 
@@ -35,6 +39,7 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 
 from mcpsvc.tools.features import Features, Prompt, PromptArgument, Resource, ResourceTemplate
+from mcpsvc.tools.skills import Skill
 from mcpsvc.mcp.protocol import INTERNAL_ERROR
 from mcpsvc.tools.interfaces import (
     Tool,
@@ -46,7 +51,9 @@ from mcpsvc.tools.interfaces import (
     textContent,
 )
 
-__all__ = ["conformanceTools", "conformanceFeatures", "RED_PIXEL_PNG", "SILENT_WAV"]
+__all__ = [
+    "conformanceTools", "conformanceFeatures", "CONFORMANCE_SKILLS", "RED_PIXEL_PNG", "SILENT_WAV",
+]
 
 #: A 1x1 PNG.
 RED_PIXEL_PNG = (
@@ -584,6 +591,39 @@ def _completeArgument(ref: Mapping[str, Any], name: str, value: str) -> List[str
     return []
 
 
+#: The skills of the pack (the skills extension's fixtures).
+CONFORMANCE_SKILLS = (
+    Skill(path="release-notes", files={
+        "SKILL.md": (
+            b"---\n"
+            b"name: release-notes\n"
+            b"description: Write release notes from a list of merged changes\n"
+            b"license: Apache-2.0\n"
+            b"metadata:\n"
+            b"  version: \"1.2\"\n"
+            b"  audience: [operators, developers]\n"
+            b"---\n\n"
+            b"# Release notes\n\n"
+            b"Group the changes as `references/STYLE.md` says, and start from the\n"
+            b"matching template in `templates/`.\n"
+        ),
+        "references/STYLE.md": b"# Style\n\nOne line per change, newest first.\n",
+        "templates/minor.md": b"## {version}\n\n### Changes\n",
+        "templates/major/upgrade.md": b"## Upgrading to {version}\n",
+    }),
+    Skill(path="acme/billing/refunds", files={
+        "SKILL.md": (
+            b"---\n"
+            b"name: refunds\n"
+            b"description: Process customer refund requests per company policy\n"
+            b"---\n\n"
+            b"# Refunds\n\nAnswer with the email in `examples/email.md`.\n"
+        ),
+        "examples/email.md": b"Dear customer,\n\nYour refund is on its way.\n",
+    }),
+)
+
+
 def conformanceFeatures(context: ToolPackContext) -> Features:
     """
     Return the conformance resources, resource template, prompts and
@@ -669,4 +709,5 @@ def conformanceFeatures(context: ToolPackContext) -> Features:
         ],
         complete=_completeArgument,
         subscribable=True,
+        skills=CONFORMANCE_SKILLS,
     )

@@ -10,6 +10,11 @@ L{IFeatureProvider} as well as L{IToolProvider} (the test-only
 C{conformance} pack does) adds them, and the capabilities are declared
 only then.
 
+A pack may also contribute skills (L{mcpsvc.tools.skills.Skill}, the
+skills extension): their C{SKILL.md} files are listed as resources and
+every file of a skill is read with C{resources/read}, so skills declare
+the C{resources} capability too.
+
 Everything here is static and synchronous: the values are computed from the
 request alone.
 """
@@ -20,7 +25,10 @@ import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Pattern, Sequence, Tuple
 
 from attrs import field, frozen
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import Attribute, Interface
+
+from mcpsvc.tools.skills import SKILLS_EXTENSION, Skill, SkillSet
 
 __all__ = [
     "IFeatureProvider",
@@ -30,6 +38,7 @@ __all__ = [
     "PromptArgument",
     "Features",
     "FeatureSet",
+    "Skill",
 ]
 
 
@@ -162,6 +171,13 @@ class Features:
     @ivar complete: C{complete(ref, argumentName, value) -> [values]}.
     @ivar subscribable: resources accept C{resources/subscribe} (they never
         change, so no update is ever sent).
+    @ivar skills: skills (the skills extension), served at
+        C{skill://<path>/<file>}.
+    @ivar skillSource: skills read at request time (the C{skills} pack's
+        L{mcpsvc.tools.skilldir.DirectorySkills}): an object whose
+        C{current(packSkills)} returns a Deferred firing with the
+        L{SkillSet} to serve, the packs' skills included. At most one pack
+        gives one.
     """
 
     resources: Sequence[Resource] = ()
@@ -169,14 +185,22 @@ class Features:
     prompts: Sequence[Prompt] = ()
     complete: Optional[Callable[[Mapping[str, Any], str, str], List[str]]] = None
     subscribable: bool = False
+    skills: Sequence[Skill] = ()
+    skillSource: Any = None
 
 
 class FeatureSet:
     """
     The features of every enabled pack, merged.
+
+    @ivar skills: the skills of every pack (L{SkillSet}).
     """
 
     def __init__(self, features: Sequence[Features] = ()) -> None:
+        """
+        @raise ValueError: two packs define one resource or prompt.
+        @raise mcpsvc.tools.skills.InvalidSkill: a skill is misdefined.
+        """
         self.resources: Dict[str, Resource] = {}
         self.templates: List[ResourceTemplate] = []
         self.prompts: Dict[str, Prompt] = {}
@@ -195,10 +219,42 @@ class FeatureSet:
             if f.complete is not None:
                 self.completers.append(f.complete)
             self.subscribable = self.subscribable or f.subscribable
+        self.skills = SkillSet(skill for f in features for skill in f.skills)
+        sources = [f.skillSource for f in features if f.skillSource is not None]
+        if len(sources) > 1:
+            raise ValueError("more than one pack reads skills at request time")
+        self.skillSource = sources[0] if sources else None
+        for uri in self.resources:
+            if self.skills.read(uri) is not None or self.skills.isDirectory(uri):
+                raise ValueError(f"resource {uri!r} is also a skill's")
 
     @property
     def hasResources(self) -> bool:
-        return bool(self.resources or self.templates)
+        # Skill files are resources.
+        return bool(self.resources or self.templates or self.hasSkills)
+
+    @property
+    def hasSkills(self) -> bool:
+        return bool(self.skills) or self.skillSource is not None
+
+    def currentSkills(self) -> "Deferred[SkillSet]":
+        """
+        The skills to serve now: the packs', and those of the skill source
+        if there is one.
+        """
+        if self.skillSource is None:
+            return succeed(self.skills)
+        return self.skillSource.current(self.skills)  # type: ignore[no-any-return]
+
+    def resourceList(self, skills: Optional[SkillSet] = None) -> List[Dict[str, Any]]:
+        """
+        The C{resources/list} entries: the resources, then each skill's
+        C{SKILL.md} (its other files are listed in its skill entry).
+
+        @param skills: the skills (default: the packs').
+        """
+        skills = self.skills if skills is None else skills
+        return [r.descriptor() for r in self.resources.values()] + skills.resources()
 
     @property
     def hasPrompts(self) -> bool:
@@ -225,6 +281,11 @@ class FeatureSet:
             capabilities["prompts"] = {"listChanged": modern}
         if self.hasCompletions:
             capabilities["completions"] = {}
+        if self.hasSkills and modern:
+            # The extension is defined against 2026-07-28 (the handshake
+            # eras' capabilities have no extensions); every directory of
+            # the skills can be read.
+            capabilities["extensions"] = {SKILLS_EXTENSION: {"directoryRead": True}}
         return capabilities
 
     def read(self, uri: str) -> Optional[List[Dict[str, Any]]]:
@@ -260,6 +321,8 @@ class FeatureSet:
                 if found.asksForInput:
                     return True, lambda clientRequest: found.read(uri, variables, clientRequest)
                 return False, lambda: found.read(uri, variables)
+        if self.skills.read(uri) is not None:
+            return False, lambda: self.skills.read(uri)
         return None
 
     def complete(self, ref: Mapping[str, Any], name: str, value: str) -> Tuple[List[str], int]:

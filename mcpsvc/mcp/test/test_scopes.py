@@ -83,6 +83,14 @@ REQUESTS: Dict[str, Dict[str, Any]] = {
         "argument": {"name": "arg1", "value": "a"}},
 }
 
+#: Likewise for the methods served in the 2026-07-28 era only (the skills
+#: extension's).
+MODERN_REQUESTS: Dict[str, Dict[str, Any]] = {
+    "skills/list": {},
+    "skills/get": {"uri": "skill://release-notes/SKILL.md"},
+    "resources/directory/read": {"uri": "skill://release-notes"},
+}
+
 
 class HandshakeEraScopeTests(SynchronousTestCase):
     """
@@ -120,7 +128,8 @@ class HandshakeEraScopeTests(SynchronousTestCase):
         C{logging/setLevel}; L{REQUESTS} exercises each of them.
         """
         self.assertEqual(TOKEN_ONLY_METHODS, {"ping", "logging/setLevel"})
-        self.assertEqual(set(REQUESTS) | {"server/discover", "subscriptions/listen"} | set(TASK_METHODS),
+        self.assertEqual(set(REQUESTS) | set(MODERN_REQUESTS)
+                         | {"server/discover", "subscriptions/listen"} | set(TASK_METHODS),
                          set(METHOD_SCOPES))
         offered = set(self.h.app.dispatcher.methods(False)) | set(self.h.app.dispatcher.methods(True))
         self.assertLessEqual(set(METHOD_SCOPES) | TOKEN_ONLY_METHODS, offered)
@@ -316,6 +325,21 @@ class ModernEraScopeTests(SynchronousTestCase):
             response, body = self.h.post(self.h.call(7, method, params),
                                          self.h.modernHeaders(method, "t-1"))
             self.assertEqual(json.loads(body)["error"]["code"], -32602, method)
+
+    def test_skillsNeedRead(self) -> None:
+        """
+        The skills extension's methods need C{mcp:read}, as
+        C{resources/read} of the skill files does.
+        """
+        for method, params in MODERN_REQUESTS.items():
+            for scopes in (["mcp:read"], ["mcp:tools"], ["mcp:write"]):
+                response, message = self.send(scopes, method, params)
+                self.assertEqual(response.code, 200, (method, scopes, message))
+                self.assertIn("result", message, (method, scopes))
+            response, message = self.send(["openid"], method, params)
+            self.assertEqual(response.code, 403, method)
+            self.assertEqual(challengeParams(header(response, "www-authenticate"))["scope"],
+                             "mcp:read")
 
     def test_toolCall(self) -> None:
         response, message = self.send(["mcp:read"], "tools/call", {"name": "admin"})

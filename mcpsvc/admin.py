@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, TextIO, Tuple
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 
-from mcpsvc.cli import subcommand
+from mcpsvc.cli import CommandGroup, subcommand
 from mcpsvc.config import Config, ConfigError
 
 __all__ = ["withStore"]
@@ -174,7 +174,8 @@ class ClientsAddOptions(_StoreOptions):
             raise usage.UsageError("--jwks and --jwks-uri go with --auth-method private_key_jwt")
 
 
-class ClientsOptions(usage.Options):
+class ClientsOptions(CommandGroup):
+    noun = "clients"
     synopsis = "list|show|add|remove|rotate-secret|export|import"
     subCommands = [
         ["list", None, ClientsListOptions, "List registered clients."],
@@ -186,10 +187,6 @@ class ClientsOptions(usage.Options):
         ["import", None, ClientsImportOptions,
          "Import clients from our export or the guide's registered_clients.json."],
     ]
-
-    def postOptions(self) -> None:
-        if self.subCommand is None:
-            raise usage.UsageError("a clients command is required")
 
 
 @subcommand("clients", ClientsOptions, "Manage OAuth clients.")
@@ -357,13 +354,10 @@ class TokensRevokeOptions(_StoreOptions):
         self["token"] = token
 
 
-class TokensOptions(usage.Options):
+class TokensOptions(CommandGroup):
+    noun = "tokens"
     synopsis = "revoke TOKEN"
     subCommands = [["revoke", None, TokensRevokeOptions, "Revoke a token."]]
-
-    def postOptions(self) -> None:
-        if self.subCommand is None:
-            raise usage.UsageError("a tokens command is required")
 
 
 @subcommand("tokens", TokensOptions, "Revoke tokens.")
@@ -401,16 +395,13 @@ class KeysListOptions(_StoreOptions):
     pass
 
 
-class KeysOptions(usage.Options):
+class KeysOptions(CommandGroup):
+    noun = "keys"
     synopsis = "rotate|list"
     subCommands = [
         ["rotate", None, KeysRotateOptions, "Publish a new key in JWT_KEYS_DIR; it signs after JWT_KEY_PUBLISH_DELAY."],
         ["list", None, KeysListOptions, "Show each key in JWT_KEYS_DIR: signing, waiting, retired or removable."],
     ]
-
-    def postOptions(self) -> None:
-        if self.subCommand is None:
-            raise usage.UsageError("a keys command is required")
 
 
 def _iso(when: float) -> str:
@@ -503,13 +494,10 @@ class ToolsReloadOptions(_StoreOptions):
     )
 
 
-class ToolsOptions(usage.Options):
+class ToolsOptions(CommandGroup):
+    noun = "tools"
     synopsis = "reload"
     subCommands = [["reload", None, ToolsReloadOptions, "Reload the tool packs of every instance."]]
-
-    def postOptions(self) -> None:
-        if self.subCommand is None:
-            raise usage.UsageError("a tools command is required")
 
 
 @subcommand("tools", ToolsOptions, "Reload the tool packs of running instances.")

@@ -26,7 +26,7 @@ from mcpsvc.config import ConfigError, summary
 from mcpsvc.installation import pluginProblem, versionText
 from mcpsvc.storage.hashing import newSecret
 
-__all__ = ["main", "run"]
+__all__ = ["CommandGroup", "main", "run"]
 
 
 class _CommandOptions(usage.Options):
@@ -51,6 +51,21 @@ _SUBCOMMANDS: List[Any] = [
     ["gen-secret", None, GenSecretOptions, "Print a fresh random secret."],
 ]
 _HANDLERS: Dict[str, Callable[[Any, TextIO, TextIO], int]] = {}
+
+
+class CommandGroup(usage.Options):
+    """
+    The options of a command made of subcommands (C{mcpsvc clients add},
+    C{mcpsvc keys list}, ...): one of them is required.
+
+    @cvar noun: the group's name, for the error (C{"clients"}).
+    """
+
+    noun = "a"
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError(f"a {self.noun} command is required")
 
 
 def subcommand(name: str, options: type, help: str) -> Callable[[Callable[..., int]], Callable[..., int]]:

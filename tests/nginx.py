@@ -111,7 +111,7 @@ class NginxProxy:
     """
 
     def __init__(self, directory: str, upstreamPort: Optional[int] = None) -> None:
-        from tests.test_process import makeCertificate
+        from tests.process import makeCertificate
 
         self.prefix = os.path.abspath(directory)
         os.makedirs(os.path.join(self.prefix, "tmp"), exist_ok=True)

@@ -11,7 +11,6 @@ loopback are refused without a connection.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import os
 import ssl
@@ -24,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mcpsvc.testing.redis import freePort
 from tests.flow import REDIRECT, Flow, http
-from tests.process import SECRET, McpsvcProcess
+from tests.process import SECRET, McpsvcProcess, makeCertificate
 
 REDIRECT2 = "http://127.0.0.1:33418/v2/callback"
 
@@ -275,39 +274,6 @@ class DocumentClientEndToEndTests(DocumentClientMixin, SynchronousTestCase):
         self.assertNotIn("Traceback", process.output)
 
 
-def makeCertificate(directory: str) -> Tuple[str, str]:
-    """
-    A self-signed certificate for the name C{localhost} only (not for
-    127.0.0.1): its key and certificate files.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    keyPath = os.path.join(directory, "key.pem")
-    certPath = os.path.join(directory, "cert.pem")
-    with open(keyPath, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    with open(certPath, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    return keyPath, certPath
-
-
 class HTTPSDocumentTests(SynchronousTestCase):
     """
     A document served over https (a loopback server whose certificate the
@@ -318,7 +284,7 @@ class HTTPSDocumentTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.workdir = os.path.abspath(self.mktemp())
         os.makedirs(self.workdir)
-        self.keyPath, self.certPath = makeCertificate(self.workdir)
+        self.keyPath, self.certPath = makeCertificate(self.workdir, host="localhost", ca=True)
         self.documents = DocumentServer(tls=(self.keyPath, self.certPath))
         self.addCleanup(self.documents.stop)
         self.documentURL = f"https://localhost:{self.documents.port}/oauth/client.json"

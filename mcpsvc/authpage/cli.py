@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, TextIO
 
 from twisted.python import usage
 
-from mcpsvc.cli import subcommand
+from mcpsvc.cli import CommandGroup, subcommand
 
 __all__: List[str] = []
 
@@ -54,7 +54,8 @@ class _NameOptions(_UsersOptions):
         self["name"] = name
 
 
-class UsersOptions(usage.Options):
+class UsersOptions(CommandGroup):
+    noun = "users"
     synopsis = "add|passwd|remove|list"
     subCommands = [
         ["add", None, _NameOptions, "Create an account; reads the password from stdin or a prompt."],
@@ -62,10 +63,6 @@ class UsersOptions(usage.Options):
         ["remove", None, _NameOptions, "Delete an account."],
         ["list", None, _UsersOptions, "List account names."],
     ]
-
-    def postOptions(self) -> None:
-        if self.subCommand is None:
-            raise usage.UsageError("a users command is required")
 
 
 def usersFile(options: Any) -> str:
@@ -172,7 +169,8 @@ class GrantsRevokeOptions(_StoreOptions):
             raise usage.UsageError("give a GRANT_ID or --subject (not both)")
 
 
-class GrantsOptions(usage.Options):
+class GrantsOptions(CommandGroup):
+    noun = "grants"
     synopsis = "list|revoke"
     longdesc = (
         "A grant is what one approval produced: a refresh token family and its newest "
@@ -183,10 +181,6 @@ class GrantsOptions(usage.Options):
         ["list", None, GrantsListOptions, "List live grants."],
         ["revoke", None, GrantsRevokeOptions, "Revoke grants (their tokens stop working)."],
     ]
-
-    def postOptions(self) -> None:
-        if self.subCommand is None:
-            raise usage.UsageError("a grants command is required")
 
 
 def _describeGrant(family: Any) -> Dict[str, Any]:

@@ -34,7 +34,6 @@ import mimetypes
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-import yaml
 from attrs import field, frozen
 
 __all__ = [
@@ -136,6 +135,8 @@ def parseFrontmatter(text: str) -> Dict[str, Any]:
         raise InvalidSkill("SKILL.md does not begin with a --- delimited YAML front matter block")
     if len(found.group(1).encode("utf-8")) > MAX_FRONTMATTER:
         raise InvalidSkill(f"the front matter is longer than {MAX_FRONTMATTER} bytes")
+    import yaml  # here, not at the top: 2.7 MiB that a server without skills never needs
+
     try:
         loaded = yaml.load(found.group(1), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as e:

@@ -81,6 +81,31 @@ class FrontmatterTests(SynchronousTestCase):
             self.assertIn(why, str(e), text)
 
 
+    def test_yamlOnlyWhenParsing(self) -> None:
+        """
+        PyYAML is imported when a C{SKILL.md} is first parsed, not when the
+        server is built: a server without skills does not carry it (2.7 MiB
+        of idle memory).
+        """
+        import subprocess
+        import sys
+
+        code = (
+            "import sys\n"
+            "from mcpsvc.config import Config\n"
+            "from mcpsvc.service import buildService\n"
+            "from twisted.internet import reactor\n"
+            "buildService(Config(jwtSecret='s' * 40, store='memory'), reactor=reactor)\n"
+            "print('yaml' in sys.modules)\n"
+            "from mcpsvc.tools.skills import parseFrontmatter\n"
+            "parseFrontmatter('---\\nname: a\\ndescription: b\\n---\\n')\n"
+            "print('yaml' in sys.modules)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120)
+        self.assertEqual(out.stdout.split(), ["False", "True"], out.stderr[-2000:])
+
+
 class SkillSetTests(SynchronousTestCase):
     def test_entry(self) -> None:
         """

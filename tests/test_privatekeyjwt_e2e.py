@@ -85,26 +85,6 @@ class KeyFlow(Flow):
         return self.request(base, path, method="POST",
                             form=dict(form, **self.assertion(aud or self.serverURL)))
 
-    def exchange(self, base: str, code: str) -> Tuple[int, Dict[str, str], Any]:
-        result = self.post(base, "/oauth/token", {
-            "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
-            "code_verifier": self.verifier, "resource": self.serverURL + "/mcp",
-        })
-        if result[0] == 200:
-            self.tokens = result[2]
-        return result
-
-    def refresh(self, base: str) -> Tuple[int, Dict[str, str], Any]:
-        result = self.post(base, "/oauth/token", {
-            "grant_type": "refresh_token", "refresh_token": self.tokens["refresh_token"],
-        }, aud=self.serverURL + "/oauth/token")
-        if result[0] == 200:
-            self.tokens = result[2]
-        return result
-
-    def revoke(self, base: str, token: str) -> Tuple[int, Dict[str, str], Any]:
-        return self.post(base, "/oauth/revoke", {"token": token}, aud=self.serverURL + "/oauth/revoke")
-
 
 class PrivateKeyJWTEndToEndTests(SynchronousTestCase):
     def setUp(self) -> None:

@@ -126,8 +126,16 @@ class Flow:
     def _auth(self) -> Dict[str, str]:
         return {"Authorization": basic(self.client["client_id"], self.client["client_secret"])}
 
+    def post(self, base: str, path: str, form: Dict[str, str], aud: str = "") -> Tuple[int, Dict[str, str], Any]:
+        """
+        POST C{form} to C{path} as the client (C{client_secret_basic}); a
+        subclass may authenticate otherwise, C{aud} being the audience of
+        a client assertion (the issuer when empty).
+        """
+        return self.request(base, path, method="POST", headers=self._auth(), form=form)
+
     def exchange(self, base: str, code: str) -> Tuple[int, Dict[str, str], Any]:
-        result = self.request(base, "/oauth/token", method="POST", headers=self._auth(), form={
+        result = self.post(base, "/oauth/token", {
             "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
             "code_verifier": self.verifier, "resource": self.serverURL + "/mcp",
         })
@@ -136,16 +144,16 @@ class Flow:
         return result
 
     def refresh(self, base: str) -> Tuple[int, Dict[str, str], Any]:
-        result = self.request(base, "/oauth/token", method="POST", headers=self._auth(), form={
+        result = self.post(base, "/oauth/token", {
             "grant_type": "refresh_token", "refresh_token": self.tokens["refresh_token"],
-        })
+        }, aud=self.serverURL + "/oauth/token")
         if result[0] == 200:
             self.tokens = result[2]
         return result
 
     def revoke(self, base: str, token: str) -> Tuple[int, Dict[str, str], Any]:
-        return self.request(base, "/oauth/revoke", method="POST", headers=self._auth(),
-                            form={"token": token})
+        return self.post(base, "/oauth/revoke", {"token": token},
+                         aud=self.serverURL + "/oauth/revoke")
 
     def mcp(self, base: str, method: str, params: Optional[Dict[str, Any]] = None,
             notification: bool = False, token: Optional[str] = None) -> Tuple[int, Dict[str, str], Any]:

@@ -255,3 +255,45 @@ class McpsvcProcess:
     @property
     def output(self) -> str:
         return "\n".join(self.lines)
+
+
+def startInstances(
+    case: Any, count: int, iat: str, **extra: str,
+) -> Tuple[str, List[McpsvcProcess]]:
+    """
+    Start a real C{redis-server} and C{count} instances of one service on
+    it (C{STORE=redis}, C{DEPLOYMENT_TYPE=multi-server}, one C{JWT_SECRET},
+    C{DCR_AUTH_TOKEN} C{iat}, C{AUTHORIZE_MODE=auto}, and C{extra}), all on
+    loopback, stopped in C{case}'s cleanup.
+
+    @param case: the test case (its C{mktemp} and C{addCleanup}).
+    @return: the public URL of the service (the first instance's, standing
+        in for the load balancer's: the issuer and audience) and the
+        processes.
+    """
+    from mcpsvc.testing.redis import RedisServer, freePort
+
+    redis = RedisServer(os.path.abspath(case.mktemp())).start()
+    case.addCleanup(redis.stop)
+    ports = [freePort() for _ in range(count)]
+    serverURL = f"http://127.0.0.1:{ports[0]}"
+    env: Dict[str, str] = {
+        "STORE": "redis",
+        "REDIS_URL": redis.url,
+        "DEPLOYMENT_TYPE": "multi-server",
+        "JWT_SECRET": SECRET,
+        "DCR_AUTH_TOKEN": iat,
+        "AUTHORIZE_MODE": "auto",
+        "SERVER_URL": serverURL,
+        **extra,
+    }
+    processes = []
+    for port in ports:
+        workdir = os.path.abspath(case.mktemp())
+        os.makedirs(workdir)
+        process = McpsvcProcess(workdir, env=env, listen=[f"tcp:{port}:interface=127.0.0.1"])
+        case.addCleanup(process.kill)
+        processes.append(process)
+    for process in processes:
+        process.start()
+    return serverURL, processes

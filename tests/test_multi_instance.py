@@ -10,45 +10,19 @@ request. Rate limits are counted across all three.
 
 from __future__ import annotations
 
-import os
-from typing import Dict, List
+from typing import List
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mcpsvc.testing.redis import RedisServer, freePort
 from tests.flow import Flow
-from tests.process import SECRET, McpsvcProcess
+from tests.process import McpsvcProcess, startInstances
 
 IAT = "initial-access-token-" + "3" * 24
 
 
 class ThreeInstancesTests(SynchronousTestCase):
     def startInstances(self, **extra: str) -> List[McpsvcProcess]:
-        redis = RedisServer(os.path.abspath(self.mktemp())).start()
-        self.addCleanup(redis.stop)
-        ports = [freePort() for _ in range(3)]
-        # The public URL of the service: the first instance's, standing in
-        # for the load balancer's.
-        self.serverURL = f"http://127.0.0.1:{ports[0]}"
-        env: Dict[str, str] = {
-            "STORE": "redis",
-            "REDIS_URL": redis.url,
-            "DEPLOYMENT_TYPE": "multi-server",
-            "JWT_SECRET": SECRET,
-            "DCR_AUTH_TOKEN": IAT,
-            "AUTHORIZE_MODE": "auto",
-            "SERVER_URL": self.serverURL,
-            **extra,
-        }
-        processes = []
-        for port in ports:
-            workdir = os.path.abspath(self.mktemp())
-            os.makedirs(workdir)
-            process = McpsvcProcess(workdir, env=env, listen=[f"tcp:{port}:interface=127.0.0.1"])
-            self.addCleanup(process.kill)
-            processes.append(process)
-        for process in processes:
-            process.start()
+        self.serverURL, processes = startInstances(self, 3, IAT, **extra)
         return processes
 
     def test_oneServiceAcrossInstances(self) -> None:

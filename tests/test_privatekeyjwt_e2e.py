@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mcpsvc.testing.clientkeys import JWT_BEARER, ClientKey
 from mcpsvc.testing.redis import freePort
 from tests.flow import REDIRECT, Flow, http
-from tests.process import SECRET, McpsvcProcess
+from tests.process import SECRET, McpsvcProcess, startInstances
 
 MCPSVC = os.path.join(os.path.dirname(sys.executable), "mcpsvc")
 IAT = "initial-access-token-" + "p" * 24
@@ -84,26 +84,6 @@ class KeyFlow(Flow):
     def post(self, base: str, path: str, form: Dict[str, str], aud: str = "") -> Tuple[int, Dict[str, str], Any]:
         return self.request(base, path, method="POST",
                             form=dict(form, **self.assertion(aud or self.serverURL)))
-
-    def exchange(self, base: str, code: str) -> Tuple[int, Dict[str, str], Any]:
-        result = self.post(base, "/oauth/token", {
-            "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
-            "code_verifier": self.verifier, "resource": self.serverURL + "/mcp",
-        })
-        if result[0] == 200:
-            self.tokens = result[2]
-        return result
-
-    def refresh(self, base: str) -> Tuple[int, Dict[str, str], Any]:
-        result = self.post(base, "/oauth/token", {
-            "grant_type": "refresh_token", "refresh_token": self.tokens["refresh_token"],
-        }, aud=self.serverURL + "/oauth/token")
-        if result[0] == 200:
-            self.tokens = result[2]
-        return result
-
-    def revoke(self, base: str, token: str) -> Tuple[int, Dict[str, str], Any]:
-        return self.post(base, "/oauth/revoke", {"token": token}, aud=self.serverURL + "/oauth/revoke")
 
 
 class PrivateKeyJWTEndToEndTests(SynchronousTestCase):
@@ -215,24 +195,7 @@ class TwoInstancesTests(SynchronousTestCase):
         registration with C{private_key_jwt} and inline keys gets a token
         on A; the same assertion presented to B is refused as a replay.
         """
-        from mcpsvc.testing.redis import RedisServer
-
-        redis = RedisServer(os.path.abspath(self.mktemp())).start()
-        self.addCleanup(redis.stop)
-        ports = [freePort(), freePort()]
-        serverURL = f"http://127.0.0.1:{ports[0]}"
-        env = {
-            "STORE": "redis", "REDIS_URL": redis.url, "DEPLOYMENT_TYPE": "multi-server",
-            "JWT_SECRET": SECRET, "DCR_AUTH_TOKEN": IAT, "AUTHORIZE_MODE": "auto",
-            "SERVER_URL": serverURL,
-        }
-        processes = []
-        for port in ports:
-            workdir = os.path.abspath(self.mktemp())
-            os.makedirs(workdir)
-            process = McpsvcProcess(workdir, env=env, listen=[f"tcp:{port}:interface=127.0.0.1"])
-            self.addCleanup(process.kill)
-            processes.append(process.start())
+        serverURL, processes = startInstances(self, 2, IAT)
         a, b = processes
         key = ClientKey("EdDSA", kid="ed")
         status, _, client = http(a.url + "/oauth/register", method="POST", body={

@@ -52,7 +52,6 @@ import attrs
 from attrs import Factory, field, frozen
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -108,6 +107,7 @@ from mcpsvc.mcp.protocol import (
 )
 from mcpsvc.mcp.mrtr import deriveStateKey
 from mcpsvc.mcp.tasks import TASK_METHODS, TaskManager, buildTaskManager, optedIn
+from mcpsvc.mcp.streams import TokenBoundStream, sseEvent, startEventStream
 from mcpsvc.mcp.subscriptions import LISTEN_METHOD, Change, Subscriptions, taskChange
 from mcpsvc.audit import audit
 from mcpsvc.oauth.bearer import insufficientScope
@@ -170,10 +170,6 @@ class Accept:
             # Nothing we can produce is listed: answer JSON anyway.
             json_ = True
         return cls(json=json_, sse=sse)
-
-
-def _sseEvent(message: Dict[str, Any]) -> bytes:
-    return b"event: message\ndata: " + encode(message) + b"\n\n"
 
 
 def _decodeHeaderValue(value: str) -> Optional[str]:
@@ -239,19 +235,15 @@ class _Responder:
         if self.started:
             return
         self.started = True
-        request = self.request
-        request.setResponseCode(200)
-        request.setHeader("Content-Type", "text/event-stream")
-        request.setHeader("Cache-Control", "no-cache, no-transform")
-        request.setHeader("X-Accel-Buffering", "no")
+        startEventStream(self.request)
         if flush and not self.gone:
-            request.write(b"")
+            self.request.write(b"")
 
     def _send(self, message: Dict[str, Any]) -> None:
         if self.gone:
             return
         self.start()
-        self.request.write(_sseEvent(message))
+        self.request.write(sseEvent(message))
 
     def final(self, message: Dict[str, Any], status: int = 200) -> bytes:
         """
@@ -261,7 +253,7 @@ class _Responder:
             return b""
         if self.started or (not self.accept.json and status == 200):
             self.start()
-            return _sseEvent(message)
+            return sseEvent(message)
         request = self.request
         request.setResponseCode(status)
         request.setHeader("Content-Type", "application/json")
@@ -282,104 +274,60 @@ class _Responder:
         return self.final(errorMessage(id, REQUEST_CANCELLED, "Request cancelled"))
 
 
-class _EventStream:
+class _EventStream(TokenBoundStream):
     """
     A live GET stream of one session.
     """
+
+    checkFailedMessage = "Checking a stream's session failed"
 
     def __init__(
         self, app: "McpApp", request: IRequest, sessionID: str,
         principal: Tuple[str, str] = ("", ""), token: Optional[Principal] = None,
     ) -> None:
+        # The caller is C{token}: the stream ends with it (expiry, revocation).
+        super().__init__(request, app.clock, token, app.store, KEEPALIVE_INTERVAL, app.log)
         self.app = app
-        self.request = request
         self.sessionID = sessionID
-        #: The caller: the stream ends with its token (expiry, revocation).
-        self.token = token
-        self._expiry: Optional[Any] = None
         self.principal = principal
-        self.done: Deferred[None] = Deferred(lambda d: self._cleanup())
-        self._keepalive = LoopingCall(self._ping)
-        self._keepalive.clock = app.clock
-        self._closed = False
 
     def open(self) -> "Deferred[None]":
-        request = self.request
-        request.setResponseCode(200)
-        request.setHeader("Content-Type", "text/event-stream")
-        request.setHeader("Cache-Control", "no-cache, no-transform")
-        request.setHeader("X-Accel-Buffering", "no")
-        request.write(b": stream opened\n\n")
-        self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
-        if self.token is not None and self.token.expiresAt:
-            # Ends when the token does, not at the next keep-alive after.
-            delay = max(0.0, self.token.expiresAt - self.app.clock.seconds())
-            self._expiry = self.app.clock.callLater(delay, self._tokenEnded, "expired")
+        self._begin()
+        self.request.write(b": stream opened\n\n")
         return self.done
 
     def _tokenEnded(self, why: str) -> None:
-        self._expiry = None
         self.app.log.info("Closed the stream of a session: its token {why}", why=why,
                           sessionID=self.sessionID)
         self.close()
 
-    def _ping(self) -> None:
-        self.request.write(b": keep-alive\n\n")
-        now = self.app.clock.seconds()
+    def _check(self, now: float) -> None:
         # A session ended elsewhere (DELETE or SESSION_LIMIT on another
-        # instance, idle expiry) ends its stream by the next keep-alive.
+        # instance, idle expiry) ends its stream by the next keep-alive;
+        # so does a revoked token, grant (refresh family) or client.
         d = self.app.store.getSession(self.sessionID, now)
         d.addCallbacks(lambda record: None, self._checkFailed)
-        token = self.token
-        ids = () if token is None else (
-            token.revocationIDs or ((token.jti,) if token.jti is not None else ()))
-        if ids:
-            # So does a revoked token, grant (refresh family) or client.
-            revoked = self.app.store.isAnyRevoked(ids, now)
-            revoked.addCallbacks(
-                lambda yes: self._tokenEnded("was revoked") if yes and not self._closed else None,
-                self._checkFailed)
+        self._checkRevoked(now)
 
     def _checkFailed(self, failure: Failure) -> None:
         if failure.check(NoSuchSession):
             self.app.log.info("Closed the stream of an ended session", sessionID=self.sessionID)
             self.close()
         elif not failure.check(StoreUnavailable, CancelledError):
-            self.app.log.failure("Checking a stream's session failed", failure,
-                                 sessionID=self.sessionID)
+            self.app.log.failure(self.checkFailedMessage, failure, sessionID=self.sessionID)
         # The store is unreachable: keep the stream; the next keep-alive
         # checks again.
 
     def send(self, message: Dict[str, Any]) -> None:
         if not self._closed:
-            self.request.write(_sseEvent(message))
+            self.request.write(sseEvent(message))
 
-    def _cleanup(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._keepalive.running:
-            self._keepalive.stop()
-        if self._expiry is not None and self._expiry.active():
-            self._expiry.cancel()
-        self._expiry = None
+    def _forget(self) -> None:
         if self.app._streams.pop(self.sessionID, None) is self:
             counts = self.app._streamCounts
             counts[self.principal] -= 1
             if counts[self.principal] <= 0:
                 del counts[self.principal]
-        closers = getattr(getattr(self.request, "site", None), "streamClosers", None)
-        if closers is not None:
-            closers.discard(self.close)
-
-    def close(self) -> None:
-        """
-        End the stream (server side): the request finishes.
-        """
-        if self._closed:
-            return
-        self._cleanup()
-        self.done.callback(None)
 
 
 def _hostPort(value: str, defaultPort: int) -> Optional[Tuple[str, int]]:
@@ -1166,9 +1114,6 @@ class McpApp:
         stream = _EventStream(self, request, record.sessionID, who, principal)
         self._streams[record.sessionID] = stream
         self._streamCounts[who] = self._streamCounts.get(who, 0) + 1
-        closers = getattr(getattr(request, "site", None), "streamClosers", None)
-        if closers is not None:
-            closers.add(stream.close)
         self.log.debug("Opened a notification stream for a session", sessionID=record.sessionID)
         await stream.open()
         return b""

@@ -51,11 +51,9 @@ from __future__ import annotations
 from typing import Any, Callable, ClassVar, Dict, FrozenSet, Iterable, Mapping, Optional, Set, Tuple
 
 from attrs import field, frozen
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from mcpsvc.http.errors import JSONRPCHTTPError
@@ -63,9 +61,9 @@ from mcpsvc.mcp.protocol import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     ProtocolError,
-    encode,
     notificationMessage,
 )
+from mcpsvc.mcp.streams import TokenBoundStream, sseEvent
 from mcpsvc.mcp.tasks import MAX_TASK_ID, missingExtension, ownedBy, taskView
 from mcpsvc.principal import Principal
 from mcpsvc.storage.interfaces import NoSuchTask, StoreUnavailable, TaskRecord
@@ -256,11 +254,7 @@ def tagged(message: Dict[str, Any], subscriptionID: Any) -> Dict[str, Any]:
     return {**message, "params": params}
 
 
-def _sseEvent(message: Dict[str, Any]) -> bytes:
-    return b"event: message\ndata: " + encode(message) + b"\n\n"
-
-
-class ListenStream:
+class ListenStream(TokenBoundStream):
     """
     One open C{subscriptions/listen} stream: the acknowledgement first,
     then the changes its filter wants, keep-alive comments between them,
@@ -271,49 +265,38 @@ class ListenStream:
         response.
     """
 
+    checkFailedMessage = "Checking a listen stream's token failed"
+
     def __init__(
         self, owner: "Subscriptions", request: IRequest, principal: Principal,
         subscriptionID: Any, honoured: SubscriptionFilter,
     ) -> None:
+        super().__init__(
+            request, owner.clock, principal, owner.store, owner.keepaliveInterval, owner.log,
+        )
         self.owner = owner
-        self.request = request
         self.principal = principal
         self.subscriptionID = subscriptionID
         self.filter = honoured
         self.who = (principal.subject, principal.clientID)
-        self.done: Deferred[bytes] = Deferred(lambda d: self._cleanup())
-        self._keepalive = LoopingCall(self._ping)
-        self._keepalive.clock = owner.clock
-        self._closed = False
         #: The version of each task last sent (at most one per filter id).
         self._sentVersions: Dict[str, int] = {}
-        self._expiry: Optional[IDelayedCall] = None
 
     def open(self, current: Iterable[TaskRecord] = ()) -> "Deferred[bytes]":
         """
         Start the stream: the acknowledgement, then the C{current} state of
         the tasks it follows.
         """
-        request = self.request
-        request.setResponseCode(200)
-        request.setHeader("Content-Type", "text/event-stream")
-        request.setHeader("Cache-Control", "no-cache, no-transform")
-        request.setHeader("X-Accel-Buffering", "no")
+        self._begin()
         ack = notificationMessage(ACKNOWLEDGED, {"notifications": self.filter.asDict()})
-        request.write(_sseEvent(tagged(ack, self.subscriptionID)))
+        self.request.write(sseEvent(tagged(ack, self.subscriptionID)))
         for record in current:
             self.deliverTask(record)
-        self._keepalive.start(self.owner.keepaliveInterval, now=False)
-        if self.principal.expiresAt:
-            # Ends when the token does, not at the next keep-alive after.
-            delay = max(0.0, self.principal.expiresAt - self.owner.clock.seconds())
-            self._expiry = self.owner.clock.callLater(delay, self._expired)
         return self.done
 
-    def _expired(self) -> None:
-        self._expiry = None
+    def _tokenEnded(self, why: str) -> None:
         self.owner.log.info(
-            "Ended a subscriptions/listen stream: the token of client {clientID} expired",
+            "Ended a subscriptions/listen stream: the token of client {clientID} " + why,
             clientID=self.principal.clientID, subject=self.principal.subject,
         )
         self.close()
@@ -328,7 +311,7 @@ class ListenStream:
             return change.record is not None and self.deliverTask(change.record)
         if self._closed or not self.filter.wants(change):
             return False
-        self.request.write(_sseEvent(tagged(change.message(), self.subscriptionID)))
+        self.request.write(sseEvent(tagged(change.message(), self.subscriptionID)))
         return True
 
     def deliverTask(self, record: TaskRecord) -> bool:
@@ -352,66 +335,27 @@ class ListenStream:
             return False
         self._sentVersions[record.taskID] = record.version
         message = notificationMessage(TASK_STATUS, taskView(record))
-        self.request.write(_sseEvent(tagged(message, self.subscriptionID)))
+        self.request.write(sseEvent(tagged(message, self.subscriptionID)))
         return True
 
-    def _ping(self) -> None:
-        self.request.write(b": keep-alive\n\n")
-        now = self.owner.clock.seconds()
+    def _check(self, now: float) -> None:
         principal = self.principal
         if principal.expiresAt and now >= principal.expiresAt:
-            self.owner.log.info(
-                "Ended a subscriptions/listen stream: the token of client {clientID} expired",
-                clientID=principal.clientID, subject=principal.subject,
-            )
-            self.close()
+            self._tokenEnded("expired")
             return
-        ids = principal.revocationIDs or ((principal.jti,) if principal.jti is not None else ())
-        if ids and self.owner.store is not None:
-            # The token, its grant (refresh family) and its client: any
-            # revoked ends the stream.
-            d = self.owner.store.isAnyRevoked(ids, now)
-            d.addCallbacks(self._revocationChecked, self._checkFailed)
+        self._checkRevoked(now)
 
-    def _revocationChecked(self, revoked: bool) -> None:
-        if revoked:
-            self.owner.log.info(
-                "Ended a subscriptions/listen stream: the token of client {clientID} was revoked",
-                clientID=self.principal.clientID, subject=self.principal.subject,
-            )
-            self.close()
-
-    def _checkFailed(self, failure: Failure) -> None:
-        # The store is unreachable: keep the stream (no request is served
-        # on it); the next keep-alive checks again.
-        if not failure.check(StoreUnavailable, CancelledError):
-            self.owner.log.failure("Checking a listen stream's token failed", failure)
-
-    def _cleanup(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._keepalive.running:
-            self._keepalive.stop()
-        if self._expiry is not None and self._expiry.active():
-            self._expiry.cancel()
-        self._expiry = None
+    def _forget(self) -> None:
         self.owner._forget(self)
         self._sentVersions.clear()
-        closers = getattr(getattr(self.request, "site", None), "streamClosers", None)
-        if closers is not None:
-            closers.discard(self.close)
 
-    def close(self) -> None:
+    def _final(self) -> bytes:
         """
         End the subscription from the server side: answer the
         C{subscriptions/listen} request with an empty C{complete} result
         (a graceful end, which the client may tell from a dropped
-        connection), then finish the response.
+        connection).
         """
-        if self._closed:
-            return
-        self._cleanup()
         result = {
             "jsonrpc": "2.0",
             "id": self.subscriptionID,
@@ -420,7 +364,7 @@ class ListenStream:
                 "_meta": {META_SUBSCRIPTION_ID: self.subscriptionID},
             },
         }
-        self.done.callback(_sseEvent(result))
+        return sseEvent(result)
 
 
 @frozen(kw_only=True)
@@ -521,9 +465,6 @@ class Subscriptions:
         self._counts[who] = self._counts.get(who, 0) + 1
         for taskID in honoured.taskIDs:
             self._byTask.setdefault(taskID, set()).add(stream)
-        closers = getattr(getattr(request, "site", None), "streamClosers", None)
-        if closers is not None:
-            closers.add(stream.close)
         self.log.debug(
             "Opened a subscriptions/listen stream for client {clientID}: {filter}",
             clientID=principal.clientID, subject=principal.subject,

@@ -407,6 +407,13 @@ def _pairs(flat: Sequence[Any]) -> Dict[str, str]:
     return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
 
+def _flatFields(record: Any) -> List[str]:
+    """
+    C{record}'s fields as the flat name, value list of C{HSET}.
+    """
+    return [part for pair in toStrings(record).items() for part in pair]
+
+
 def _num(value: float) -> str:
     return repr(float(value))
 
@@ -843,9 +850,7 @@ class RedisStore:
             ttl = self._ttl(expiresAt)
             if ttl <= 0:
                 return True  # already expired: nothing worth storing
-        fields: List[str] = []
-        for name, value in toStrings(record).items():
-            fields += [name, value]
+        fields = _flatFields(record)
         created = await self._eval(
             _CREATE,
             [key, index or key],
@@ -897,9 +902,7 @@ class RedisStore:
 
     def updateClient(self, record: ClientRecord) -> "Deferred[None]":
         async def update() -> None:
-            fields: List[str] = []
-            for name, value in toStrings(record).items():
-                fields += [name, value]
+            fields = _flatFields(record)
             if not await self._eval(_REPLACE, [self._key("client", record.clientID)], fields):
                 raise NoSuchClient(record.clientID)
 
@@ -1128,9 +1131,7 @@ class RedisStore:
             ttl = self._ttl(record.expiresAt)
             if ttl <= 0:
                 return  # already expired: nothing worth storing
-            fields: List[str] = []
-            for name, value in toStrings(record).items():
-                fields += [name, value]
+            fields = _flatFields(record)
             created = await self._eval(
                 _CREATE_SESSION,
                 [self._key("session", record.sessionID), self._key("sessions"),
@@ -1228,9 +1229,7 @@ class RedisStore:
             ttl = self._ttl(record.expiresAt)
             if ttl <= 0:
                 return  # already expired: nothing worth storing
-            fields: List[str] = []
-            for name, value in toStrings(record).items():
-                fields += [name, value]
+            fields = _flatFields(record)
             principal = hashlib.sha256(
                 record.subject.encode("utf-8") + b"\0" + record.clientID.encode("utf-8")
             ).hexdigest()
@@ -1259,9 +1258,7 @@ class RedisStore:
 
     def replaceTask(self, record: TaskRecord, now: float) -> "Deferred[bool]":
         async def replace() -> bool:
-            fields: List[str] = []
-            for name, value in toStrings(record).items():
-                fields += [name, value]
+            fields = _flatFields(record)
             replaced = int(await self._eval(
                 _REPLACE_TASK,
                 [self._key("task", record.taskID)],

@@ -93,7 +93,7 @@ class PageTestCase(OAuthTestCase):
         self.approver = buildApprover(config, store=self.store, clock=self.clock,
                                       runInThread=syncThread)
         self.oauth, self.bearer = buildOAuth(config, store=self.store, clock=self.clock,
-                                             approver=self.approver)
+                                             approver=self.approver, **self.oauthOptions(config))
         self.stub = StubTreq(self.oauth.resource())
 
     def browse(self, method: str, path: str, *, data: Optional[Dict[str, str]] = None,

@@ -146,6 +146,18 @@ class Harness:
                  call=lambda a, c: "ok", requiredClientCapabilities={"sampling": {}}),
         ]
 
+    def servePacks(self, config: Config, **kw: Any) -> None:
+        """
+        Serve the tool packs C{config} enables (L{buildToolRegistry}, with
+        C{kw}) instead of the harness's own tools.
+        """
+        from mcpsvc.tools import buildToolRegistry
+
+        registry = buildToolRegistry(config, clock=self.clock, **kw)
+        self.app = McpApp(config=config, store=self.store, clock=self.clock,
+                          authenticate=self.authenticate, registry=registry)
+        self.stub = StubTreq(self.app.resource())
+
     # -- requests -------------------------------------------------------------
 
     def _headers(self, headers: Optional[Mapping[str, Any]], json_: bool = True) -> Dict[str, Any]:

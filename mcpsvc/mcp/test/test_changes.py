@@ -394,6 +394,30 @@ class RelayPublishTests(SynchronousTestCase):
         ])
 
 
+def relayInstance(
+    case: TestCase, name: str, connection: RedisConnection, endpoint: Any,
+) -> "tuple[ChangeBus, RedisChangeRelay, List[Change]]":
+    """
+    One instance's change bus and its relay, subscribed through
+    C{endpoint} and publishing through C{connection} (opened here), on the
+    channel C{test:changes}, stopped in C{case}'s cleanup; with the changes
+    the bus saw.
+    """
+    connection.open()
+    case.addCleanup(connection.close)
+    bus = ChangeBus(origin=name)
+    relay = RedisChangeRelay(
+        bus, endpoint=endpoint, channel="test:changes",
+        publish=lambda channel, message: connection.handler.publish(channel, message),
+        clock=reactor, maxDelay=0.5,
+    )
+    relay.startService()
+    case.addCleanup(relay.stopService)
+    seen: List[Change] = []
+    bus.subscribe(seen.append)
+    return bus, relay, seen
+
+
 class RedisRelayTests(TestCase):
     """
     Two relays (two instances) on one real Redis.
@@ -407,20 +431,8 @@ class RedisRelayTests(TestCase):
 
     def instance(self, name: str) -> "tuple[ChangeBus, RedisChangeRelay, List[Change]]":
         connection = RedisConnection(redisConnector(url=self.server.url, maxRetryDelay=0.5))
-        connection.open()
-        self.addCleanup(connection.close)
-        bus = ChangeBus(origin=name)
-        relay = RedisChangeRelay(
-            bus, endpoint=TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port),
-            channel="test:changes",
-            publish=lambda channel, message: connection.handler.publish(channel, message),
-            clock=reactor, maxDelay=0.5,
-        )
-        relay.startService()
-        self.addCleanup(relay.stopService)
-        seen: List[Change] = []
-        bus.subscribe(seen.append)
-        return bus, relay, seen
+        return relayInstance(self, name, connection,
+                             TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port))
 
     async def until(self, condition: Any, seconds: float = 10.0) -> None:
         for _ in range(int(seconds / 0.05)):
@@ -627,21 +639,8 @@ class SentinelRelayTests(TestCase):
         def instance(name: str) -> "tuple[ChangeBus, RedisChangeRelay, List[Change]]":
             connection = RedisConnection(redisConnector(
                 sentinels=[(sentinel.host, sentinel.port)], sentinelMaster="mymaster"))
-            connection.open()
-            self.addCleanup(connection.close)
-            bus = ChangeBus(origin=name)
-            relay = RedisChangeRelay(
-                bus, endpoint=SentinelMasterEndpoint(
-                    reactor, lambda: connection.handler.discoverMaster("mymaster")),
-                channel="test:changes",
-                publish=lambda channel, message: connection.handler.publish(channel, message),
-                clock=reactor, maxDelay=0.5,
-            )
-            relay.startService()
-            self.addCleanup(relay.stopService)
-            seen: List[Change] = []
-            bus.subscribe(seen.append)
-            return bus, relay, seen
+            return relayInstance(self, name, connection, SentinelMasterEndpoint(
+                reactor, lambda: connection.handler.discoverMaster("mymaster")))
 
         a, relayA, seenA = instance("a")
         b, relayB, seenB = instance("b")

@@ -120,8 +120,15 @@ class OAuthTestCase(SynchronousTestCase):
 
     def configure(self, config: Config) -> None:
         self.config = config
-        self.oauth, self.bearer = buildOAuth(config, store=self.store, clock=self.clock)
+        self.oauth, self.bearer = buildOAuth(config, store=self.store, clock=self.clock,
+                                             **self.oauthOptions(config))
         self.stub = StubTreq(self.oauth.resource())
+
+    def oauthOptions(self, config: Config) -> Dict[str, Any]:
+        """
+        More arguments of L{buildOAuth} for C{config} (a fetcher...): none.
+        """
+        return {}
 
     def url(self, path: str) -> str:
         return SERVER + path

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 
-from mcpsvc.authpage import buildApprover
-from mcpsvc.authpage.test.helpers import Forms, PageTestCase, syncThread
+from mcpsvc.authpage.test.helpers import Forms, PageTestCase
 from mcpsvc.config import Config
-from mcpsvc.oauth import buildOAuth
 from mcpsvc.oauth.cimd import (
     CIMDError,
     CIMDSettings,
@@ -272,17 +269,14 @@ class DocumentMixin:
                                deniedHosts=config.cimdDeniedHosts),
         )
 
+    def oauthOptions(self, config: Config) -> Dict[str, Any]:
+        return {"fetcher": self.fetcherFor(config)}
+
     def serveDocument(self, body: Any = None, **headers: str) -> None:
         self.agent.serve(URL, document(clientDocument() if body is None else body, **headers))
 
 
 class DocumentClientTests(DocumentMixin, OAuthTestCase):
-    def configure(self, config: Config) -> None:
-        self.config = config
-        self.oauth, self.bearer = buildOAuth(config, store=self.store, clock=self.clock,
-                                             fetcher=self.fetcherFor(config))
-        self.stub = StubTreq(self.oauth.resource())
-
     def setUp(self) -> None:
         super().setUp()
         self.configure(self.config.replace(cimdStaleIfError=3600, cimdCacheMinSeconds=0))
@@ -645,17 +639,6 @@ class ResolverTests(DocumentMixin, OAuthTestCase):
 
 
 class DocumentConsentTests(DocumentMixin, PageTestCase):
-    def configure(self, config: Config) -> None:
-        if config.authorizeMode == "auto":
-            config = config.replace(authorizeMode=self.mode)
-        self.config = config
-        self.approver = buildApprover(config, store=self.store, clock=self.clock,
-                                      runInThread=syncThread)
-        self.oauth, self.bearer = buildOAuth(config, store=self.store, clock=self.clock,
-                                             approver=self.approver,
-                                             fetcher=self.fetcherFor(config))
-        self.stub = StubTreq(self.oauth.resource())
-
     def setUp(self) -> None:
         super().setUp()
         self.client = clientDocument()

@@ -15,10 +15,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
-from treq.testing import StubTreq
-
-from mcpsvc.config import Config
-from mcpsvc.oauth import buildOAuth
 from mcpsvc.oauth.test.fakehttp import document
 from mcpsvc.oauth.test.helpers import SERVER, OAuthTestCase, basic
 from mcpsvc.oauth.test.test_cimd import URL, WEB_REDIRECT, DocumentMixin, Events, clientDocument
@@ -34,12 +30,6 @@ class KeyDocumentTestCase(DocumentMixin, OAuthTestCase):
     introspection request carries a fresh assertion signed with
     C{self.key}.
     """
-
-    def configure(self, config: Config) -> None:
-        self.config = config
-        self.oauth, self.bearer = buildOAuth(config, store=self.store, clock=self.clock,
-                                             fetcher=self.fetcherFor(config))
-        self.stub = StubTreq(self.oauth.resource())
 
     def setUp(self) -> None:
         super().setUp()

@@ -10,9 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpsvc.config import Config
-from mcpsvc.mcp.app import McpApp
 from mcpsvc.mcp.test.helpers import MODERN_META, Harness
-from mcpsvc.tools import buildToolRegistry
 from mcpsvc.tools.features import Features, FeatureSet, Resource, ResourceTemplate
 
 
@@ -51,13 +49,7 @@ class FeatureSetTests(SynchronousTestCase):
 class ConformanceFeaturesOverHTTPTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.h = Harness(self)
-        config = Config(toolPacks=("conformance",))
-        registry = buildToolRegistry(config, clock=self.h.clock)
-        self.h.app = McpApp(config=config, store=self.h.store, clock=self.h.clock,
-                            authenticate=self.h.authenticate, registry=registry)
-        from treq.testing import StubTreq
-
-        self.h.stub = StubTreq(self.h.app.resource())
+        self.h.servePacks(Config(toolPacks=("conformance",)))
         self.sid = self.h.initialize()
 
     def rpc(self, method: str, params: Any = None) -> Dict[str, Any]:

@@ -15,9 +15,8 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpsvc.config import Config, ConfigError, loadConfig
-from mcpsvc.mcp.app import McpApp
 from mcpsvc.mcp.test.helpers import MODERN_META, Harness
-from mcpsvc.tools import buildToolRegistry, enabledPacks
+from mcpsvc.tools import enabledPacks
 from mcpsvc.tools import skilldir
 from mcpsvc.tools.conformance import CONFORMANCE_SKILLS
 from mcpsvc.tools.skilldir import DirectorySkills, scanDirectory
@@ -259,12 +258,7 @@ class SkillsDirOverHTTPTests(SynchronousTestCase):
         self.h = Harness(self)
         config = Config(toolPacks=("core",), skillsDir=self.root)
         self.assertIn("skills", enabledPacks(config))
-        registry = buildToolRegistry(config, clock=self.h.clock, runInThread=inThread)
-        self.h.app = McpApp(config=config, store=self.h.store, clock=self.h.clock,
-                            authenticate=self.h.authenticate, registry=registry)
-        from treq.testing import StubTreq
-
-        self.h.stub = StubTreq(self.h.app.resource())
+        self.h.servePacks(config, runInThread=inThread)
 
     def modern(self, method: str, params: Dict[str, Any], name: Any = None) -> Dict[str, Any]:
         response, content = self.h.post(

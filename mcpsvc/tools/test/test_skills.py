@@ -12,10 +12,8 @@ from typing import Any, Dict, Optional
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpsvc.config import Config
-from mcpsvc.mcp.app import McpApp
 from mcpsvc.mcp.tasks import TASKS_EXTENSION
 from mcpsvc.mcp.test.helpers import MODERN_META, Harness
-from mcpsvc.tools import buildToolRegistry
 from mcpsvc.tools.conformance import CONFORMANCE_SKILLS
 from mcpsvc.tools.features import Features, FeatureSet, Resource
 from mcpsvc.tools.skills import (
@@ -307,13 +305,7 @@ class SkillsOverHTTPTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.h = Harness(self)
-        config = Config(toolPacks=("conformance",))
-        registry = buildToolRegistry(config, clock=self.h.clock)
-        self.h.app = McpApp(config=config, store=self.h.store, clock=self.h.clock,
-                            authenticate=self.h.authenticate, registry=registry)
-        from treq.testing import StubTreq
-
-        self.h.stub = StubTreq(self.h.app.resource())
+        self.h.servePacks(Config(toolPacks=("conformance",)))
 
     def modern(self, method: str, params: Dict[str, Any], meta: Optional[Dict[str, Any]] = None,
                name: Optional[str] = None) -> Dict[str, Any]:

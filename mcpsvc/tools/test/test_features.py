@@ -6,7 +6,6 @@ pack, over HTTP.
 import json
 from typing import Any, Dict
 
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpsvc.config import Config

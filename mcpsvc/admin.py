@@ -189,6 +189,15 @@ class ClientsOptions(CommandGroup):
     ]
 
 
+def _printable(value: Any) -> str:
+    """
+    C{value} for one line of a terminal: control and other unprintable
+    characters escaped (a name stored before registration refused them
+    must not move the cursor, clear the screen or forge a line).
+    """
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(value))
+
+
 @subcommand("clients", ClientsOptions, "Manage OAuth clients.")
 def clientsCommand(options: Any, out: TextIO, err: TextIO) -> int:
     sub = options.subCommand
@@ -214,8 +223,9 @@ def clientsCommand(options: Any, out: TextIO, err: TextIO) -> int:
                 for r in records:
                     kind = "confidential" if _confidential(r) else "public"
                     origin = "document" if isDocumentRecord(r) else "registered"
-                    out.write(f"{r.clientID}\t{kind}\t{authMethod(r.metadata)}\t{origin}\t"
-                              f"{r.metadata.get('client_name') or ''}\n")
+                    out.write(f"{_printable(r.clientID)}\t{kind}\t"
+                              f"{_printable(authMethod(r.metadata))}\t{origin}\t"
+                              f"{_printable(r.metadata.get('client_name') or '')}\n")
                 out.write(f"{len(records)} client(s)\n")
             return 0
         if sub in ("show", "remove"):

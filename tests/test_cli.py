@@ -138,6 +138,33 @@ class OAuthCommandTests(ClientsCommandTests):
         self.assertNotIn(secret, rotated.stdout)
         self.assertIn("client_secret:", rotated.stdout)
 
+    def test_listEscapesStoredControlCharacters(self) -> None:
+        """
+        C{clients list} prints one line per client with unprintable
+        characters escaped, even for a record stored before registration
+        refused them (a terminal escape, a newline forging a line).
+        """
+        import sqlite3
+
+        result = self.mcpsvc(
+            "clients", "add", "--name", "Plain", "--redirect-uri",
+            "https://dev12345.service-now.com/oauth_redirect.do",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        db = sqlite3.connect(os.path.join(self.dir, "store.sqlite3"))
+        (metadata,) = db.execute("SELECT metadata FROM clients").fetchone()
+        metadata = json.loads(metadata)
+        metadata["client_name"] = "Evil\x1b[2J\nforged\tclient"
+        db.execute("UPDATE clients SET metadata = ?", (json.dumps(metadata),))
+        db.commit()
+        db.close()
+        listed = self.mcpsvc("clients", "list")
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        self.assertNotIn("\x1b", listed.stdout)
+        lines = listed.stdout.splitlines()
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(lines[0].endswith("Evil\\x1b[2J\\nforged\\tclient"), lines[0])
+
     def test_addPrivateKeyJWT(self) -> None:
         """
         C{clients add --auth-method private_key_jwt} takes the client's

@@ -26,10 +26,10 @@ caller's C{now}, so expiry is exact even between Redis' TTL ticks; the TTLs
 (computed from the injected clock) make Redis forget records by itself. The
 sweeper only trims the two sorted-set indexes.
 
-Single-use codes, rotation, revocation, session touch and token buckets are
-Lua scripts (atomic on the server). Hashes are compared in Lua as
-C{sha1(a) == sha1(b)}, which does not leak how much of a stored hash an
-attacker's value matches. Scripts derive some key names from record contents
+Single-use codes, rotation, revocation, session creation (with its limit)
+and touch, and token buckets are Lua scripts (atomic on the server). Hashes
+are compared in Lua as C{sha1(a) == sha1(b)}, which does not leak how much
+of a stored hash an attacker's value matches. Scripts derive some key names from record contents
 (the deny-listed C{jti} of a revoked family): fine on a standalone server or
 behind Sentinel, not on Redis Cluster.
 

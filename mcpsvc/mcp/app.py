@@ -28,11 +28,10 @@ client accepts JSON.
 Each request's method (and tool) needs its scope
 (L{mcpsvc.mcp.dispatcher.METHOD_SCOPES}); a token without it gets the 403
 C{insufficient_scope} step-up challenge. Per principal (subject and
-client), C{SESSION_LIMIT} sessions live (a new one
-ends the least recently used, in the store step that creates it),
-C{STREAM_LIMIT} GET streams are open on an
-instance (one more is refused with 429), and C{initialize} is rate limited
-(C{RATE_LIMIT_INITIALIZE}).
+client), C{SESSION_LIMIT} sessions live (a new one ends the least recently
+used, in the store step that creates it), C{STREAM_LIMIT} GET streams are
+open on an instance (one more is refused with 429), and C{initialize} is
+rate limited (C{RATE_LIMIT_INITIALIZE}).
 
 Only live streams and in-flight calls are kept in memory; every session
 record is in the store, so a session survives a restart and works on any

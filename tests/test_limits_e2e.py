@@ -2,17 +2,20 @@
 Per-principal limits on C{/mcp} against a real C{twistd -n mcpsvc} process
 over loopback: C{SESSION_LIMIT} ends the least recently used session and
 C{RATE_LIMIT_INITIALIZE} refuses a burst of C{initialize}, on one instance
-and across two sharing a real Redis.
+and across two sharing a real Redis; concurrent C{initialize} requests on
+both end exactly at C{SESSION_LIMIT}.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import List
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpsvc.testing.redis import RedisServer, freePort
-from tests.flow import Flow
+from tests.flow import PROTOCOL, Flow
 from tests.process import SECRET, McpsvcProcess
 from tests.test_sdk_e2e import IAT
 
@@ -95,5 +98,55 @@ class LimitsEndToEndTests(SynchronousTestCase):
         self.assertEqual(statuses, [404, 200, 200])
         self.assertEqual(flow.initialize(b)[0], 200)
         self.assertEqual(flow.initialize(a)[0], 429)
+        for process in processes:
+            self.assertEqual(process.stop(), 0)
+
+    def test_sessionLimitExactUnderConcurrency(self) -> None:
+        """
+        Many concurrent C{initialize} requests of one principal on two
+        instances sharing one real Redis: every one gets its session, and
+        exactly C{SESSION_LIMIT} of them are still live afterwards.
+        """
+        redis = RedisServer(os.path.abspath(self.mktemp())).start()
+        self.addCleanup(redis.stop)
+        ports = [freePort(), freePort()]
+        serverURL = f"http://127.0.0.1:{ports[0]}"
+        processes = []
+        for port in ports:
+            workdir = os.path.abspath(self.mktemp())
+            os.makedirs(workdir)
+            process = McpsvcProcess(workdir, env={
+                "STORE": "redis", "REDIS_URL": redis.url, "DEPLOYMENT_TYPE": "multi-server",
+                "JWT_SECRET": SECRET, "DCR_AUTH_TOKEN": IAT, "AUTHORIZE_MODE": "auto",
+                "SERVER_URL": serverURL, "SESSION_LIMIT": "3",
+                "RATE_LIMIT_INITIALIZE": "100/3600",
+            }, listen=[f"tcp:{port}:interface=127.0.0.1"])
+            self.addCleanup(process.kill)
+            processes.append(process.start())
+        bases = [p.url for p in processes]
+        flow = Flow(serverURL, IAT)
+        flow.register(bases[0])
+        flow.exchange(bases[0], flow.authorize(bases[0]))
+
+        def initialize(i: int) -> str:
+            client = Flow(serverURL, IAT)
+            client.tokens = flow.tokens
+            status, headers, body = client.mcp(bases[i % 2], "initialize", {
+                "protocolVersion": PROTOCOL, "capabilities": {},
+                "clientInfo": {"name": "flow", "version": "1"},
+            })
+            self.assertEqual(status, 200, body)
+            return headers["mcp-session-id"]
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            sessions: List[str] = list(pool.map(initialize, range(16)))
+        self.assertEqual(len(set(sessions)), 16)
+        live = []
+        for i, sessionID in enumerate(sessions):
+            flow.sessionID = sessionID
+            status = flow.mcp(bases[i % 2], "ping")[0]
+            self.assertIn(status, (200, 404))
+            live.append(status == 200)
+        self.assertEqual(sum(live), 3)
         for process in processes:
             self.assertEqual(process.stop(), 0)

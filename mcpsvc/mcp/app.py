@@ -28,10 +28,10 @@ client accepts JSON.
 Each request's method (and tool) needs its scope
 (L{mcpsvc.mcp.dispatcher.METHOD_SCOPES}); a token without it gets the 403
 C{insufficient_scope} step-up challenge. Per principal (subject and
-client), C{SESSION_LIMIT} sessions live (a new one
-ends the least recently used), C{STREAM_LIMIT} GET streams are open on an
-instance (one more is refused with 429), and C{initialize} is rate limited
-(C{RATE_LIMIT_INITIALIZE}).
+client), C{SESSION_LIMIT} sessions live (a new one ends the least recently
+used, in the store step that creates it), C{STREAM_LIMIT} GET streams are
+open on an instance (one more is refused with 429), and C{initialize} is
+rate limited (C{RATE_LIMIT_INITIALIZE}).
 
 Only live streams and in-flight calls are kept in memory; every session
 record is in the store, so a session survives a restart and works on any
@@ -731,9 +731,8 @@ class McpApp:
         sessionID = None
         if self.config.sessions:
             now = self.clock.seconds()
-            await self._makeRoom(request, principal, now)
             sessionID = self.makeSessionID()
-            await self.store.createSession(
+            ended = await self.store.createSession(
                 SessionRecord(
                     sessionID=sessionID,
                     subject=principal.subject,
@@ -742,8 +741,10 @@ class McpApp:
                     createdAt=now,
                     expiresAt=now + float(self.config.sessionIdleTimeout),
                     data={"clientInfo": info, "capabilities": capabilities},
-                )
+                ),
+                limit=self.config.sessionLimit,
             )
+            self._sessionsEnded(request, principal, ended)
             request.setHeader("Mcp-Session-Id", sessionID)
         self.log.info(
             "MCP initialize from {clientName} {clientVersion}: requested {requested}, "
@@ -787,16 +788,13 @@ class McpApp:
             id=id, data={"retryAfter": seconds}, headers={"Retry-After": str(seconds)},
         )
 
-    async def _makeRoom(self, request: IRequest, principal: Principal, now: float) -> None:
+    def _sessionsEnded(self, request: IRequest, principal: Principal, ended: List[str]) -> None:
         """
-        C{SESSION_LIMIT}: before a principal's new session is created, end
-        its least recently used sessions beyond C{SESSION_LIMIT - 1} (and
-        their streams on this instance; those elsewhere close at their
-        next keep-alive).
+        C{SESSION_LIMIT}: the store ended these least recently used sessions
+        of the principal in the same step as it created the new one; close
+        their streams on this instance (those elsewhere close at their next
+        keep-alive) and log them.
         """
-        ended = await self.store.trimSessions(
-            principal.subject, principal.clientID, self.config.sessionLimit - 1, now
-        )
         for sessionID in ended:
             stream = self._streams.get(sessionID)
             if stream is not None:

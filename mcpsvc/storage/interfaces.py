@@ -587,9 +587,21 @@ class IRevocationStore(Interface):
 
 
 class ISessionStore(Interface):
-    def createSession(record: SessionRecord) -> Any:
+    def createSession(record: SessionRecord, limit: Optional[int] = None) -> Any:
         """
-        Store a new session. Fires with C{None}; fails with L{Conflict}.
+        Store a new session. Fires with the ids of the sessions it ended to
+        make room (see C{limit}), least recently used first; fails with
+        L{Conflict} (and changes nothing) when a live session has the same
+        id.
+
+        @param limit: when given, the most live sessions one principal may
+            have: the live sessions (at C{record.createdAt}) of C{record}'s
+            C{subject} and C{clientID} beyond the C{limit - 1} most recently
+            used (the latest C{expiresAt} first; ties: the newest
+            C{createdAt}, then the greater id) are ended, and the new
+            session is always stored. The ending and the storing are one
+            atomic step: concurrent creations on any instance never leave
+            the principal more than C{limit} live sessions.
         """
 
     def getSession(sessionID: str, now: float) -> Any:
@@ -612,14 +624,6 @@ class ISessionStore(Interface):
     def countSessions(now: float) -> Any:
         """
         Fires with the number of live sessions (for metrics).
-        """
-
-    def trimSessions(subject: str, clientID: str, keep: int, now: float) -> Any:
-        """
-        Atomically end the live sessions of C{subject} with C{clientID}
-        beyond the C{keep} most recently used (the latest C{expiresAt}
-        first; ties: the newest C{createdAt}, then the greater id). Fires
-        with the ids of the ended sessions, least recently used first.
         """
 
 

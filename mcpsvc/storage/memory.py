@@ -276,12 +276,24 @@ class MemoryStore:
             raise NoSuchSession(sessionID)
         return record
 
-    def createSession(self, record: SessionRecord) -> "Deferred[None]":
-        def create() -> None:
+    def createSession(self, record: SessionRecord, limit: Optional[int] = None) -> "Deferred[List[str]]":
+        def create() -> List[str]:
             existing = self._sessions.get(record.sessionID)
             if existing is not None and self._clock.seconds() < existing.expiresAt:
                 raise Conflict(record.sessionID)
+            ended: List[str] = []
+            if limit is not None:
+                live = sorted(
+                    (r for r in self._sessions.values()
+                     if r.subject == record.subject and r.clientID == record.clientID
+                     and r.sessionID != record.sessionID and record.createdAt < r.expiresAt),
+                    key=lambda r: (r.expiresAt, r.createdAt, r.sessionID),
+                )
+                ended = [r.sessionID for r in live[:max(0, len(live) - max(0, limit - 1))]]
+                for sessionID in ended:
+                    del self._sessions[sessionID]
             self._sessions[record.sessionID] = record
+            return ended
 
         return _answer(create)
 
@@ -304,20 +316,6 @@ class MemoryStore:
 
     def countSessions(self, now: float) -> "Deferred[int]":
         return succeed(sum(1 for r in self._sessions.values() if now < r.expiresAt))
-
-    def trimSessions(self, subject: str, clientID: str, keep: int, now: float) -> "Deferred[List[str]]":
-        def trim() -> List[str]:
-            live = sorted(
-                (r for r in self._sessions.values()
-                 if r.subject == subject and r.clientID == clientID and now < r.expiresAt),
-                key=lambda r: (r.expiresAt, r.createdAt, r.sessionID),
-            )
-            ended = [r.sessionID for r in live[:max(0, len(live) - max(0, keep))]]
-            for sessionID in ended:
-                del self._sessions[sessionID]
-            return ended
-
-        return _answer(trim)
 
     # -- tasks
 

@@ -11,8 +11,10 @@ Layout, under the configured key prefix C{P}:
   - C{P session:<id>}: hash, TTL until C{expiresAt}; C{P sessions}: sorted
     set scored by C{expiresAt} (for counting); C{P psessions:<sha1 of
     subject NUL clientID>}: sorted set of that principal's session ids
-    scored by C{createdAt}, its TTL at least its longest session's (for
-    L{RedisStore.trimSessions}; stale members are dropped when trimmed);
+    scored by last use (C{expiresAt}, moved by every touch), its TTL at
+    least its longest session's (for the limit of
+    L{RedisStore.createSession}, in the same script as the creation; ended
+    sessions leave it, expired ones when the limit is next counted);
   - C{P bucket:<key>}: hash C{tokens}, C{updated}, TTL until full again;
   - C{P task:<id>}: hash, TTL until C{expiresAt}; replaced whole by a
     compare-and-set on its C{version} (L{RedisStore.replaceTask}).
@@ -24,10 +26,10 @@ caller's C{now}, so expiry is exact even between Redis' TTL ticks; the TTLs
 (computed from the injected clock) make Redis forget records by itself. The
 sweeper only trims the two sorted-set indexes.
 
-Single-use codes, rotation, revocation, session touch and token buckets are
-Lua scripts (atomic on the server). Hashes are compared in Lua as
-C{sha1(a) == sha1(b)}, which does not leak how much of a stored hash an
-attacker's value matches. Scripts derive some key names from record contents
+Single-use codes, rotation, revocation, session creation (with its limit)
+and touch, and token buckets are Lua scripts (atomic on the server). Hashes
+are compared in Lua as C{sha1(a) == sha1(b)}, which does not leak how much
+of a stored hash an attacker's value matches. Scripts derive some key names from record contents
 (the deny-listed C{jti} of a revoked family): fine on a standalone server or
 behind Sentinel, not on Redis Cluster.
 
@@ -248,19 +250,53 @@ end
 """
 
 #: KEYS: session, sessions, principal index. ARGV: now, ttl ms, expiresAt,
-#: sessionID, createdAt, field, value, ...
+#: sessionID, createdAt, limit ('' for none), session key prefix, field,
+#: value, ... Returns {0} (a live session has that id) or {1, ended id, ...}:
+#: the principal's live sessions (at createdAt) beyond the limit - 1 most
+#: recently used are ended, least recently used first (the same order as the
+#: other backends), then the new one is stored, all in one step.
 _CREATE_SESSION = _PRINCIPAL_INDEX + """
 local exp = redis.call('HGET', KEYS[1], 'expiresAt')
 if redis.call('EXISTS', KEYS[1]) == 1 and ((not exp) or tonumber(exp) > tonumber(ARGV[1])) then
-  return 0
+  return {0}
+end
+local result = {1}
+redis.call('ZREM', KEYS[3], ARGV[4])
+if ARGV[6] ~= '' then
+  local keep = math.max(0, tonumber(ARGV[6]) - 1)
+  if redis.call('ZCARD', KEYS[3]) > keep then
+    local at = tonumber(ARGV[5])
+    local live = {}
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+      local h = redis.call('HMGET', ARGV[7] .. id, 'expiresAt', 'createdAt')
+      if h[1] and tonumber(h[1]) > at then
+        table.insert(live, {id, tonumber(h[1]), tonumber(h[2]) or 0})
+        redis.call('ZADD', KEYS[3], 'XX', h[1], id)
+      else
+        redis.call('ZREM', KEYS[3], id)
+      end
+    end
+    table.sort(live, function(a, b)
+      if a[2] ~= b[2] then return a[2] < b[2] end
+      if a[3] ~= b[3] then return a[3] < b[3] end
+      return a[1] < b[1]
+    end)
+    for i = 1, #live - keep do
+      local id = live[i][1]
+      redis.call('DEL', ARGV[7] .. id)
+      redis.call('ZREM', KEYS[3], id)
+      redis.call('ZREM', KEYS[2], id)
+      table.insert(result, id)
+    end
+  end
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 extend(KEYS[3], tonumber(ARGV[2]))
-return 1
+return result
 """
 
 #: KEYS: session, sessions. ARGV: now, expiresAt, ttl ms, sessionID, prefix.
@@ -273,7 +309,7 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
 local index = principalIndex(ARGV[5], KEYS[1])
 if index then
-  redis.call('ZADD', index, redis.call('HGET', KEYS[1], 'createdAt') or 0, ARGV[4])
+  redis.call('ZADD', index, ARGV[2], ARGV[4])
   extend(index, ttl)
 end
 return 1
@@ -288,35 +324,6 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
 if exp and tonumber(exp) > tonumber(ARGV[1]) then return 1 end
 return 0
-"""
-
-#: KEYS: principal index, sessions. ARGV: now, keep, session key prefix.
-#: Same order as the other backends: least recently used first.
-_TRIM_SESSIONS = """
-local now = tonumber(ARGV[1])
-local live = {}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local h = redis.call('HMGET', ARGV[3] .. id, 'expiresAt', 'createdAt')
-  if h[1] and tonumber(h[1]) > now then
-    table.insert(live, {id, tonumber(h[1]), tonumber(h[2]) or 0})
-  else
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
-table.sort(live, function(a, b)
-  if a[2] ~= b[2] then return a[2] < b[2] end
-  if a[3] ~= b[3] then return a[3] < b[3] end
-  return a[1] < b[1]
-end)
-local ended = {}
-for i = 1, #live - tonumber(ARGV[2]) do
-  local id = live[i][1]
-  redis.call('DEL', ARGV[3] .. id)
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-  table.insert(ended, id)
-end
-return ended
 """
 
 #: KEYS: bucket. ARGV: capacity, refillPerSecond, now, cost. Same rules as
@@ -1126,21 +1133,23 @@ class RedisStore:
         ).hexdigest()
         return self._key("psessions", digest)
 
-    def createSession(self, record: SessionRecord) -> "Deferred[None]":
-        async def create() -> None:
+    def createSession(self, record: SessionRecord, limit: Optional[int] = None) -> "Deferred[List[str]]":
+        async def create() -> List[str]:
             ttl = self._ttl(record.expiresAt)
             if ttl <= 0:
-                return  # already expired: nothing worth storing
+                return []  # already expired: nothing worth storing
             fields = _flatFields(record)
-            created = await self._eval(
+            result = await self._eval(
                 _CREATE_SESSION,
                 [self._key("session", record.sessionID), self._key("sessions"),
                  self._principalIndex(record.subject, record.clientID)],
                 [_num(self._clock.seconds()), ttl, _num(record.expiresAt), record.sessionID,
-                 _num(record.createdAt), *fields],
+                 _num(record.createdAt), "" if limit is None else str(int(limit)),
+                 self._key("session", "x")[:-1], *fields],
             )
-            if not created:
+            if not result or int(result[0]) != 1:
                 raise Conflict(record.sessionID)
+            return [e.decode("utf-8") if isinstance(e, bytes) else str(e) for e in result[1:]]
 
         return self._call(create())
 
@@ -1181,17 +1190,6 @@ class RedisStore:
             return int(await self._command("ZCOUNT", self._key("sessions"), f"({_num(now)}", "+inf"))
 
         return self._call(count())
-
-    def trimSessions(self, subject: str, clientID: str, keep: int, now: float) -> "Deferred[List[str]]":
-        async def trim() -> List[str]:
-            ended = await self._eval(
-                _TRIM_SESSIONS,
-                [self._principalIndex(subject, clientID), self._key("sessions")],
-                [_num(now), max(0, int(keep)), self._key("session", "x")[:-1]],
-            )
-            return [e.decode("utf-8") if isinstance(e, bytes) else str(e) for e in ended or []]
-
-        return self._call(trim())
 
     # -- rate limits
 

@@ -148,7 +148,7 @@ MIGRATIONS: List[Sequence[str]] = [
     (
         # replays answered in the grace window since the last rotation
         "ALTER TABLE families ADD COLUMN graceReplays INTEGER NOT NULL DEFAULT 0",
-        # trimSessions: a principal's sessions.
+        # a principal's sessions (createSession's limit).
         "CREATE INDEX sessionsPrincipal ON sessions (subject, clientID)",
     ),
     (
@@ -573,17 +573,32 @@ class SQLiteStore:
             raise NoSuchSession(sessionID)
         return fromRow(SessionRecord, row)
 
-    def createSession(self, record: SessionRecord) -> "Deferred[None]":
+    def createSession(self, record: SessionRecord, limit: Optional[int] = None) -> "Deferred[List[str]]":
         now = self._clock.seconds()
 
-        def create(c: sqlite3.Connection) -> None:
+        def create(c: sqlite3.Connection) -> List[str]:
+            # One write transaction (BEGIN IMMEDIATE): the eviction and the
+            # insert are atomic.
             existing = c.execute(
                 "SELECT 1 FROM sessions WHERE sessionID = ? AND expiresAt > ?",
                 (record.sessionID, now),
             ).fetchone()
             if existing is not None:
                 raise Conflict(record.sessionID)
+            ended: List[str] = []
+            if limit is not None:
+                # sessionsPrincipal (subject, clientID) finds the candidates.
+                rows = c.execute(
+                    "SELECT sessionID FROM sessions WHERE subject = ? AND clientID = ? "
+                    "AND expiresAt > ? AND sessionID != ? "
+                    "ORDER BY expiresAt DESC, createdAt DESC, sessionID DESC LIMIT -1 OFFSET ?",
+                    (record.subject, record.clientID, record.createdAt, record.sessionID,
+                     max(0, limit - 1)),
+                ).fetchall()
+                ended = [row[0] for row in reversed(rows)]
+                c.executemany("DELETE FROM sessions WHERE sessionID = ?", [(i,) for i in ended])
             c.execute(_INSERT_SESSION, toRow(record))
+            return ended
 
         return self._run(create)
 
@@ -617,19 +632,6 @@ class SQLiteStore:
             lambda c: c.execute("SELECT count(*) FROM sessions WHERE expiresAt > ?", (now,)).fetchone()[0],
             write=False,
         )
-
-    def trimSessions(self, subject: str, clientID: str, keep: int, now: float) -> "Deferred[List[str]]":
-        def trim(c: sqlite3.Connection) -> List[str]:
-            rows = c.execute(
-                "SELECT sessionID FROM sessions WHERE subject = ? AND clientID = ? AND expiresAt > ? "
-                "ORDER BY expiresAt DESC, createdAt DESC, sessionID DESC LIMIT -1 OFFSET ?",
-                (subject, clientID, now, max(0, keep)),
-            ).fetchall()
-            ended = [row[0] for row in reversed(rows)]
-            c.executemany("DELETE FROM sessions WHERE sessionID = ?", [(i,) for i in ended])
-            return ended
-
-        return self._run(trim)
 
     # -- rate limits
 

@@ -825,7 +825,7 @@ class StoreTestsMixin:
 
     async def test_createGetSession(self) -> None:
         record = session()
-        self.assertIsNone(await self.store.createSession(record))
+        self.assertEqual(await self.store.createSession(record), [])
         self.assertEqual(await self.store.getSession("sess-1", self.now()), record)
         await self.assertFails(self.store.createSession(session(subject="bob")), Conflict)
 
@@ -861,33 +861,55 @@ class StoreTestsMixin:
         await self.store.touchSession("s1", now + 40, now + 5)
         self.assertEqual(await self.store.countSessions(now + 25), 1)
 
-    async def test_trimSessions(self) -> None:
+    async def test_createSessionLimit(self) -> None:
         """
-        C{trimSessions} ends a principal's live sessions beyond the C{keep}
-        most recently used, least recently used first, and nobody else's.
+        With a C{limit}, C{createSession} ends the principal's live sessions
+        beyond the C{limit - 1} most recently used, least recently used
+        first, stores the new one, and ends nobody else's.
         """
         now = self.now()
-        trim = lambda keep, t=now, subject="alice", clientID="client-1": (  # noqa: E731
-            self.store.trimSessions(subject, clientID, keep, t))
-        self.assertEqual(await trim(0), [])
-        await self.store.createSession(session("s1", expiresAt=now + 10, createdAt=now))
-        await self.store.createSession(session("s2", expiresAt=now + 20, createdAt=now + 1))
-        await self.store.createSession(session("s3", expiresAt=now + 30, createdAt=now + 2))
-        await self.store.createSession(session("bob", subject="bob", expiresAt=now + 5))
-        await self.store.createSession(session("other", clientID="client-2", expiresAt=now + 5))
+        create = lambda sessionID, limit, **kw: self.store.createSession(  # noqa: E731
+            session(sessionID, **kw), limit=limit)
+        self.assertEqual(await create("s1", 3, expiresAt=now + 10, createdAt=now), [])
+        self.assertEqual(await create("s2", 3, expiresAt=now + 20, createdAt=now + 1), [])
+        self.assertEqual(await create("s3", 3, expiresAt=now + 30, createdAt=now + 2), [])
+        await self.store.createSession(session("bob", subject="bob", expiresAt=now + 5), limit=1)
+        await self.store.createSession(session("other", clientID="client-2", expiresAt=now + 5), limit=1)
         # Using s1 makes it the most recently used.
         await self.store.touchSession("s1", now + 40, now)
-        self.assertEqual(await trim(2), ["s2"])
+        self.assertEqual(await create("s4", 3, expiresAt=now + 50, createdAt=now + 3), ["s2"])
         await self.assertFails(self.store.getSession("s2", now), NoSuchSession)
         self.assertEqual((await self.store.getSession("s1", now)).sessionID, "s1")
+        self.assertEqual((await self.store.getSession("s4", now)).sessionID, "s4")
+        self.assertEqual(await self.store.countSessions(now), 5)
+        # Touched again, s3 is used after s1.
+        await self.store.touchSession("s3", now + 45, now)
+        self.assertEqual(await create("s5", 2, expiresAt=now + 60, createdAt=now + 4), ["s1", "s3"])
         self.assertEqual(await self.store.countSessions(now), 4)
-        self.assertEqual(await trim(2), [])
-        self.assertEqual(await trim(0), ["s3", "s1"])
-        self.assertEqual(await self.store.countSessions(now), 2)
+        # Without a limit nothing is ended.
+        self.assertEqual(await self.store.createSession(session("s6", expiresAt=now + 70)), [])
+        self.assertEqual(await self.store.countSessions(now), 5)
         self.assertEqual((await self.store.getSession("bob", now)).subject, "bob")
         self.assertEqual((await self.store.getSession("other", now)).clientID, "client-2")
 
-    async def test_trimSessionsSkipsEndedAndExpired(self) -> None:
+    async def test_createSessionLimitNeverRefuses(self) -> None:
+        """
+        The new session is always stored, even when the others have the same
+        expiry and creation time and a greater id; a conflicting id ends
+        nothing.
+        """
+        now = self.now()
+        for sessionID in ("b", "c"):
+            await self.store.createSession(session(sessionID, expiresAt=now + 60, createdAt=now), limit=2)
+        self.assertEqual(
+            await self.store.createSession(session("a", expiresAt=now + 60, createdAt=now), limit=2), ["b"])
+        self.assertEqual((await self.store.getSession("a", now)).sessionID, "a")
+        await self.assertFails(
+            self.store.createSession(session("a", expiresAt=now + 60, createdAt=now), limit=1), Conflict)
+        self.assertEqual((await self.store.getSession("c", now)).sessionID, "c")
+        self.assertEqual(await self.store.countSessions(now), 2)
+
+    async def test_createSessionLimitSkipsEndedAndExpired(self) -> None:
         """
         Deleted and expired sessions are neither counted nor reported;
         equal expiries end the older session first.
@@ -898,10 +920,16 @@ class StoreTestsMixin:
         await self.store.createSession(session("short", expiresAt=now + 5))
         await self.store.createSession(session("old", expiresAt=now + 60, createdAt=now))
         await self.store.createSession(session("new", expiresAt=now + 60, createdAt=now + 1))
-        self.assertEqual(await self.store.trimSessions("alice", "client-1", 1, now + 6), ["old"])
-        self.assertEqual(await self.store.trimSessions("alice", "client-1", 0, now + 6), ["new"])
+        self.clock.advance(6)
+        self.assertEqual(
+            await self.store.createSession(session("n1", expiresAt=now + 70, createdAt=now + 6), limit=2),
+            ["old"])
+        self.assertEqual(
+            await self.store.createSession(session("n2", expiresAt=now + 70, createdAt=now + 6), limit=1),
+            ["new", "n1"])
+        self.assertEqual(await self.store.countSessions(now + 6), 1)
 
-    async def test_trimSessionsAnySubject(self) -> None:
+    async def test_createSessionLimitAnySubject(self) -> None:
         """
         Subjects and client ids with any characters are their own
         principals.
@@ -911,9 +939,35 @@ class StoreTestsMixin:
         await self.store.createSession(session("b", subject="\u00e5lice", clientID="\U0001f600 client-1",
                                                expiresAt=now + 30))
         await self.store.touchSession("a", now + 90, now)
-        self.assertEqual(await self.store.trimSessions("\u00e5lice \U0001f600", "client-1", 0, now), ["a"])
-        self.assertEqual(
-            await self.store.trimSessions("\u00e5lice", "\U0001f600 client-1", 0, now), ["b"])
+        self.assertEqual(await self.store.createSession(
+            session("a2", subject="\u00e5lice \U0001f600", expiresAt=now + 30), limit=1), ["a"])
+        self.assertEqual(await self.store.createSession(
+            session("b2", subject="\u00e5lice", clientID="\U0001f600 client-1", expiresAt=now + 30),
+            limit=1), ["b"])
+
+    async def test_createSessionLimitConcurrent(self) -> None:
+        """
+        The limit is applied atomically with the creation: of many creations
+        by one principal started at once, every one is stored and ends what
+        it must, and the principal ends with exactly C{limit} live sessions.
+        """
+        now = self.now()
+        for i in range(2):
+            await self.store.createSession(session(f"old{i}", expiresAt=now + 30), limit=3)
+        results = await self.gather(*[
+            self.store.createSession(session(f"n{i:02}", expiresAt=now + 60), limit=3) for i in range(12)
+        ])
+        self.assertTrue(all(isinstance(r, list) for r in results), results)
+        ended = [sessionID for r in results for sessionID in r]
+        self.assertEqual(len(ended), len(set(ended)))
+        self.assertEqual(len(ended), 2 + 12 - 3)
+        self.assertIn("old0", ended)
+        self.assertIn("old1", ended)
+        self.assertEqual(await self.store.countSessions(now), 3)
+        live = [f"n{i:02}" for i in range(12) if f"n{i:02}" not in ended]
+        self.assertEqual(len(live), 3)
+        for sessionID in live:
+            self.assertEqual((await self.store.getSession(sessionID, now)).sessionID, sessionID)
 
     # ----------------------------------------------------------- rate limits
 

@@ -104,14 +104,37 @@ class RedisStoreTests(StoreTestsMixin, TestCase):
         self.assertTrue(599_000 < self.server.command("PTTL", index) <= 600_000)
         await self.store.touchSession("s2", self.now() + 7200, self.now())
         self.assertTrue(7_199_000 < self.server.command("PTTL", index) <= 7_200_000)
-        self.assertEqual(sorted(self.server.command("ZRANGE", index, 0, -1)), ["s1", "s2"])
+        # Scored by last use: the touch moved s2 after s1.
+        self.assertEqual(self.server.command("ZRANGE", index, 0, -1), ["s1", "s2"])
+        self.assertEqual(float(self.server.command("ZSCORE", index, "s2")), self.now() + 7200)
         await self.store.deleteSession("s1")
         self.assertEqual(self.server.command("ZRANGE", index, 0, -1), ["s2"])
         # A session from before the index existed joins it when touched.
         self.server.command("DEL", index)
         await self.store.touchSession("s2", self.now() + 7300, self.now())
-        self.assertEqual(await self.store.trimSessions("alice", "client-1", 0, self.now()), ["s2"])
+        self.assertEqual(
+            await self.store.createSession(session("s3", expiresAt=self.now() + 60), limit=1), ["s2"])
+        self.assertEqual(self.server.command("ZRANGE", index, 0, -1), ["s3"])
+        await self.store.deleteSession("s3")
         self.assertEqual(self.server.command("KEYS", self.prefix + "*"), [])
+
+    async def test_principalIndexStaleMembers(self) -> None:
+        """
+        Members whose session is gone (a reset, an eviction by Redis) or
+        scored by an older release (C{createdAt}) do not count against the
+        limit, and are dropped or rescored when it is next counted.
+        """
+        import hashlib
+
+        index = self.prefix + "psessions:" + hashlib.sha1(b"alice\0client-1").hexdigest()
+        await self.store.createSession(session("s1", expiresAt=self.now() + 600, createdAt=self.now()))
+        self.server.command("ZADD", index, str(self.now()), "s1")
+        self.server.command("ZADD", index, str(self.now() + 900), "lost")
+        self.assertEqual(
+            await self.store.createSession(session("s2", expiresAt=self.now() + 60), limit=2), [])
+        self.assertEqual(self.server.command("ZRANGE", index, 0, -1), ["s2", "s1"])
+        self.assertEqual(float(self.server.command("ZSCORE", index, "s1")), self.now() + 600)
+        self.assertEqual(await self.store.countSessions(self.now()), 2)
 
     async def test_expiredNotStored(self) -> None:
         await self.store.storeCode(code(expiresAt=self.now() - 1))

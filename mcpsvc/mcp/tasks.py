@@ -107,6 +107,7 @@ __all__ = [
     "DEFAULT_TASK_TTL",
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_TASK_LEASE",
+    "defaultLease",
     "LEASE_LAPSED_MESSAGE",
     "TaskManager",
     "TaskService",

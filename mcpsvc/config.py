@@ -132,6 +132,7 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "TASK_TTL": ("3600", "seconds a task (2026-07-28 tasks extension) is kept after its creation"),
     "TASK_LIMIT": ("20", "most live (working or input_required) tasks of one user and client"),
     "TASK_POLL_INTERVAL": ("1", "seconds between task polls: suggested to clients, and how often an instance reads its running tasks"),
+    "TASK_LEASE": (None, "seconds a task's instance vouches for it (renewed every third of it); a task not renewed that long (its instance died) is failed; default the larger of 10 and 5 x TASK_POLL_INTERVAL"),
     "FILES_ROOT": (None, "root directory of the files tool pack"),
     "SKILLS_DIR": (None, "directory of Agent Skills (folders with a SKILL.md) served by the skills extension"),
     "LLM_URL": (None, "Ollama-compatible base URL of the llm tool pack"),
@@ -265,6 +266,8 @@ class Config:
     taskTTL: float = 3600.0
     taskPollInterval: float = 1.0
     taskLimit: int = 20
+    #: C{TASK_LEASE}; C{None}: the default (L{mcpsvc.mcp.tasks.defaultLease}).
+    taskLease: Optional[float] = None
     filesRoot: Optional[str] = None
     skillsDir: Optional[str] = None
     llmURL: Optional[str] = None
@@ -812,6 +815,15 @@ def loadConfig(
     taskLimit = c.integer("TASK_LIMIT", 1, 10000)
     if taskPollInterval > 300:
         c.errors.append(f"TASK_POLL_INTERVAL must be at most 300 seconds (got {taskPollInterval:g})")
+    taskLease: Optional[float] = None
+    if c.get("TASK_LEASE") is not None:
+        taskLease = c.number("TASK_LEASE")
+        if taskLease > 0 and taskLease < 3 * taskPollInterval:
+            c.errors.append(
+                f"TASK_LEASE must be at least 3 x TASK_POLL_INTERVAL ({3 * taskPollInterval:g}), "
+                f"so it is renewed in time (got {taskLease:g})")
+        elif taskLease > taskTTL:
+            c.errors.append(f"TASK_LEASE must be at most TASK_TTL ({taskTTL:g}) (got {taskLease:g})")
     toolRateLimit: Optional[RateLimit] = None
     if (c.get("TOOL_RATE_LIMIT") or "").strip().lower() not in ("off", "false"):
         toolRateLimit = c.rate("TOOL_RATE_LIMIT")
@@ -912,6 +924,7 @@ def loadConfig(
         taskTTL=taskTTL,
         taskPollInterval=taskPollInterval,
         taskLimit=taskLimit,
+        taskLease=taskLease,
         filesRoot=filesRoot,
         skillsDir=skillsDir,
         llmURL=llmURL,

@@ -7,12 +7,16 @@ A is answered through B and completes on A. Task status notifications
 (C{notifications/tasks} on C{subscriptions/listen}) cross instances
 through the Redis change relay: a stream on B hears a task running on A
 change, and a cancellation received by B reaches streams on both and the
-work on A at once (not at A's next poll).
+work on A at once (not at A's next poll). An instance killed outright
+(C{kill -9}) stops renewing its tasks' leases: once the lease passes, B
+reports its task failed and the task no longer counts against
+C{TASK_LIMIT}.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -44,9 +48,15 @@ def rpc(base: str, method: str, params: Dict[str, Any], name: Optional[str] = No
     return status, message
 
 
-class TwoInstancesTasksTests(SynchronousTestCase):
+class _TwoInstances(SynchronousTestCase):
+    """
+    Two instances, A and B, on one real Redis.
+    """
+
     #: TASK_POLL_INTERVAL of both instances.
     pollInterval = "0.2"
+    #: More settings of both instances.
+    extraEnv: Dict[str, str] = {}
 
     def setUp(self) -> None:
         redis = RedisServer(os.path.abspath(self.mktemp())).start()
@@ -58,6 +68,7 @@ class TwoInstancesTasksTests(SynchronousTestCase):
             "AUTH_MODE": "none",
             "TOOL_PACKS": "core,conformance",
             "TASK_POLL_INTERVAL": self.pollInterval,
+            **self.extraEnv,
         }
         self.processes: List[McpsvcProcess] = []
         ports = [freePort(), freePort()]
@@ -77,6 +88,9 @@ class TwoInstancesTasksTests(SynchronousTestCase):
         status, message = rpc(base, "tasks/get", {"taskId": taskID}, taskID)
         self.assertEqual(status, 200, message)
         return message["result"]
+
+
+class TwoInstancesTasksTests(_TwoInstances):
 
     def test_startOnOneCancelOnOther(self) -> None:
         """
@@ -225,4 +239,56 @@ class TaskNotificationsAcrossInstancesTests(TwoInstancesTasksTests):
         ended = a.waitFor(lambda r: "ended" in r.get("text", "") and r.get("taskID") == taskID[:12],
                           timeout=10)
         self.assertEqual(ended["status"], "cancelled")
+        self.assertNotIn("Traceback", "\n".join(a.lines + b.lines))
+
+
+class KilledInstanceTests(_TwoInstances):
+    """
+    C{kill -9} of the instance running a task: nothing marks the task
+    failed on the way out; its lease (2 s here) does.
+    """
+
+    extraEnv = {"TASK_LEASE": "2", "TASK_LIMIT": "1"}
+
+    def test_killedInstance(self) -> None:
+        """
+        A runs a slow task and is killed. Until the lease passes the task
+        is working and holds the principal's only place (B refuses another
+        task with C{-32029}); then B takes a new task (the store's count,
+        the Redis script, leaves the dead one out) and reports the dead one
+        C{failed}, saying its instance stopped. Waits are polls with a
+        deadline.
+        """
+        a, b = self.processes
+        status, message = rpc(a.url, "tools/call", {
+            "name": "slow_compute", "arguments": {"seconds": 60}}, "slow_compute")
+        self.assertEqual(status, 200, message)
+        taskID = message["result"]["taskId"]
+        self.assertEqual(self.get(b.url, taskID)["status"], "working")
+        a.kill()
+        killedAt = time.monotonic()
+        deadline = killedAt + 20
+        while True:
+            status, message = rpc(b.url, "tools/call", {
+                "name": "slow_compute", "arguments": {"seconds": 60}}, "slow_compute")
+            self.assertEqual(status, 200, message)
+            if "result" in message:
+                break
+            self.assertEqual(message["error"]["code"], -32029, message)
+            self.assertLess(time.monotonic(), deadline, "the dead task still counts")
+            time.sleep(0.1)  # the next poll
+        self.assertGreater(time.monotonic() - killedAt, 0.5)  # not at once: the lease ran on
+        self.assertEqual(message["result"]["resultType"], "task")
+        deadline = time.monotonic() + 10
+        while True:
+            task = self.get(b.url, taskID)
+            if task["status"] != "working":
+                break
+            self.assertLess(time.monotonic(), deadline, "the dead task is still working")
+            time.sleep(0.1)
+        self.assertEqual(task["status"], "failed")
+        self.assertEqual(task["statusMessage"], "The server instance running this task stopped")
+        self.assertEqual(task["error"]["message"], "The server instance running this task stopped")
+        b.waitFor(lambda r: "renewing its lease" in r.get("text", "")
+                  and r.get("taskID") == taskID[:12], timeout=10)
         self.assertNotIn("Traceback", "\n".join(a.lines + b.lines))

@@ -439,6 +439,7 @@ class McpApp:
                 otherStreams=lambda: len(self._streams),
                 keepaliveInterval=KEEPALIVE_INTERVAL,
                 supported=frozenset({"tools", "prompts", "task"}),
+                readTask=self.dispatcher.tasks.read if self.dispatcher.tasks is not None else None,
             ),
             takes_self=True,
         )

@@ -48,7 +48,7 @@ sans-I/O; L{ListenStream} writes them to the request.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Dict, FrozenSet, Iterable, Mapping, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, ClassVar, Dict, FrozenSet, Iterable, Mapping, Optional, Set, Tuple
 
 from attrs import field, frozen
 from twisted.internet.defer import Deferred
@@ -382,6 +382,10 @@ class Subscriptions:
     @ivar supported: the change kinds honoured (see L{Change}); C{task}
         needs C{store} (an C{ITaskStore}).
     @ivar keepaliveInterval: seconds between keep-alive comments.
+    @ivar readTask: reads a task for a stream (C{readTask(taskID)}, a
+        coroutine function; L{mcpsvc.mcp.tasks.TaskManager.read}, which
+        settles a task whose instance died as C{failed}); C{None}: read
+        from C{store} as it is.
     """
 
     log: ClassVar[Logger] = Logger()
@@ -393,6 +397,7 @@ class Subscriptions:
     otherStreams: Callable[[], int] = lambda: 0
     supported: FrozenSet[str] = frozenset({"tools"})
     keepaliveInterval: float = 25.0
+    readTask: Optional[Callable[[str], Awaitable[Any]]] = None
     _streams: Dict[int, ListenStream] = field(factory=dict, init=False)
     _counts: Dict[Tuple[str, str], int] = field(factory=dict, init=False)
     #: The streams following each task id.
@@ -472,6 +477,11 @@ class Subscriptions:
         )
         return await stream.open(current)
 
+    async def _readTask(self, taskID: str) -> Any:
+        if self.readTask is not None:
+            return await self.readTask(taskID)
+        return await self.store.getTask(taskID, self.clock.seconds())
+
     async def _ownTasks(self, taskIDs: FrozenSet[str], principal: Principal) -> list:
         """
         The live records of the tasks C{taskIDs} that C{principal} owns
@@ -480,7 +490,7 @@ class Subscriptions:
         owned = []
         for taskID in sorted(taskIDs):
             try:
-                record = await self.store.getTask(taskID, self.clock.seconds())
+                record = await self._readTask(taskID)
             except NoSuchTask:
                 continue
             if ownedBy(record, principal):
@@ -536,7 +546,7 @@ class Subscriptions:
         record = change.record
         if record is None:
             try:
-                record = await self.store.getTask(change.taskID, self.clock.seconds())
+                record = await self._readTask(change.taskID)
             except NoSuchTask:
                 return 0
             except StoreUnavailable as e:

@@ -36,6 +36,24 @@ Task ids are 192 random bits.
 C{tasks/cancel} marks the task C{cancelled} in the store at once (so the
 status is final even when the instance running it is gone), and the
 running work is cancelled when its instance sees it.
+
+Leases: the instance running a task vouches for it in the record itself
+(C{leaseUntil}, C{TASK_LEASE} seconds ahead), renewed by compare-and-set
+from the poll it already makes, once a third of the lease has gone (so one
+write per task every C{TASK_LEASE / 3} seconds, whatever the poll
+interval). An instance that dies without ending its tasks (C{kill -9},
+a lost machine) stops renewing: whoever next reads such a task (C{tasks/get},
+C{tasks/update}, C{tasks/cancel}, C{subscriptions/listen}, the instance's
+own poll) finds it not over with its lease passed, and writes it
+C{failed} ("The server instance running this task stopped") by
+compare-and-set, so exactly one writer wins and announces it; the stores
+leave it out of the C{TASK_LIMIT} count from the moment the lease passes
+(L{lapsed}). A lease is never renewed once it has passed (L{renewed}
+fails the task instead): a task every other instance may already have
+reported failed stays failed, and its work, if its instance was only
+stalled, is cancelled at that instance's next poll. Instances compare
+each other's clocks through C{leaseUntil}: keep them synchronised (NTP)
+to well within a third of the lease.
 """
 
 from __future__ import annotations
@@ -88,6 +106,9 @@ __all__ = [
     "MAX_TASK_ANSWERS_BYTES",
     "DEFAULT_TASK_TTL",
     "DEFAULT_POLL_INTERVAL",
+    "DEFAULT_TASK_LEASE",
+    "defaultLease",
+    "LEASE_LAPSED_MESSAGE",
     "TaskManager",
     "TaskService",
     "buildTaskManager",
@@ -103,6 +124,9 @@ __all__ = [
     "cancelled",
     "finished",
     "taken",
+    "leaseLapsed",
+    "lapsed",
+    "renewed",
 ]
 
 #: The extension's identifier.
@@ -114,6 +138,13 @@ DEFAULT_TASK_TTL = 3600.0
 #: Seconds between polls, suggested to clients and used by the instance
 #: running a task to read its record (C{TASK_POLL_INTERVAL}).
 DEFAULT_POLL_INTERVAL = 1.0
+#: Seconds the instance running a task vouches for it at each renewal,
+#: when C{TASK_LEASE} is not set: the larger of this and five poll
+#: intervals (L{defaultLease}).
+DEFAULT_TASK_LEASE = 10.0
+#: Why a task whose instance stopped renewing its lease failed (its
+#: C{statusMessage} and its error's message).
+LEASE_LAPSED_MESSAGE = "The server instance running this task stopped"
 #: Most live (not over) tasks of one principal (C{TASK_LIMIT}).
 DEFAULT_TASK_LIMIT = 20
 #: The JSON-RPC error of a C{tools/call} refused because its principal
@@ -329,6 +360,61 @@ def finished(
     )
 
 
+def leaseLapsed(record: TaskRecord, now: float) -> bool:
+    """
+    Whether C{record} is a task not over whose lease has passed: the
+    instance running it stopped without ending it.
+    """
+    return record.status not in TERMINAL_TASK_STATUSES and 0 < record.leaseUntil <= now
+
+
+def lapsed(record: TaskRecord, now: float) -> Optional[TaskRecord]:
+    """
+    A task whose lease has passed (L{leaseLapsed}) is C{failed}: the
+    instance running it stopped. C{None} for any other task.
+    """
+    if not leaseLapsed(record, now):
+        return None
+    return finished(
+        record, now, error={"code": INTERNAL_ERROR, "message": LEASE_LAPSED_MESSAGE},
+        message=LEASE_LAPSED_MESSAGE,
+    )
+
+
+def renewed(record: TaskRecord, now: float, lease: float) -> Optional[TaskRecord]:
+    """
+    The instance running the task vouches for it C{lease} more seconds, once
+    a third of its lease has gone (at most one write per C{lease / 3}
+    seconds). Not a change of state: C{updatedAt} stays. C{None} for a task
+    over, or with more than two thirds of its lease left. A lease already
+    passed is not renewed: the task is L{lapsed} (others may have reported
+    it failed already).
+    """
+    if record.status in TERMINAL_TASK_STATUSES:
+        return None
+    if leaseLapsed(record, now):
+        return lapsed(record, now)
+    if record.leaseUntil - now > lease * 2 / 3:
+        return None
+    return attrs.evolve(record, version=record.version + 1, leaseUntil=now + lease)
+
+
+def _visible(before: TaskRecord, after: TaskRecord) -> bool:
+    """
+    Whether C{after} differs from C{before} in more than its version and
+    lease (what a client sees, and is notified of).
+    """
+    return attrs.evolve(after, version=before.version, leaseUntil=before.leaseUntil) != before
+
+
+def defaultLease(pollInterval: float) -> float:
+    """
+    The lease when C{TASK_LEASE} is not set: L{DEFAULT_TASK_LEASE} seconds,
+    or five poll intervals if longer.
+    """
+    return max(DEFAULT_TASK_LEASE, 5 * pollInterval)
+
+
 # -- the running side --------------------------------------------------------
 
 
@@ -524,6 +610,9 @@ class TaskManager:
         between this instance's reads of its running tasks).
     @ivar limit: the most live tasks of one principal (C{None}: no
         limit), counted by the store atomically with the creation.
+    @ivar lease: seconds this instance vouches for a task it runs at each
+        renewal (C{TASK_LEASE}); a task not renewed for that long is
+        failed by whoever reads it next.
     @ivar listeners: called with every task record this instance writes
         (C{listener(record)}): the MCP endpoint publishes each as a C{task}
         change (L{mcpsvc.mcp.subscriptions.taskChange}) for
@@ -537,8 +626,10 @@ class TaskManager:
         pollInterval: float = DEFAULT_POLL_INTERVAL,
         makeTaskID: Callable[[], str] = lambda: secrets.token_urlsafe(24),
         limit: Optional[int] = DEFAULT_TASK_LIMIT,
+        lease: Optional[float] = None,
     ) -> None:
         self.store = store
+        self.lease = lease if lease is not None else defaultLease(pollInterval)
         self.limit = limit
         self.clock = clock
         self.ttl = ttl
@@ -574,7 +665,7 @@ class TaskManager:
             someone else's (the same answer).
         """
         try:
-            record = await self.store.getTask(taskID, self.clock.seconds())
+            record: Optional[TaskRecord] = await self.read(taskID)
         except NoSuchTask:
             record = None
         if record is not None and not ownedBy(record, principal):
@@ -639,6 +730,32 @@ class TaskManager:
 
     # -- the store -------------------------------------------------------------
 
+    async def read(self, taskID: str) -> TaskRecord:
+        """
+        The live task C{taskID}, settled: one whose lease has passed is
+        first written C{failed} (L{lapsed}; by compare-and-set, so of the
+        instances reading it at once exactly one writes and announces it).
+        Every reader of a task for a client reads it here.
+
+        @raise NoSuchTask: it is unknown or expired.
+        @raise StoreUnavailable: the store cannot answer.
+        """
+        for _ in range(MAX_ATTEMPTS):
+            now = self.clock.seconds()
+            record = await self.store.getTask(taskID, now)
+            dead = lapsed(record, now)
+            if dead is None:
+                return record
+            if await self.store.replaceTask(dead, now):
+                self.log.warn(
+                    "Task {taskID} ({tool}) failed: the instance running it stopped renewing "
+                    "its lease {ago:.1f} s ago", taskID=taskID[:12], tool=record.name,
+                    ago=now - record.leaseUntil, clientID=record.clientID, subject=record.subject,
+                )
+                self._notify(dead)
+                return dead
+        raise StoreUnavailable(f"task {taskID[:12]}: too many concurrent writes")
+
     async def create(self, principal: Principal, method: str, name: str) -> TaskRecord:
         """
         Create a C{working} task for C{principal}, durably (it is in the
@@ -648,7 +765,7 @@ class TaskManager:
         record = TaskRecord(
             taskID=self.makeTaskID(), subject=principal.subject, clientID=principal.clientID,
             method=method, name=name, status="working", createdAt=now, updatedAt=now,
-            expiresAt=now + self.ttl, pollInterval=self.pollInterval,
+            expiresAt=now + self.ttl, pollInterval=self.pollInterval, leaseUntil=now + self.lease,
         )
         try:
             await self.store.createTask(record, limit=self.limit)
@@ -677,22 +794,25 @@ class TaskManager:
         self, taskID: str, transition: Callable[[TaskRecord, float], Optional[TaskRecord]]
     ) -> Optional[TaskRecord]:
         """
-        Apply C{transition} to the stored task with compare-and-set,
-        reading again when another write came first. Returns the record
-        written, or C{None} when the transition had nothing to change.
+        Apply C{transition} to the stored task (as L{read} settles it)
+        with compare-and-set, reading again when another write came first.
+        Returns the record written, or C{None} when the transition had
+        nothing to change. The listeners hear of every write but a mere
+        lease renewal.
 
         @raise ProtocolError: C{-32602} when the task has gone.
         @raise StoreUnavailable: the store cannot answer.
         """
         for _ in range(MAX_ATTEMPTS):
-            now = self.clock.seconds()
             try:
-                current = await self.store.getTask(taskID, now)
+                current = await self.read(taskID)
+                now = self.clock.seconds()
                 record = transition(current, now)
                 if record is None:
                     return None
                 if await self.store.replaceTask(record, now):
-                    self._notify(record)
+                    if _visible(current, record):
+                        self._notify(record)
                     return record
             except NoSuchTask:
                 raise ProtocolError(INVALID_PARAMS, "Task not found") from None
@@ -844,15 +964,17 @@ class TaskManager:
             self.log.info("Task {taskID} ({tool}) ended: {status}", taskID=taskID[:12],
                           tool=running.call.name, status=status)
             return
-        if record is None:
+        if record is None or leaseLapsed(record, self.clock.seconds()):
             try:
-                record = await self.store.getTask(taskID, self.clock.seconds())
+                record = await self.read(taskID)
             except NoSuchTask:
                 running.cancelledByClient = False
                 running.deferred.cancel()
                 return
-        if record.status == "cancelled":
-            running.cancelledByClient = True
+        if record.status in TERMINAL_TASK_STATUSES:
+            # cancelled by the client; or failed by another instance that
+            # found this one's lease passed (this instance stalled)
+            running.cancelledByClient = record.status == "cancelled"
             running.deferred.cancel()
             return
         answers = dict(record.payload.get("inputResponses") or {})
@@ -860,6 +982,12 @@ class TaskManager:
         if mine:
             keys = running.call.inputs.deliver(mine)
             await self._change(taskID, lambda r, now: taken(r, keys, now))
+        if renewed(record, self.clock.seconds(), self.lease) is not None:
+            lease = self.lease
+            written = await self._change(taskID, lambda r, now: renewed(r, now, lease))
+            if written is not None and written.status in TERMINAL_TASK_STATUSES:
+                running.cancelledByClient = written.status == "cancelled"
+                running.deferred.cancel()
 
     def _forget(self, taskID: str) -> None:
         self._running.pop(taskID, None)
@@ -909,13 +1037,14 @@ class TaskManager:
 def buildTaskManager(config: Any, store: Any, clock: IReactorTime) -> TaskManager:
     """
     The L{TaskManager} of a configuration (C{TASK_TTL},
-    C{TASK_POLL_INTERVAL}, C{TASK_LIMIT}).
+    C{TASK_POLL_INTERVAL}, C{TASK_LIMIT}, C{TASK_LEASE}).
     """
     return TaskManager(
         store, clock,
         ttl=getattr(config, "taskTTL", DEFAULT_TASK_TTL),
         pollInterval=getattr(config, "taskPollInterval", DEFAULT_POLL_INTERVAL),
         limit=getattr(config, "taskLimit", DEFAULT_TASK_LIMIT),
+        lease=getattr(config, "taskLease", None),
     )
 
 

@@ -371,6 +371,10 @@ class TaskRecord:
     @ivar pollInterval: seconds the client should wait between polls.
     @ivar version: incremented by every write; L{ITaskStore.replaceTask}
         compares it.
+    @ivar leaseUntil: until when the instance running the task vouches
+        for it (renewed while the work runs); a task not over whose lease
+        has passed is dead (its instance stopped without saying so) and
+        does not count against the creation C{limit}. C{0}: no lease.
     @ivar payload: JSON state by status: C{result} (completed), C{error}
         (failed), C{inputRequests} (outstanding requests to the client),
         C{inputResponses} (answers not yet taken by the running work),
@@ -390,6 +394,7 @@ class TaskRecord:
     pollInterval: float
     version: int = 1
     payload: Mapping[str, Any] = field(factory=dict)
+    leaseUntil: float = 0.0
 
 
 @frozen(kw_only=True)
@@ -638,7 +643,8 @@ class ITaskStore(Interface):
             have: the creation fails with L{TooManyTasks} (and stores
             nothing) when the tasks of C{record}'s C{subject} and
             C{clientID} that are neither over (L{TERMINAL_TASK_STATUSES})
-            nor expired at C{record.createdAt} already number C{limit}.
+            nor expired at C{record.createdAt}, and whose C{leaseUntil}
+            is C{0} or after C{record.createdAt}, already number C{limit}.
             Counted and created atomically: concurrent creations on any
             instance never exceed it.
         """

@@ -335,6 +335,7 @@ class MemoryStore:
                     1 for r in self._tasks.values()
                     if r.subject == record.subject and r.clientID == record.clientID
                     and r.status not in TERMINAL_TASK_STATUSES and record.createdAt < r.expiresAt
+                    and (r.leaseUntil == 0 or record.createdAt < r.leaseUntil)
                 )
                 if live >= limit:
                     raise TooManyTasks(limit)

@@ -368,7 +368,9 @@ return {allowed, string.format('%.17g', tokens), string.format('%.17g', retry)}
 #: expiresAt). ARGV: now, ttl ms, limit ('' for none), createdAt,
 #: expiresAt, task id, task key prefix, field, value, ... Returns 0 (a live
 #: task has this id), -1 (the principal has limit live tasks) or 1.
-#: Index members expired at createdAt, over, or gone are dropped on the way,
+#: Index members expired at createdAt, over, past their lease (leaseUntil
+#: not 0 and at most createdAt: their instance stopped), or gone are dropped
+#: on the way,
 #: so the index holds at most limit + 1 ids after a limited creation.
 _CREATE_TASK = """
 local exp = redis.call('HGET', KEYS[1], 'expiresAt')
@@ -377,9 +379,11 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
 if ARGV[3] ~= '' then
   local live = 0
   for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    local h = redis.call('HMGET', ARGV[7] .. id, 'status', 'expiresAt')
+    local h = redis.call('HMGET', ARGV[7] .. id, 'status', 'expiresAt', 'leaseUntil')
+    local lease = tonumber(h[3] or '0') or 0
     if (h[1] == 'working' or h[1] == 'input_required') and h[2]
-        and tonumber(h[2]) > tonumber(ARGV[4]) then
+        and tonumber(h[2]) > tonumber(ARGV[4])
+        and (lease == 0 or lease > tonumber(ARGV[4])) then
       live = live + 1
     else
       redis.call('ZREM', KEYS[2], id)

@@ -186,6 +186,11 @@ MIGRATIONS: List[Sequence[str]] = [
         # tasks limit: a principal's live tasks are counted (TASK_LIMIT).
         "CREATE INDEX tasksPrincipal ON tasks (subject, clientID)",
     ),
+    (
+        # task leases: until when the instance running a task vouches for
+        # it (0: no lease); a task not over past its lease is dead.
+        "ALTER TABLE tasks ADD COLUMN leaseUntil REAL NOT NULL DEFAULT 0",
+    ),
 ]
 
 
@@ -660,9 +665,10 @@ class SQLiteStore:
             if limit is not None:
                 (live,) = c.execute(
                     "SELECT COUNT(*) FROM tasks WHERE subject = ? AND clientID = ? "
-                    "AND expiresAt > ? AND status NOT IN ({})".format(
+                    "AND expiresAt > ? AND (leaseUntil = 0 OR leaseUntil > ?) "
+                    "AND status NOT IN ({})".format(
                         ", ".join("?" * len(TERMINAL_TASK_STATUSES))),
-                    (record.subject, record.clientID, record.createdAt,
+                    (record.subject, record.clientID, record.createdAt, record.createdAt,
                      *sorted(TERMINAL_TASK_STATUSES)),
                 ).fetchone()
                 if live >= limit:

@@ -85,6 +85,33 @@ class LoadConfigTests(SynchronousTestCase):
             self.assertEqual(len(errors), 1, errors)
             self.assertIn("TASK_LIMIT", errors[0])
 
+    def test_taskLease(self) -> None:
+        """
+        C{TASK_LEASE} is unset by default (the task manager then takes the
+        larger of 10 s and five poll intervals); when set it is a number
+        of at least three poll intervals (so it is renewed in time) and at
+        most C{TASK_TTL}; each problem is reported.
+        """
+        from mcpsvc.mcp.tasks import buildTaskManager
+
+        config = loadConfig(valid())
+        self.assertIsNone(config.taskLease)
+        self.assertEqual(buildTaskManager(config, None, None).lease, 10.0)
+        slow = loadConfig(valid(TASK_POLL_INTERVAL="4"))
+        self.assertEqual(buildTaskManager(slow, None, None).lease, 20.0)
+        config = loadConfig(valid(TASK_LEASE="2", TASK_POLL_INTERVAL="0.5"))
+        self.assertEqual(config.taskLease, 2.0)
+        self.assertEqual(buildTaskManager(config, None, None).lease, 2.0)
+        for env, message in [
+            (dict(TASK_LEASE="0"), "TASK_LEASE must be greater than 0"),
+            (dict(TASK_LEASE="x"), "TASK_LEASE must be a number"),
+            (dict(TASK_LEASE="2"), "TASK_LEASE must be at least 3 x TASK_POLL_INTERVAL (3)"),
+            (dict(TASK_LEASE="100", TASK_TTL="60"), "TASK_LEASE must be at most TASK_TTL (60)"),
+        ]:
+            errors = self.errorsFor(JWT_SECRET=SECRET, **env)
+            self.assertEqual(len(errors), 1, errors)
+            self.assertIn(message, errors[0])
+
     def test_privateKeyJWT(self) -> None:
         """
         C{private_key_jwt} is on by default, with a 300 s assertion lifetime

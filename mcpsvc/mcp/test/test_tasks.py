@@ -10,7 +10,7 @@ import json
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -20,12 +20,17 @@ from mcpsvc.mcp.tasks import (
     MAX_TASK_ANSWERS_BYTES,
     MAX_TASK_RESULT_BYTES,
     TASKS_EXTENSION,
+    LEASE_LAPSED_MESSAGE,
     TOO_MANY_TASKS,
+    TaskManager,
     answered,
     asking,
     cancelled,
     createResult,
     finished,
+    lapsed,
+    leaseLapsed,
+    renewed,
     taken,
     taskView,
 )
@@ -121,6 +126,68 @@ class TransitionTests(SynchronousTestCase):
         failed = finished(task(), EPOCH + 1, error={"code": INTERNAL_ERROR, "message": "x"})
         assert failed is not None
         self.assertEqual((failed.status, failed.payload["error"]["code"]), ("failed", INTERNAL_ERROR))
+
+
+class LeaseTransitionTests(SynchronousTestCase):
+    """
+    The pure lease transitions: L{leaseLapsed}, L{lapsed}, L{renewed}.
+    """
+
+    def test_lapsedOnlyWhenNotOverAndPassed(self) -> None:
+        """
+        A task is lapsed from its C{leaseUntil} on, only while not over,
+        and never without a lease (C{0}).
+        """
+        leased = task(leaseUntil=EPOCH + 10)
+        self.assertFalse(leaseLapsed(leased, EPOCH + 9.999))
+        self.assertTrue(leaseLapsed(leased, EPOCH + 10))
+        self.assertTrue(leaseLapsed(task(status="input_required", leaseUntil=EPOCH + 10),
+                                    EPOCH + 11))
+        self.assertFalse(leaseLapsed(task(), EPOCH + 10**6))
+        for status in ("completed", "failed", "cancelled"):
+            self.assertFalse(leaseLapsed(task(status=status, leaseUntil=EPOCH + 10), EPOCH + 11))
+            self.assertIsNone(lapsed(task(status=status, leaseUntil=EPOCH + 10), EPOCH + 11))
+        self.assertIsNone(lapsed(leased, EPOCH + 9))
+
+    def test_lapsedIsFailed(self) -> None:
+        """
+        A lapsed task becomes C{failed} (version + 1, updated now), saying
+        its instance stopped, its questions withdrawn.
+        """
+        record = task(status="input_required", leaseUntil=EPOCH + 10, version=4, payload={
+            "inputRequests": {"a": {}}, "inputResponses": {"b": {}}, "keys": ["a", "b"]})
+        dead = lapsed(record, EPOCH + 12)
+        assert dead is not None
+        self.assertEqual((dead.status, dead.version, dead.updatedAt),
+                         ("failed", 5, EPOCH + 12))
+        self.assertEqual(dead.statusMessage, LEASE_LAPSED_MESSAGE)
+        self.assertEqual(dead.statusMessage, "The server instance running this task stopped")
+        view = taskView(dead)
+        self.assertEqual(view["error"], {"code": INTERNAL_ERROR, "message": LEASE_LAPSED_MESSAGE})
+        self.assertNotIn("inputRequests", dead.payload)
+        self.assertNotIn("inputResponses", dead.payload)
+
+    def test_renewedAfterAThird(self) -> None:
+        """
+        A lease is renewed (a full lease from now, version + 1, C{updatedAt}
+        kept: not a change the client sees) once a third of it has gone,
+        not before; a task over is not renewed; a lease already passed is
+        not renewed but failed.
+        """
+        record = task(leaseUntil=EPOCH + 30, updatedAt=EPOCH)
+        self.assertIsNone(renewed(record, EPOCH + 9.9, 30))
+        again = renewed(record, EPOCH + 10, 30)
+        assert again is not None
+        self.assertEqual((again.leaseUntil, again.version, again.updatedAt, again.status),
+                         (EPOCH + 40, 2, EPOCH, "working"))
+        self.assertIsNone(renewed(task(status="completed", leaseUntil=EPOCH + 30), EPOCH + 20, 30))
+        late = renewed(record, EPOCH + 30, 30)
+        assert late is not None
+        self.assertEqual((late.status, late.statusMessage), ("failed", LEASE_LAPSED_MESSAGE))
+        # no lease yet: one is taken
+        fresh = renewed(task(), EPOCH + 1, 30)
+        assert fresh is not None
+        self.assertEqual(fresh.leaseUntil, EPOCH + 31)
 
 
 class TaskInputsTests(SynchronousTestCase):
@@ -556,7 +623,8 @@ class TasksTests(SynchronousTestCase):
         """
         h = TaskHarness(self, config=Config(taskTTL=30.0, taskPollInterval=5.0))
         taskID = h.start("job")
-        h.pump(25)
+        for _ in range(5):  # polls every 5 s (renewing the lease)
+            h.pump(5)
         self.assertEqual(h.get(taskID)["status"], "working")
         h.pump(5)
         self.assertEqual(h.error("tasks/get", {"taskId": taskID})["code"], -32602)
@@ -753,6 +821,178 @@ class TwoInstancesTests(SynchronousTestCase):
         self.assertEqual(got["result"]["content"][0]["text"], "X and X")
         stored = self.successResultOf(self.a.store.getTask(taskID, self.a.clock.seconds()))
         self.assertNotIn("inputResponses", stored.payload)
+
+
+class LeaseTests(SynchronousTestCase):
+    """
+    Two instances sharing one store, each on its own clock. Instance A
+    runs the task; a frozen clock on A is an A that died (C{kill -9}): it
+    never polls again, so never renews the lease. B's clock goes on.
+    """
+
+    def setUp(self) -> None:
+        config = Config(taskPollInterval=1.0, taskLease=6.0)
+        self.a = TaskHarness(self, config=config)
+        clockB = Clock()
+        clockB.advance(self.a.clock.seconds())
+        self.b = TaskHarness(self, config=config, store=self.a.store, clock=clockB)
+
+    def pumpBoth(self, seconds: float, step: float = 1.0) -> None:
+        for _ in range(int(seconds / step)):
+            self.a.pump(step)
+            self.b.pump(step)
+
+    def test_renewedWhileRunning(self) -> None:
+        """
+        While A runs the task it renews the lease from its poll, once a
+        third of it has gone (one write per 2 s here, not per poll), and
+        nobody notices: B sees it working long past the first lease; the
+        renewals change neither C{lastUpdatedAt} nor the notifications.
+        """
+        taskID = self.a.start("job")
+        first = self.successResultOf(self.a.store.getTask(taskID, self.a.clock.seconds()))
+        self.assertEqual(first.leaseUntil, self.a.clock.seconds() + 6.0)
+        written: List[TaskRecord] = []
+        self.a.app.dispatcher.tasks.listeners.append(written.append)
+        self.pumpBoth(20)
+        record = self.successResultOf(self.a.store.getTask(taskID, self.a.clock.seconds()))
+        self.assertEqual(record.status, "working")
+        self.assertEqual(record.version, 1 + 10)  # renewed every 2 s for 20 s
+        self.assertGreater(record.leaseUntil, self.b.clock.seconds() + 3)
+        self.assertEqual(written, [])
+        got = self.b.get(taskID)
+        self.assertEqual((got["status"], got["lastUpdatedAt"]),
+                         ("working", createResult(first)["lastUpdatedAt"]))
+        self.assertEqual(self.a.jobsCancelled, 0)
+
+    def test_deadInstanceFailedAfterLease(self) -> None:
+        """
+        A stops (its clock frozen): B sees the task working until the lease
+        passes, then C{failed}, saying the instance stopped; one write
+        (the version goes up once however many read it), with a log line;
+        a stream on B following the task hears it.
+        """
+        taskID = self.a.start("job")
+        self.b.pump(5.9)
+        self.assertEqual(self.b.get(taskID)["status"], "working")
+        response, chunks, done = self.b.open("POST", self.b.call(7, "subscriptions/listen", {
+            "_meta": EXT_META, "notifications": {"taskIds": [taskID]}}),
+            self.b.modernHeaders("subscriptions/listen"))
+        self.b.pump(0.1)
+        with capturedLogs() as events:
+            got = self.b.get(taskID)
+        self.assertEqual(got["status"], "failed")
+        self.assertEqual(got["statusMessage"], "The server instance running this task stopped")
+        self.assertEqual(got["error"], {"code": INTERNAL_ERROR, "message": LEASE_LAPSED_MESSAGE})
+        [line] = [e for e in events if "renewing its lease" in e.get("log_format", "")]
+        self.assertEqual(line["taskID"], taskID[:12])
+        version = self.successResultOf(self.b.store.getTask(taskID, self.b.clock.seconds())).version
+        self.assertEqual(self.b.get(taskID), got)
+        self.b.result("tasks/cancel", {"taskId": taskID})  # over already: nothing changes
+        self.assertEqual(self.b.get(taskID), got)
+        self.assertEqual(self.successResultOf(
+            self.b.store.getTask(taskID, self.b.clock.seconds())).version, version)
+        from mcpsvc.mcp.test.helpers import parseSSE
+
+        statuses = [m["params"]["status"] for m in parseSSE(b"".join(chunks))
+                    if m.get("method") == "notifications/tasks"]
+        self.assertEqual(statuses, ["working", "failed"])
+
+    def test_listenSettlesLapsed(self) -> None:
+        """
+        A stream opened on B after the lease passed gets the task
+        C{failed} as its current state.
+        """
+        taskID = self.a.start("job")
+        self.b.pump(7)
+        response, chunks, done = self.b.open("POST", self.b.call(7, "subscriptions/listen", {
+            "_meta": EXT_META, "notifications": {"taskIds": [taskID]}}),
+            self.b.modernHeaders("subscriptions/listen"))
+        from mcpsvc.mcp.test.helpers import parseSSE
+
+        [current] = [m for m in parseSSE(b"".join(chunks)) if m.get("method") == "notifications/tasks"]
+        self.assertEqual((current["params"]["status"], current["params"]["statusMessage"]),
+                         ("failed", LEASE_LAPSED_MESSAGE))
+
+    def test_updateAndCancelSeeFailed(self) -> None:
+        """
+        C{tasks/update} on a lapsed task waiting for input answers nothing
+        (the task is failed, its questions withdrawn); C{tasks/cancel}
+        leaves it failed.
+        """
+        taskID = self.a.start("quiz")
+        self.a.pump()
+        self.assertEqual(self.b.get(taskID)["status"], "input_required")
+        self.b.pump(6)
+        answer = {"action": "accept", "content": {"name": "X"}}
+        self.b.result("tasks/update", {"taskId": taskID, "inputResponses": {"first": answer}})
+        got = self.b.get(taskID)
+        self.assertEqual((got["status"], got["statusMessage"]), ("failed", LEASE_LAPSED_MESSAGE))
+        self.assertNotIn("inputRequests", got)
+        other = self.a.start("job")
+        self.b.pump(6)
+        self.b.result("tasks/cancel", {"taskId": other})
+        self.assertEqual(self.b.get(other)["status"], "failed")
+
+    def test_limitFreedAfterLease(self) -> None:
+        """
+        A dead instance's tasks stop counting against C{TASK_LIMIT} once
+        their lease has passed, even before anyone reads them.
+        """
+        config = Config(taskPollInterval=1.0, taskLease=6.0, taskLimit=1)
+        a = TaskHarness(self, config=config)
+        clockB = Clock()
+        clockB.advance(a.clock.seconds())
+        b = TaskHarness(self, config=config, store=a.store, clock=clockB)
+        a.start("job")
+        b.pump(5)
+        self.assertEqual(b.error("tools/call", {"name": "job", "arguments": {}})["code"],
+                         TOO_MANY_TASKS)
+        b.pump(1)
+        b.start("job")
+
+    def test_stalledInstanceStopsItsWork(self) -> None:
+        """
+        An instance that stalled past its lease (its task reported failed
+        by another) does not renew it back to life: its next poll cancels
+        the work, and the task stays failed.
+        """
+        taskID = self.a.start("job")
+        self.b.pump(7)
+        self.assertEqual(self.b.get(taskID)["status"], "failed")
+        self.a.pump(7)  # A wakes up: one late poll
+        self.assertEqual(self.a.jobsCancelled, 1)
+        self.assertEqual(self.a.app.dispatcher.tasks.runningCount(), 0)
+        self.assertEqual(self.b.get(taskID)["statusMessage"], LEASE_LAPSED_MESSAGE)
+
+    def test_ownPollSettlesLapsed(self) -> None:
+        """
+        The running instance itself, late with its renewal (a long stall
+        with nobody else reading), finds the lease passed: it writes the
+        task failed and cancels the work rather than renew.
+        """
+        taskID = self.a.start("job")
+        self.a.pump(7)
+        self.assertEqual(self.a.jobsCancelled, 1)
+        self.assertEqual(self.b.get(taskID)["status"], "failed")
+
+    def test_exactlyOneWriter(self) -> None:
+        """
+        Two managers settling the same lapsed task at once: one write wins,
+        the other reads the result; both answer failed.
+        """
+        store = self.a.store
+        clock = self.b.clock
+        managers = [TaskManager(store, clock, pollInterval=1.0, lease=6.0) for _ in range(2)]
+        heard: List[List[TaskRecord]] = [[], []]
+        for manager, log in zip(managers, heard):
+            manager.listeners.append(log.append)
+        taskID = self.a.start("job")
+        clock.advance(6)
+        results = [self.successResultOf(Deferred.fromCoroutine(m.read(taskID))) for m in managers]
+        self.assertEqual([r.status for r in results], ["failed", "failed"])
+        self.assertEqual(results[0], results[1])
+        self.assertEqual([len(h) for h in heard], [1, 0])
 
 
 class RegistryTaskSupportTests(SynchronousTestCase):

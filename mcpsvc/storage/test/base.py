@@ -1124,6 +1124,32 @@ class StoreTestsMixin:
         await self.assertFails(self.store.createTask(task("e", subject="carol"), limit=1), TooManyTasks)
         await self.store.createTask(task("e", subject="carol", createdAt=now + 5), limit=1)
 
+    async def test_createTaskLimitExcludesLapsedLeases(self) -> None:
+        """
+        A task not over whose C{leaseUntil} is at or before the new task's
+        C{createdAt} (its instance stopped renewing it) does not count
+        against the limit; one whose lease still runs (renewed by
+        C{replaceTask}), or with no lease (C{0}), does; the lease reads
+        back.
+        """
+        now = self.now()
+        await self.store.createTask(task("leased", leaseUntil=now + 10), limit=2)
+        self.assertEqual((await self.store.getTask("leased", now)).leaseUntil, now + 10)
+        await self.store.createTask(task("unleased", status="input_required"), limit=2)
+        await self.assertFails(
+            self.store.createTask(task("early", createdAt=now + 9), limit=2), TooManyTasks)
+        # renewed before it lapsed: it still counts after the first lease
+        self.assertIs(await self.store.replaceTask(
+            task("leased", version=2, leaseUntil=now + 100), now + 5), True)
+        await self.assertFails(
+            self.store.createTask(task("renewed", createdAt=now + 50), limit=2), TooManyTasks)
+        # lapsed: its place is free
+        await self.store.createTask(task("late", createdAt=now + 100), limit=2)
+        await self.assertFails(
+            self.store.createTask(task("later", createdAt=now + 101), limit=2), TooManyTasks)
+        # a lapsed task is still readable (its readers settle it as failed)
+        self.assertEqual((await self.store.getTask("leased", now + 101)).status, "working")
+
     async def test_createTaskLimitConcurrent(self) -> None:
         """
         The limit is counted atomically: of several creations racing for

@@ -20,7 +20,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpsvc.storage.interfaces import (
-    AlreadyUsed, CodeRecord, RotationOutcome, StoreUnavailable, TooManyTasks,
+    AlreadyUsed, CodeRecord, RotationOutcome, StoreUnavailable, TaskRecord,
+    TooManyTasks,
 )
 from mcpsvc.storage._codec import toRow
 from mcpsvc.storage.sqlite import MIGRATIONS, SQLiteStore
@@ -209,8 +210,9 @@ class SQLiteSpecificTests(SynchronousTestCase):
                       if any("tasksPrincipal" in s for s in step))
         self.patch(module, "MIGRATIONS", MIGRATIONS[:before])
         old = self.store()
-        self.successResultOf(old.createTask(task("old")))
+        self.successResultOf(old.ping())
         self.successResultOf(old.close())
+        self.insertOld(task("old"))
         self.patch(module, "MIGRATIONS", MIGRATIONS)
         store = self.store()
         self.failureResultOf(store.createTask(task("new"), limit=1), TooManyTasks)
@@ -218,6 +220,36 @@ class SQLiteSpecificTests(SynchronousTestCase):
         indexes = [r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")]
         raw.close()
         self.assertIn("tasksPrincipal", indexes)
+
+    def insertOld(self, record: TaskRecord) -> None:
+        """
+        Write C{record} as a version without the lease column did.
+        """
+        row = toRow(record)
+        del row["leaseUntil"]
+        raw = sqlite3.connect(self.path)
+        raw.execute("INSERT INTO tasks ({}) VALUES ({})".format(
+            ", ".join(row), ", ".join(":" + c for c in row)), row)
+        raw.commit()
+        raw.close()
+
+    def test_taskLeasesFromEarlierVersion(self) -> None:
+        """
+        A database written before the task leases migration keeps its
+        tasks: they read back with no lease (C{leaseUntil} 0), and count.
+        """
+        module = __import__("mcpsvc.storage.sqlite", fromlist=["MIGRATIONS"])
+        before = next(i for i, step in enumerate(MIGRATIONS)
+                      if any("leaseUntil" in s for s in step))
+        self.patch(module, "MIGRATIONS", MIGRATIONS[:before])
+        old = self.store()
+        self.successResultOf(old.ping())
+        self.successResultOf(old.close())
+        self.insertOld(task("old"))
+        self.patch(module, "MIGRATIONS", MIGRATIONS)
+        store = self.store()
+        self.assertEqual(self.successResultOf(store.getTask("old", task().createdAt)), task("old"))
+        self.failureResultOf(store.createTask(task("new"), limit=1), TooManyTasks)
 
     def test_newerSchemaRefused(self) -> None:
         self.successResultOf(self.store().ping())

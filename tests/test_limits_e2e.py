@@ -14,9 +14,9 @@ from typing import List
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mcpsvc.testing.redis import RedisServer, freePort
+from mcpsvc.testing.redis import freePort
 from tests.flow import PROTOCOL, Flow
-from tests.process import SECRET, McpsvcProcess
+from tests.process import SECRET, McpsvcProcess, startInstances
 from tests.test_sdk_e2e import IAT
 
 
@@ -67,22 +67,8 @@ class LimitsEndToEndTests(SynchronousTestCase):
         a principal opened on both, and a session ended by one instance
         is unknown to the other; the initialize rate is shared too.
         """
-        redis = RedisServer(os.path.abspath(self.mktemp())).start()
-        self.addCleanup(redis.stop)
-        ports = [freePort(), freePort()]
-        serverURL = f"http://127.0.0.1:{ports[0]}"
-        processes = []
-        for port in ports:
-            workdir = os.path.abspath(self.mktemp())
-            os.makedirs(workdir)
-            process = McpsvcProcess(workdir, env={
-                "STORE": "redis", "REDIS_URL": redis.url, "DEPLOYMENT_TYPE": "multi-server",
-                "JWT_SECRET": SECRET, "DCR_AUTH_TOKEN": IAT, "AUTHORIZE_MODE": "auto",
-                "SERVER_URL": serverURL, "SESSION_LIMIT": "2",
-                "RATE_LIMIT_INITIALIZE": "4/3600",
-            }, listen=[f"tcp:{port}:interface=127.0.0.1"])
-            self.addCleanup(process.kill)
-            processes.append(process.start())
+        serverURL, processes = startInstances(self, 2, IAT, SESSION_LIMIT="2",
+                                              RATE_LIMIT_INITIALIZE="4/3600")
         a, b = (p.url for p in processes)
         flow = Flow(serverURL, IAT)
         flow.register(a)
@@ -107,22 +93,8 @@ class LimitsEndToEndTests(SynchronousTestCase):
         instances sharing one real Redis: every one gets its session, and
         exactly C{SESSION_LIMIT} of them are still live afterwards.
         """
-        redis = RedisServer(os.path.abspath(self.mktemp())).start()
-        self.addCleanup(redis.stop)
-        ports = [freePort(), freePort()]
-        serverURL = f"http://127.0.0.1:{ports[0]}"
-        processes = []
-        for port in ports:
-            workdir = os.path.abspath(self.mktemp())
-            os.makedirs(workdir)
-            process = McpsvcProcess(workdir, env={
-                "STORE": "redis", "REDIS_URL": redis.url, "DEPLOYMENT_TYPE": "multi-server",
-                "JWT_SECRET": SECRET, "DCR_AUTH_TOKEN": IAT, "AUTHORIZE_MODE": "auto",
-                "SERVER_URL": serverURL, "SESSION_LIMIT": "3",
-                "RATE_LIMIT_INITIALIZE": "100/3600",
-            }, listen=[f"tcp:{port}:interface=127.0.0.1"])
-            self.addCleanup(process.kill)
-            processes.append(process.start())
+        serverURL, processes = startInstances(self, 2, IAT, SESSION_LIMIT="3",
+                                              RATE_LIMIT_INITIALIZE="100/3600")
         bases = [p.url for p in processes]
         flow = Flow(serverURL, IAT)
         flow.register(bases[0])

@@ -205,21 +205,28 @@ class SQLiteSpecificTests(SynchronousTestCase):
         A database written before the tasks limit migration gains the index
         of a principal's tasks and keeps its tasks, which count.
         """
+        store = self.upgradedWithOldTask("tasksPrincipal")
+        self.failureResultOf(store.createTask(task("new"), limit=1), TooManyTasks)
+        raw = sqlite3.connect(self.path)
+        indexes = [r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")]
+        raw.close()
+        self.assertIn("tasksPrincipal", indexes)
+
+    def upgradedWithOldTask(self, marker: str) -> Any:
+        """
+        A store opened on a database written by the schema before the
+        migration step mentioning C{marker}, holding the task C{old}
+        written as that version did.
+        """
         module = __import__("mcpsvc.storage.sqlite", fromlist=["MIGRATIONS"])
-        before = next(i for i, step in enumerate(MIGRATIONS)
-                      if any("tasksPrincipal" in s for s in step))
+        before = next(i for i, step in enumerate(MIGRATIONS) if any(marker in s for s in step))
         self.patch(module, "MIGRATIONS", MIGRATIONS[:before])
         old = self.store()
         self.successResultOf(old.ping())
         self.successResultOf(old.close())
         self.insertOld(task("old"))
         self.patch(module, "MIGRATIONS", MIGRATIONS)
-        store = self.store()
-        self.failureResultOf(store.createTask(task("new"), limit=1), TooManyTasks)
-        raw = sqlite3.connect(self.path)
-        indexes = [r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")]
-        raw.close()
-        self.assertIn("tasksPrincipal", indexes)
+        return self.store()
 
     def insertOld(self, record: TaskRecord) -> None:
         """
@@ -238,16 +245,7 @@ class SQLiteSpecificTests(SynchronousTestCase):
         A database written before the task leases migration keeps its
         tasks: they read back with no lease (C{leaseUntil} 0), and count.
         """
-        module = __import__("mcpsvc.storage.sqlite", fromlist=["MIGRATIONS"])
-        before = next(i for i, step in enumerate(MIGRATIONS)
-                      if any("leaseUntil" in s for s in step))
-        self.patch(module, "MIGRATIONS", MIGRATIONS[:before])
-        old = self.store()
-        self.successResultOf(old.ping())
-        self.successResultOf(old.close())
-        self.insertOld(task("old"))
-        self.patch(module, "MIGRATIONS", MIGRATIONS)
-        store = self.store()
+        store = self.upgradedWithOldTask("leaseUntil")
         self.assertEqual(self.successResultOf(store.getTask("old", task().createdAt)), task("old"))
         self.failureResultOf(store.createTask(task("new"), limit=1), TooManyTasks)
 

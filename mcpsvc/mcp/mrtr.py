@@ -44,6 +44,7 @@ __all__ = [
     "CAPABILITY_OF",
     "DEFAULT_STATE_TTL",
     "MAX_STATE_LENGTH",
+    "ClientRequests",
     "RequestStateSigner",
     "InvalidRequestState",
     "InputRound",
@@ -259,7 +260,29 @@ def parseInputResponses(params: Mapping[str, Any]) -> Dict[str, Any]:
     return dict(responses)
 
 
-class InputRound:
+class ClientRequests:
+    """
+    What every collector of server-to-client requests shares (an MRTR
+    round, a task's questions): keys for requests the tool did not name,
+    and the capability check.
+
+    @ivar clientCapabilities: what the client declared.
+    """
+
+    clientCapabilities: Mapping[str, Any]
+    _count: int = 0
+
+    def _admit(self, method: str, key: Optional[str]) -> "tuple[str, Optional[ClientRequestError]]":
+        """
+        The key of the next request (C{key}, or C{input-N} when the tool
+        named none), and why it may not be sent (or C{None}).
+        """
+        self._count += 1
+        return (key if key is not None else f"input-{self._count}",
+                refusedClientRequest(method, self.clientCapabilities))
+
+
+class InputRound(ClientRequests):
     """
     The input requests of one round of one request.
 
@@ -290,10 +313,7 @@ class InputRound:
     def clientRequest(
         self, method: str, params: Mapping[str, Any], key: Optional[str] = None
     ) -> "Deferred[Any]":
-        self._count += 1
-        if key is None:
-            key = f"input-{self._count}"
-        refusal = refusedClientRequest(method, self.clientCapabilities)
+        key, refusal = self._admit(method, key)
         if refusal is not None:
             return fail(refusal)
         if key in self.known:

@@ -73,11 +73,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpsvc.mcp.mrtr import (
+    ClientRequests,
     MAX_INPUTS,
     InputRound,
     answerProblem,
     parseInputResponses,
-    refusedClientRequest,
 )
 from mcpsvc.mcp.protocol import (
     INTERNAL_ERROR,
@@ -418,7 +418,7 @@ def defaultLease(pollInterval: float) -> float:
 # -- the running side --------------------------------------------------------
 
 
-class TaskInputs:
+class TaskInputs(ClientRequests):
     """
     C{clientRequest} inside a task: each request gets a key (unique over the
     task's life), is published in the task's C{inputRequests} (those asked
@@ -438,10 +438,7 @@ class TaskInputs:
     def clientRequest(
         self, method: str, params: Mapping[str, Any], key: Optional[str] = None
     ) -> "Deferred[Any]":
-        self._count += 1
-        if key is None:
-            key = f"input-{self._count}"
-        refusal = refusedClientRequest(method, self.clientCapabilities)
+        key, refusal = self._admit(method, key)
         if refusal is not None:
             return fail(refusal)
         if key in self.keys or len(self.waiting) >= MAX_INPUTS:

@@ -267,6 +267,20 @@ class _InFlight:
         self.cancelled = False
 
 
+def _page(key: str, found: Optional[Tuple[List[Any], Optional[str]]]) -> Dict[str, Any]:
+    """
+    A paginated result: C{found} is a page and the next cursor, or C{None}
+    for a cursor that was refused.
+    """
+    if found is None:
+        raise ProtocolError(INVALID_PARAMS, "Invalid cursor")
+    items, nextCursor = found
+    result: Dict[str, Any] = {key: items}
+    if nextCursor is not None:
+        result["nextCursor"] = nextCursor
+    return result
+
+
 #: What L{Dispatcher._untilInputNeeded} returns when the call became a task.
 _BECAME_TASK = object()
 
@@ -670,13 +684,7 @@ class Dispatcher:
 
     async def _skillsList(self, request: Request, context: RequestContext) -> Dict[str, Any]:
         skills = await self.registry.features.currentSkills()
-        found = skills.page(request.params.get("cursor"))
-        if found is None:
-            raise ProtocolError(INVALID_PARAMS, "Invalid cursor")
-        skills, nextCursor = found
-        result: Dict[str, Any] = {"skills": skills}
-        if nextCursor is not None:
-            result["nextCursor"] = nextCursor
+        result = _page("skills", skills.page(request.params.get("cursor")))
         result["ttlMs"] = LIST_TTL_MS
         result["cacheScope"] = "private"
         return result
@@ -697,14 +705,7 @@ class Dispatcher:
             raise ProtocolError(
                 INVALID_PARAMS, f"{uri[:200]} is not a directory resource", data={"uri": uri[:500]}
             )
-        found = skills.directory(uri, request.params.get("cursor"))
-        if found is None:
-            raise ProtocolError(INVALID_PARAMS, "Invalid cursor")
-        resources, nextCursor = found
-        result: Dict[str, Any] = {"resources": resources}
-        if nextCursor is not None:
-            result["nextCursor"] = nextCursor
-        return result
+        return _page("resources", skills.directory(uri, request.params.get("cursor")))
 
     async def _subscribe(self, request: Request, context: RequestContext) -> Dict[str, Any]:
         if not isinstance(request.params.get("uri"), str):

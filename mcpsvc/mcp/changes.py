@@ -225,10 +225,7 @@ class ChangeBus:
 
     def _deliver(self, change: Change) -> None:
         clock = self.clock
-        if clock is None or change.kind == "task":
-            # Task changes are never coalesced: each is a write (or a hint
-            # to read one) that listeners and the running work must see,
-            # and a local record and another instance's hint compare equal.
+        if clock is None or not change.coalescible:
             self._deliverNow(change)
             return
         if change in self._pending:

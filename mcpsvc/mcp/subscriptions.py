@@ -127,6 +127,16 @@ class Change:
     taskID: Optional[str] = None
     record: Optional[TaskRecord] = field(default=None, eq=False, repr=False)
 
+    @property
+    def coalescible(self) -> bool:
+        """
+        Whether repeats of this change may be merged: a list or resource
+        change says "read it again", so one delivery covers several; a
+        task change is one write (or a hint to read one) that must each
+        be seen, and equal ones may carry different records.
+        """
+        return self.kind != "task"
+
     def message(self) -> Dict[str, Any]:
         """
         The notification that announces this change (untagged); not for a
